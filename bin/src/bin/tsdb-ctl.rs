@@ -1,0 +1,2 @@
+//! `tsdb-ctl`: the command-line tool. Wiring only.
+fn main() {}

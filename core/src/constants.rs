@@ -1,0 +1,143 @@
+//! Names shared by the core and the adapters: label keys, annotations, the finalizer, the field manager,
+//! container and volume names, ports, paths, condition types and reasons. Pure data.
+
+/// API group of the custom resources.
+pub const GROUP: &str = "observability.merlionos.org";
+
+/// Finalizer put on every PrometheusCluster (seed name).
+pub const FINALIZER: &str = "observability.merlionos.org/finalizer";
+
+/// Field manager of every server-side apply the operator sends.
+pub const FIELD_MANAGER: &str = "tsdb-operator";
+
+/// Label keys put on every child object.
+pub mod labels {
+    /// `app.kubernetes.io/name`, always `prometheus` (seed).
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// Value of [`NAME`].
+    pub const NAME_VALUE: &str = "prometheus";
+    /// `app.kubernetes.io/instance`: the PrometheusCluster's name (seed selector).
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `app.kubernetes.io/managed-by`.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "tsdb-operator";
+    /// Label the StatefulSet controller puts on each pod with the pod's name.
+    pub const STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+}
+
+/// Annotation keys.
+pub mod annotations {
+    /// On a member PrometheusCluster: `"true"` keeps a ClusterSet from overlaying its backup template (seed).
+    pub const CLUSTERSET_OPT_OUT: &str = "observability.merlionos.org/clusterset-opt-out";
+    /// Stamped on members whose backup a ClusterSet overlaid; informational (seed).
+    pub const CLUSTERSET: &str = "observability.merlionos.org/clusterset";
+    /// On each child: hash of the object the operator last applied, so that removed fields are noticed.
+    pub const APPLIED_HASH: &str = "observability.merlionos.org/applied-hash";
+    /// On the pod template: hash of the rendered configuration (informational; config changes are hot-reloaded).
+    pub const CONFIG_HASH: &str = "observability.merlionos.org/config-hash";
+}
+
+/// Container names.
+pub mod containers {
+    /// The Prometheus container.
+    pub const PROMETHEUS: &str = "prometheus";
+    /// The agent sidecar (config reload, backups).
+    pub const AGENT: &str = "agent";
+    /// The Thanos sidecar.
+    pub const THANOS: &str = "thanos-sidecar";
+}
+
+/// Volume names.
+pub mod volumes {
+    /// The data volume claim template.
+    pub const DATA: &str = "data";
+    /// The rendered configuration (ConfigMap).
+    pub const CONFIG: &str = "config";
+    /// The Thanos object storage Secret.
+    pub const THANOS_OBJSTORE: &str = "thanos-objstore";
+    /// The additional scrape configs Secret.
+    pub const EXTRA_SCRAPE_SECRET: &str = "extra-scrape-secret";
+    /// Prefix of the volumes of remote-write Secrets (`rw-secret-<secret name>`).
+    pub const REMOTE_WRITE_SECRET_PREFIX: &str = "rw-secret-";
+}
+
+/// Ports.
+pub mod ports {
+    /// Prometheus HTTP port.
+    pub const PROMETHEUS: i32 = 9090;
+    /// Name of the Prometheus port.
+    pub const PROMETHEUS_NAME: &str = "http";
+    /// Agent HTTP port (metrics, health, backup requests).
+    pub const AGENT: i32 = 9091;
+    /// Name of the agent port.
+    pub const AGENT_NAME: &str = "agent";
+    /// Thanos sidecar HTTP port.
+    pub const THANOS_HTTP: i32 = 10902;
+    /// Thanos sidecar gRPC port.
+    pub const THANOS_GRPC: i32 = 10901;
+}
+
+/// Paths inside the pod.
+pub mod paths {
+    /// Where the rendered configuration is mounted.
+    pub const CONFIG_DIR: &str = "/etc/prometheus";
+    /// The Prometheus configuration file.
+    pub const CONFIG_FILE: &str = "/etc/prometheus/prometheus.yml";
+    /// The additional scrape configs rendered from `inline`.
+    pub const INLINE_SCRAPE_FILE: &str = "/etc/prometheus/additional-scrape-configs.yml";
+    /// Where the additional scrape configs Secret is mounted.
+    pub const EXTRA_SECRET_DIR: &str = "/etc/prometheus/extra-secret";
+    /// Where remote-write Secrets are mounted (`<dir>/<secret name>/<key>`), as the seed's config points.
+    pub const SECRETS_DIR: &str = "/etc/prometheus/secrets";
+    /// The TSDB data directory.
+    pub const DATA_DIR: &str = "/prometheus";
+    /// Where the Thanos object storage Secret is mounted.
+    pub const THANOS_OBJSTORE_DIR: &str = "/etc/thanos/objstore";
+}
+
+/// Condition types.
+pub mod conditions {
+    /// All desired replicas are ready.
+    pub const AVAILABLE: &str = "Available";
+    /// The cluster is moving toward the spec (creating, scaling, rolling).
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something the cluster needs is missing or broken.
+    pub const DEGRADED: &str = "Degraded";
+    /// `spec.paused` is set: the operator changes nothing.
+    pub const PAUSED: &str = "Paused";
+    /// The last backup succeeded (set by the backup controller).
+    pub const BACKUP_HEALTHY: &str = "BackupHealthy";
+    /// All members of a ClusterSet are Active.
+    pub const READY: &str = "Ready";
+}
+
+/// Condition reasons (CamelCase).
+pub mod reasons {
+    /// All replicas are ready.
+    pub const ALL_REPLICAS_READY: &str = "AllReplicasReady";
+    /// Some replicas are not ready yet.
+    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    /// The StatefulSet does not exist yet.
+    pub const CREATING: &str = "Creating";
+    /// The replica count is changing.
+    pub const SCALING: &str = "Scaling";
+    /// Pods are being replaced with a new template.
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
+    /// Nothing left to do.
+    pub const RECONCILED: &str = "Reconciled";
+    /// Nothing is wrong.
+    pub const AS_EXPECTED: &str = "AsExpected";
+    /// The spec fails validation.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A referenced Secret or key does not exist.
+    pub const MISSING_SECRET: &str = "MissingSecret";
+    /// A container cannot start (image pull, crash loop, config error).
+    pub const CONTAINER_FAILING: &str = "ContainerFailing";
+    /// The agent reported that Prometheus rejected its configuration.
+    pub const CONFIG_RELOAD_FAILED: &str = "ConfigReloadFailed";
+    /// `spec.paused` is true.
+    pub const PAUSED: &str = "Paused";
+    /// `spec.paused` is false.
+    pub const NOT_PAUSED: &str = "NotPaused";
+}

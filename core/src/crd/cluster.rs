@@ -1,0 +1,419 @@
+//! The `PrometheusCluster` custom resource (namespaced), API-compatible with the Go tsdb-operator v1.0.0.
+//!
+//! Pure data: no I/O. Every seed field keeps its name, type and default; the fields added here are all
+//! optional and default to the seed's behaviour or to a safe choice.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecretKeySelector, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Image used when `spec.image` is empty (seed default).
+pub const DEFAULT_IMAGE: &str = "prom/prometheus:v2.55.1";
+/// Retention used when `spec.retention` is empty (seed default).
+pub const DEFAULT_RETENTION: &str = "15d";
+/// Volume size used when `spec.storage.size` is empty or zero (seed default).
+pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
+/// Thanos sidecar image used when `spec.thanos.image` is empty (seed default).
+pub const DEFAULT_THANOS_IMAGE: &str = "quay.io/thanos/thanos:v0.37.2";
+/// Scrape and evaluation interval the seed hard-codes.
+pub const DEFAULT_INTERVAL: &str = "30s";
+/// Name of the external label that tells replicas apart.
+pub const DEFAULT_REPLICA_LABEL: &str = "replica";
+
+/// Desired state of a Prometheus cluster.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "observability.merlionos.org",
+    version = "v1",
+    kind = "PrometheusCluster",
+    plural = "prometheusclusters",
+    singular = "prometheuscluster",
+    namespaced,
+    status = "PrometheusClusterStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusClusterSpec {
+    /// Number of Prometheus replicas. With more than one, replicas are spread across nodes, protected by a
+    /// PodDisruptionBudget and told apart by the replica external label.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+
+    /// Prometheus container image. Prometheus 2.x (2.53 and later) and 3.x are supported.
+    #[serde(default = "default_image")]
+    pub image: String,
+
+    /// How long to keep samples (`--storage.tsdb.retention.time`), for example `15d`.
+    #[serde(default = "default_retention")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d|w|y)$"))]
+    pub retention: String,
+
+    /// Maximum bytes of storage blocks to keep (`--storage.tsdb.retention.size`), for example `50GB`.
+    /// The oldest blocks go first. Empty means no size limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_size: Option<String>,
+
+    /// Persistent storage of each replica.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// Compute resources of the `prometheus` container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Scheduled snapshots to S3-compatible object storage.
+    #[serde(default)]
+    pub backup: BackupSpec,
+
+    /// Remote write endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_write: Vec<RemoteWriteSpec>,
+
+    /// Thanos sidecar that uploads blocks and serves the Store API.
+    #[serde(default)]
+    pub thanos: ThanosSpec,
+
+    /// Extra scrape configurations, inline or from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_scrape_configs: Option<AdditionalScrapeConfigs>,
+
+    /// Stop all changes to this cluster's objects. The operator keeps reporting status and says that it is paused
+    /// in the `Paused` condition.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+
+    /// Interval between scrapes (`global.scrape_interval`).
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^(([0-9]+)(ms|s|m|h|d|w|y))+$"))]
+    pub scrape_interval: String,
+
+    /// Interval between rule evaluations (`global.evaluation_interval`).
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^(([0-9]+)(ms|s|m|h|d|w|y))+$"))]
+    pub evaluation_interval: String,
+
+    /// Labels added to every series and alert this cluster sends out (`global.external_labels`).
+    /// The operator adds `cluster` and the replica label itself when replicas > 1 or Thanos is on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_labels: BTreeMap<String, String>,
+
+    /// Name of the external label that holds the pod name, so that replicas can be told apart
+    /// (by Thanos or a remote-write receiver deduplicating them). Default `replica`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_external_label_name: Option<String>,
+
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity of the pods. When unset and replicas > 1, the operator adds a soft anti-affinity that spreads
+    /// replicas across nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Pod security context. When unset, pods run as the non-root `nobody` user (65534) with
+    /// `fsGroup` 65534 and the RuntimeDefault seccomp profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+
+    /// Priority class of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// Self-healing of stuck replicas. The defaults never touch a replica that is starting or replaying its WAL.
+    #[serde(default)]
+    pub self_healing: SelfHealingSpec,
+}
+
+/// Persistent storage of each replica.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// StorageClass of the data volume claims; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Size of each replica's data volume.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self { storage_class_name: None, size: default_storage_size() }
+    }
+}
+
+/// Scheduled snapshots to object storage (the seed's `S3BackupSpec`). Every field here takes effect per cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Take scheduled backups.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Bucket the backups go to. Required when backups are enabled.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bucket: String,
+
+    /// Region of the bucket; the operator-wide `--s3-region` when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+
+    /// S3-compatible endpoint URL (MinIO, Ceph, ...); path-style addressing is used when set.
+    /// The operator-wide `--s3-endpoint` when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
+
+    /// Key prefix of this cluster's backups inside the bucket.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+
+    /// When to take a backup: a 5-field cron expression (`0 */6 * * *`) or a descriptor (`@daily`, `@every 6h`),
+    /// evaluated in UTC.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub schedule: String,
+
+    /// Secret with the keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` used for this cluster's bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalObjectReference>,
+
+    /// Which backups to keep. The newest complete backup is never removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<BackupRetentionSpec>,
+
+    /// Pause scheduled backups without disabling them; on-demand backups still run.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
+}
+
+/// Which backups to keep; both limits apply when both are set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRetentionSpec {
+    /// Keep at most this many complete backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_last: Option<i32>,
+
+    /// Remove complete backups older than this duration (for example `30d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// One remote write endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteWriteSpec {
+    /// URL of the endpoint to send samples to.
+    #[schemars(length(min = 1))]
+    pub url: String,
+
+    /// Name of the queue, unique within the cluster.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+
+    /// Secret with the keys `username` and `password` for HTTP basic auth. It is mounted into the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_secret_ref: Option<LocalObjectReference>,
+
+    /// Secret with the key `token` sent as a bearer token. It is mounted into the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_secret_ref: Option<LocalObjectReference>,
+}
+
+/// Thanos sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThanosSpec {
+    /// Run the Thanos sidecar next to Prometheus.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Thanos image.
+    #[serde(default = "default_thanos_image")]
+    pub image: String,
+
+    /// Secret with the key `objstore.yml` that configures block upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_storage_config_secret_ref: Option<LocalObjectReference>,
+}
+
+impl Default for ThanosSpec {
+    fn default() -> Self {
+        Self { enabled: false, image: default_thanos_image(), object_storage_config_secret_ref: None }
+    }
+}
+
+/// Extra scrape configurations. Set exactly one of `inline` and `secretRef`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdditionalScrapeConfigs {
+    /// A YAML list of `scrape_config` entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+
+    /// A key of a Secret holding a file with a top-level `scrape_configs:` list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeySelector>,
+}
+
+/// Self-healing of stuck replicas. A replica is replaced only after `failureThreshold` consecutive failed probes,
+/// never while it is within its startup budget, at most once per `cooldown` per cluster, and never when that
+/// would leave fewer than `replicas - 1` ready.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfHealingSpec {
+    /// Replace replicas that stay unhealthy.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Time between probes of each replica.
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval: String,
+
+    /// Consecutive failed probes before a replica counts as stuck.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1))]
+    pub failure_threshold: i32,
+
+    /// How long a starting replica may take to become ready (WAL replay). Also the length of the
+    /// pod's startup probe.
+    #[serde(default = "default_startup_budget")]
+    pub startup_budget: String,
+
+    /// Minimum time between two replacements in this cluster.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: String,
+}
+
+impl Default for SelfHealingSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            probe_interval: default_probe_interval(),
+            failure_threshold: default_failure_threshold(),
+            startup_budget: default_startup_budget(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+/// Phase of a cluster, as the seed reports it, plus `Degraded`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum Phase {
+    /// Objects are being created or replicas are not ready yet.
+    Provisioning,
+    /// All replicas are ready and match the spec.
+    Active,
+    /// The replica count is changing.
+    Scaling,
+    /// The cluster cannot run as specified (for example an invalid spec); see the conditions.
+    Failed,
+    /// The cluster runs, but something it needs is missing or broken; see the conditions.
+    Degraded,
+}
+
+impl Phase {
+    /// Every phase, in the order metrics list them.
+    pub const ALL: [Phase; 5] = [Phase::Provisioning, Phase::Active, Phase::Scaling, Phase::Failed, Phase::Degraded];
+
+    /// The phase as written in status and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Provisioning => "Provisioning",
+            Phase::Active => "Active",
+            Phase::Scaling => "Scaling",
+            Phase::Failed => "Failed",
+            Phase::Degraded => "Degraded",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Observed state of a Prometheus cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusClusterStatus {
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Replicas that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// When the last backup attempt finished (seed field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<Time>,
+
+    /// When a replica was last replaced by self-healing (seed field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_time: Option<Time>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Current conditions: Available, Progressing, Degraded, Paused, and later BackupHealthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_owned()
+}
+fn default_retention() -> String {
+    DEFAULT_RETENTION.to_owned()
+}
+fn default_storage_size() -> Quantity {
+    Quantity(DEFAULT_STORAGE_SIZE.to_owned())
+}
+fn default_thanos_image() -> String {
+    DEFAULT_THANOS_IMAGE.to_owned()
+}
+fn default_interval() -> String {
+    DEFAULT_INTERVAL.to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_probe_interval() -> String {
+    "30s".to_owned()
+}
+fn default_failure_threshold() -> i32 {
+    3
+}
+fn default_startup_budget() -> String {
+    "15m".to_owned()
+}
+fn default_cooldown() -> String {
+    "5m".to_owned()
+}
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
+}

@@ -1,0 +1,1 @@
+//! Test environment for tsdb-operator.
