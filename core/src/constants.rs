@@ -81,11 +81,11 @@ pub mod ports {
 /// Paths inside the pod.
 pub mod paths {
     /// Where the rendered configuration is mounted.
-    pub const CONFIG_DIR: &str = "/etc/prometheus";
+    pub const CONFIG_DIR: &str = "/etc/prometheus/config";
     /// The Prometheus configuration file.
-    pub const CONFIG_FILE: &str = "/etc/prometheus/prometheus.yml";
+    pub const CONFIG_FILE: &str = "/etc/prometheus/config/prometheus.yml";
     /// The additional scrape configs rendered from `inline`.
-    pub const INLINE_SCRAPE_FILE: &str = "/etc/prometheus/additional-scrape-configs.yml";
+    pub const INLINE_SCRAPE_FILE: &str = "/etc/prometheus/config/additional-scrape-configs.yml";
     /// Where the additional scrape configs Secret is mounted.
     pub const EXTRA_SECRET_DIR: &str = "/etc/prometheus/extra-secret";
     /// Where remote-write Secrets are mounted (`<dir>/<secret name>/<key>`), as the seed's config points.

@@ -13,3 +13,4 @@
 
 pub mod constants;
 pub mod crd;
+pub mod duration;
