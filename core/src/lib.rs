@@ -14,3 +14,5 @@
 pub mod constants;
 pub mod crd;
 pub mod duration;
+pub mod plan;
+pub mod quantity;

@@ -1,0 +1,365 @@
+//! Step `plan`: desired child objects vs what the server holds → an ordered list of [`Step`]s. Pure: no I/O.
+//!
+//! # Flow
+//! 1. [`stamp`] adds the [`APPLIED_HASH`](crate::constants::annotations::APPLIED_HASH) annotation to each desired
+//!    manifest: a SHA-256 of the manifest as the operator means to apply it.
+//! 2. [`plan_children`] compares each desired manifest with the observed object of the same kind and name:
+//!    - missing → `Apply` (reason `Create`);
+//!    - the observed hash differs → `Apply` (`SpecChanged`): the operator's intent changed, including fields it
+//!      stopped setting, which server-side apply then removes;
+//!    - every field the operator sets is present with the same value (a *subset* match that ignores fields the
+//!      API server defaulted and fields other managers own) → nothing to do; otherwise → `Apply` (`Drift`).
+//!    - observed children the operator owns but no longer wants (for example the PodDisruptionBudget after a scale
+//!      to one replica) → `Delete`.
+//!
+//! # Guarantees
+//! - Idempotent: once the steps are applied, planning again against the server's copy yields no steps, whatever
+//!   the server defaulted (`plan_is_idempotent_*` tests and the proptest in `core/tests/plan_props.rs`).
+//! - Deterministic order: ConfigMap, Service, StatefulSet, PodDisruptionBudget, then deletions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::constants::annotations::APPLIED_HASH;
+use crate::quantity;
+
+/// Identifies a child object inside the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildKey {
+    /// `apiVersion` of the object, for example `apps/v1`.
+    pub api_version: String,
+    /// `kind`, for example `StatefulSet`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl ChildKey {
+    /// The key of a manifest, if it has `apiVersion`, `kind` and `metadata.name`.
+    pub fn of(manifest: &Value) -> Option<Self> {
+        Some(Self {
+            api_version: manifest.get("apiVersion")?.as_str()?.to_owned(),
+            kind: manifest.get("kind")?.as_str()?.to_owned(),
+            name: manifest.get("metadata")?.get("name")?.as_str()?.to_owned(),
+        })
+    }
+
+    fn rank(&self) -> u8 {
+        match self.kind.as_str() {
+            "ConfigMap" => 0,
+            "Secret" => 1,
+            "Service" => 2,
+            "StatefulSet" => 3,
+            "PodDisruptionBudget" => 4,
+            _ => 5,
+        }
+    }
+
+    /// The group/kind without the version: `apps/StatefulSet`, `/ConfigMap`, `policy/PodDisruptionBudget`.
+    /// Objects are the same across versions of a group (policy/v1 and policy/v1beta1).
+    pub fn group_kind(&self) -> String {
+        let group = self.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        format!("{group}/{}", self.kind)
+    }
+}
+
+impl std::fmt::Display for ChildKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// Why a child is applied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyReason {
+    /// It does not exist.
+    Create,
+    /// The operator's desired object changed since it was last applied.
+    SpecChanged,
+    /// Someone else changed a field the operator sets.
+    Drift,
+}
+
+/// One thing to do, in order.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum Step {
+    /// Server-side apply `manifest` with the operator's field manager.
+    Apply {
+        /// The object.
+        key: ChildKey,
+        /// Why.
+        reason: ApplyReason,
+        /// The full manifest, already stamped with the applied hash.
+        manifest: Value,
+    },
+    /// Delete an owned child the spec no longer asks for.
+    Delete {
+        /// The object.
+        key: ChildKey,
+    },
+}
+
+impl Step {
+    /// The object the step is about.
+    pub fn key(&self) -> &ChildKey {
+        match self {
+            Step::Apply { key, .. } | Step::Delete { key } => key,
+        }
+    }
+}
+
+/// An ordered list of steps; empty when the cluster matches the spec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Steps in the order they must be executed.
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// SHA-256 (hex, first 16 bytes) of a manifest without its applied-hash annotation.
+pub fn manifest_hash(manifest: &Value) -> String {
+    let mut clean = manifest.clone();
+    if let Some(annotations) = clean.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        annotations.remove(APPLIED_HASH);
+        if annotations.is_empty()
+            && let Some(meta) = clean.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            meta.remove("annotations");
+        }
+    }
+    // serde_json's Map is a BTreeMap (no `preserve_order`), so this serialization is canonical.
+    let bytes = serde_json::to_vec(&clean).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Returns `manifest` with the applied-hash annotation set.
+pub fn stamp(manifest: &Value) -> Value {
+    let hash = manifest_hash(manifest);
+    let mut out = manifest.clone();
+    if let Some(obj) = out.as_object_mut() {
+        let meta = obj.entry("metadata").or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(meta) = meta.as_object_mut() {
+            let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Some(annotations) = annotations.as_object_mut() {
+                annotations.insert(APPLIED_HASH.to_owned(), Value::String(hash));
+            }
+        }
+    }
+    out
+}
+
+/// Plans the steps that bring `observed` to `desired`.
+///
+/// `desired` are unstamped manifests (the builders' output). `observed` are the owned children as read from the
+/// server, keyed by kind and name; only children the operator owns may be passed, since any observed child that is
+/// not desired is deleted. An object whose group and kind match but whose version differs (policy/v1 vs v1beta1)
+/// counts as the same object.
+pub fn plan_children(desired: &[Value], observed: &BTreeMap<ChildKey, Value>) -> Plan {
+    let mut wanted: Vec<(ChildKey, Value)> =
+        desired.iter().filter_map(|m| ChildKey::of(m).map(|k| (k, stamp(m)))).collect();
+    wanted.sort_by(|(a, _), (b, _)| a.rank().cmp(&b.rank()).then_with(|| a.cmp(b)));
+
+    let find_observed = |key: &ChildKey| {
+        observed.get(key).or_else(|| {
+            observed.iter().find(|(k, _)| k.name == key.name && k.group_kind() == key.group_kind()).map(|(_, v)| v)
+        })
+    };
+
+    let mut steps = Vec::new();
+    for (key, manifest) in &wanted {
+        let reason = match find_observed(key) {
+            None => Some(ApplyReason::Create),
+            Some(current) => {
+                let current_hash = current.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
+                let desired_hash = manifest.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
+                if current_hash != desired_hash {
+                    Some(ApplyReason::SpecChanged)
+                } else if !is_subset(&without_api_version(manifest), current) {
+                    Some(ApplyReason::Drift)
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            steps.push(Step::Apply { key: key.clone(), reason, manifest: manifest.clone() });
+        }
+    }
+
+    let mut deletions: Vec<&ChildKey> = observed
+        .keys()
+        .filter(|k| !wanted.iter().any(|(w, _)| w.name == k.name && w.group_kind() == k.group_kind()))
+        .collect();
+    deletions.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.cmp(b)));
+    steps.extend(deletions.into_iter().map(|k| Step::Delete { key: k.clone() }));
+    Plan { steps }
+}
+
+fn without_api_version(manifest: &Value) -> Value {
+    let mut m = manifest.clone();
+    if let Some(obj) = m.as_object_mut() {
+        obj.remove("apiVersion");
+    }
+    m
+}
+
+fn escape_pointer(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// Whether every field set in `desired` has the same value in `observed`.
+///
+/// Fields only in `observed` (server defaults, other managers' fields, status) are ignored. Empty lists, maps and
+/// strings in `desired` match a missing field (the API server drops them). Strings that are both Kubernetes
+/// quantities match when they denote the same amount (`1000m` and `1`). Lists match element-wise and must have the
+/// same length.
+pub fn is_subset(desired: &Value, observed: &Value) -> bool {
+    match (desired, observed) {
+        (Value::Object(d), Value::Object(o)) => d.iter().all(|(k, dv)| match o.get(k) {
+            Some(ov) => is_subset(dv, ov),
+            None => is_empty(dv),
+        }),
+        (Value::Array(d), Value::Array(o)) => d.len() == o.len() && d.iter().zip(o).all(|(a, b)| is_subset(a, b)),
+        (Value::String(d), Value::String(o)) => d == o || quantity::same_amount(d, o),
+        (Value::Number(d), Value::Number(o)) => d.as_f64() == o.as_f64(),
+        (Value::Number(d), Value::String(o)) | (Value::String(o), Value::Number(d)) => {
+            quantity::same_amount(&d.to_string(), o)
+        }
+        (d, Value::Null) => is_empty(d),
+        (d, o) => d == o,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_empty),
+        Value::String(s) => s.is_empty(),
+        Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(kind: &str, api: &str, name: &str) -> ChildKey {
+        ChildKey { api_version: api.into(), kind: kind.into(), name: name.into() }
+    }
+
+    fn cm(data: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "demo-config"}, "data": {"prometheus.yml": data}})
+    }
+
+    /// What the API server returns after an apply: our fields plus defaults and metadata it adds.
+    fn as_server_returns(applied: &Value) -> Value {
+        let mut v = applied.clone();
+        let meta = v["metadata"].as_object_mut().unwrap();
+        meta.insert("uid".into(), json!("0000"));
+        meta.insert("resourceVersion".into(), json!("42"));
+        meta.insert("managedFields".into(), json!([{"manager": "tsdb-operator"}]));
+        v
+    }
+
+    #[test]
+    fn missing_child_is_created() {
+        let plan = plan_children(&[cm("a")], &BTreeMap::new());
+        assert!(matches!(&plan.steps[..], [Step::Apply { reason: ApplyReason::Create, .. }]));
+    }
+
+    #[test]
+    fn plan_is_idempotent_after_apply_with_server_metadata() {
+        let plan = plan_children(&[cm("a")], &BTreeMap::new());
+        let Step::Apply { manifest, .. } = &plan.steps[0] else { panic!() };
+        let observed = BTreeMap::from([(key("ConfigMap", "v1", "demo-config"), as_server_returns(manifest))]);
+        assert!(plan_children(&[cm("a")], &observed).is_empty());
+    }
+
+    #[test]
+    fn changed_intent_is_applied_as_spec_changed() {
+        let first = stamp(&cm("a"));
+        let observed = BTreeMap::from([(key("ConfigMap", "v1", "demo-config"), first)]);
+        let plan = plan_children(&[cm("b")], &observed);
+        assert!(matches!(&plan.steps[..], [Step::Apply { reason: ApplyReason::SpecChanged, .. }]));
+    }
+
+    #[test]
+    fn foreign_edit_of_an_owned_field_is_drift() {
+        let mut edited = stamp(&cm("a"));
+        edited["data"]["prometheus.yml"] = json!("edited by hand");
+        let observed = BTreeMap::from([(key("ConfigMap", "v1", "demo-config"), edited)]);
+        let plan = plan_children(&[cm("a")], &observed);
+        assert!(matches!(&plan.steps[..], [Step::Apply { reason: ApplyReason::Drift, .. }]));
+    }
+
+    #[test]
+    fn foreign_labels_and_server_defaults_are_not_drift() {
+        let mut observed_cm = stamp(&cm("a"));
+        observed_cm["metadata"]["labels"] = json!({"team": "x"});
+        observed_cm["immutable"] = json!(false);
+        let observed = BTreeMap::from([(key("ConfigMap", "v1", "demo-config"), observed_cm)]);
+        assert!(plan_children(&[cm("a")], &observed).is_empty());
+    }
+
+    #[test]
+    fn equal_quantities_in_another_form_are_not_drift() {
+        let d = json!({"resources": {"requests": {"cpu": "1000m", "memory": "1Gi"}}, "empty": [], "none": null});
+        let o = json!({"resources": {"requests": {"cpu": "1", "memory": "1073741824"}}});
+        assert!(is_subset(&d, &o));
+        assert!(!is_subset(&json!({"cpu": "2"}), &json!({"cpu": "1"})));
+    }
+
+    #[test]
+    fn children_no_longer_desired_are_deleted_last() {
+        let pdb = key("PodDisruptionBudget", "policy/v1beta1", "demo");
+        let observed = BTreeMap::from([(pdb.clone(), json!({}))]);
+        let plan = plan_children(&[cm("a")], &observed);
+        assert_eq!(plan.steps.len(), 2);
+        assert_eq!(plan.steps[1], Step::Delete { key: pdb });
+    }
+
+    #[test]
+    fn same_object_under_another_version_of_its_group_is_matched() {
+        let desired = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "demo"},
+            "spec": {"maxUnavailable": 1}});
+        let mut served = stamp(&desired);
+        served["apiVersion"] = json!("policy/v1beta1");
+        let observed = BTreeMap::from([(key("PodDisruptionBudget", "policy/v1beta1", "demo"), served)]);
+        assert!(plan_children(&[desired], &observed).is_empty());
+    }
+
+    #[test]
+    fn steps_are_ordered_config_service_statefulset_pdb() {
+        let m = |kind: &str, api: &str| json!({"apiVersion": api, "kind": kind, "metadata": {"name": "demo"}});
+        let desired = [
+            m("PodDisruptionBudget", "policy/v1"),
+            m("StatefulSet", "apps/v1"),
+            m("Service", "v1"),
+            m("ConfigMap", "v1"),
+        ];
+        let kinds: Vec<String> =
+            plan_children(&desired, &BTreeMap::new()).steps.iter().map(|s| s.key().kind.clone()).collect();
+        assert_eq!(kinds, ["ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"]);
+    }
+
+    #[test]
+    fn hash_ignores_its_own_annotation() {
+        let m = cm("a");
+        assert_eq!(manifest_hash(&m), manifest_hash(&stamp(&m)));
+        assert_ne!(manifest_hash(&m), manifest_hash(&cm("b")));
+    }
+}
