@@ -16,3 +16,4 @@ pub mod crd;
 pub mod duration;
 pub mod plan;
 pub mod quantity;
+pub mod status;
