@@ -11,9 +11,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod clusterset;
 pub mod constants;
 pub mod crd;
 pub mod duration;
 pub mod plan;
 pub mod quantity;
+pub mod selector;
 pub mod status;
