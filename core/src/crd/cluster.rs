@@ -33,6 +33,7 @@ pub const DEFAULT_REPLICA_LABEL: &str = "replica";
     group = "observability.merlionos.org",
     version = "v1",
     kind = "PrometheusCluster",
+    doc = "A Prometheus cluster: StatefulSet, headless Service, generated configuration and volumes, kept as specified.",
     plural = "prometheusclusters",
     singular = "prometheuscluster",
     namespaced,

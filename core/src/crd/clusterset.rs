@@ -16,6 +16,7 @@ use super::cluster::{BackupSpec, Phase};
     group = "observability.merlionos.org",
     version = "v1",
     kind = "PrometheusClusterSet",
+    doc = "A group of PrometheusClusters across namespaces, selected by labels, with an optional backup template.",
     plural = "prometheusclustersets",
     singular = "prometheusclusterset",
     status = "PrometheusClusterSetStatus",
