@@ -15,6 +15,7 @@ pub mod clusterset;
 pub mod constants;
 pub mod crd;
 pub mod duration;
+pub mod events;
 pub mod plan;
 pub mod quantity;
 pub mod selector;
