@@ -18,5 +18,6 @@ pub mod duration;
 pub mod events;
 pub mod plan;
 pub mod quantity;
+pub mod secrets;
 pub mod selector;
 pub mod status;
