@@ -1,0 +1,435 @@
+//! Part of the **build** step: renders `prometheus.yml` (and the inline additional scrape configs) from a serde
+//! model, and the ConfigMap `<name>-config` that holds them. Pure: no I/O.
+//!
+//! The layout follows the seed (C.2): `global`, `scrape_configs` (the self-scrape job), `scrape_config_files`,
+//! `remote_write`. Its defects are fixed:
+//! - the replica external label is `${POD_NAME}`, which Prometheus really expands per pod (the seed's
+//!   `${POD_NAME:-unknown}` names a variable that does not exist and expands to nothing, C.14.1);
+//! - bearer tokens use `authorization.credentials_file` (the documented form in 2.x and 3.x) and every secret file
+//!   points under [`paths::SECRETS_DIR`], where the StatefulSet really mounts those Secrets (C.14.6);
+//! - scrape and evaluation intervals and external labels come from the spec.
+//!
+//! The paths inside the rendered files come from [`ConfigPaths`], so that tests can render the same files for a
+//! temporary directory and check them with the real `promtool`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde::{Deserialize, Serialize};
+
+use super::{BuildContext, Error, Result, check_duration, check_secret_name, is_label_name, non_empty, version};
+use crate::constants::{paths, ports};
+use crate::crd::cluster::{DEFAULT_INTERVAL, DEFAULT_REPLICA_LABEL};
+
+/// ConfigMap key of the Prometheus configuration.
+pub const CONFIG_KEY: &str = "prometheus.yml";
+/// ConfigMap key of the scrape configs rendered from `additionalScrapeConfigs.inline`.
+pub const INLINE_SCRAPE_KEY: &str = "additional-scrape-configs.yml";
+/// Job name of the self-scrape job.
+pub const SELF_SCRAPE_JOB: &str = "prometheus";
+/// Environment variable holding the pod name, set on the Prometheus container from `metadata.name`.
+pub const POD_NAME_ENV: &str = "POD_NAME";
+/// Value of the replica external label; Prometheus replaces it with the pod name.
+pub const REPLICA_LABEL_VALUE: &str = "${POD_NAME}";
+/// Key of the basic-auth username in a remote write Secret (seed).
+pub const BASIC_AUTH_USERNAME_KEY: &str = "username";
+/// Key of the basic-auth password in a remote write Secret (seed).
+pub const BASIC_AUTH_PASSWORD_KEY: &str = "password";
+/// Key of the bearer token in a remote write Secret (seed).
+pub const BEARER_TOKEN_KEY: &str = "token";
+/// External label that names the cluster when Thanos is on (seed).
+pub const CLUSTER_LABEL: &str = "cluster";
+
+/// Where the files that `prometheus.yml` refers to live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPaths {
+    /// Directory of the ConfigMap mount ([`paths::CONFIG_DIR`]).
+    pub config_dir: String,
+    /// Directory of the additional scrape configs Secret ([`paths::EXTRA_SECRET_DIR`]).
+    pub extra_secret_dir: String,
+    /// Directory under which each remote write Secret is mounted as `<secret>/` ([`paths::SECRETS_DIR`]).
+    pub secrets_dir: String,
+}
+
+impl Default for ConfigPaths {
+    /// The paths inside the pod.
+    fn default() -> Self {
+        Self {
+            config_dir: paths::CONFIG_DIR.to_owned(),
+            extra_secret_dir: paths::EXTRA_SECRET_DIR.to_owned(),
+            secrets_dir: paths::SECRETS_DIR.to_owned(),
+        }
+    }
+}
+
+impl ConfigPaths {
+    /// The pod's paths moved under `root` (`<root>/etc/prometheus/config`, ...), for checking the rendered files
+    /// outside a pod.
+    pub fn rooted_at(root: &str) -> Self {
+        let root = root.trim_end_matches('/');
+        Self {
+            config_dir: format!("{root}{}", paths::CONFIG_DIR),
+            extra_secret_dir: format!("{root}{}", paths::EXTRA_SECRET_DIR),
+            secrets_dir: format!("{root}{}", paths::SECRETS_DIR),
+        }
+    }
+
+    /// Path of `prometheus.yml`.
+    pub fn config_file(&self) -> String {
+        format!("{}/{CONFIG_KEY}", self.config_dir)
+    }
+
+    /// Path of the inline scrape configs file.
+    pub fn inline_scrape_file(&self) -> String {
+        format!("{}/{INLINE_SCRAPE_KEY}", self.config_dir)
+    }
+
+    /// Path of a key of a mounted remote write Secret.
+    pub fn secret_file(&self, secret: &str, key: &str) -> String {
+        format!("{}/{secret}/{key}", self.secrets_dir)
+    }
+}
+
+/// The rendered `prometheus.yml`, as a typed model. Field order is the file's key order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrometheusConfig {
+    /// `global`.
+    pub global: GlobalConfig,
+    /// `scrape_configs`: the self-scrape job.
+    pub scrape_configs: Vec<StaticScrapeConfig>,
+    /// `scrape_config_files`: the additional scrape configs (inline file or mounted Secret key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scrape_config_files: Vec<String>,
+    /// `remote_write`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_write: Vec<RemoteWriteConfig>,
+}
+
+/// `global` of `prometheus.yml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalConfig {
+    /// `scrape_interval`.
+    pub scrape_interval: String,
+    /// `evaluation_interval`.
+    pub evaluation_interval: String,
+    /// `external_labels`, sorted by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_labels: BTreeMap<String, String>,
+}
+
+/// A scrape job with static targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticScrapeConfig {
+    /// `job_name`.
+    pub job_name: String,
+    /// `static_configs`.
+    pub static_configs: Vec<StaticTargets>,
+}
+
+/// One `static_configs` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticTargets {
+    /// `targets`.
+    pub targets: Vec<String>,
+}
+
+/// One `remote_write` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteWriteConfig {
+    /// `url`.
+    pub url: String,
+    /// `name`, when the spec gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `basic_auth` with files of the mounted Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// `authorization` (bearer token) with a file of the mounted Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<AuthorizationConfig>,
+}
+
+/// `basic_auth` read from files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuthConfig {
+    /// `username_file`.
+    pub username_file: String,
+    /// `password_file`.
+    pub password_file: String,
+}
+
+/// `authorization` read from a file; the type defaults to `Bearer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationConfig {
+    /// `credentials_file`.
+    pub credentials_file: String,
+}
+
+/// The rendered files of the ConfigMap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFiles {
+    /// `prometheus.yml`.
+    pub prometheus_yml: String,
+    /// `additional-scrape-configs.yml`, only with `additionalScrapeConfigs.inline`.
+    pub inline_scrape_configs_yml: Option<String>,
+}
+
+/// Where the additional scrape configs come from, once checked.
+enum ScrapeSource<'a> {
+    Inline(Vec<serde_yaml::Value>),
+    Secret { key: &'a str },
+}
+
+#[derive(Serialize)]
+struct ScrapeConfigFile<'a> {
+    scrape_configs: &'a [serde_yaml::Value],
+}
+
+/// Renders the `prometheus.yml` model for files under `paths`.
+pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<PrometheusConfig> {
+    version::check_supported(ctx)?;
+    let spec = &ctx.cluster.spec;
+    let scrape_interval = non_empty(&spec.scrape_interval).unwrap_or(DEFAULT_INTERVAL);
+    check_duration("spec.scrapeInterval", scrape_interval)?;
+    let evaluation_interval = non_empty(&spec.evaluation_interval).unwrap_or(DEFAULT_INTERVAL);
+    check_duration("spec.evaluationInterval", evaluation_interval)?;
+
+    let scrape_config_files = match scrape_source(ctx)? {
+        None => vec![],
+        Some(ScrapeSource::Inline(_)) => vec![paths.inline_scrape_file()],
+        Some(ScrapeSource::Secret { key }) => vec![format!("{}/{key}", paths.extra_secret_dir)],
+    };
+
+    Ok(PrometheusConfig {
+        global: GlobalConfig {
+            scrape_interval: scrape_interval.to_owned(),
+            evaluation_interval: evaluation_interval.to_owned(),
+            external_labels: external_labels(ctx)?,
+        },
+        scrape_configs: vec![StaticScrapeConfig {
+            job_name: SELF_SCRAPE_JOB.to_owned(),
+            static_configs: vec![StaticTargets { targets: vec![format!("localhost:{}", ports::PROMETHEUS)] }],
+        }],
+        scrape_config_files,
+        remote_write: remote_write(ctx, paths)?,
+    })
+}
+
+/// Renders `prometheus.yml` and the inline scrape configs file for files under `paths`.
+pub fn build_config_files(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<ConfigFiles> {
+    let config = build_prometheus_config(ctx, paths)?;
+    let prometheus_yml = to_yaml(&config)?;
+    let inline_scrape_configs_yml = match scrape_source(ctx)? {
+        Some(ScrapeSource::Inline(entries)) => Some(to_yaml(&ScrapeConfigFile { scrape_configs: &entries })?),
+        _ => None,
+    };
+    Ok(ConfigFiles { prometheus_yml, inline_scrape_configs_yml })
+}
+
+/// Renders the ConfigMap `<name>-config` with the files for the pod's paths.
+pub fn build_config_map(ctx: &BuildContext<'_>) -> Result<ConfigMap> {
+    let files = build_config_files(ctx, &ConfigPaths::default())?;
+    let mut data = BTreeMap::from([(CONFIG_KEY.to_owned(), files.prometheus_yml)]);
+    if let Some(inline) = files.inline_scrape_configs_yml {
+        data.insert(INLINE_SCRAPE_KEY.to_owned(), inline);
+    }
+    Ok(ConfigMap { metadata: ctx.object_meta(ctx.config_map_name()), data: Some(data), ..ConfigMap::default() })
+}
+
+/// The name of the replica external label (`spec.replicaExternalLabelName`, default `replica`).
+pub fn replica_label_name<'a>(ctx: &BuildContext<'a>) -> &'a str {
+    ctx.cluster.spec.replica_external_label_name.as_deref().and_then(non_empty).unwrap_or(DEFAULT_REPLICA_LABEL)
+}
+
+/// The distinct remote write Secrets, sorted: each is mounted at `<secrets dir>/<name>`.
+pub fn remote_write_secrets(ctx: &BuildContext<'_>) -> BTreeSet<String> {
+    ctx.cluster
+        .spec
+        .remote_write
+        .iter()
+        .flat_map(|rw| [&rw.basic_auth_secret_ref, &rw.bearer_token_secret_ref])
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// The Secret key mounted for `additionalScrapeConfigs.secretRef`, if that is the source.
+pub fn extra_scrape_secret<'a>(ctx: &BuildContext<'a>) -> Option<(&'a str, &'a str)> {
+    let asc = ctx.cluster.spec.additional_scrape_configs.as_ref()?;
+    let inline_set = asc.inline.as_deref().and_then(non_empty).is_some();
+    match (&asc.secret_ref, inline_set) {
+        (Some(secret), false) => Some((secret.name.as_str(), secret.key.as_str())),
+        _ => None,
+    }
+}
+
+/// Spec external labels, then `cluster: <name>` when Thanos is on and the spec does not set it, then the replica
+/// label (which wins: replicas must stay distinguishable).
+fn external_labels(ctx: &BuildContext<'_>) -> Result<BTreeMap<String, String>> {
+    let spec = &ctx.cluster.spec;
+    for name in spec.external_labels.keys() {
+        if !is_label_name(name) {
+            return Err(Error::InvalidLabelName { field: "spec.externalLabels", name: name.clone() });
+        }
+    }
+    let mut labels = spec.external_labels.clone();
+    if ctx.thanos_enabled() {
+        labels.entry(CLUSTER_LABEL.to_owned()).or_insert_with(|| ctx.name.to_owned());
+    }
+    if ctx.needs_replica_label() {
+        let replica = replica_label_name(ctx);
+        if !is_label_name(replica) {
+            return Err(Error::InvalidLabelName { field: "spec.replicaExternalLabelName", name: replica.to_owned() });
+        }
+        labels.insert(replica.to_owned(), REPLICA_LABEL_VALUE.to_owned());
+    }
+    Ok(labels)
+}
+
+fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<RemoteWriteConfig>> {
+    let mut out: Vec<RemoteWriteConfig> = Vec::new();
+    for (index, rw) in ctx.cluster.spec.remote_write.iter().enumerate() {
+        let url = non_empty(&rw.url).ok_or(Error::MissingRemoteWriteUrl { index })?;
+        let basic_auth = match &rw.basic_auth_secret_ref {
+            Some(secret) => {
+                check_secret_name(format!("spec.remoteWrite[{index}].basicAuthSecretRef.name"), &secret.name)?;
+                Some(BasicAuthConfig {
+                    username_file: paths.secret_file(&secret.name, BASIC_AUTH_USERNAME_KEY),
+                    password_file: paths.secret_file(&secret.name, BASIC_AUTH_PASSWORD_KEY),
+                })
+            }
+            None => None,
+        };
+        let authorization = match &rw.bearer_token_secret_ref {
+            Some(secret) => {
+                check_secret_name(format!("spec.remoteWrite[{index}].bearerTokenSecretRef.name"), &secret.name)?;
+                Some(AuthorizationConfig { credentials_file: paths.secret_file(&secret.name, BEARER_TOKEN_KEY) })
+            }
+            None => None,
+        };
+        if basic_auth.is_some() && authorization.is_some() {
+            return Err(Error::ConflictingRemoteWriteAuth { index });
+        }
+        let entry = RemoteWriteConfig {
+            url: url.to_owned(),
+            name: non_empty(&rw.name).map(str::to_owned),
+            basic_auth,
+            authorization,
+        };
+        let duplicate = out.iter().position(|prev| (prev.name.is_some() && prev.name == entry.name) || *prev == entry);
+        if let Some(first) = duplicate {
+            return Err(Error::DuplicateRemoteWrite { index, first });
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+fn scrape_source<'a>(ctx: &BuildContext<'a>) -> Result<Option<ScrapeSource<'a>>> {
+    let Some(asc) = &ctx.cluster.spec.additional_scrape_configs else { return Ok(None) };
+    let inline = asc.inline.as_deref().and_then(non_empty);
+    match (inline, &asc.secret_ref) {
+        (Some(_), Some(_)) => {
+            Err(Error::InvalidAdditionalScrapeConfigs { reason: "inline and secretRef are mutually exclusive" })
+        }
+        (None, None) => Err(Error::InvalidAdditionalScrapeConfigs {
+            reason: "set inline or secretRef when additionalScrapeConfigs is present",
+        }),
+        (Some(inline), None) => parse_inline(inline).map(|entries| Some(ScrapeSource::Inline(entries))),
+        (None, Some(secret)) => {
+            check_secret_name("spec.additionalScrapeConfigs.secretRef.name".to_owned(), &secret.name)?;
+            check_secret_key("spec.additionalScrapeConfigs.secretRef.key", &secret.key)?;
+            Ok(Some(ScrapeSource::Secret { key: &secret.key }))
+        }
+    }
+}
+
+/// Parses the inline scrape configs: a YAML list of mappings, each with a distinct `job_name` that is not the
+/// self-scrape job's.
+fn parse_inline(inline: &str) -> Result<Vec<serde_yaml::Value>> {
+    let invalid = |reason: String| Error::InvalidInlineScrapeConfigs { reason };
+    let value: serde_yaml::Value = serde_yaml::from_str(inline).map_err(|e| invalid(e.to_string()))?;
+    let entries = match value {
+        serde_yaml::Value::Sequence(entries) => entries,
+        serde_yaml::Value::Mapping(m) if m.contains_key("scrape_configs") => {
+            return Err(invalid("found a mapping with scrape_configs; give the list itself".to_owned()));
+        }
+        _ => return Err(invalid("the document is not a list".to_owned())),
+    };
+    let mut jobs = BTreeSet::from([SELF_SCRAPE_JOB.to_owned()]);
+    for (i, entry) in entries.iter().enumerate() {
+        let serde_yaml::Value::Mapping(map) = entry else {
+            return Err(invalid(format!("entry {i} is not a mapping")));
+        };
+        let job = map.get("job_name").and_then(serde_yaml::Value::as_str).and_then(non_empty);
+        let Some(job) = job else {
+            return Err(invalid(format!("entry {i} has no job_name")));
+        };
+        if !jobs.insert(job.to_owned()) {
+            return Err(invalid(format!("entry {i} reuses job_name {job:?}, which must be unique")));
+        }
+    }
+    Ok(entries)
+}
+
+fn check_secret_key(field: &str, key: &str) -> Result<()> {
+    let valid = !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidSecretReference {
+            field: field.to_owned(),
+            value: key.to_owned(),
+            reason: "is not a valid Secret key (letters, digits, '-', '_' and '.')",
+        })
+    }
+}
+
+fn to_yaml<T: Serialize>(value: &T) -> Result<String> {
+    serde_yaml::to_string(value)
+        .map_err(|e| Error::Serialize { kind: "prometheus configuration", reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_paths_match_the_constants() {
+        let p = ConfigPaths::default();
+        assert_eq!(p.config_file(), paths::CONFIG_FILE);
+        assert_eq!(p.inline_scrape_file(), paths::INLINE_SCRAPE_FILE);
+        assert_eq!(p.secret_file("s", "k"), format!("{}/s/k", paths::SECRETS_DIR));
+    }
+
+    #[test]
+    fn rooted_paths_keep_the_pod_layout_under_the_root() {
+        let p = ConfigPaths::rooted_at("/tmp/x/");
+        assert_eq!(p.config_file(), format!("/tmp/x{}", paths::CONFIG_FILE));
+        assert_eq!(p.extra_secret_dir, format!("/tmp/x{}", paths::EXTRA_SECRET_DIR));
+    }
+
+    #[test]
+    fn inline_scrape_configs_must_be_a_list_of_distinct_jobs() {
+        assert!(parse_inline("- job_name: a\n- job_name: b\n").is_ok());
+        assert!(parse_inline("job_name: a").is_err());
+        assert!(parse_inline("scrape_configs:\n- job_name: a").is_err());
+        assert!(parse_inline("- job_name: a\n- job_name: a\n").is_err());
+        assert!(parse_inline("- job_name: prometheus\n").is_err());
+        assert!(parse_inline("- static_configs: []\n").is_err());
+        assert!(parse_inline("- 1\n").is_err());
+        assert!(parse_inline("[").is_err());
+    }
+
+    #[test]
+    fn secret_keys_cannot_escape_the_mount() {
+        assert!(check_secret_key("f", "scrape.yml").is_ok());
+        for bad in ["", ".", "..", "a/b", "../x"] {
+            assert!(check_secret_key("f", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The **build** step of the pipeline: renders the Kubernetes objects a `PrometheusCluster` should own.
+//!
+//! ```text
+//!   validate ──► build ──► (ConfigMap, Service, StatefulSet, PodDisruptionBudget?) ──► plan ──► adapters apply
+//! ```
+//!
+//! Pure: no I/O, no clock, no environment, no client. Builders borrow the cluster and never mutate it; every map
+//! they render is a `BTreeMap`, so the same input always gives byte-identical output (snapshots never flap).
+//! One builder per rendered object: [`config`], [`service`], [`statefulset`], [`pdb`]; [`version`] reads the
+//! Prometheus version from the image tag to pick the right flags.
+//!
+//! # Errors
+//! [`build`] returns an [`Error`] instead of rendering something Prometheus or the API server would reject
+//! (a bad name, a remote write with two kinds of auth, inline scrape configs that are not a YAML list, ...).
+//! It never panics, whatever the spec.
+
+pub mod config;
+pub mod pdb;
+pub mod service;
+pub mod statefulset;
+pub mod version;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+use crate::constants::labels;
+use crate::crd::PrometheusCluster;
+use crate::crd::cluster::{DEFAULT_IMAGE, DEFAULT_RETENTION, DEFAULT_STORAGE_SIZE, DEFAULT_THANOS_IMAGE};
+use crate::{duration, quantity};
+
+pub use version::PrometheusVersion;
+
+/// `type Result<T> = Result<T, build::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Agent image used when the operator is not told otherwise: the operator's own image at the same version.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/merlionos/tsdb-operator:", env!("CARGO_PKG_VERSION"));
+
+/// Longest cluster name: pods carry the label `controller-revision-hash: <name>-<10 characters>`, and label values
+/// are at most 63 characters.
+pub const MAX_NAME_LEN: usize = 52;
+
+/// Which PodDisruptionBudget API the server serves. The operator picks it from discovery: `policy/v1` exists
+/// since Kubernetes 1.21, older servers (the 1.20 test server) only have `policy/v1beta1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PdbApi {
+    /// `policy/v1`.
+    #[default]
+    V1,
+    /// `policy/v1beta1` (same spec fields as rendered here).
+    V1beta1,
+}
+
+impl PdbApi {
+    /// The `apiVersion` of a PodDisruptionBudget in this API.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            PdbApi::V1 => "policy/v1",
+            PdbApi::V1beta1 => "policy/v1beta1",
+        }
+    }
+}
+
+/// Operator-wide settings that shape the rendered objects (not part of any cluster's spec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSettings {
+    /// Image of the `agent` sidecar (the operator binary run as `tsdb-operator agent`).
+    pub agent_image: String,
+    /// The PodDisruptionBudget API to render for.
+    pub pdb_api: PdbApi,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self { agent_image: DEFAULT_AGENT_IMAGE.to_owned(), pdb_api: PdbApi::V1 }
+    }
+}
+
+/// Everything one `PrometheusCluster` should own, as typed objects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredObjects {
+    /// `<name>-config`: `prometheus.yml` and, with inline scrape configs, `additional-scrape-configs.yml`.
+    pub config_map: ConfigMap,
+    /// `<name>`: the headless governing Service.
+    pub service: Service,
+    /// `<name>`: the Prometheus pods.
+    pub stateful_set: StatefulSet,
+    /// `<name>`: only when there is more than one replica.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+}
+
+impl DesiredObjects {
+    /// The objects as the JSON manifests the adapter applies, in apply order (ConfigMap, Service,
+    /// PodDisruptionBudget, StatefulSet), each with `apiVersion` and `kind`. The PodDisruptionBudget gets the
+    /// `apiVersion` of `settings.pdb_api`; its spec is the same in both versions.
+    pub fn manifests(&self, settings: &BuildSettings) -> Result<Vec<serde_json::Value>> {
+        let mut out = vec![to_json(&self.config_map, "ConfigMap")?, to_json(&self.service, "Service")?];
+        if let Some(pdb) = &self.pod_disruption_budget {
+            let mut value = to_json(pdb, "PodDisruptionBudget")?;
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("apiVersion".to_owned(), serde_json::Value::from(settings.pdb_api.api_version()));
+            }
+            out.push(value);
+        }
+        out.push(to_json(&self.stateful_set, "StatefulSet")?);
+        Ok(out)
+    }
+}
+
+fn to_json<T: serde::Serialize>(object: &T, kind: &'static str) -> Result<serde_json::Value> {
+    serde_json::to_value(object).map_err(|e| Error::Serialize { kind, reason: e.to_string() })
+}
+
+/// Why a cluster could not be rendered. Each variant names the field at fault and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The cluster has no `metadata.name`.
+    #[error("failed to build: the PrometheusCluster has no metadata.name")]
+    MissingName,
+    /// The cluster name cannot name the Service and StatefulSet.
+    #[error("failed to build: metadata.name {name:?} {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `spec.replicas` is below 1.
+    #[error("failed to build: spec.replicas is {replicas}, must be >= 1")]
+    InvalidReplicas {
+        /// The rejected value.
+        replicas: i32,
+    },
+    /// A duration field does not parse.
+    #[error("failed to build: {field} {value:?} is not a Prometheus duration")]
+    InvalidDuration {
+        /// The field, for example `spec.retention`.
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: duration::Error,
+    },
+    /// `spec.storage.size` is not a positive quantity.
+    #[error("failed to build: spec.storage.size {value:?} must be a positive quantity like 20Gi")]
+    InvalidStorageSize {
+        /// The rejected value.
+        value: String,
+        /// Why it does not parse, when it does not.
+        #[source]
+        source: Option<quantity::Error>,
+    },
+    /// A label name is not a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+    #[error(
+        "failed to build: {field} {name:?} is not a valid label name: use letters, digits and _, not starting with a digit"
+    )]
+    InvalidLabelName {
+        /// The field, for example `spec.externalLabels`.
+        field: &'static str,
+        /// The rejected label name.
+        name: String,
+    },
+    /// The image's Prometheus version cannot run what the spec asks for.
+    #[error("failed to build: spec.image {image:?} is Prometheus {version}, {reason}")]
+    UnsupportedPrometheusVersion {
+        /// The image.
+        image: String,
+        /// The version read from its tag.
+        version: PrometheusVersion,
+        /// What that version lacks.
+        reason: &'static str,
+    },
+    /// A referenced Secret name or key cannot be mounted.
+    #[error("failed to build: {field} {value:?} {reason}")]
+    InvalidSecretReference {
+        /// The field, for example `spec.remoteWrite[0].basicAuthSecretRef.name`.
+        field: String,
+        /// The rejected value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A remote write entry has no URL.
+    #[error("failed to build: spec.remoteWrite[{index}].url is required")]
+    MissingRemoteWriteUrl {
+        /// Index in `spec.remoteWrite`.
+        index: usize,
+    },
+    /// A remote write entry sets both basic auth and a bearer token; Prometheus accepts only one.
+    #[error(
+        "failed to build: spec.remoteWrite[{index}] sets both basicAuthSecretRef and bearerTokenSecretRef; keep one"
+    )]
+    ConflictingRemoteWriteAuth {
+        /// Index in `spec.remoteWrite`.
+        index: usize,
+    },
+    /// Two remote write entries have the same name, or are identical; Prometheus rejects both.
+    #[error(
+        "failed to build: spec.remoteWrite[{index}] duplicates spec.remoteWrite[{first}]; give each a distinct name"
+    )]
+    DuplicateRemoteWrite {
+        /// Index of the duplicate.
+        index: usize,
+        /// Index of the entry it duplicates.
+        first: usize,
+    },
+    /// `spec.additionalScrapeConfigs` sets both `inline` and `secretRef`, or neither.
+    #[error("failed to build: spec.additionalScrapeConfigs: {reason}")]
+    InvalidAdditionalScrapeConfigs {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// `spec.additionalScrapeConfigs.inline` is not a YAML list of scrape configs with distinct job names.
+    #[error(
+        "failed to build: spec.additionalScrapeConfigs.inline must be a YAML list of scrape_config entries: {reason}"
+    )]
+    InvalidInlineScrapeConfigs {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Serializing a rendered object failed.
+    #[error("failed to build: serializing the {kind}: {reason}")]
+    Serialize {
+        /// What was being serialized.
+        kind: &'static str,
+        /// The serializer's message.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A short, stable name for metric labels and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingName | Error::InvalidName { .. } => "InvalidName",
+            Error::InvalidReplicas { .. } => "InvalidReplicas",
+            Error::InvalidDuration { .. } => "InvalidDuration",
+            Error::InvalidStorageSize { .. } => "InvalidStorageSize",
+            Error::InvalidLabelName { .. } => "InvalidLabelName",
+            Error::UnsupportedPrometheusVersion { .. } => "UnsupportedPrometheusVersion",
+            Error::InvalidSecretReference { .. } => "InvalidSecretReference",
+            Error::MissingRemoteWriteUrl { .. }
+            | Error::ConflictingRemoteWriteAuth { .. }
+            | Error::DuplicateRemoteWrite { .. } => "InvalidRemoteWrite",
+            Error::InvalidAdditionalScrapeConfigs { .. } | Error::InvalidInlineScrapeConfigs { .. } => {
+                "InvalidAdditionalScrapeConfigs"
+            }
+            Error::Serialize { .. } => "Serialize",
+        }
+    }
+}
+
+/// A cluster with its defaults applied and its names checked: what every builder reads.
+///
+/// The seed's code defaults apply to empty fields: image -> [`DEFAULT_IMAGE`], retention -> [`DEFAULT_RETENTION`],
+/// size empty or zero -> [`DEFAULT_STORAGE_SIZE`], Thanos image -> [`DEFAULT_THANOS_IMAGE`].
+#[derive(Debug, Clone)]
+pub struct BuildContext<'a> {
+    /// The cluster being rendered (borrowed, never changed).
+    pub cluster: &'a PrometheusCluster,
+    /// Operator-wide settings.
+    pub settings: &'a BuildSettings,
+    /// `metadata.name`.
+    pub name: &'a str,
+    /// `metadata.namespace`, if the input has one (dry-run input may not).
+    pub namespace: Option<&'a str>,
+    /// Prometheus image.
+    pub image: &'a str,
+    /// Version read from the image tag; `None` when the tag says nothing (`latest`, a digest).
+    pub version: Option<PrometheusVersion>,
+    /// `--storage.tsdb.retention.time`.
+    pub retention: &'a str,
+    /// Size of each data volume.
+    pub storage_size: &'a str,
+    /// Thanos image.
+    pub thanos_image: &'a str,
+}
+
+impl<'a> BuildContext<'a> {
+    /// Applies defaults and checks the fields every builder relies on.
+    pub fn new(cluster: &'a PrometheusCluster, settings: &'a BuildSettings) -> Result<Self> {
+        let name = cluster.metadata.name.as_deref().filter(|n| !n.is_empty()).ok_or(Error::MissingName)?;
+        check_cluster_name(name)?;
+        let spec = &cluster.spec;
+        if spec.replicas < 1 {
+            return Err(Error::InvalidReplicas { replicas: spec.replicas });
+        }
+        let image = non_empty(&spec.image).unwrap_or(DEFAULT_IMAGE);
+        let retention = non_empty(&spec.retention).unwrap_or(DEFAULT_RETENTION);
+        check_duration("spec.retention", retention)?;
+        let storage_size = storage_size(&spec.storage.size.0)?;
+        let thanos_image = non_empty(&spec.thanos.image).unwrap_or(DEFAULT_THANOS_IMAGE);
+        Ok(Self {
+            cluster,
+            settings,
+            name,
+            namespace: cluster.metadata.namespace.as_deref().filter(|n| !n.is_empty()),
+            image,
+            version: PrometheusVersion::from_image(image),
+            retention,
+            storage_size,
+            thanos_image,
+        })
+    }
+
+    /// Whether the Thanos sidecar runs.
+    pub fn thanos_enabled(&self) -> bool {
+        self.cluster.spec.thanos.enabled
+    }
+
+    /// Whether each pod's external labels carry its own name (more than one replica, or Thanos on).
+    pub fn needs_replica_label(&self) -> bool {
+        self.cluster.spec.replicas > 1 || self.thanos_enabled()
+    }
+
+    /// Labels of every child object: the seed's selector labels plus `app.kubernetes.io/managed-by`.
+    pub fn common_labels(&self) -> BTreeMap<String, String> {
+        let mut out = self.selector_labels();
+        out.insert(labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned());
+        out
+    }
+
+    /// The seed's pod selector: `app.kubernetes.io/name: prometheus`, `app.kubernetes.io/instance: <name>`.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::NAME.to_owned(), labels::NAME_VALUE.to_owned()),
+            (labels::INSTANCE.to_owned(), self.name.to_owned()),
+        ])
+    }
+
+    /// Metadata of a child object called `name`: namespace, common labels and the owner reference.
+    pub fn object_meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: self.namespace.map(str::to_owned),
+            labels: Some(self.common_labels()),
+            owner_references: self.owner_reference().map(|o| vec![o]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// A controller owner reference to the cluster; `None` when the input has no `uid` (dry-run input).
+    pub fn owner_reference(&self) -> Option<OwnerReference> {
+        let uid = self.cluster.metadata.uid.as_deref().filter(|u| !u.is_empty())?;
+        Some(OwnerReference {
+            api_version: PrometheusCluster::api_version(&()).into_owned(),
+            kind: PrometheusCluster::kind(&()).into_owned(),
+            name: self.name.to_owned(),
+            uid: uid.to_owned(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+    }
+
+    /// Name of the ConfigMap: `<name>-config`.
+    pub fn config_map_name(&self) -> String {
+        format!("{}-config", self.name)
+    }
+}
+
+/// Renders every object the cluster should own.
+///
+/// # Errors
+/// See [`Error`]: the spec asks for something that cannot be rendered into objects Kubernetes and Prometheus
+/// accept.
+pub fn build(cluster: &PrometheusCluster, settings: &BuildSettings) -> Result<DesiredObjects> {
+    let ctx = BuildContext::new(cluster, settings)?;
+    Ok(DesiredObjects {
+        config_map: config::build_config_map(&ctx)?,
+        service: service::build_service(&ctx),
+        stateful_set: statefulset::build_statefulset(&ctx)?,
+        pod_disruption_budget: pdb::build_pdb(&ctx),
+    })
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    let s = s.trim();
+    (!s.is_empty()).then_some(s)
+}
+
+/// The volume size: the spec's, or [`DEFAULT_STORAGE_SIZE`] when empty or zero (seed).
+fn storage_size(size: &str) -> Result<&str> {
+    let Some(size) = non_empty(size) else { return Ok(DEFAULT_STORAGE_SIZE) };
+    match quantity::parse_nanos(size) {
+        Ok(0) => Ok(DEFAULT_STORAGE_SIZE),
+        Ok(n) if n > 0 => Ok(size),
+        Ok(_) => Err(Error::InvalidStorageSize { value: size.to_owned(), source: None }),
+        Err(e) => Err(Error::InvalidStorageSize { value: size.to_owned(), source: Some(e) }),
+    }
+}
+
+fn check_duration(field: &'static str, value: &str) -> Result<std::time::Duration> {
+    duration::parse(value).map_err(|source| Error::InvalidDuration { field, value: value.to_owned(), source })
+}
+
+fn check_cluster_name(name: &str) -> Result<()> {
+    let invalid = |reason: &str| Err(Error::InvalidName { name: name.to_owned(), reason: reason.to_owned() });
+    if name.len() > MAX_NAME_LEN {
+        return invalid(&format!("is longer than {MAX_NAME_LEN} characters (StatefulSet pod labels need the room)"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return invalid("must start with a lowercase letter (it names a Service)");
+    }
+    if !is_dns1123_label(name) {
+        return invalid("must consist of lowercase letters, digits and '-', and end with a letter or digit");
+    }
+    Ok(())
+}
+
+pub(crate) fn check_secret_name(field: String, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidSecretReference { field, value: String::new(), reason: "is required" });
+    }
+    if !is_dns1123_subdomain(name) {
+        return Err(Error::InvalidSecretReference {
+            field,
+            value: name.to_owned(),
+            reason: "is not a valid Secret name (lowercase letters, digits, '-' and '.')",
+        });
+    }
+    Ok(())
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub(crate) fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Labels joined by dots, at most 253 characters (what a Secret name may be).
+pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// A Prometheus label name that both 2.x and 3.x accept without UTF-8 escaping.
+pub(crate) fn is_label_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_zero_sizes_get_the_seed_default() {
+        for zero in ["", " ", "0", "0Gi", "0.0"] {
+            assert_eq!(storage_size(zero), Ok(DEFAULT_STORAGE_SIZE), "{zero}");
+        }
+        assert_eq!(storage_size("50Gi"), Ok("50Gi"));
+        assert!(storage_size("-1Gi").is_err());
+        assert!(storage_size("lots").is_err());
+    }
+
+    #[test]
+    fn names_are_checked_like_the_api_server_does() {
+        assert!(is_dns1123_label("demo-1"));
+        assert!(!is_dns1123_label("Demo"));
+        assert!(!is_dns1123_label("demo-"));
+        assert!(!is_dns1123_label(""));
+        assert!(is_dns1123_subdomain("rw.creds-1"));
+        assert!(!is_dns1123_subdomain("rw..creds"));
+        assert!(check_cluster_name("1demo").is_err());
+        assert!(check_cluster_name(&"a".repeat(53)).is_err());
+        assert!(check_cluster_name(&"a".repeat(52)).is_ok());
+    }
+
+    #[test]
+    fn label_names_follow_the_legacy_prometheus_charset() {
+        assert!(is_label_name("replica"));
+        assert!(is_label_name("_x9"));
+        assert!(!is_label_name("9x"));
+        assert!(!is_label_name("a-b"));
+        assert!(!is_label_name(""));
+    }
+}

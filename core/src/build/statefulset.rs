@@ -1,0 +1,434 @@
+//! Part of the **build** step: the StatefulSet `<name>` that runs the Prometheus pods. Pure: no I/O.
+//!
+//! Pod layout:
+//! - `prometheus`: Prometheus with the flags its version needs (see [`prometheus_args`]) and three probes
+//!   (see [`STARTUP_PROBE_PERIOD_SECONDS`] for why the startup probe is on `/-/ready`);
+//! - `agent`: the operator binary as a sidecar; it replaces the seed's configmap-reload (hot-reloads the config
+//!   through `/-/reload`) and serves the operator's requests on port 9091;
+//! - `thanos-sidecar`: only with `spec.thanos.enabled`, as in the seed.
+//!
+//! Volumes: the ConfigMap at [`paths::CONFIG_DIR`] (read-only, never nested with secrets), one volume per distinct
+//! remote write Secret at `<SECRETS_DIR>/<secret>` (the seed never mounted them, C.14.6), the additional scrape
+//! configs Secret, the Thanos object storage Secret, and the `data` claim template.
+//!
+//! Only fields a 1.20 API server knows are set: no `minReadySeconds`, `persistentVolumeClaimRetentionPolicy`,
+//! `ordinals` or rolling-update `maxUnavailable` on the StatefulSet, no probe-level grace periods.
+//!
+//! The pod template carries no hash of the configuration: the agent hot-reloads it, and a changing template
+//! annotation would roll every pod on each config change.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::config::{self, POD_NAME_ENV};
+use super::service::{THANOS_GRPC_NAME, THANOS_HTTP_NAME};
+use super::{BuildContext, Result, check_duration, check_secret_name, is_dns1123_label, version};
+use crate::constants::{containers, paths, ports, volumes};
+
+/// Grace period of the pods: Prometheus flushes its head block and WAL on shutdown, which can take minutes on
+/// large instances (prometheus-operator uses the same 600 s).
+pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 = 600;
+
+/// Period of the startup probe; its failure threshold is `selfHealing.startupBudget / period`, rounded up.
+///
+/// Why the startup probe is on `/-/ready` and not `/-/healthy`: while Prometheus replays its WAL it already answers
+/// `/-/healthy` with 200 but `/-/ready` with 503. A startup probe on `/-/healthy` would pass at once and give no
+/// protection. On `/-/ready` it holds back the liveness probe (Kubernetes runs liveness only after the startup
+/// probe passed) for the whole replay, up to the startup budget, so a slow or CPU-starved replay is not killed and
+/// restarted from scratch (the restart loop of prometheus-operator #3094/#3391). A replay that exceeds the budget
+/// is treated as stuck and the kubelet restarts the container. The operator's self-healing reads the same budget
+/// and leaves a replica alone while its container has not started.
+pub const STARTUP_PROBE_PERIOD_SECONDS: i32 = 15;
+
+/// Name of the data volume claim template and of its mounts.
+const DATA_VOLUME: &str = volumes::DATA;
+
+/// User and group `nobody`, which the Prometheus image runs as.
+const NOBODY: i64 = 65534;
+
+/// Renders the StatefulSet `<name>`.
+pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
+    version::check_supported(ctx)?;
+    let spec = &ctx.cluster.spec;
+    let startup_budget = check_duration("spec.selfHealing.startupBudget", &spec.self_healing.startup_budget)?;
+    if let Some(objstore) = thanos_objstore_secret(ctx) {
+        check_secret_name("spec.thanos.objectStorageConfigSecretRef.name".to_owned(), objstore)?;
+    }
+
+    let mut pod_containers = vec![prometheus_container(ctx, startup_budget), agent_container(ctx)];
+    if ctx.thanos_enabled() {
+        pod_containers.push(thanos_container(ctx));
+    }
+
+    let pod_spec = PodSpec {
+        containers: pod_containers,
+        volumes: Some(pod_volumes(ctx)),
+        security_context: Some(spec.security_context.clone().unwrap_or_else(default_pod_security_context)),
+        affinity: affinity(ctx),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        priority_class_name: spec.priority_class_name.clone().filter(|p| !p.is_empty()),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
+        ..PodSpec::default()
+    };
+
+    Ok(StatefulSet {
+        metadata: ctx.object_meta(ctx.name.to_owned()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector { match_labels: Some(ctx.selector_labels()), match_expressions: None },
+            service_name: Some(ctx.name.to_owned()),
+            // The seed's default. Immutable, so changing it would force re-creating seed StatefulSets; and
+            // rolling updates are one pod at a time under either policy.
+            pod_management_policy: Some("OrderedReady".to_owned()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.common_labels()),
+                    annotations: Some(BTreeMap::from([(
+                        "kubectl.kubernetes.io/default-container".to_owned(),
+                        containers::PROMETHEUS.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            volume_claim_templates: Some(vec![data_claim_template(ctx)]),
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The Prometheus command line, in this order: config file, data path, retention time (and size), lifecycle API,
+/// admin API only with backups (snapshots need it; it stays off otherwise, C.14.11), 2h blocks with Thanos (so
+/// the sidecar uploads every block), and `--enable-feature=expand-external-labels` for 2.x and unknown versions
+/// (3.x always expands external labels).
+pub fn prometheus_args(ctx: &BuildContext<'_>) -> Vec<String> {
+    let spec = &ctx.cluster.spec;
+    let mut args = vec![
+        format!("--config.file={}", paths::CONFIG_FILE),
+        format!("--storage.tsdb.path={}", paths::DATA_DIR),
+        format!("--storage.tsdb.retention.time={}", ctx.retention),
+    ];
+    if let Some(size) = spec.retention_size.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        args.push(format!("--storage.tsdb.retention.size={size}"));
+    }
+    args.push("--web.enable-lifecycle".to_owned());
+    if spec.backup.enabled {
+        args.push("--web.enable-admin-api".to_owned());
+    }
+    if ctx.thanos_enabled() {
+        args.push("--storage.tsdb.min-block-duration=2h".to_owned());
+        args.push("--storage.tsdb.max-block-duration=2h".to_owned());
+    }
+    if version::needs_expand_external_labels_flag(ctx.version) {
+        args.push("--enable-feature=expand-external-labels".to_owned());
+    }
+    args
+}
+
+/// Name of the volume of a remote write Secret: `rw-secret-<secret>` when that is a valid volume name, else a
+/// shortened name with a hash of the Secret name (Secret names may have dots and 253 characters, volume names
+/// may not).
+pub fn remote_write_volume_name(secret: &str) -> String {
+    let plain = format!("{}{secret}", volumes::REMOTE_WRITE_SECRET_PREFIX);
+    if is_dns1123_label(&plain) {
+        return plain;
+    }
+    let mut short: String =
+        secret.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' }).take(40).collect();
+    while short.ends_with('-') {
+        short.pop();
+    }
+    let mut name = volumes::REMOTE_WRITE_SECRET_PREFIX.to_owned();
+    if !short.is_empty() {
+        name.push_str(&short);
+        name.push('-');
+    }
+    let _ = write!(name, "{:08x}", fnv1a32(secret));
+    name
+}
+
+/// FNV-1a, 32 bits: a stable, dependency-free hash for names (not for security).
+fn fnv1a32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+fn prometheus_container(ctx: &BuildContext<'_>, startup_budget: std::time::Duration) -> Container {
+    let mut mounts = vec![mount(DATA_VOLUME, paths::DATA_DIR, false), mount(volumes::CONFIG, paths::CONFIG_DIR, true)];
+    if config::extra_scrape_secret(ctx).is_some() {
+        mounts.push(mount(volumes::EXTRA_SCRAPE_SECRET, paths::EXTRA_SECRET_DIR, true));
+    }
+    for secret in config::remote_write_secrets(ctx) {
+        mounts.push(mount(&remote_write_volume_name(&secret), &format!("{}/{secret}", paths::SECRETS_DIR), true));
+    }
+    let period = u128::from(STARTUP_PROBE_PERIOD_SECONDS.unsigned_abs()) * 1000;
+    let startup_failures = i32::try_from(startup_budget.as_millis().div_ceil(period)).unwrap_or(i32::MAX).max(1);
+    Container {
+        name: containers::PROMETHEUS.to_owned(),
+        image: Some(ctx.image.to_owned()),
+        args: Some(prometheus_args(ctx)),
+        env: Some(vec![field_env(POD_NAME_ENV, "metadata.name")]),
+        ports: Some(vec![container_port(ports::PROMETHEUS_NAME, ports::PROMETHEUS)]),
+        startup_probe: Some(http_probe(
+            "/-/ready",
+            ports::PROMETHEUS_NAME,
+            STARTUP_PROBE_PERIOD_SECONDS,
+            startup_failures,
+        )),
+        readiness_probe: Some(http_probe("/-/ready", ports::PROMETHEUS_NAME, 5, 3)),
+        liveness_probe: Some(http_probe("/-/healthy", ports::PROMETHEUS_NAME, 5, 6)),
+        resources: ctx.cluster.spec.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security_context()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}
+
+fn agent_container(ctx: &BuildContext<'_>) -> Container {
+    Container {
+        name: containers::AGENT.to_owned(),
+        image: Some(ctx.settings.agent_image.clone()),
+        args: Some(vec![
+            "agent".to_owned(),
+            format!("--config-dir={}", paths::CONFIG_DIR),
+            format!("--prometheus-url=http://127.0.0.1:{}", ports::PROMETHEUS),
+            format!("--listen-address=0.0.0.0:{}", ports::AGENT),
+            format!("--data-dir={}", paths::DATA_DIR),
+        ]),
+        env: Some(vec![field_env(POD_NAME_ENV, "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")]),
+        ports: Some(vec![container_port(ports::AGENT_NAME, ports::AGENT)]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("10m".to_owned())),
+                ("memory".to_owned(), Quantity("32Mi".to_owned())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("128Mi".to_owned()))])),
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts: Some(vec![
+            mount(volumes::CONFIG, paths::CONFIG_DIR, true),
+            mount(DATA_VOLUME, paths::DATA_DIR, false),
+        ]),
+        security_context: Some(container_security_context()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}
+
+fn thanos_container(ctx: &BuildContext<'_>) -> Container {
+    let objstore = thanos_objstore_secret(ctx);
+    let mut args = vec![
+        "sidecar".to_owned(),
+        format!("--tsdb.path={}", paths::DATA_DIR),
+        format!("--prometheus.url=http://127.0.0.1:{}", ports::PROMETHEUS),
+        format!("--http-address=0.0.0.0:{}", ports::THANOS_HTTP),
+        format!("--grpc-address=0.0.0.0:{}", ports::THANOS_GRPC),
+    ];
+    let mut mounts = vec![mount(DATA_VOLUME, paths::DATA_DIR, false)];
+    if objstore.is_some() {
+        args.push(format!("--objstore.config-file={}/{OBJSTORE_KEY}", paths::THANOS_OBJSTORE_DIR));
+        mounts.push(mount(volumes::THANOS_OBJSTORE, paths::THANOS_OBJSTORE_DIR, true));
+    }
+    Container {
+        name: containers::THANOS.to_owned(),
+        image: Some(ctx.thanos_image.to_owned()),
+        args: Some(args),
+        ports: Some(vec![
+            container_port(THANOS_HTTP_NAME, ports::THANOS_HTTP),
+            container_port(THANOS_GRPC_NAME, ports::THANOS_GRPC),
+        ]),
+        readiness_probe: Some(http_probe("/-/ready", THANOS_HTTP_NAME, 5, 3)),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security_context()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}
+
+/// Key of the Thanos object storage configuration in its Secret (seed).
+pub const OBJSTORE_KEY: &str = "objstore.yml";
+
+fn pod_volumes(ctx: &BuildContext<'_>) -> Vec<Volume> {
+    let mut out = vec![Volume {
+        name: volumes::CONFIG.to_owned(),
+        config_map: Some(ConfigMapVolumeSource { name: ctx.config_map_name(), ..ConfigMapVolumeSource::default() }),
+        ..Volume::default()
+    }];
+    for secret in config::remote_write_secrets(ctx) {
+        out.push(secret_volume(&remote_write_volume_name(&secret), &secret));
+    }
+    if let Some((secret, _key)) = config::extra_scrape_secret(ctx) {
+        out.push(secret_volume(volumes::EXTRA_SCRAPE_SECRET, secret));
+    }
+    if let Some(objstore) = thanos_objstore_secret(ctx) {
+        out.push(secret_volume(volumes::THANOS_OBJSTORE, objstore));
+    }
+    out
+}
+
+/// The Thanos object storage Secret, when Thanos is on and one is named.
+fn thanos_objstore_secret<'a>(ctx: &BuildContext<'a>) -> Option<&'a str> {
+    let secret = ctx.cluster.spec.thanos.object_storage_config_secret_ref.as_ref()?;
+    (ctx.thanos_enabled() && !secret.name.is_empty()).then_some(secret.name.as_str())
+}
+
+/// A Secret volume. Optional (as in the seed): a missing Secret must not keep Prometheus from starting; the
+/// operator reports it in the `Degraded` condition instead.
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            optional: Some(true),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn data_claim_template(ctx: &BuildContext<'_>) -> PersistentVolumeClaim {
+    // Only the name in metadata, like the seed: claim templates are immutable, and labels here would make the
+    // StatefulSet of a migrated seed cluster impossible to update.
+    PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some(DATA_VOLUME.to_owned()), ..ObjectMeta::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: ctx.cluster.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(ctx.storage_size.to_owned()))])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The spec's affinity; else, with more than one replica, a preferred anti-affinity that spreads replicas across
+/// nodes (preferred, so a small cluster still schedules every replica).
+fn affinity(ctx: &BuildContext<'_>) -> Option<Affinity> {
+    if let Some(affinity) = &ctx.cluster.spec.affinity {
+        return Some(affinity.clone());
+    }
+    if ctx.cluster.spec.replicas <= 1 {
+        return None;
+    }
+    Some(Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(ctx.selector_labels()),
+                        match_expressions: None,
+                    }),
+                    topology_key: "kubernetes.io/hostname".to_owned(),
+                    ..PodAffinityTerm::default()
+                },
+            }]),
+            required_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Affinity::default()
+    })
+}
+
+fn default_pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NOBODY),
+        run_as_group: Some(NOBODY),
+        fs_group: Some(NOBODY),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+        ..SecurityContext::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_owned()),
+                field_path: field_path.to_owned(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, port: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(port.to_owned()),
+            scheme: Some("HTTP".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failure_threshold),
+        success_threshold: Some(1),
+        ..Probe::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_write_volume_names_are_valid_and_distinct() {
+        assert_eq!(remote_write_volume_name("rw-creds"), "rw-secret-rw-creds");
+        let dotted = remote_write_volume_name("rw.creds");
+        assert!(is_dns1123_label(&dotted), "{dotted}");
+        assert_ne!(dotted, remote_write_volume_name("rw-creds"));
+        let long = remote_write_volume_name(&"a".repeat(253));
+        assert!(is_dns1123_label(&long), "{long}");
+        assert!(is_dns1123_label(&remote_write_volume_name("...")));
+    }
+}
