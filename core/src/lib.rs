@@ -19,6 +19,8 @@ pub mod duration;
 pub mod events;
 pub mod plan;
 pub mod quantity;
+pub mod schedule;
 pub mod secrets;
 pub mod selector;
 pub mod status;
+pub mod validate;

@@ -1,0 +1,823 @@
+//! The validate step: checks a `PrometheusCluster` or `PrometheusClusterSet` spec before anything is built.
+//! Pure: no I/O; the same input always gives the same errors, in the same order.
+//!
+//! Errors are modelled on Kubernetes field errors (`k8s.io/apimachinery/pkg/util/validation/field`): each
+//! names the field path (`spec.remoteWrite[0].url`), a kind (`Required value`, `Invalid value`, ...), the bad
+//! value where it helps, and a lowercase message that says what is wrong and how to fix it. They render as the
+//! API server renders them (`spec.replicas: Invalid value: 0: must be >= 1`), and [`FieldErrors::to_status`]
+//! gives the `Status` an admission webhook returns.
+//!
+//! # Guarantees
+//! - Every error is reported at once, in spec order; validation never stops at the first problem.
+//! - Every message of the Go seed's webhook is kept word for word (spec C.7).
+//! - It never panics, whatever the input (checked by property tests with arbitrary strings).
+
+pub mod bytes;
+pub mod names;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ListMeta, Status, StatusCause, StatusDetails};
+
+use crate::constants::GROUP;
+use crate::crd::cluster::{DEFAULT_IMAGE, DEFAULT_REPLICA_LABEL};
+use crate::crd::{
+    AdditionalScrapeConfigs, BackupSpec, PrometheusClusterSetSpec, PrometheusClusterSpec, RemoteWriteSpec,
+    SelfHealingSpec,
+};
+use crate::schedule::parse_schedule;
+
+/// The external label the operator sets to the cluster's name.
+pub const CLUSTER_LABEL: &str = "cluster";
+/// The scrape job the operator renders for Prometheus itself; inline scrape configs may not reuse it.
+pub const OWN_JOB_NAME: &str = "prometheus";
+/// Values longer than this many characters are shortened in error messages.
+pub const MAX_SHOWN_VALUE: usize = 256;
+
+/// The kind of a field error, as Kubernetes names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FieldErrorKind {
+    /// A required value is missing.
+    Required,
+    /// The value is malformed or out of range.
+    Invalid,
+    /// The field may not be set (in this combination).
+    Forbidden,
+    /// The value repeats one that must be unique.
+    Duplicate,
+    /// The value is longer than allowed.
+    TooLong,
+    /// The value is not one of a fixed set.
+    NotSupported,
+}
+
+impl FieldErrorKind {
+    /// The `reason` of a Kubernetes `StatusCause` (`FieldValueInvalid`, ...).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Required => "FieldValueRequired",
+            Self::Invalid => "FieldValueInvalid",
+            Self::Forbidden => "FieldValueForbidden",
+            Self::Duplicate => "FieldValueDuplicate",
+            Self::TooLong => "FieldValueTooLong",
+            Self::NotSupported => "FieldValueNotSupported",
+        }
+    }
+
+    /// The words the API server prints (`Invalid value`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "Required value",
+            Self::Invalid => "Invalid value",
+            Self::Forbidden => "Forbidden",
+            Self::Duplicate => "Duplicate value",
+            Self::TooLong => "Too long",
+            Self::NotSupported => "Unsupported value",
+        }
+    }
+
+    /// Whether the API server prints the bad value for this kind.
+    fn shows_value(self) -> bool {
+        matches!(self, Self::Invalid | Self::Duplicate | Self::NotSupported)
+    }
+}
+
+impl fmt::Display for FieldErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rejected value of a field error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadValue {
+    /// A number, printed as is (`0`).
+    Int(i64),
+    /// A string, printed quoted (`"15x"`); shortened to [`MAX_SHOWN_VALUE`] characters.
+    Str(String),
+    /// A value too large or too sensitive to show, printed as `"<elided>"` like the seed does.
+    Elided,
+}
+
+impl BadValue {
+    fn str(s: &str) -> Self {
+        match s.char_indices().nth(MAX_SHOWN_VALUE) {
+            Some((cut, _)) => Self::Str(format!("{}...", &s[..cut])),
+            None => Self::Str(s.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for BadValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Str(s) => write!(f, "{s:?}"),
+            Self::Elided => f.write_str("\"<elided>\""),
+        }
+    }
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {}", self.body())]
+pub struct FieldError {
+    /// Path of the field, like `spec.remoteWrite[0].url`.
+    pub field: String,
+    /// What kind of problem it is.
+    pub kind: FieldErrorKind,
+    /// The rejected value, when it is shown.
+    pub value: Option<BadValue>,
+    /// What is wrong and how to fix it (lowercase).
+    pub message: String,
+}
+
+impl FieldError {
+    /// A required value is missing.
+    pub fn required(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::Required, value: None, message: message.into() }
+    }
+
+    /// A string value is invalid.
+    pub fn invalid(field: impl Into<String>, value: &str, message: impl Into<String>) -> Self {
+        Self::with_value(field, FieldErrorKind::Invalid, BadValue::str(value), message)
+    }
+
+    /// A value of any kind is invalid.
+    pub fn invalid_value(field: impl Into<String>, value: BadValue, message: impl Into<String>) -> Self {
+        Self::with_value(field, FieldErrorKind::Invalid, value, message)
+    }
+
+    /// The field may not be set.
+    pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::Forbidden, value: None, message: message.into() }
+    }
+
+    /// The value repeats one that must be unique.
+    pub fn duplicate(field: impl Into<String>, value: &str, message: impl Into<String>) -> Self {
+        Self::with_value(field, FieldErrorKind::Duplicate, BadValue::str(value), message)
+    }
+
+    /// The value is longer than `max` bytes.
+    pub fn too_long(field: impl Into<String>, max: usize) -> Self {
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::TooLong,
+            value: None,
+            message: format!("may not be more than {max} bytes"),
+        }
+    }
+
+    /// The value is not one of `supported`.
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        let list = supported.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        Self::with_value(field, FieldErrorKind::NotSupported, BadValue::str(value), format!("supported values: {list}"))
+    }
+
+    fn with_value(field: impl Into<String>, kind: FieldErrorKind, value: BadValue, message: impl Into<String>) -> Self {
+        Self { field: field.into(), kind, value: Some(value), message: message.into() }
+    }
+
+    /// The error without the field path, as Kubernetes puts it in a `StatusCause` message
+    /// (`Invalid value: 0: must be >= 1`).
+    pub fn body(&self) -> String {
+        let mut out = self.kind.as_str().to_owned();
+        if let (true, Some(value)) = (self.kind.shows_value(), &self.value) {
+            out.push_str(": ");
+            out.push_str(&value.to_string());
+        }
+        if !self.message.is_empty() {
+            out.push_str(": ");
+            out.push_str(&self.message);
+        }
+        out
+    }
+
+    /// The Kubernetes `StatusCause` of this error.
+    pub fn to_status_cause(&self) -> StatusCause {
+        StatusCause {
+            field: Some(self.field.clone()),
+            message: Some(self.body()),
+            reason: Some(self.kind.reason().to_owned()),
+        }
+    }
+}
+
+/// All problems found in one spec, in spec order. Displays like a Kubernetes error list: one error as is,
+/// several as `[first, second]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => {
+                f.write_str("[")?;
+                for (i, e) in many.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
+impl FieldErrors {
+    /// The errors, in spec order.
+    pub fn errors(&self) -> &[FieldError] {
+        &self.0
+    }
+
+    /// Iterates over the errors, in spec order.
+    pub fn iter(&self) -> std::slice::Iter<'_, FieldError> {
+        self.0.iter()
+    }
+
+    /// The errors, by value.
+    pub fn into_vec(self) -> Vec<FieldError> {
+        self.0
+    }
+
+    /// How many errors there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The Kubernetes `StatusCause` of each error, as `details.causes` of an Invalid status lists them.
+    pub fn to_status_causes(&self) -> Vec<StatusCause> {
+        self.0.iter().map(FieldError::to_status_cause).collect()
+    }
+
+    /// The `Status` the API server returns for an invalid object (`apierrors.NewInvalid`): code 422, reason
+    /// `Invalid`, message `PrometheusCluster.observability.merlionos.org "name" is invalid: ...` and one cause
+    /// per error. `kind` is the object's kind, `name` its name.
+    pub fn to_status(&self, kind: &str, name: &str) -> Status {
+        let message = if self.is_empty() {
+            format!("{kind}.{GROUP} {name:?} is invalid")
+        } else {
+            format!("{kind}.{GROUP} {name:?} is invalid: {self}")
+        };
+        Status {
+            code: Some(422),
+            details: Some(StatusDetails {
+                causes: Some(self.to_status_causes()),
+                group: Some(GROUP.to_owned()),
+                kind: Some(kind.to_owned()),
+                name: Some(name.to_owned()),
+                retry_after_seconds: None,
+                uid: None,
+            }),
+            message: Some(message),
+            metadata: ListMeta::default(),
+            reason: Some("Invalid".to_owned()),
+            status: Some("Failure".to_owned()),
+        }
+    }
+}
+
+impl IntoIterator for FieldErrors {
+    type Item = FieldError;
+    type IntoIter = std::vec::IntoIter<FieldError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a FieldErrors {
+    type Item = &'a FieldError;
+    type IntoIter = std::slice::Iter<'a, FieldError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+fn finish(errors: Vec<FieldError>) -> Result<(), FieldErrors> {
+    if errors.is_empty() { Ok(()) } else { Err(FieldErrors(errors)) }
+}
+
+/// Validates a `PrometheusCluster` spec; `Err` holds every problem found.
+pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors> {
+    let mut errs = Vec::new();
+    if spec.replicas < 1 {
+        errs.push(FieldError::invalid_value("spec.replicas", BadValue::Int(spec.replicas.into()), "must be >= 1"));
+    }
+    check_image(&mut errs, "spec.image", &spec.image, DEFAULT_IMAGE);
+    check_retention(&mut errs, spec);
+    check_storage(&mut errs, spec);
+    if let Some(resources) = &spec.resources {
+        check_resources(&mut errs, "spec.resources", resources);
+    }
+    if spec.backup.enabled {
+        check_backup(&mut errs, "spec.backup", &spec.backup, "bucket is required when backup is enabled");
+    }
+    check_remote_write(&mut errs, &spec.remote_write);
+    if spec.thanos.enabled {
+        check_image(&mut errs, "spec.thanos.image", &spec.thanos.image, crate::crd::cluster::DEFAULT_THANOS_IMAGE);
+        if let Some(r) = &spec.thanos.object_storage_config_secret_ref {
+            check_secret_ref(&mut errs, "spec.thanos.objectStorageConfigSecretRef", r, "objstore.yml");
+        }
+    }
+    if let Some(extra) = &spec.additional_scrape_configs {
+        check_additional_scrape_configs(&mut errs, extra);
+    }
+    check_interval(&mut errs, "spec.scrapeInterval", &spec.scrape_interval);
+    check_interval(&mut errs, "spec.evaluationInterval", &spec.evaluation_interval);
+    check_external_labels(&mut errs, spec);
+    check_node_selector(&mut errs, &spec.node_selector);
+    if let Some(name) = spec.priority_class_name.as_deref().filter(|n| !n.is_empty())
+        && let Err(reason) = names::check_dns1123_subdomain(name)
+    {
+        errs.push(FieldError::invalid(
+            "spec.priorityClassName",
+            name,
+            format!("{reason}: use the name of an existing PriorityClass"),
+        ));
+    }
+    check_self_healing(&mut errs, &spec.self_healing);
+    finish(errs)
+}
+
+/// Validates a `PrometheusClusterSet` spec; `Err` holds every problem found.
+pub fn validate_cluster_set(spec: &PrometheusClusterSetSpec) -> Result<(), FieldErrors> {
+    let mut errs = Vec::new();
+    if let Some(selector) = &spec.cluster_selector {
+        check_label_selector(&mut errs, "spec.clusterSelector", selector);
+    }
+    if let Some(selector) = &spec.namespace_selector {
+        check_label_selector(&mut errs, "spec.namespaceSelector", selector);
+    }
+    if let Some(template) = &spec.backup_template {
+        // The template turns backups on for members, so it is checked as an enabled backup.
+        check_backup(
+            &mut errs,
+            "spec.backupTemplate",
+            template,
+            "bucket is required: the template enables backups on its members",
+        );
+    }
+    finish(errs)
+}
+
+fn check_image(errs: &mut Vec<FieldError>, field: &str, image: &str, example: &str) {
+    if image.is_empty() {
+        errs.push(FieldError::required(field, format!("set an image such as {example}, or remove the field")));
+    } else if let Err(reason) = names::check_image_reference(image) {
+        errs.push(FieldError::invalid(
+            field,
+            image,
+            format!("not a valid image reference: {reason}; use a reference such as {example}"),
+        ));
+    }
+}
+
+/// Describes a Prometheus duration problem; `None` when the value is fine.
+fn duration_problem(value: &str, allow_zero: bool, example: &str) -> Option<String> {
+    match crate::duration::parse(value) {
+        Ok(d) if d.is_zero() && !allow_zero => Some(format!("must be greater than 0, for example {example}")),
+        Ok(_) => None,
+        Err(crate::duration::Error::Overflow { .. }) => {
+            Some("is too large: Prometheus durations must be shorter than 292 years".to_owned())
+        }
+        Err(_) => Some(format!(
+            "must be a duration such as {example}: a number and a unit (ms, s, m, h, d, w, y), units largest first, \
+             like 1h30m"
+        )),
+    }
+}
+
+fn check_duration(errs: &mut Vec<FieldError>, field: &str, value: &str, allow_zero: bool, example: &str) {
+    if value.is_empty() {
+        errs.push(FieldError::required(field, format!("set a duration such as {example}")));
+    } else if let Some(problem) = duration_problem(value, allow_zero, example) {
+        errs.push(FieldError::invalid(field, value, problem));
+    }
+}
+
+fn check_interval(errs: &mut Vec<FieldError>, field: &str, value: &str) {
+    check_duration(errs, field, value, false, "30s");
+}
+
+fn check_retention(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
+    let size = spec.retention_size.as_deref().filter(|s| !s.is_empty());
+    if spec.retention.is_empty() {
+        errs.push(FieldError::required("spec.retention", "set a duration such as 15d"));
+    } else if let Some(problem) = duration_problem(&spec.retention, true, "15d") {
+        errs.push(FieldError::invalid("spec.retention", &spec.retention, problem));
+    } else if size.is_none() && crate::duration::parse(&spec.retention).is_ok_and(|d| d.is_zero()) {
+        errs.push(FieldError::invalid(
+            "spec.retention",
+            &spec.retention,
+            "must be greater than 0 unless retentionSize is set: set a duration such as 15d",
+        ));
+    }
+    if let Some(size) = size {
+        match bytes::parse_base2_bytes(size) {
+            Ok(0) => errs.push(FieldError::invalid(
+                "spec.retentionSize",
+                size,
+                "must be greater than 0: remove retentionSize to keep blocks regardless of their size",
+            )),
+            Ok(_) => {}
+            Err(e) => errs.push(FieldError::invalid("spec.retentionSize", size, e.to_string())),
+        }
+    }
+}
+
+fn check_storage(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
+    let size = &spec.storage.size.0;
+    match crate::quantity::parse_nanos(size) {
+        Ok(n) if n > 0 => {}
+        Ok(_) => errs.push(FieldError::invalid("spec.storage.size", size, "must be greater than 0, for example 20Gi")),
+        Err(_) => errs.push(FieldError::invalid(
+            "spec.storage.size",
+            size,
+            "must be a Kubernetes quantity such as 20Gi, 500Gi or 1Ti",
+        )),
+    }
+    if let Some(class) = spec.storage.storage_class_name.as_deref().filter(|c| !c.is_empty())
+        && let Err(reason) = names::check_dns1123_subdomain(class)
+    {
+        errs.push(FieldError::invalid(
+            "spec.storage.storageClassName",
+            class,
+            format!("{reason}: use the name of an existing StorageClass"),
+        ));
+    }
+}
+
+type Quantities = BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
+
+/// Checks the names and amounts of `requests` or `limits`; returns the valid amounts in nano-units.
+fn parse_quantities<'a>(
+    errs: &mut Vec<FieldError>,
+    field: &str,
+    map: Option<&'a Quantities>,
+) -> BTreeMap<&'a str, (i128, &'a str)> {
+    let mut parsed = BTreeMap::new();
+    for (name, quantity) in map.into_iter().flatten() {
+        if let Err(reason) = names::check_qualified_name(name) {
+            errs.push(FieldError::invalid(field, name, format!("resource name {reason}")));
+        }
+        let path = format!("{field}[{name}]");
+        match crate::quantity::parse_nanos(&quantity.0) {
+            Ok(n) if n < 0 => errs.push(FieldError::invalid(path, &quantity.0, "must be greater than or equal to 0")),
+            Ok(n) => {
+                parsed.insert(name.as_str(), (n, quantity.0.as_str()));
+            }
+            Err(_) => errs.push(FieldError::invalid(
+                path,
+                &quantity.0,
+                "must be a Kubernetes quantity such as 500m, 2, 512Mi or 4Gi",
+            )),
+        }
+    }
+    parsed
+}
+
+fn check_resources(errs: &mut Vec<FieldError>, field: &str, resources: &ResourceRequirements) {
+    let limits = parse_quantities(errs, &format!("{field}.limits"), resources.limits.as_ref());
+    let requests = parse_quantities(errs, &format!("{field}.requests"), resources.requests.as_ref());
+    for (name, (request, request_text)) in &requests {
+        if let Some((limit, limit_text)) = limits.get(name)
+            && request > limit
+        {
+            errs.push(FieldError::invalid(
+                format!("{field}.requests[{name}]"),
+                request_text,
+                format!(
+                    "must be less than or equal to {name} limit of {limit_text}: lower the request or raise the limit"
+                ),
+            ));
+        }
+    }
+}
+
+fn check_backup(errs: &mut Vec<FieldError>, field: &str, backup: &BackupSpec, bucket_required: &str) {
+    if backup.bucket.is_empty() {
+        errs.push(FieldError::required(format!("{field}.bucket"), bucket_required));
+    } else if backup.bucket.contains('/') || backup.bucket.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errs.push(FieldError::invalid(
+            format!("{field}.bucket"),
+            &backup.bucket,
+            "must be a bare bucket name such as tsdb-backups, without s3:// or a path: put any path in prefix",
+        ));
+    }
+    if !backup.schedule.is_empty()
+        && let Err(e) = parse_schedule(&backup.schedule)
+    {
+        errs.push(FieldError::invalid(
+            format!("{field}.schedule"),
+            &backup.schedule,
+            format!("not a valid cron expression: {e}"),
+        ));
+    }
+    if backup.prefix.starts_with('/') {
+        errs.push(FieldError::invalid(
+            format!("{field}.prefix"),
+            &backup.prefix,
+            "must not start with '/': object keys would begin with an empty segment; write it without the leading \
+             slash, like prod/cluster-a",
+        ));
+    }
+    if !backup.endpoint.is_empty()
+        && let Err(reason) = names::check_http_url(&backup.endpoint)
+    {
+        errs.push(FieldError::invalid(
+            format!("{field}.endpoint"),
+            &backup.endpoint,
+            format!("must be an http or https URL such as https://minio.example.com:9000: {reason}"),
+        ));
+    }
+    if let Some(r) = &backup.credentials_secret_ref {
+        check_secret_ref(
+            errs,
+            &format!("{field}.credentialsSecretRef"),
+            r,
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        );
+    }
+    if let Some(retention) = &backup.retention {
+        if let Some(keep) = retention.keep_last
+            && keep < 1
+        {
+            errs.push(FieldError::invalid_value(
+                format!("{field}.retention.keepLast"),
+                BadValue::Int(keep.into()),
+                "must be >= 1: the newest backup is always kept; remove keepLast to keep every backup",
+            ));
+        }
+        if let Some(max_age) = &retention.max_age {
+            check_duration(errs, &format!("{field}.retention.maxAge"), max_age, false, "30d");
+        }
+    }
+}
+
+/// Checks a reference to a whole Secret; `keys` says which keys the Secret must hold, for the message.
+fn check_secret_ref(errs: &mut Vec<FieldError>, field: &str, reference: &LocalObjectReference, keys: &str) {
+    check_secret_name(errs, &format!("{field}.name"), &reference.name, &format!("name the Secret that holds {keys}"));
+}
+
+fn check_secret_name(errs: &mut Vec<FieldError>, field: &str, name: &str, required: &str) {
+    if name.is_empty() {
+        errs.push(FieldError::required(field, required));
+    } else if let Err(reason) = names::check_dns1123_subdomain(name) {
+        errs.push(FieldError::invalid(field, name, format!("{reason}: use the name of a Secret in this namespace")));
+    }
+}
+
+fn check_remote_write(errs: &mut Vec<FieldError>, entries: &[RemoteWriteSpec]) {
+    let mut names_seen: BTreeSet<&str> = BTreeSet::new();
+    let mut unnamed_seen: Vec<&RemoteWriteSpec> = Vec::new();
+    for (i, rw) in entries.iter().enumerate() {
+        let field = format!("spec.remoteWrite[{i}]");
+        if rw.url.is_empty() {
+            errs.push(FieldError::required(format!("{field}.url"), "url is required"));
+        } else if let Err(reason) = names::check_http_url(&rw.url) {
+            errs.push(FieldError::invalid(
+                format!("{field}.url"),
+                &rw.url,
+                format!("must be an http or https URL such as https://receiver.example.com/api/v1/write: {reason}"),
+            ));
+        }
+        if rw.name.is_empty() {
+            if unnamed_seen.iter().any(|other| other.url == rw.url && same_credentials(other, rw)) {
+                errs.push(FieldError::duplicate(
+                    format!("{field}.url"),
+                    &rw.url,
+                    "another remote write entry has the same url and credentials: remove it or give the entries \
+                     distinct names",
+                ));
+            }
+            unnamed_seen.push(rw);
+        } else if !names_seen.insert(rw.name.as_str()) {
+            errs.push(FieldError::duplicate(
+                format!("{field}.name"),
+                &rw.name,
+                "remote write names must be unique: rename one of the entries",
+            ));
+        }
+        if let Some(r) = &rw.basic_auth_secret_ref {
+            check_secret_ref(errs, &format!("{field}.basicAuthSecretRef"), r, "username and password");
+        }
+        if let Some(r) = &rw.bearer_token_secret_ref {
+            check_secret_ref(errs, &format!("{field}.bearerTokenSecretRef"), r, "token");
+        }
+        if rw.basic_auth_secret_ref.is_some() && rw.bearer_token_secret_ref.is_some() {
+            errs.push(FieldError::forbidden(
+                format!("{field}.bearerTokenSecretRef"),
+                "basicAuthSecretRef and bearerTokenSecretRef are mutually exclusive: keep one of them",
+            ));
+        }
+    }
+}
+
+fn same_credentials(a: &RemoteWriteSpec, b: &RemoteWriteSpec) -> bool {
+    a.basic_auth_secret_ref == b.basic_auth_secret_ref && a.bearer_token_secret_ref == b.bearer_token_secret_ref
+}
+
+fn check_additional_scrape_configs(errs: &mut Vec<FieldError>, extra: &AdditionalScrapeConfigs) {
+    const FIELD: &str = "spec.additionalScrapeConfigs";
+    // As in the seed, an empty inline string counts as unset.
+    let inline = extra.inline.as_deref().filter(|s| !s.is_empty());
+    match (inline, &extra.secret_ref) {
+        (Some(_), Some(_)) => {
+            errs.push(FieldError::invalid_value(
+                FIELD,
+                BadValue::Elided,
+                "inline and secretRef are mutually exclusive",
+            ));
+        }
+        (None, None) => {
+            errs.push(FieldError::required(FIELD, "set inline or secretRef when additionalScrapeConfigs is present"));
+        }
+        _ => {}
+    }
+    if let Some(inline) = inline {
+        check_inline_scrape_configs(errs, inline);
+    }
+    if let Some(selector) = &extra.secret_ref {
+        let field = format!("{FIELD}.secretRef");
+        check_secret_name(errs, &format!("{field}.name"), &selector.name, "secretRef.name is required");
+        if selector.key.is_empty() {
+            errs.push(FieldError::required(format!("{field}.key"), "secretRef.key is required"));
+        } else if let Err(reason) = names::check_secret_key(&selector.key) {
+            errs.push(FieldError::invalid(format!("{field}.key"), &selector.key, reason));
+        }
+    }
+}
+
+fn check_inline_scrape_configs(errs: &mut Vec<FieldError>, inline: &str) {
+    const FIELD: &str = "spec.additionalScrapeConfigs.inline";
+    // The seed unmarshals into `[]map[string]any`: a list whose items are mappings or null.
+    let entries: Vec<Option<serde_yaml::Mapping>> = match serde_yaml::from_str::<Option<Vec<_>>>(inline) {
+        Ok(entries) => entries.unwrap_or_default(),
+        Err(e) => {
+            errs.push(FieldError::invalid_value(
+                FIELD,
+                BadValue::Elided,
+                format!("must be a YAML list of scrape_config entries: {e}"),
+            ));
+            return;
+        }
+    };
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let field = format!("{FIELD}[{i}].job_name");
+        match entry.as_ref().and_then(|m| m.get("job_name")) {
+            None | Some(serde_yaml::Value::Null) => {
+                errs.push(FieldError::required(field, "every scrape config needs a job_name"));
+            }
+            Some(serde_yaml::Value::String(name)) if name.is_empty() => {
+                errs.push(FieldError::required(field, "every scrape config needs a job_name"));
+            }
+            Some(serde_yaml::Value::String(name)) if name == OWN_JOB_NAME => {
+                errs.push(FieldError::invalid(
+                    field,
+                    name,
+                    "is the operator's own scrape job for Prometheus itself: choose another job_name",
+                ));
+            }
+            Some(serde_yaml::Value::String(name)) => {
+                if !seen.insert(name.clone()) {
+                    errs.push(FieldError::duplicate(field, name, "job names must be unique: rename one of the jobs"));
+                }
+            }
+            Some(_) => {
+                errs.push(FieldError::invalid_value(field, BadValue::Elided, "job_name must be a string"));
+            }
+        }
+    }
+}
+
+fn check_external_labels(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
+    let replica_label = match spec.replica_external_label_name.as_deref() {
+        None => DEFAULT_REPLICA_LABEL,
+        Some(name) => {
+            const FIELD: &str = "spec.replicaExternalLabelName";
+            if let Err(reason) = names::check_label_name(name) {
+                errs.push(FieldError::invalid(FIELD, name, reason));
+            } else if name.starts_with("__") {
+                errs.push(FieldError::invalid(
+                    FIELD,
+                    name,
+                    "label names starting with __ are reserved for Prometheus' internal use: choose another name",
+                ));
+            } else if name == CLUSTER_LABEL {
+                errs.push(FieldError::invalid(
+                    FIELD,
+                    name,
+                    "cluster is the label the operator sets to the cluster's name: choose another name, like replica",
+                ));
+            }
+            name
+        }
+    };
+    for key in spec.external_labels.keys() {
+        const FIELD: &str = "spec.externalLabels";
+        if let Err(reason) = names::check_label_name(key) {
+            errs.push(FieldError::invalid(FIELD, key, reason));
+        } else if key.starts_with("__") {
+            errs.push(FieldError::invalid(
+                FIELD,
+                key,
+                "label names starting with __ are reserved for Prometheus' internal use: rename the label",
+            ));
+        } else if key == CLUSTER_LABEL {
+            errs.push(FieldError::forbidden(
+                format!("{FIELD}[{key}]"),
+                "the operator sets the cluster label to the cluster's name: remove it from externalLabels",
+            ));
+        } else if key == replica_label {
+            errs.push(FieldError::forbidden(
+                format!("{FIELD}[{key}]"),
+                format!(
+                    "the operator sets the {key} label to the pod name to tell replicas apart: remove it from \
+                     externalLabels, or set replicaExternalLabelName to another name"
+                ),
+            ));
+        }
+    }
+}
+
+fn check_labels(errs: &mut Vec<FieldError>, field: &str, labels: &BTreeMap<String, String>) {
+    for (key, value) in labels {
+        if let Err(reason) = names::check_qualified_name(key) {
+            errs.push(FieldError::invalid(field, key, format!("label key {reason}")));
+        }
+        if let Err(reason) = names::check_label_value(value) {
+            errs.push(FieldError::invalid(format!("{field}[{key}]"), value, format!("label value {reason}")));
+        }
+    }
+}
+
+fn check_node_selector(errs: &mut Vec<FieldError>, selector: &BTreeMap<String, String>) {
+    check_labels(errs, "spec.nodeSelector", selector);
+}
+
+fn check_self_healing(errs: &mut Vec<FieldError>, healing: &SelfHealingSpec) {
+    const FIELD: &str = "spec.selfHealing";
+    check_duration(errs, &format!("{FIELD}.probeInterval"), &healing.probe_interval, false, "30s");
+    if healing.failure_threshold < 1 {
+        errs.push(FieldError::invalid_value(
+            format!("{FIELD}.failureThreshold"),
+            BadValue::Int(healing.failure_threshold.into()),
+            "must be >= 1: the number of failed probes in a row before a replica is replaced",
+        ));
+    }
+    check_duration(errs, &format!("{FIELD}.startupBudget"), &healing.startup_budget, false, "15m");
+    check_duration(errs, &format!("{FIELD}.cooldown"), &healing.cooldown, true, "5m");
+}
+
+const SELECTOR_OPERATORS: [&str; 4] = ["DoesNotExist", "Exists", "In", "NotIn"];
+
+fn check_label_selector(errs: &mut Vec<FieldError>, field: &str, selector: &LabelSelector) {
+    if let Some(labels) = &selector.match_labels {
+        check_labels(errs, &format!("{field}.matchLabels"), labels);
+    }
+    for (i, req) in selector.match_expressions.iter().flatten().enumerate() {
+        let path = format!("{field}.matchExpressions[{i}]");
+        if req.key.is_empty() {
+            errs.push(FieldError::required(format!("{path}.key"), "set the label key to match"));
+        } else if let Err(reason) = names::check_qualified_name(&req.key) {
+            errs.push(FieldError::invalid(format!("{path}.key"), &req.key, format!("label key {reason}")));
+        }
+        let values = req.values.as_deref().unwrap_or_default();
+        match req.operator.as_str() {
+            "In" | "NotIn" => {
+                if values.is_empty() {
+                    errs.push(FieldError::required(
+                        format!("{path}.values"),
+                        "must be specified when `operator` is 'In' or 'NotIn'",
+                    ));
+                }
+            }
+            "Exists" | "DoesNotExist" => {
+                if !values.is_empty() {
+                    errs.push(FieldError::forbidden(
+                        format!("{path}.values"),
+                        "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                    ));
+                }
+            }
+            other => errs.push(FieldError::not_supported(format!("{path}.operator"), other, &SELECTOR_OPERATORS)),
+        }
+        for (j, value) in values.iter().enumerate() {
+            if let Err(reason) = names::check_label_value(value) {
+                errs.push(FieldError::invalid(format!("{path}.values[{j}]"), value, format!("label value {reason}")));
+            }
+        }
+    }
+}
