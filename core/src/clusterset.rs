@@ -61,7 +61,7 @@ pub enum OverlayDecision {
     /// Write `backup` into the member's spec and stamp the `clusterset` annotation with the set's name.
     Apply {
         /// The backup spec to write (the template with `enabled: true`).
-        backup: BackupSpec,
+        backup: Box<BackupSpec>,
         /// The value of the `observability.merlionos.org/clusterset` annotation.
         set_name: String,
     },
@@ -99,7 +99,7 @@ pub fn decide_overlay(set: &PrometheusClusterSet, member: &PrometheusCluster) ->
             return OverlayDecision::UpToDate;
         }
     }
-    OverlayDecision::Apply { backup, set_name }
+    OverlayDecision::Apply { backup: Box::new(backup), set_name }
 }
 
 /// Builds the set's status from its members (already sorted by [`select_members`]).

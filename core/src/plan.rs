@@ -141,7 +141,11 @@ pub fn manifest_hash(manifest: &Value) -> String {
     // serde_json's Map is a BTreeMap (no `preserve_order`), so this serialization is canonical.
     let bytes = serde_json::to_vec(&clean).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    digest.iter().take(16).fold(String::with_capacity(32), |mut out, b| {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 /// Returns `manifest` with the applied-hash annotation set.

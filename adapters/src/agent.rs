@@ -1,0 +1,232 @@
+//! The agent sidecar (`tsdb-operator agent`), replacing the seed's configmap-reload image: it watches the mounted
+//! configuration and asks its local Prometheus to reload when it changes, and reports the outcome on
+//! `GET /status` (JSON) and `/metrics` so the operator can show reload failures. Prometheus keeps its old
+//! configuration when a reload fails. I/O: the file system, HTTP to Prometheus on localhost, a listener.
+//!
+//! # Flow
+//! Every `poll` interval the agent hashes the regular files of the config directory (following the kubelet's
+//! `..data` symlink, skipping its hidden entries). When the hash changes it POSTs `/-/reload`; transport errors
+//! (Prometheus restarting) are retried a few times, an HTTP error is a failed reload with Prometheus' message.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+/// What the agent reports on `GET /status`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Hash of the configuration files last seen.
+    pub config_hash: String,
+    /// Whether the last reload succeeded (`true` before the first reload: Prometheus loaded the config at start).
+    pub last_reload_successful: bool,
+    /// Prometheus' error message of the last failed reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload_error: Option<String>,
+    /// Reloads attempted.
+    pub reloads: u64,
+}
+
+/// Settings of the agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The mounted configuration directory.
+    pub config_dir: PathBuf,
+    /// Base URL of the local Prometheus.
+    pub prometheus_url: String,
+    /// How often to look for changes.
+    pub poll: Duration,
+    /// Where to serve `/status`, `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone)]
+struct Shared {
+    status: Arc<RwLock<AgentStatus>>,
+    registry: Arc<std::sync::Mutex<Registry>>,
+}
+
+/// Hashes the regular files under `dir` (following symlinks), skipping entries whose name starts with `..`.
+pub fn hash_config_dir(dir: &Path) -> std::io::Result<String> {
+    let mut files = Vec::new();
+    collect_files(dir, dir, &mut files)?;
+    files.sort();
+    let mut hasher = DefaultHasher::new();
+    for (rel, content) in files {
+        rel.hash(&mut hasher);
+        content.hash(&mut hasher);
+    }
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("..") {
+            continue;
+        }
+        let path = entry.path();
+        let meta = std::fs::metadata(&path)?;
+        if meta.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if meta.is_file() {
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            out.push((rel, std::fs::read(&path)?));
+        }
+    }
+    Ok(())
+}
+
+/// Asks Prometheus to reload. Transport errors are retried up to 5 times, 1 s apart.
+pub async fn reload(client: &reqwest::Client, prometheus_url: &str) -> Result<(), String> {
+    let url = format!("{}/-/reload", prometheus_url.trim_end_matches('/'));
+    let mut last = String::new();
+    for _ in 0..5 {
+        match client.post(&url).send().await {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) => {
+                let code = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                return Err(format!("Prometheus answered {code}: {}", body.trim()));
+            }
+            Err(e) => {
+                last = format!("failed to reach Prometheus at {url}: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut registry = Registry::default();
+    let reloads = Family::<Vec<(String, String)>, Counter>::default();
+    let last_ok = Gauge::<i64>::default();
+    registry.register("tsdb_operator_agent_reload", "Configuration reloads by result", reloads.clone());
+    registry.register(
+        "tsdb_operator_agent_config_last_reload_successful",
+        "1 when the last configuration reload succeeded",
+        last_ok.clone(),
+    );
+    last_ok.set(1);
+    let initial = hash_config_dir(&config.config_dir).unwrap_or_default();
+    let shared = Shared {
+        status: Arc::new(RwLock::new(AgentStatus {
+            config_hash: initial.clone(),
+            last_reload_successful: true,
+            ..AgentStatus::default()
+        })),
+        registry: Arc::new(std::sync::Mutex::new(registry)),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status_handler))
+        .route("/metrics", get(metrics_handler))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(listen = %config.listen, dir = %config.config_dir.display(), "agent started");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let mut rx = stop_rx;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(std::io::Error::other)?;
+    let mut seen = initial;
+    let mut tick = tokio::time::interval(config.poll);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        let hash = match hash_config_dir(&config.config_dir) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the config directory");
+                continue;
+            }
+        };
+        if hash == seen {
+            continue;
+        }
+        tracing::info!(old = %seen, new = %hash, "configuration changed; reloading Prometheus");
+        let result = reload(&client, &config.prometheus_url).await;
+        let mut status = shared.status.write().await;
+        status.reloads += 1;
+        status.config_hash.clone_from(&hash);
+        match result {
+            Ok(()) => {
+                status.last_reload_successful = true;
+                status.last_reload_error = None;
+                last_ok.set(1);
+                reloads.get_or_create(&vec![("result".to_owned(), "success".to_owned())]).inc();
+                tracing::info!("Prometheus reloaded its configuration");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Prometheus rejected the new configuration; it keeps the old one");
+                status.last_reload_successful = false;
+                status.last_reload_error = Some(e);
+                last_ok.set(0);
+                reloads.get_or_create(&vec![("result".to_owned(), "error".to_owned())]).inc();
+            }
+        }
+        seen = hash;
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+async fn status_handler(State(shared): State<Shared>) -> Json<AgentStatus> {
+    Json(shared.status.read().await.clone())
+}
+
+async fn metrics_handler(State(shared): State<Shared>) -> String {
+    let registry = shared.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_changes_with_content_and_ignores_kubelet_internal_entries() {
+        let dir = std::env::temp_dir().join(format!("tsdb-agent-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("..2026_01_01")).unwrap();
+        std::fs::write(dir.join("prometheus.yml"), "a").unwrap();
+        let h1 = hash_config_dir(&dir).unwrap();
+        std::fs::write(dir.join("..2026_01_01/prometheus.yml"), "ignored").unwrap();
+        assert_eq!(h1, hash_config_dir(&dir).unwrap());
+        std::fs::write(dir.join("prometheus.yml"), "b").unwrap();
+        assert_ne!(h1, hash_config_dir(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

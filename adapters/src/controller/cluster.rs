@@ -1,0 +1,389 @@
+//! The `prometheuscluster` controller. I/O: the Kubernetes API.
+//!
+//! # Flow (one reconcile)
+//! 1. The finalizer `observability.merlionos.org/finalizer` is added first; on deletion, [`cleanup`] runs.
+//! 2. `validate`: an invalid spec that the API server admitted gets phase `Failed` with the field errors in the
+//!    `Degraded` condition; nothing is changed.
+//! 3. `observe`: the children by name, the referenced Secrets by name, the pods by label.
+//! 4. `paused`: status only, with the `Paused` condition.
+//! 5. `build` and `plan` in the core; each step is executed with server-side apply (one field manager).
+//! 6. `status`: written through the status subresource with server-side apply, only when it changed.
+//!
+//! # Guarantees
+//! - Idle clusters cost reads only: no write happens unless the plan or the status changed.
+//! - A failing cluster is retried with per-object exponential backoff and never blocks the others.
+//! - Cleanup needs no external system (object storage, database, webhook): deletion always completes;
+//!   children go by garbage collection through their ownerReferences.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels};
+use tsdb_operator_core::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
+use tsdb_operator_core::events::Action as Did;
+use tsdb_operator_core::plan::{ApplyReason, Step, plan_children};
+use tsdb_operator_core::status::{Problem, StatusInput, build_status};
+use tsdb_operator_core::{build, secrets, validate};
+
+use super::{Context, now};
+use crate::kube::children;
+
+/// Name of the controller (seed).
+pub const CONTROLLER: &str = "prometheuscluster";
+
+/// Why a reconcile failed. Retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace.
+    #[error("failed to reconcile: the PrometheusCluster has no namespace")]
+    MissingNamespace,
+    /// Reading or changing children failed.
+    #[error(transparent)]
+    Children(#[from] children::Error),
+    /// Reading a referenced Secret failed.
+    #[error("failed to read Secret {name}")]
+    ReadSecret {
+        /// The Secret.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the status failed.
+    #[error("failed to write the status")]
+    WriteStatus(#[source] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("failed to run the finalizer")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Short category for metrics and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "MissingNamespace",
+            Error::Children(e) => e.category(),
+            Error::ReadSecret { .. } => "ReadSecret",
+            Error::WriteStatus(_) => "WriteStatus",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.category(),
+                _ => "Finalizer",
+            },
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. Owned kinds are watched with the `managed-by` label, so memory
+/// does not grow with unrelated objects.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
+    Controller::new(Api::<PrometheusCluster>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn key_of(pc: &PrometheusCluster) -> String {
+    format!("{}/{}", pc.namespace().unwrap_or_default(), pc.name_any())
+}
+
+/// One reconcile of one PrometheusCluster.
+#[tracing::instrument(skip(pc, ctx), fields(namespace = pc.namespace(), name = pc.name_any()))]
+pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let key = key_of(&pc);
+    let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, pc, |event| async {
+        match event {
+            FinalizerEvent::Apply(pc) => apply(&pc, &ctx).await,
+            FinalizerEvent::Cleanup(pc) => cleanup(&pc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::category));
+    if result.is_ok() {
+        ctx.backoff.success(&key);
+    }
+    result
+}
+
+/// Retry with per-object exponential backoff.
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
+pub fn error_policy(pc: Arc<PrometheusCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.failure(&key_of(&pc));
+    tracing::warn!(namespace = pc.namespace(), name = pc.name_any(), category = error.category(),
+        error = %error_chain(error), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Renders an error with its sources, for logs and conditions.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
+    let name = pc.name_any();
+    let uid = pc.uid().unwrap_or_default();
+    let reference = pc.object_ref(&());
+    let actor = ctx.events.operator_actor();
+
+    // validate
+    if let Err(errors) = validate::validate_cluster(&pc.spec) {
+        let message = errors.to_string();
+        let status = compute_status(pc, None, &[], Some(message.clone()), &[]);
+        if write_status(ctx, pc, &status).await? {
+            ctx.events.publish(&reference, actor, Did::Rejected { reason: message }).await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // observe
+    let pdb_version = ctx.settings.pdb_api.api_version();
+    let observed = match children::observe_children(&ctx.client, &ns, &name, &uid, pdb_version).await {
+        Ok(o) => o,
+        Err(e @ children::Error::NotOwned { .. }) => {
+            let problem = Problem { reason: "NameConflict".into(), message: e.to_string() };
+            let status = compute_status(pc, None, &[], None, &[problem]);
+            write_status(ctx, pc, &status).await?;
+            return Ok(Action::requeue(Duration::from_mins(1)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut problems = observe_secret_problems(ctx, &ns, pc).await?;
+    let sts: Option<StatefulSet> = observed
+        .iter()
+        .find(|(k, _)| k.kind == "StatefulSet")
+        .and_then(|(_, v)| serde_json::from_value(v.clone()).ok());
+    let pods = children::observe_pods(&ctx.client, &ns, &name).await?;
+
+    if pc.spec.paused {
+        let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
+        let was_paused = pc
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == conditions::PAUSED && c.status == "True"));
+        write_status(ctx, pc, &status).await?;
+        if !was_paused {
+            ctx.events.publish(&reference, actor, Did::Paused).await;
+        }
+        ctx.metrics.set_phase(&ns, &name, status.phase.unwrap_or(Phase::Provisioning));
+        return Ok(Action::await_change());
+    }
+
+    // build + plan
+    let desired = match build::build(pc, &ctx.settings).and_then(|d| d.manifests(&ctx.settings)) {
+        Ok(d) => d,
+        Err(e) => {
+            let message = format!("{e}");
+            let status = compute_status(pc, sts.as_ref(), &pods, Some(message.clone()), &[]);
+            if write_status(ctx, pc, &status).await? {
+                ctx.events.publish(&reference, actor, Did::Rejected { reason: message }).await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+    let plan = plan_children(&desired, &observed);
+
+    // apply
+    for step in &plan.steps {
+        children::execute_step(&ctx.client, &ns, step).await?;
+        for action in describe_step(step, sts.as_ref()) {
+            ctx.events.publish(&reference, actor.clone(), action).await;
+        }
+    }
+
+    // status
+    let sts = if plan.steps.iter().any(|s| s.key().kind == "StatefulSet") {
+        // Read back what the server now holds, so the phase reflects the change (Scaling, rolling).
+        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+        api.get_opt(&name).await.map_err(|e| {
+            Error::Children(children::Error::Read { kind: "StatefulSet".into(), name: name.clone(), source: e })
+        })?
+    } else {
+        sts
+    };
+    problems.sort_by(|a, b| a.message.cmp(&b.message));
+    let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
+    let old_phase = pc.status.as_ref().and_then(|s| s.phase);
+    write_status(ctx, pc, &status).await?;
+    if old_phase != status.phase
+        && let Some(new) = status.phase
+    {
+        let from = old_phase.map(|p| p.as_str().to_owned()).unwrap_or_default();
+        ctx.events.publish(&reference, actor, Did::PhaseChanged { from, to: new.as_str().to_owned() }).await;
+    }
+    let phase = status.phase.unwrap_or(Phase::Provisioning);
+    ctx.metrics.set_phase(&ns, &name, phase);
+    Ok(match phase {
+        // Reads only: catches problems that no watch event reports (for example a Secret created later).
+        Phase::Active => Action::requeue(Duration::from_mins(5)),
+        _ => Action::requeue(Duration::from_secs(10)),
+    })
+}
+
+/// The events a step stands for.
+fn describe_step(step: &Step, before: Option<&StatefulSet>) -> Vec<Did> {
+    match step {
+        Step::Delete { key } => vec![Did::Deleted { object: key.to_string() }],
+        Step::Apply { key, reason: ApplyReason::Create, .. } => vec![Did::Created { object: key.to_string() }],
+        Step::Apply { key, reason: ApplyReason::Drift, .. } => vec![Did::Reverted { object: key.to_string() }],
+        Step::Apply { key, reason: ApplyReason::SpecChanged, manifest } => {
+            let mut out = Vec::new();
+            if key.kind == "StatefulSet"
+                && let Some(before) = before
+            {
+                let old_replicas = before.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let new_replicas = manifest.pointer("/spec/replicas").and_then(serde_json::Value::as_i64).unwrap_or(1);
+                let new_replicas = i32::try_from(new_replicas).unwrap_or(i32::MAX);
+                if old_replicas != new_replicas {
+                    out.push(Did::Scaled { from: old_replicas, to: new_replicas });
+                }
+                let image_of = |v: &serde_json::Value| {
+                    v.pointer("/spec/template/spec/containers")
+                        .and_then(|c| c.as_array())
+                        .and_then(|c| c.iter().find(|c| c["name"] == "prometheus"))
+                        .and_then(|c| c["image"].as_str().map(str::to_owned))
+                };
+                let old_image = serde_json::to_value(before).ok().as_ref().and_then(image_of);
+                let new_image = image_of(manifest);
+                if let (Some(from), Some(to)) = (old_image, new_image)
+                    && from != to
+                {
+                    out.push(Did::Upgraded { from, to });
+                }
+            }
+            if out.is_empty() {
+                out.push(Did::Updated { object: key.to_string() });
+            }
+            out
+        }
+    }
+}
+
+async fn observe_secret_problems(ctx: &Context, ns: &str, pc: &PrometheusCluster) -> Result<Vec<Problem>, Error> {
+    let needs = secrets::required_secrets(&pc.spec);
+    if needs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for name in secrets::secret_names(&needs) {
+        let secret = api.get_opt(&name).await.map_err(|source| Error::ReadSecret { name: name.clone(), source })?;
+        if let Some(s) = secret {
+            let keys = s
+                .data
+                .iter()
+                .flat_map(|d| d.keys().cloned())
+                .chain(s.string_data.iter().flat_map(|d| d.keys().cloned()))
+                .collect();
+            found.insert(name, keys);
+        }
+    }
+    Ok(secrets::missing_secret_problems(&needs, &found))
+}
+
+fn compute_status(
+    pc: &PrometheusCluster,
+    sts: Option<&StatefulSet>,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    invalid_spec: Option<String>,
+    problems: &[Problem],
+) -> PrometheusClusterStatus {
+    build_status(&StatusInput { cluster: pc, stateful_set: sts, pods, invalid_spec, problems, now: now() })
+}
+
+/// Writes `status` when it differs from the object's; returns whether it wrote.
+async fn write_status(ctx: &Context, pc: &PrometheusCluster, status: &PrometheusClusterStatus) -> Result<bool, Error> {
+    if pc.status.as_ref() == Some(status) {
+        return Ok(false);
+    }
+    let ns = pc.namespace().unwrap_or_default();
+    let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": PrometheusCluster::api_version(&()),
+        "kind": PrometheusCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&pc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::WriteStatus)?;
+    Ok(true)
+}
+
+/// Cleanup when the cluster is deleted: bounded and free of external dependencies. Children are garbage
+/// collected through their ownerReferences; the cluster's metric series are removed (seed behaviour).
+async fn cleanup(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = pc.namespace().unwrap_or_default();
+    let name = pc.name_any();
+    ctx.metrics.delete_cluster(&ns, &name);
+    let reference = pc.object_ref(&());
+    let publish = ctx.events.publish(&reference, ctx.events.operator_actor(), Did::Finalized);
+    // Recording the event must never hold up deletion.
+    let _ = tokio::time::timeout(Duration::from_secs(5), publish).await;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsdb_operator_core::plan::ChildKey;
+
+    #[test]
+    fn replica_and_image_changes_are_described_as_scale_and_upgrade() {
+        let before: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "demo"},
+            "spec": {"replicas": 1, "serviceName": "demo", "selector": {},
+                "template": {"spec": {"containers": [{"name": "prometheus", "image": "prom/prometheus:v2.53.3"}]}}}
+        }))
+        .unwrap();
+        let manifest = json!({"spec": {"replicas": 3,
+            "template": {"spec": {"containers": [{"name": "prometheus", "image": "prom/prometheus:v3.5.0"}]}}}});
+        let key = ChildKey { api_version: "apps/v1".into(), kind: "StatefulSet".into(), name: "demo".into() };
+        let did = describe_step(&Step::Apply { key, reason: ApplyReason::SpecChanged, manifest }, Some(&before));
+        assert_eq!(
+            did,
+            [
+                Did::Scaled { from: 1, to: 3 },
+                Did::Upgraded { from: "prom/prometheus:v2.53.3".into(), to: "prom/prometheus:v3.5.0".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn error_chain_includes_sources() {
+        let e = Error::WriteStatus(kube::Error::LinesCodecMaxLineLengthExceeded);
+        assert!(error_chain(&e).starts_with("failed to write the status: "));
+        assert_eq!(e.category(), "WriteStatus");
+    }
+}

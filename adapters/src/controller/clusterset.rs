@@ -1,0 +1,167 @@
+//! The `prometheusclusterset` controller: membership, backup-template overlay and status (seed semantics, C.4).
+//! I/O: the Kubernetes API.
+//!
+//! # Flow
+//! 1. List PrometheusClusters in all namespaces (and Namespaces when the set has a namespace selector).
+//! 2. `select_members` and `decide_overlay` in the core; overlays are written with an optimistic-concurrency
+//!    replace of the member (a conflict is retried), and a `BackupOverlaid` event is published on the member.
+//! 3. `build_set_status`; written with server-side apply on the status subresource when it changed.
+//!
+//! Any PrometheusCluster change enqueues every set, so membership and phases are reflected within seconds.
+//! Deleting a set leaves its members untouched.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tsdb_operator_core::clusterset::{OverlayDecision, build_set_status, decide_overlay, select_members};
+use tsdb_operator_core::constants::{FIELD_MANAGER, annotations};
+use tsdb_operator_core::crd::{PrometheusCluster, PrometheusClusterSet};
+use tsdb_operator_core::events::Action as Did;
+use tsdb_operator_core::selector;
+
+use super::{Context, now};
+
+/// Name of the controller.
+pub const CONTROLLER: &str = "prometheusclusterset";
+
+/// Why a set reconcile failed. Retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Listing clusters or namespaces failed.
+    #[error("failed to list {what}")]
+    List {
+        /// What was listed.
+        what: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the overlay into a member failed.
+    #[error("failed to overlay the backup template on {member}")]
+    Overlay {
+        /// `namespace/name` of the member.
+        member: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the status failed.
+    #[error("failed to write the status")]
+    WriteStatus(#[source] kube::Error),
+}
+
+impl Error {
+    /// Short category for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::List { .. } => "List",
+            Error::Overlay { .. } => "Overlay",
+            Error::WriteStatus(_) => "WriteStatus",
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<PrometheusClusterSet>::all(client.clone()), watcher::Config::default());
+    let sets = controller.store();
+    controller
+        .watches(Api::<PrometheusCluster>::all(client), watcher::Config::default(), move |_pc| {
+            sets.state().iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect::<Vec<_>>()
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "set reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// One reconcile of one set.
+#[tracing::instrument(skip(set, ctx), fields(name = set.name_any()))]
+pub async fn reconcile(set: Arc<PrometheusClusterSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&set, &ctx).await;
+    ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::category));
+    if result.is_ok() {
+        ctx.backoff.success(&format!("set/{}", set.name_any()));
+    }
+    result
+}
+
+async fn reconcile_inner(set: &PrometheusClusterSet, ctx: &Context) -> Result<Action, Error> {
+    let clusters_api: Api<PrometheusCluster> = Api::all(ctx.client.clone());
+    let clusters = clusters_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::List { what: "PrometheusClusters", source })?;
+    let mut namespace_labels = BTreeMap::new();
+    if !selector::is_empty(set.spec.namespace_selector.as_ref()) {
+        let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
+        let namespaces =
+            ns_api.list(&ListParams::default()).await.map_err(|source| Error::List { what: "Namespaces", source })?;
+        for ns in namespaces {
+            namespace_labels.insert(ns.name_any(), ns.metadata.labels.unwrap_or_default());
+        }
+    }
+    let members = select_members(set, &clusters.items, &namespace_labels);
+
+    for member in &members {
+        if let OverlayDecision::Apply { backup, set_name } = decide_overlay(set, member) {
+            let ns = member.namespace().unwrap_or_default();
+            let id = format!("{ns}/{}", member.name_any());
+            let mut updated = (*member).clone();
+            updated.spec.backup = *backup;
+            updated.annotations_mut().insert(annotations::CLUSTERSET.to_owned(), set_name.clone());
+            let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &ns);
+            // The replace carries the member's resourceVersion: a concurrent edit makes it fail and we retry.
+            api.replace(
+                &member.name_any(),
+                &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+                &updated,
+            )
+            .await
+            .map_err(|source| Error::Overlay { member: id, source })?;
+            ctx.events
+                .publish(&member.object_ref(&()), ctx.events.operator_actor(), Did::BackupOverlaid { set: set_name })
+                .await;
+        }
+    }
+
+    let status = build_set_status(set, &members, now());
+    if set.status.as_ref() != Some(&status) {
+        let api: Api<PrometheusClusterSet> = Api::all(ctx.client.clone());
+        let patch = json!({
+            "apiVersion": PrometheusClusterSet::api_version(&()),
+            "kind": PrometheusClusterSet::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&set.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::WriteStatus)?;
+    }
+    // Namespace label changes are not watched; a slow resync picks them up.
+    Ok(Action::requeue(Duration::from_mins(2)))
+}
+
+/// Retry with per-object exponential backoff.
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
+pub fn error_policy(set: Arc<PrometheusClusterSet>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.failure(&format!("set/{}", set.name_any()));
+    tracing::warn!(name = set.name_any(), category = error.category(), error = %super::cluster::error_chain(error),
+        retry_in = ?delay, "set reconcile failed");
+    Action::requeue(delay)
+}

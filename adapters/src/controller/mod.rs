@@ -1,0 +1,45 @@
+//! The controllers: `prometheuscluster` and `prometheusclusterset`, on kube-runtime. Each reconcile runs the
+//! pipeline `validate -> observe -> build -> plan -> apply -> status`; the core decides, this module executes.
+//! I/O: the Kubernetes API.
+
+pub mod backoff;
+pub mod cluster;
+pub mod clusterset;
+
+use std::sync::Arc;
+
+use kube::Client;
+use tsdb_operator_core::build::BuildSettings;
+
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+
+/// Shared state of the controllers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Operator-wide render settings (agent image, PodDisruptionBudget API).
+    pub settings: BuildSettings,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where actions are published.
+    pub events: EventBus,
+    /// Per-object retry backoff.
+    pub backoff: backoff::Backoff,
+    /// Maximum reconciles running at once per controller.
+    pub concurrency: u16,
+}
+
+impl Context {
+    /// A context with default backoff and concurrency.
+    pub fn new(client: Client, settings: BuildSettings, metrics: Metrics, events: EventBus) -> Arc<Self> {
+        Arc::new(Self { client, settings, metrics, events, backoff: backoff::Backoff::default(), concurrency: 8 })
+    }
+}
+
+/// The current time, truncated to seconds as Kubernetes stores it, so that statuses compare equal after a round
+/// trip through the API server.
+pub(crate) fn now() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
