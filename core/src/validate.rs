@@ -821,3 +821,767 @@ fn check_label_selector(errs: &mut Vec<FieldError>, field: &str, selector: &Labe
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{BackupRetentionSpec, ThanosSpec};
+    use k8s_openapi::api::core::v1::SecretKeySelector;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use serde_json::json;
+
+    /// A spec with every default, which is valid.
+    fn spec() -> PrometheusClusterSpec {
+        serde_json::from_value(json!({})).unwrap()
+    }
+
+    fn spec_from(value: serde_json::Value) -> PrometheusClusterSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// Every error of `spec`, rendered as the API server renders them.
+    fn errors(spec: &PrometheusClusterSpec) -> Vec<String> {
+        match validate_cluster(spec) {
+            Ok(()) => Vec::new(),
+            Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn set_errors(spec: &PrometheusClusterSetSpec) -> Vec<String> {
+        match validate_cluster_set(spec) {
+            Ok(()) => Vec::new(),
+            Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn backup(schedule: &str) -> BackupSpec {
+        BackupSpec { enabled: true, bucket: "tsdb-backups".into(), schedule: schedule.into(), ..BackupSpec::default() }
+    }
+
+    fn secret(name: &str) -> Option<LocalObjectReference> {
+        Some(LocalObjectReference { name: name.into() })
+    }
+
+    fn rw(url: &str, name: &str) -> RemoteWriteSpec {
+        RemoteWriteSpec { url: url.into(), name: name.into(), ..RemoteWriteSpec::default() }
+    }
+
+    fn inline(yaml: &str) -> Option<AdditionalScrapeConfigs> {
+        Some(AdditionalScrapeConfigs { inline: Some(yaml.into()), secret_ref: None })
+    }
+
+    #[test]
+    fn default_spec_is_valid() {
+        assert_eq!(errors(&spec()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn replicas_below_one_is_rejected_with_seed_message() {
+        let mut s = spec();
+        s.replicas = 0;
+        assert_eq!(errors(&s), ["spec.replicas: Invalid value: 0: must be >= 1"]);
+        s.replicas = i32::MIN;
+        assert_eq!(errors(&s), ["spec.replicas: Invalid value: -2147483648: must be >= 1"]);
+    }
+
+    #[test]
+    fn enabled_backup_without_bucket_is_rejected_with_seed_message() {
+        let mut s = spec();
+        s.backup = BackupSpec { enabled: true, ..BackupSpec::default() };
+        assert_eq!(errors(&s), ["spec.backup.bucket: Required value: bucket is required when backup is enabled"]);
+    }
+
+    #[test]
+    fn disabled_backup_is_not_checked() {
+        let mut s = spec();
+        s.backup = BackupSpec { enabled: false, schedule: "nope".into(), prefix: "/x".into(), ..BackupSpec::default() };
+        assert_eq!(errors(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn invalid_backup_schedule_is_rejected_with_seed_message_and_cron_error() {
+        let mut s = spec();
+        s.backup = backup("61 * * * *");
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.backup.schedule: Invalid value: "61 * * * *": not a valid cron expression: minute field: end of range (61) above maximum (59): 61"#
+            ]
+        );
+    }
+
+    #[test]
+    fn six_field_schedule_is_rejected_naming_the_fix() {
+        let mut s = spec();
+        s.backup = backup("0 0 */6 * * *");
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.backup.schedule: Invalid value: "0 0 */6 * * *": not a valid cron expression: expected exactly 5 fields (minute hour day-of-month month day-of-week), found 6: seconds are not supported, drop the first field (for example "0 */6 * * *" runs every six hours)"#
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_schedule_and_seed_schedules_are_accepted() {
+        for schedule in ["", "0 */6 * * *", "@daily", "@every 6h", "30 2 * * sun", "0 0 1,15 * *"] {
+            let mut s = spec();
+            s.backup = backup(schedule);
+            assert_eq!(errors(&s), Vec::<String>::new(), "{schedule:?}");
+        }
+    }
+
+    #[test]
+    fn remote_write_without_url_is_rejected_with_seed_message() {
+        let mut s = spec();
+        s.remote_write = vec![rw("https://a.example.com/push", ""), rw("", "")];
+        assert_eq!(errors(&s), ["spec.remoteWrite[1].url: Required value: url is required"]);
+    }
+
+    #[test]
+    fn inline_and_secret_ref_together_are_rejected_with_seed_message() {
+        let mut s = spec();
+        s.additional_scrape_configs = Some(AdditionalScrapeConfigs {
+            inline: Some("- job_name: node\n".into()),
+            secret_ref: Some(SecretKeySelector { name: "extra".into(), key: "scrape.yml".into(), optional: None }),
+        });
+        assert_eq!(
+            errors(&s),
+            [r#"spec.additionalScrapeConfigs: Invalid value: "<elided>": inline and secretRef are mutually exclusive"#]
+        );
+    }
+
+    #[test]
+    fn additional_scrape_configs_without_a_source_are_rejected_with_seed_message() {
+        let mut s = spec();
+        s.additional_scrape_configs = Some(AdditionalScrapeConfigs::default());
+        assert_eq!(
+            errors(&s),
+            ["spec.additionalScrapeConfigs: Required value: set inline or secretRef when additionalScrapeConfigs is \
+              present"]
+        );
+        // As in the seed, an empty inline string is no source.
+        s.additional_scrape_configs = inline("");
+        assert_eq!(errors(&s).len(), 1);
+    }
+
+    #[test]
+    fn inline_that_is_not_a_list_is_rejected_with_seed_message() {
+        let mut s = spec();
+        s.additional_scrape_configs = inline("scrape_configs:\n  - job_name: node\n");
+        let errs = errors(&s);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with(
+                r#"spec.additionalScrapeConfigs.inline: Invalid value: "<elided>": must be a YAML list of scrape_config entries: "#
+            ),
+            "{}",
+            errs[0]
+        );
+        s.additional_scrape_configs = inline("- just a string\n");
+        assert!(errors(&s)[0].contains("must be a YAML list of scrape_config entries: "));
+    }
+
+    #[test]
+    fn secret_ref_without_name_or_key_is_rejected_with_seed_messages() {
+        let mut s = spec();
+        s.additional_scrape_configs =
+            Some(AdditionalScrapeConfigs { inline: None, secret_ref: Some(SecretKeySelector::default()) });
+        assert_eq!(
+            errors(&s),
+            [
+                "spec.additionalScrapeConfigs.secretRef.name: Required value: secretRef.name is required",
+                "spec.additionalScrapeConfigs.secretRef.key: Required value: secretRef.key is required",
+            ]
+        );
+    }
+
+    #[test]
+    fn secret_ref_name_and_key_must_be_valid() {
+        let mut s = spec();
+        s.additional_scrape_configs = Some(AdditionalScrapeConfigs {
+            inline: None,
+            secret_ref: Some(SecretKeySelector { name: "Extra".into(), key: "../x".into(), optional: None }),
+        });
+        let errs = errors(&s);
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].starts_with(r#"spec.additionalScrapeConfigs.secretRef.name: Invalid value: "Extra": must be a lowercase RFC 1123 subdomain"#), "{}", errs[0]);
+        assert!(
+            errs[1].starts_with(
+                r#"spec.additionalScrapeConfigs.secretRef.key: Invalid value: "../x": a valid Secret key"#
+            ),
+            "{}",
+            errs[1]
+        );
+    }
+
+    #[test]
+    fn inline_scrape_jobs_need_unique_job_names_other_than_prometheus() {
+        let mut s = spec();
+        s.additional_scrape_configs = inline(
+            "- job_name: node\n- static_configs: []\n- job_name: node\n- job_name: prometheus\n- job_name: 7\n-\n",
+        );
+        assert_eq!(
+            errors(&s),
+            [
+                "spec.additionalScrapeConfigs.inline[1].job_name: Required value: every scrape config needs a job_name",
+                r#"spec.additionalScrapeConfigs.inline[2].job_name: Duplicate value: "node": job names must be unique: rename one of the jobs"#,
+                r#"spec.additionalScrapeConfigs.inline[3].job_name: Invalid value: "prometheus": is the operator's own scrape job for Prometheus itself: choose another job_name"#,
+                r#"spec.additionalScrapeConfigs.inline[4].job_name: Invalid value: "<elided>": job_name must be a string"#,
+                "spec.additionalScrapeConfigs.inline[5].job_name: Required value: every scrape config needs a job_name",
+            ]
+        );
+    }
+
+    #[test]
+    fn retention_must_be_a_prometheus_duration() {
+        let mut s = spec();
+        s.retention = "15x".into();
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.retention: Invalid value: "15x": must be a duration such as 15d: a number and a unit (ms, s, m, h, d, w, y), units largest first, like 1h30m"#
+            ]
+        );
+        s.retention = String::new();
+        assert_eq!(errors(&s), ["spec.retention: Required value: set a duration such as 15d"]);
+        s.retention = "300y".into();
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.retention: Invalid value: "300y": is too large: Prometheus durations must be shorter than 292 years"#
+            ]
+        );
+        s.retention = "1w3d".into();
+        assert_eq!(errors(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn zero_retention_is_allowed_only_with_a_retention_size() {
+        let mut s = spec();
+        s.retention = "0d".into();
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.retention: Invalid value: "0d": must be greater than 0 unless retentionSize is set: set a duration such as 15d"#
+            ]
+        );
+        s.retention_size = Some("50GB".into());
+        assert_eq!(errors(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn retention_size_must_be_a_base2_size() {
+        let mut s = spec();
+        for ok in ["512MB", "50GB", "1TB", "1.5TB", "100GiB", ""] {
+            s.retention_size = Some(ok.into());
+            assert_eq!(errors(&s), Vec::<String>::new(), "{ok:?}");
+        }
+        s.retention_size = Some("50G".into());
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.retentionSize: Invalid value: "50G": must be a size like 512MB, 50GB or 1TB (units B, KB, MB, GB, TB, PB, EB; powers of 1024)"#
+            ]
+        );
+        s.retention_size = Some("0".into());
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.retentionSize: Invalid value: "0": must be greater than 0: remove retentionSize to keep blocks regardless of their size"#
+            ]
+        );
+        s.retention_size = Some("-1GB".into());
+        assert_eq!(errors(&s), [r#"spec.retentionSize: Invalid value: "-1GB": must not be negative"#]);
+    }
+
+    #[test]
+    fn scrape_and_evaluation_intervals_must_be_positive_durations() {
+        let mut s = spec();
+        s.scrape_interval = "0s".into();
+        s.evaluation_interval = "30 s".into();
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.scrapeInterval: Invalid value: "0s": must be greater than 0, for example 30s"#,
+                r#"spec.evaluationInterval: Invalid value: "30 s": must be a duration such as 30s: a number and a unit (ms, s, m, h, d, w, y), units largest first, like 1h30m"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn storage_size_must_be_a_positive_quantity() {
+        let mut s = spec();
+        s.storage.size = Quantity("20GB".into());
+        assert_eq!(
+            errors(&s),
+            [r#"spec.storage.size: Invalid value: "20GB": must be a Kubernetes quantity such as 20Gi, 500Gi or 1Ti"#]
+        );
+        s.storage.size = Quantity("0".into());
+        assert_eq!(errors(&s), [r#"spec.storage.size: Invalid value: "0": must be greater than 0, for example 20Gi"#]);
+        s.storage.size = Quantity("-1Gi".into());
+        assert_eq!(errors(&s).len(), 1);
+        for ok in ["20Gi", "500G", "1e12", "1.5Ti"] {
+            s.storage.size = Quantity(ok.into());
+            assert_eq!(errors(&s), Vec::<String>::new(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn storage_class_name_must_be_a_dns_subdomain() {
+        let mut s = spec();
+        s.storage.storage_class_name = Some(String::new());
+        assert_eq!(errors(&s), Vec::<String>::new(), "an empty class means no class, as in Kubernetes");
+        s.storage.storage_class_name = Some("Fast_SSD".into());
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.storage.storageClassName: Invalid value: "Fast_SSD": must be a lowercase RFC 1123 subdomain: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (e.g. 'example.com'): use the name of an existing StorageClass"#
+            ]
+        );
+    }
+
+    #[test]
+    fn resource_quantities_must_parse_and_requests_must_not_exceed_limits() {
+        let q = |pairs: &[(&str, &str)]| {
+            Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned()))).collect::<BTreeMap<_, _>>())
+        };
+        let mut s = spec();
+        s.resources = Some(ResourceRequirements {
+            limits: q(&[("cpu", "1"), ("memory", "2Gi")]),
+            requests: q(&[("cpu", "1500m"), ("memory", "2G"), ("ephemeral-storage", "lots")]),
+            claims: None,
+        });
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.resources.requests[ephemeral-storage]: Invalid value: "lots": must be a Kubernetes quantity such as 500m, 2, 512Mi or 4Gi"#,
+                r#"spec.resources.requests[cpu]: Invalid value: "1500m": must be less than or equal to cpu limit of 1: lower the request or raise the limit"#,
+            ]
+        );
+        s.resources = Some(ResourceRequirements { limits: q(&[("cpu", "-1")]), requests: None, claims: None });
+        assert_eq!(
+            errors(&s),
+            [r#"spec.resources.limits[cpu]: Invalid value: "-1": must be greater than or equal to 0"#]
+        );
+    }
+
+    #[test]
+    fn image_must_be_set_and_a_valid_reference() {
+        let mut s = spec();
+        s.image = String::new();
+        assert_eq!(
+            errors(&s),
+            ["spec.image: Required value: set an image such as prom/prometheus:v2.55.1, or remove the field"]
+        );
+        s.image = "Prom/Prometheus:latest".into();
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.image: Invalid value: "Prom/Prometheus:latest": not a valid image reference: the repository path "Prometheus" must be lowercase; use a reference such as prom/prometheus:v2.55.1"#
+            ]
+        );
+    }
+
+    #[test]
+    fn thanos_image_is_checked_only_when_thanos_is_enabled() {
+        let mut s = spec();
+        s.thanos = ThanosSpec { enabled: false, image: "bad image".into(), object_storage_config_secret_ref: None };
+        assert_eq!(errors(&s), Vec::<String>::new());
+        s.thanos.enabled = true;
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.thanos.image: Invalid value: "bad image": not a valid image reference: must not contain whitespace; use a reference such as quay.io/thanos/thanos:v0.37.2"#
+            ]
+        );
+        s.thanos.image = String::new();
+        assert_eq!(
+            errors(&s),
+            [
+                "spec.thanos.image: Required value: set an image such as quay.io/thanos/thanos:v0.37.2, or remove the field"
+            ]
+        );
+    }
+
+    #[test]
+    fn remote_write_url_must_be_an_absolute_http_url() {
+        let mut s = spec();
+        s.remote_write = vec![rw("receiver:9090/api/v1/write", "")];
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.remoteWrite[0].url: Invalid value: "receiver:9090/api/v1/write": must be an http or https URL such as https://receiver.example.com/api/v1/write: must start with http:// or https://"#
+            ]
+        );
+    }
+
+    #[test]
+    fn remote_write_names_must_be_unique() {
+        let mut s = spec();
+        s.remote_write = vec![rw("https://a.example.com", "main"), rw("https://b.example.com", "main")];
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.remoteWrite[1].name: Duplicate value: "main": remote write names must be unique: rename one of the entries"#
+            ]
+        );
+    }
+
+    #[test]
+    fn identical_unnamed_remote_writes_are_duplicates() {
+        let mut s = spec();
+        s.remote_write = vec![rw("https://a.example.com", ""), rw("https://a.example.com", "")];
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.remoteWrite[1].url: Duplicate value: "https://a.example.com": another remote write entry has the same url and credentials: remove it or give the entries distinct names"#
+            ]
+        );
+        s.remote_write[1].bearer_token_secret_ref = secret("other-tenant");
+        assert_eq!(errors(&s), Vec::<String>::new(), "different credentials make a different queue");
+    }
+
+    #[test]
+    fn remote_write_cannot_use_basic_auth_and_bearer_token_together() {
+        let mut s = spec();
+        let mut entry = rw("https://metrics.example.com/api/v1/push", "");
+        entry.basic_auth_secret_ref = secret("a");
+        entry.bearer_token_secret_ref = secret("b");
+        s.remote_write = vec![entry];
+        assert_eq!(
+            errors(&s),
+            ["spec.remoteWrite[0].bearerTokenSecretRef: Forbidden: basicAuthSecretRef and bearerTokenSecretRef are \
+              mutually exclusive: keep one of them"]
+        );
+    }
+
+    #[test]
+    fn secret_ref_names_must_be_set_and_dns_subdomains() {
+        let mut s = spec();
+        let mut entry = rw("https://metrics.example.com/api/v1/push", "");
+        entry.basic_auth_secret_ref = secret("");
+        s.remote_write = vec![entry];
+        s.thanos =
+            ThanosSpec { enabled: true, object_storage_config_secret_ref: secret("Objstore"), ..ThanosSpec::default() };
+        s.backup = BackupSpec { credentials_secret_ref: secret("s3 creds"), ..backup("") };
+        let errs = errors(&s);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert_eq!(
+            errs[0],
+            "spec.backup.credentialsSecretRef.name: Invalid value: \"s3 creds\": must be a lowercase RFC 1123 \
+             subdomain: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (e.g. \
+             'example.com'): use the name of a Secret in this namespace"
+        );
+        assert_eq!(
+            errs[1],
+            "spec.remoteWrite[0].basicAuthSecretRef.name: Required value: name the Secret that holds username and \
+             password"
+        );
+        assert!(errs[2].starts_with(r#"spec.thanos.objectStorageConfigSecretRef.name: Invalid value: "Objstore": "#));
+    }
+
+    #[test]
+    fn external_label_names_must_be_valid_prometheus_label_names() {
+        let mut s = spec();
+        s.external_labels = [("1region", "eu"), ("__meta", "x"), ("team", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.externalLabels: Invalid value: "1region": must be a Prometheus label name: a letter or '_' followed by letters, digits or '_' (e.g. 'region' or 'team_name')"#,
+                r#"spec.externalLabels: Invalid value: "__meta": label names starting with __ are reserved for Prometheus' internal use: rename the label"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn external_labels_cannot_reuse_the_operator_labels() {
+        let mut s = spec();
+        s.external_labels =
+            [("cluster", "a"), ("replica", "b")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        assert_eq!(
+            errors(&s),
+            [
+                "spec.externalLabels[cluster]: Forbidden: the operator sets the cluster label to the cluster's name: \
+                 remove it from externalLabels",
+                "spec.externalLabels[replica]: Forbidden: the operator sets the replica label to the pod name to tell \
+                 replicas apart: remove it from externalLabels, or set replicaExternalLabelName to another name",
+            ]
+        );
+        s.replica_external_label_name = Some("prometheus_replica".into());
+        assert_eq!(errors(&s).len(), 1, "replica is free once the replica label has another name");
+    }
+
+    #[test]
+    fn replica_external_label_name_must_be_a_valid_label_name() {
+        let mut s = spec();
+        for (name, message) in [
+            ("", "must be a Prometheus label name"),
+            ("pod-name", "must be a Prometheus label name"),
+            ("__replica", "label names starting with __ are reserved"),
+            ("cluster", "cluster is the label the operator sets to the cluster's name"),
+        ] {
+            s.replica_external_label_name = Some(name.into());
+            let errs = errors(&s);
+            assert_eq!(errs.len(), 1, "{name:?}");
+            assert!(
+                errs[0].starts_with(&format!("spec.replicaExternalLabelName: Invalid value: {name:?}: {message}")),
+                "{}",
+                errs[0]
+            );
+        }
+    }
+
+    #[test]
+    fn node_selector_keys_and_values_must_be_valid_labels() {
+        let mut s = spec();
+        s.node_selector = [("kubernetes.io/os", "linux"), ("bad key", "x"), ("zone", "eu west")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let errs = errors(&s);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].starts_with(r#"spec.nodeSelector: Invalid value: "bad key": label key must be a qualified name"#)
+        );
+        assert!(
+            errs[1].starts_with(r#"spec.nodeSelector[zone]: Invalid value: "eu west": label value must be empty or"#)
+        );
+    }
+
+    #[test]
+    fn priority_class_name_must_be_a_dns_subdomain() {
+        let mut s = spec();
+        s.priority_class_name = Some("High_Priority".into());
+        let errs = errors(&s);
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with(
+            r#"spec.priorityClassName: Invalid value: "High_Priority": must be a lowercase RFC 1123 subdomain"#
+        ));
+        assert!(errs[0].ends_with(": use the name of an existing PriorityClass"));
+        s.priority_class_name = Some("system-cluster-critical".into());
+        assert_eq!(errors(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn self_healing_durations_and_threshold_are_checked() {
+        let mut s = spec();
+        s.self_healing = SelfHealingSpec {
+            enabled: true,
+            probe_interval: "0s".into(),
+            failure_threshold: 0,
+            startup_budget: "15 minutes".into(),
+            cooldown: "0s".into(),
+        };
+        let errs = errors(&s);
+        assert_eq!(
+            errs,
+            [
+                r#"spec.selfHealing.probeInterval: Invalid value: "0s": must be greater than 0, for example 30s"#,
+                "spec.selfHealing.failureThreshold: Invalid value: 0: must be >= 1: the number of failed probes in a row \
+                 before a replica is replaced",
+                r#"spec.selfHealing.startupBudget: Invalid value: "15 minutes": must be a duration such as 15m: a number and a unit (ms, s, m, h, d, w, y), units largest first, like 1h30m"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn backup_retention_keep_last_and_max_age_are_checked() {
+        let mut s = spec();
+        s.backup = BackupSpec {
+            retention: Some(BackupRetentionSpec { keep_last: Some(0), max_age: Some("thirty days".into()) }),
+            ..backup("@daily")
+        };
+        assert_eq!(
+            errors(&s),
+            [
+                "spec.backup.retention.keepLast: Invalid value: 0: must be >= 1: the newest backup is always kept; \
+                 remove keepLast to keep every backup",
+                r#"spec.backup.retention.maxAge: Invalid value: "thirty days": must be a duration such as 30d: a number and a unit (ms, s, m, h, d, w, y), units largest first, like 1h30m"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn backup_prefix_must_not_start_with_a_slash() {
+        let mut s = spec();
+        s.backup = BackupSpec { prefix: "/prod".into(), ..backup("") };
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.backup.prefix: Invalid value: "/prod": must not start with '/': object keys would begin with an empty segment; write it without the leading slash, like prod/cluster-a"#
+            ]
+        );
+    }
+
+    #[test]
+    fn backup_endpoint_must_be_an_http_url() {
+        let mut s = spec();
+        s.backup = BackupSpec { endpoint: "minio:9000".into(), ..backup("") };
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.backup.endpoint: Invalid value: "minio:9000": must be an http or https URL such as https://minio.example.com:9000: must start with http:// or https://"#
+            ]
+        );
+        s.backup.endpoint = "http://minio.minio.svc:9000".into();
+        assert_eq!(errors(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn backup_bucket_must_be_a_bare_name() {
+        let mut s = spec();
+        s.backup = BackupSpec { bucket: "s3://tsdb-backups/prod".into(), ..backup("") };
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.backup.bucket: Invalid value: "s3://tsdb-backups/prod": must be a bare bucket name such as tsdb-backups, without s3:// or a path: put any path in prefix"#
+            ]
+        );
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        let mut s = spec();
+        s.retention = "x".repeat(100_000);
+        let errs = validate_cluster(&s).unwrap_err();
+        let Some(BadValue::Str(shown)) = &errs.errors()[0].value else { panic!("a string value") };
+        assert_eq!(shown.len(), MAX_SHOWN_VALUE + 3);
+        assert!(shown.ends_with("..."));
+    }
+
+    #[test]
+    fn errors_render_as_the_api_server_renders_them() {
+        let mut s = spec();
+        s.replicas = 0;
+        s.backup = BackupSpec { enabled: true, ..BackupSpec::default() };
+        let errs = validate_cluster(&s).unwrap_err();
+        assert_eq!(
+            errs.to_string(),
+            "[spec.replicas: Invalid value: 0: must be >= 1, spec.backup.bucket: Required value: bucket is required \
+             when backup is enabled]"
+        );
+        let causes = errs.to_status_causes();
+        assert_eq!(causes[0].field.as_deref(), Some("spec.replicas"));
+        assert_eq!(causes[0].reason.as_deref(), Some("FieldValueInvalid"));
+        assert_eq!(causes[0].message.as_deref(), Some("Invalid value: 0: must be >= 1"));
+        assert_eq!(causes[1].reason.as_deref(), Some("FieldValueRequired"));
+        let status = errs.to_status("PrometheusCluster", "demo");
+        assert_eq!(status.code, Some(422));
+        assert_eq!(status.reason.as_deref(), Some("Invalid"));
+        assert_eq!(status.status.as_deref(), Some("Failure"));
+        assert!(
+            status.message.as_deref().unwrap().starts_with(
+                r#"PrometheusCluster.observability.merlionos.org "demo" is invalid: [spec.replicas: Invalid value: 0"#
+            ),
+            "{status:?}"
+        );
+        let details = status.details.unwrap();
+        assert_eq!(details.causes.unwrap().len(), 2);
+        assert_eq!(details.kind.as_deref(), Some("PrometheusCluster"));
+    }
+
+    #[test]
+    fn every_kind_renders_its_kubernetes_words() {
+        assert_eq!(FieldError::too_long("a", 63).to_string(), "a: Too long: may not be more than 63 bytes");
+        assert_eq!(
+            FieldError::not_supported("op", "Has", &["In", "NotIn"]).to_string(),
+            r#"op: Unsupported value: "Has": supported values: "In", "NotIn""#
+        );
+        assert_eq!(FieldError::forbidden("f", "no").to_string(), "f: Forbidden: no");
+        assert_eq!(FieldError::duplicate("d", "x", "").to_string(), r#"d: Duplicate value: "x""#);
+        assert_eq!(FieldErrorKind::TooLong.reason(), "FieldValueTooLong");
+        assert_eq!(FieldErrorKind::NotSupported.reason(), "FieldValueNotSupported");
+    }
+
+    fn selector(exprs: &[(&str, &str, Option<&[&str]>)]) -> LabelSelector {
+        LabelSelector {
+            match_labels: None,
+            match_expressions: Some(
+                exprs
+                    .iter()
+                    .map(|(k, op, values)| LabelSelectorRequirement {
+                        key: (*k).to_owned(),
+                        operator: (*op).to_owned(),
+                        values: values.map(|v| v.iter().map(|s| (*s).to_owned()).collect()),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn cluster_set_selector_operators_must_be_known() {
+        let set = PrometheusClusterSetSpec {
+            cluster_selector: Some(selector(&[("env", "Equals", Some(&["prod"]))])),
+            ..PrometheusClusterSetSpec::default()
+        };
+        assert_eq!(
+            set_errors(&set),
+            [
+                r#"spec.clusterSelector.matchExpressions[0].operator: Unsupported value: "Equals": supported values: "DoesNotExist", "Exists", "In", "NotIn""#
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_set_selector_values_are_present_exactly_for_in_and_not_in() {
+        let set = PrometheusClusterSetSpec {
+            namespace_selector: Some(selector(&[
+                ("env", "In", None),
+                ("team", "NotIn", Some(&[])),
+                ("tier", "Exists", Some(&["x"])),
+                ("zone", "DoesNotExist", None),
+                ("ok", "In", Some(&["a", "b"])),
+            ])),
+            ..PrometheusClusterSetSpec::default()
+        };
+        assert_eq!(
+            set_errors(&set),
+            [
+                "spec.namespaceSelector.matchExpressions[0].values: Required value: must be specified when `operator` \
+                 is 'In' or 'NotIn'",
+                "spec.namespaceSelector.matchExpressions[1].values: Required value: must be specified when `operator` \
+                 is 'In' or 'NotIn'",
+                "spec.namespaceSelector.matchExpressions[2].values: Forbidden: may not be specified when `operator` is \
+                 'Exists' or 'DoesNotExist'",
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_set_selector_keys_and_values_must_be_labels() {
+        let mut sel = selector(&[("", "Exists", None), ("env", "In", Some(&["not ok"]))]);
+        sel.match_labels = Some([("bad key".to_owned(), "v".to_owned())].into_iter().collect());
+        let set = PrometheusClusterSetSpec { cluster_selector: Some(sel), ..PrometheusClusterSetSpec::default() };
+        let errs = set_errors(&set);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(errs[0].starts_with(r#"spec.clusterSelector.matchLabels: Invalid value: "bad key": label key"#));
+        assert_eq!(errs[1], "spec.clusterSelector.matchExpressions[0].key: Required value: set the label key to match");
+        assert!(errs[2].starts_with(r#"spec.clusterSelector.matchExpressions[1].values[0]: Invalid value: "not ok""#));
+    }
+
+    #[test]
+    fn cluster_set_backup_template_is_checked_as_an_enabled_backup() {
+        let set = PrometheusClusterSetSpec {
+            backup_template: Some(BackupSpec { enabled: false, schedule: "every day".into(), ..BackupSpec::default() }),
+            ..PrometheusClusterSetSpec::default()
+        };
+        assert_eq!(
+            set_errors(&set),
+            [
+                "spec.backupTemplate.bucket: Required value: bucket is required: the template enables backups on its \
+                 members",
+                r#"spec.backupTemplate.schedule: Invalid value: "every day": not a valid cron expression: expected exactly 5 fields (minute hour day-of-month month day-of-week), found 2"#,
+            ]
+        );
+        let ok =
+            PrometheusClusterSetSpec { backup_template: Some(backup("@daily")), ..PrometheusClusterSetSpec::default() };
+        assert_eq!(set_errors(&ok), Vec::<String>::new());
+        assert_eq!(set_errors(&PrometheusClusterSetSpec::default()), Vec::<String>::new());
+    }
+}
