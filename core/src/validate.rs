@@ -439,8 +439,13 @@ fn check_retention(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
 fn check_storage(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
     let size = &spec.storage.size.0;
     match crate::quantity::parse_nanos(size) {
-        Ok(n) if n > 0 => {}
-        Ok(_) => errs.push(FieldError::invalid("spec.storage.size", size, "must be greater than 0, for example 20Gi")),
+        // Zero means the default size, as in the seed.
+        Ok(n) if n >= 0 => {}
+        Ok(_) => errs.push(FieldError::invalid(
+            "spec.storage.size",
+            size,
+            "must not be negative: set a size such as 20Gi, or 0 for the default of 20Gi",
+        )),
         Err(_) => errs.push(FieldError::invalid(
             "spec.storage.size",
             size,
@@ -1111,18 +1116,22 @@ mod tests {
     }
 
     #[test]
-    fn storage_size_must_be_a_positive_quantity() {
+    fn storage_size_must_be_a_non_negative_quantity() {
         let mut s = spec();
         s.storage.size = Quantity("20GB".into());
         assert_eq!(
             errors(&s),
             [r#"spec.storage.size: Invalid value: "20GB": must be a Kubernetes quantity such as 20Gi, 500Gi or 1Ti"#]
         );
-        s.storage.size = Quantity("0".into());
-        assert_eq!(errors(&s), [r#"spec.storage.size: Invalid value: "0": must be greater than 0, for example 20Gi"#]);
         s.storage.size = Quantity("-1Gi".into());
-        assert_eq!(errors(&s).len(), 1);
-        for ok in ["20Gi", "500G", "1e12", "1.5Ti"] {
+        assert_eq!(
+            errors(&s),
+            [
+                r#"spec.storage.size: Invalid value: "-1Gi": must not be negative: set a size such as 20Gi, or 0 for the default of 20Gi"#
+            ]
+        );
+        // Zero means the default size, as in the seed.
+        for ok in ["20Gi", "500G", "1e12", "1.5Ti", "0"] {
             s.storage.size = Quantity(ok.into());
             assert_eq!(errors(&s), Vec::<String>::new(), "{ok}");
         }
