@@ -1,0 +1,255 @@
+//! Every rendered `prometheus.yml` passes `promtool check config` of Prometheus 2.53 and 3.5, and the real
+//! Prometheus of both lines starts with the rendered flags and expands the replica external label to the pod name.
+//!
+//! The files are rendered with `ConfigPaths::rooted_at(<temp dir>)`, so every path they refer to (inline scrape
+//! file, mounted Secrets) exists under the temp dir exactly as it would in the pod. The binaries come from
+//! `scripts/install-deps.sh` (`$TSDB_PROMTOOL{2,3}_BIN`, `$TSDB_PROMETHEUS{2,3}_BIN`, else its cache directory);
+//! when they are missing the tests fail and say so.
+//!
+//! This is a test: it does I/O (files, processes, a loopback socket). The library under test does none.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tsdb_operator_core::build::config::{self, ConfigPaths};
+use tsdb_operator_core::build::statefulset::prometheus_args;
+use tsdb_operator_core::build::{BuildContext, BuildSettings};
+use tsdb_operator_core::constants::paths;
+use tsdb_operator_core::crd::PrometheusCluster;
+
+const SECRET_SCRAPE_FILE: &str =
+    "scrape_configs:\n- job_name: from-secret\n  static_configs:\n  - targets: ['127.0.0.1:9100']\n";
+
+fn cache_dir() -> PathBuf {
+    match std::env::var("TSDB_OPERATOR_CACHE") {
+        Ok(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/tsdb-operator"),
+    }
+}
+
+/// `promtool` or `prometheus` of a major version; fails the test when it is not installed.
+fn binary(tool: &str, major: u32) -> PathBuf {
+    let var = format!("TSDB_{}{major}_BIN", tool.to_uppercase());
+    let path = match std::env::var(&var) {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        _ => cache_dir().join(format!("prometheus-{major}")).join(tool),
+    };
+    assert!(
+        path.is_file(),
+        "{tool} {major}.x not found at {} (set ${var}); run scripts/install-deps.sh to install it",
+        path.display()
+    );
+    path
+}
+
+fn fixtures() -> Vec<(String, PrometheusCluster)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/clusters");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, serde_yaml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap())
+        })
+        .collect()
+}
+
+fn fixture(name: &str) -> PrometheusCluster {
+    fixtures().into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("tsdb-operator-promtool-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write(path: &str, content: &str) {
+    let path = Path::new(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+/// Renders the cluster's files under `root` as the pod would see them, with dummy Secret files. Returns the path
+/// of `prometheus.yml`.
+fn render_into(cluster: &PrometheusCluster, root: &str) -> String {
+    let settings = BuildSettings::default();
+    let ctx = BuildContext::new(cluster, &settings).unwrap();
+    let rooted = ConfigPaths::rooted_at(root);
+    let files = config::build_config_files(&ctx, &rooted).unwrap();
+
+    // The rooted render is the pod's render with every path moved under the root, nothing else.
+    let in_pod = config::build_config_files(&ctx, &ConfigPaths::default()).unwrap();
+    assert_eq!(files.prometheus_yml.replace(&format!("{root}/etc/"), "/etc/"), in_pod.prometheus_yml);
+    assert_eq!(files.inline_scrape_configs_yml, in_pod.inline_scrape_configs_yml);
+
+    write(&rooted.config_file(), &files.prometheus_yml);
+    if let Some(inline) = &files.inline_scrape_configs_yml {
+        write(&rooted.inline_scrape_file(), inline);
+    }
+    for secret in config::remote_write_secrets(&ctx) {
+        for key in [config::BASIC_AUTH_USERNAME_KEY, config::BASIC_AUTH_PASSWORD_KEY, config::BEARER_TOKEN_KEY] {
+            write(&rooted.secret_file(&secret, key), "dummy");
+        }
+    }
+    if let Some((_, key)) = config::extra_scrape_secret(&ctx) {
+        write(&format!("{}/{key}", rooted.extra_secret_dir), SECRET_SCRAPE_FILE);
+    }
+    rooted.config_file()
+}
+
+#[test]
+fn every_rendered_config_passes_promtool_of_2_x_and_3_x() {
+    let promtools = [binary("promtool", 2), binary("promtool", 3)];
+    for (name, cluster) in fixtures() {
+        let dir = TempDir::new(&name);
+        let config_file = render_into(&cluster, dir.path());
+        for promtool in &promtools {
+            let out = Command::new(promtool).args(["check", "config", &config_file]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {} check config failed:\n{}{}\n--- prometheus.yml\n{}",
+                promtool.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&config_file).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn promtool_loads_the_referenced_scrape_files() {
+    // Guards the test above: promtool must actually read scrape_config_files, or a broken inline file would pass.
+    let promtool = binary("promtool", 3);
+    let dir = TempDir::new("broken-inline");
+    let config_file = render_into(&fixture("inline-scrape"), dir.path());
+    write(&ConfigPaths::rooted_at(dir.path()).inline_scrape_file(), "scrape_configs:\n- job_name: prometheus\n");
+    let out = Command::new(promtool).args(["check", "config", &config_file]).output().unwrap();
+    assert!(!out.status.success(), "a duplicate job in the inline file must fail promtool");
+}
+
+/// Kills the child process when dropped, so a failing assertion never leaks a Prometheus.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A minimal blocking HTTP/1.0 GET; returns the status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn free_port(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn run_real_prometheus(major: u32, image: &str, ip: &str) {
+    let prometheus = binary("prometheus", major);
+    let mut cluster = fixture("typical");
+    cluster.spec.image = image.to_owned();
+    let dir = TempDir::new(&format!("real-{major}"));
+    let config_file = render_into(&cluster, dir.path());
+    let data_dir = format!("{}/data", dir.path());
+
+    let settings = BuildSettings::default();
+    let ctx = BuildContext::new(&cluster, &settings).unwrap();
+    let rendered = prometheus_args(&ctx);
+    assert_eq!(
+        rendered.iter().any(|a| a == "--enable-feature=expand-external-labels"),
+        major == 2,
+        "the expand flag is for 2.x only: {rendered:?}"
+    );
+    let addr = free_port(ip);
+    let mut args: Vec<String> = rendered
+        .into_iter()
+        .map(|a| {
+            a.replace(&format!("--config.file={}", paths::CONFIG_FILE), &format!("--config.file={config_file}"))
+                .replace(
+                    &format!("--storage.tsdb.path={}", paths::DATA_DIR),
+                    &format!("--storage.tsdb.path={data_dir}"),
+                )
+        })
+        .collect();
+    args.push(format!("--web.listen-address={addr}"));
+
+    let log_path = format!("{}/prometheus.log", dir.path());
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(&prometheus)
+        .args(&args)
+        .env("POD_NAME", "prod-1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            panic!("prometheus {major}.x exited with {status} on the rendered flags {args:?}:\n{}", log());
+        }
+        if matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus {major}.x not ready within 30s:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (status, body) = http_get(addr, "/api/v1/status/config").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let loaded: serde_yaml::Value = serde_yaml::from_str(json["data"]["yaml"].as_str().unwrap()).unwrap();
+    let labels = &loaded["global"]["external_labels"];
+    assert_eq!(labels["replica"].as_str(), Some("prod-1"), "prometheus {major}.x external labels: {labels:?}");
+    assert_eq!(labels["cluster"].as_str(), Some("prod"));
+    assert_eq!(labels["region"].as_str(), Some("eu-west-1"));
+    drop(running);
+}
+
+#[test]
+fn real_prometheus_2_53_expands_the_replica_label_to_the_pod_name() {
+    run_real_prometheus(2, "prom/prometheus:v2.53.3", "127.0.61.2");
+}
+
+#[test]
+fn real_prometheus_3_5_expands_the_replica_label_to_the_pod_name() {
+    run_real_prometheus(3, "prom/prometheus:v3.5.0", "127.0.61.3");
+}
