@@ -1,24 +1,268 @@
-//! `tsdb-operator`: the operator and its agent sidecar. Wiring only.
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+//! `tsdb-operator`: the operator (default), its agent sidecar (`agent`) and the CRD printer (`crd`). Wiring only.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::watch;
+use tsdb_operator_adapters::controller::{self, Context};
+use tsdb_operator_adapters::events::EventBus;
+use tsdb_operator_adapters::http::{self, Health};
+use tsdb_operator_adapters::kube::discovery;
+use tsdb_operator_adapters::metrics::Metrics;
+use tsdb_operator_adapters::{agent, leader};
+use tsdb_operator_core::build::BuildSettings;
 
 #[derive(Parser)]
 #[command(name = "tsdb-operator", version, about = "Kubernetes operator for Prometheus clusters")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    operator: OperatorArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator (the default when no subcommand is given).
+    Operator(OperatorArgs),
+    /// Run the sidecar agent in a Prometheus pod: reloads the configuration when it changes.
+    Agent(AgentArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Crd => print!("{}", tsdb_operator_core::crd::crds_yaml()?),
+#[derive(Args, Clone)]
+struct OperatorArgs {
+    /// Kubeconfig to use; in-cluster config or $KUBECONFIG when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Address of /metrics; "0" turns it off.
+    #[arg(long, default_value = ":8082")]
+    metrics_bind_address: String,
+    /// Address of /healthz and /readyz; "0" turns it off.
+    #[arg(long, default_value = ":8081")]
+    health_probe_bind_address: String,
+    /// Elect a leader with a Lease so that only one replica acts.
+    #[arg(long, default_value_t = false)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = leader::LEASE_NAME)]
+    leader_election_id: String,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    leader_election_lease_seconds: u64,
+    /// This process' identity in the Lease and in events; the pod name or host name by default.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Image of the agent sidecar added to every Prometheus pod.
+    #[arg(long, env = "TSDB_AGENT_IMAGE", default_value = tsdb_operator_core::build::DEFAULT_AGENT_IMAGE)]
+    agent_image: String,
+    /// Maximum reconciles running at once per controller.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// Log format: text or json.
+    #[arg(long, env = "TSDB_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The mounted configuration directory to watch.
+    #[arg(long, default_value = tsdb_operator_core::constants::paths::CONFIG_DIR)]
+    config_dir: PathBuf,
+    /// URL of the local Prometheus.
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    prometheus_url: String,
+    /// Address of /status, /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    listen: SocketAddr,
+    /// Seconds between checks for a changed configuration.
+    #[arg(long, default_value_t = 2)]
+    poll_seconds: u64,
+    /// Log format: text or json.
+    #[arg(long, env = "TSDB_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Parses `:8081`, `0.0.0.0:8081` or `0` (off).
+fn parse_addr(s: &str) -> Result<Option<SocketAddr>> {
+    if s == "0" || s.is_empty() {
+        return Ok(None);
+    }
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+    Ok(Some(full.parse().with_context(|| format!("invalid address {s:?}: use HOST:PORT, :PORT or 0"))?))
+}
+
+/// A watch channel that turns true on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<watch::Receiver<bool>> {
+    let (tx, rx) = watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+fn until(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+async fn client_from(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await.context("failed to find a Kubernetes configuration")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn run_operator(args: OperatorArgs) -> Result<()> {
+    let client = client_from(args.kubeconfig.as_ref()).await?;
+    let shutdown = shutdown_signal()?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+    });
+    let identity = format!("{identity}-{}", std::process::id());
+    let pdb_api =
+        discovery::discover_pdb_api(&client).await.context("failed to discover the PodDisruptionBudget API")?;
+    let settings = BuildSettings { agent_image: args.agent_image.clone(), pdb_api };
+    let metrics = Metrics::new();
+    let health = Health::default();
+    let events = EventBus::new(client.clone(), &identity);
+    let ctx = Context::new(client.clone(), settings, metrics.clone(), events);
+    let ctx = std::sync::Arc::new(Context {
+        concurrency: args.concurrency.max(1),
+        ..std::sync::Arc::into_inner(ctx).context("context is shared")?
+    });
+
+    let mut servers = Vec::new();
+    if let Some(addr) = parse_addr(&args.metrics_bind_address)? {
+        servers.push(tokio::spawn(http::serve(addr, http::router(metrics.clone(), health.clone()), until(&shutdown))));
+    }
+    if let Some(addr) = parse_addr(&args.health_probe_bind_address)?
+        && Some(addr) != parse_addr(&args.metrics_bind_address)?
+    {
+        servers.push(tokio::spawn(http::serve(addr, http::router(metrics.clone(), health.clone()), until(&shutdown))));
+    }
+    tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
+
+    let run_controllers = |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| async move {
+        tokio::join!(
+            controller::cluster::run(ctx.clone(), until(&stop)),
+            controller::clusterset::run(ctx, until(&stop)),
+        );
+    };
+
+    let mut exit_code = 0;
+    if args.leader_elect {
+        let mut election = leader::start(
+            client.clone(),
+            &args.leader_election_namespace,
+            &args.leader_election_id,
+            &identity,
+            args.leader_election_lease_seconds,
+            (args.leader_election_lease_seconds / 3).max(1),
+        )
+        .await
+        .context("failed to start leader election")?;
+        health.set_ready(true);
+        let mut sd = shutdown.clone();
+        let acquired = tokio::select! {
+            acquired = election.acquired() => acquired,
+            _ = sd.wait_for(|v| *v) => false,
+        };
+        if acquired {
+            tracing::info!(%identity, "became the leader");
+            metrics.leader.set(1);
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let controllers = tokio::spawn(run_controllers(ctx.clone(), stop_rx));
+            tokio::select! {
+                _ = sd.wait_for(|v| *v) => {}
+                () = election.lost() => {
+                    tracing::error!("lost the leader lease; stopping");
+                    exit_code = 1;
+                }
+            }
+            let _ = stop_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(20), controllers).await;
+            metrics.leader.set(0);
+        }
+        election.release().await;
+    } else {
+        health.set_ready(true);
+        run_controllers(ctx.clone(), shutdown.clone()).await;
+    }
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    if exit_code != 0 {
+        std::process::exit(exit_code);
     }
     Ok(())
+}
+
+async fn run_agent(args: AgentArgs) -> Result<()> {
+    let shutdown = shutdown_signal()?;
+    agent::run(
+        agent::AgentConfig {
+            config_dir: args.config_dir,
+            prometheus_url: args.prometheus_url,
+            poll: Duration::from_secs(args.poll_seconds.max(1)),
+            listen: args.listen,
+        },
+        until(&shutdown),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", tsdb_operator_core::crd::crds_yaml()?);
+            Ok(())
+        }
+        Some(Command::Agent(args)) => {
+            init_tracing(&args.log_format);
+            run_agent(args).await
+        }
+        Some(Command::Operator(args)) => {
+            init_tracing(&args.log_format);
+            run_operator(args).await
+        }
+        None => {
+            init_tracing(&cli.operator.log_format);
+            run_operator(cli.operator).await
+        }
+    }
 }
