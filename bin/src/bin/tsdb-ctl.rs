@@ -1,2 +1,220 @@
-//! `tsdb-ctl`: the command-line tool. Wiring only.
-fn main() {}
+//! `tsdb-ctl`: command-line tool. `validate` and `plan` work offline on files (a dry run for CI review).
+//! Wiring only: the logic is in the core.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
+use tsdb_operator_core::crd::PrometheusCluster;
+use tsdb_operator_core::plan::{ChildKey, Step, plan_children};
+use tsdb_operator_core::validate;
+
+#[derive(Parser)]
+#[command(name = "tsdb-ctl", version, about = "Command-line tool of tsdb-operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check PrometheusCluster manifests; exits 1 and prints every field error when one is invalid.
+    Validate {
+        /// File with one or more PrometheusCluster documents ("-" for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Print what the operator would apply and the steps it would take, as multi-document YAML.
+    Plan {
+        /// File with one or more PrometheusCluster documents ("-" for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Objects as they exist now (multi-document YAML or a `kind: List`, e.g. from `kubectl get -o yaml`).
+        #[arg(long)]
+        observed: Option<PathBuf>,
+        /// What to print: the manifests to apply (with the steps as comments) or the steps as YAML data.
+        #[arg(long, value_enum, default_value_t = Output::Manifests)]
+        output: Output,
+        /// PodDisruptionBudget API of the target server.
+        #[arg(long, value_enum, default_value_t = PdbVersion::V1)]
+        pdb_api: PdbVersion,
+        /// Image of the agent sidecar.
+        #[arg(long, default_value = build::DEFAULT_AGENT_IMAGE)]
+        agent_image: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Manifests,
+    Steps,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PdbVersion {
+    V1,
+    V1beta1,
+}
+
+fn read_input(path: &Path) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("failed to read standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
+    }
+}
+
+/// Every YAML document in `text`, with `kind: List` documents expanded into their items.
+fn documents(text: &str, source: &Path) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .with_context(|| format!("{}: document {} is not valid YAML", source.display(), i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        if value.get("kind").and_then(Value::as_str) == Some("List") {
+            out.extend(value.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+        } else {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+fn clusters(path: &Path) -> Result<Vec<PrometheusCluster>> {
+    let docs = documents(&read_input(path)?, path)?;
+    let mut out = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        if doc.get("kind").and_then(Value::as_str) != Some("PrometheusCluster") {
+            continue;
+        }
+        let pc: PrometheusCluster = serde_json::from_value(doc)
+            .with_context(|| format!("{}: document {} is not a valid PrometheusCluster", path.display(), i + 1))?;
+        out.push(pc);
+    }
+    if out.is_empty() {
+        bail!("{}: no PrometheusCluster documents found", path.display());
+    }
+    Ok(out)
+}
+
+fn id(pc: &PrometheusCluster) -> String {
+    format!("{}/{}", pc.metadata.namespace.as_deref().unwrap_or("default"), pc.metadata.name.as_deref().unwrap_or("?"))
+}
+
+fn cmd_validate(file: &Path) -> Result<ExitCode> {
+    let mut failed = false;
+    for pc in clusters(file)? {
+        match validate::validate_cluster(&pc.spec) {
+            Ok(()) => println!("{}: valid", id(&pc)),
+            Err(errors) => {
+                failed = true;
+                for e in &errors {
+                    eprintln!("{}: {e}", id(&pc));
+                }
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn observed_for(pc: &PrometheusCluster, observed: &[Value]) -> BTreeMap<ChildKey, Value> {
+    let name = pc.metadata.name.clone().unwrap_or_default();
+    let ns = pc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let child_names = [format!("{name}-config"), name.clone()];
+    observed
+        .iter()
+        .filter(|o| o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default") == ns)
+        .filter(|o| {
+            let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let oname = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            matches!(kind, "ConfigMap" | "Service" | "StatefulSet" | "PodDisruptionBudget")
+                && child_names.iter().any(|c| c == oname)
+        })
+        .filter_map(|o| ChildKey::of(o).map(|k| (k, o.clone())))
+        .collect()
+}
+
+fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &BuildSettings) -> Result<ExitCode> {
+    let observed_docs = match observed {
+        Some(p) => documents(&read_input(p)?, p)?,
+        None => Vec::new(),
+    };
+    let mut out = String::new();
+    let mut invalid = false;
+    let mut steps_out = Vec::new();
+    for mut pc in clusters(file)? {
+        if let Err(errors) = validate::validate_cluster(&pc.spec) {
+            invalid = true;
+            for e in &errors {
+                eprintln!("{}: {e}", id(&pc));
+            }
+            continue;
+        }
+        pc.metadata.namespace.get_or_insert_with(|| "default".to_owned());
+        let desired = build::build(&pc, settings)
+            .and_then(|d| d.manifests(settings))
+            .with_context(|| format!("{}: failed to render", id(&pc)))?;
+        let plan = plan_children(&desired, &observed_for(&pc, &observed_docs));
+        writeln!(out, "# tsdb-ctl plan: PrometheusCluster {}: {} step(s)", id(&pc), plan.steps.len())?;
+        for (i, step) in plan.steps.iter().enumerate() {
+            let line = match step {
+                Step::Apply { key, reason, .. } => format!("apply {key} ({reason:?})"),
+                Step::Delete { key } => format!("delete {key}"),
+            };
+            writeln!(out, "# step {}: {line}", i + 1)?;
+            steps_out.push(serde_json::json!({
+                "cluster": id(&pc),
+                "action": match step { Step::Apply { .. } => "apply", Step::Delete { .. } => "delete" },
+                "apiVersion": step.key().api_version,
+                "kind": step.key().kind,
+                "name": step.key().name,
+                "reason": match step { Step::Apply { reason, .. } => format!("{reason:?}"), Step::Delete { .. } => "NotDesired".into() },
+            }));
+        }
+        for step in &plan.steps {
+            if let Step::Apply { manifest, .. } = step {
+                let mut m = manifest.clone();
+                if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.entry("namespace")
+                        .or_insert_with(|| Value::String(pc.metadata.namespace.clone().unwrap_or_default()));
+                }
+                out.push_str("---\n");
+                out.push_str(&serde_yaml::to_string(&m)?);
+            }
+        }
+    }
+    match output {
+        Output::Manifests => print!("{out}"),
+        Output::Steps => print!("{}", serde_yaml::to_string(&steps_out)?),
+    }
+    Ok(if invalid { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { file } => cmd_validate(&file),
+        Command::Plan { file, observed, output, pdb_api, agent_image } => {
+            let pdb_api = match pdb_api {
+                PdbVersion::V1 => PdbApi::V1,
+                PdbVersion::V1beta1 => PdbApi::V1beta1,
+            };
+            cmd_plan(&file, observed.as_deref(), output, &BuildSettings { agent_image, pdb_api })
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
