@@ -841,10 +841,6 @@ mod tests {
         serde_json::from_value(json!({})).unwrap()
     }
 
-    fn spec_from(value: serde_json::Value) -> PrometheusClusterSpec {
-        serde_json::from_value(value).unwrap()
-    }
-
     /// Every error of `spec`, rendered as the API server renders them.
     fn errors(spec: &PrometheusClusterSpec) -> Vec<String> {
         match validate_cluster(spec) {
@@ -864,16 +860,16 @@ mod tests {
         BackupSpec { enabled: true, bucket: "tsdb-backups".into(), schedule: schedule.into(), ..BackupSpec::default() }
     }
 
-    fn secret(name: &str) -> Option<LocalObjectReference> {
-        Some(LocalObjectReference { name: name.into() })
+    fn secret(name: &str) -> LocalObjectReference {
+        LocalObjectReference { name: name.into() }
     }
 
     fn rw(url: &str, name: &str) -> RemoteWriteSpec {
         RemoteWriteSpec { url: url.into(), name: name.into(), ..RemoteWriteSpec::default() }
     }
 
-    fn inline(yaml: &str) -> Option<AdditionalScrapeConfigs> {
-        Some(AdditionalScrapeConfigs { inline: Some(yaml.into()), secret_ref: None })
+    fn inline(yaml: &str) -> AdditionalScrapeConfigs {
+        AdditionalScrapeConfigs { inline: Some(yaml.into()), secret_ref: None }
     }
 
     #[test]
@@ -967,14 +963,14 @@ mod tests {
               present"]
         );
         // As in the seed, an empty inline string is no source.
-        s.additional_scrape_configs = inline("");
+        s.additional_scrape_configs = Some(inline(""));
         assert_eq!(errors(&s).len(), 1);
     }
 
     #[test]
     fn inline_that_is_not_a_list_is_rejected_with_seed_message() {
         let mut s = spec();
-        s.additional_scrape_configs = inline("scrape_configs:\n  - job_name: node\n");
+        s.additional_scrape_configs = Some(inline("scrape_configs:\n  - job_name: node\n"));
         let errs = errors(&s);
         assert_eq!(errs.len(), 1);
         assert!(
@@ -984,7 +980,7 @@ mod tests {
             "{}",
             errs[0]
         );
-        s.additional_scrape_configs = inline("- just a string\n");
+        s.additional_scrape_configs = Some(inline("- just a string\n"));
         assert!(errors(&s)[0].contains("must be a YAML list of scrape_config entries: "));
     }
 
@@ -1024,9 +1020,9 @@ mod tests {
     #[test]
     fn inline_scrape_jobs_need_unique_job_names_other_than_prometheus() {
         let mut s = spec();
-        s.additional_scrape_configs = inline(
+        s.additional_scrape_configs = Some(inline(
             "- job_name: node\n- static_configs: []\n- job_name: node\n- job_name: prometheus\n- job_name: 7\n-\n",
-        );
+        ));
         assert_eq!(
             errors(&s),
             [
@@ -1248,7 +1244,7 @@ mod tests {
                 r#"spec.remoteWrite[1].url: Duplicate value: "https://a.example.com": another remote write entry has the same url and credentials: remove it or give the entries distinct names"#
             ]
         );
-        s.remote_write[1].bearer_token_secret_ref = secret("other-tenant");
+        s.remote_write[1].bearer_token_secret_ref = Some(secret("other-tenant"));
         assert_eq!(errors(&s), Vec::<String>::new(), "different credentials make a different queue");
     }
 
@@ -1256,8 +1252,8 @@ mod tests {
     fn remote_write_cannot_use_basic_auth_and_bearer_token_together() {
         let mut s = spec();
         let mut entry = rw("https://metrics.example.com/api/v1/push", "");
-        entry.basic_auth_secret_ref = secret("a");
-        entry.bearer_token_secret_ref = secret("b");
+        entry.basic_auth_secret_ref = Some(secret("a"));
+        entry.bearer_token_secret_ref = Some(secret("b"));
         s.remote_write = vec![entry];
         assert_eq!(
             errors(&s),
@@ -1270,11 +1266,14 @@ mod tests {
     fn secret_ref_names_must_be_set_and_dns_subdomains() {
         let mut s = spec();
         let mut entry = rw("https://metrics.example.com/api/v1/push", "");
-        entry.basic_auth_secret_ref = secret("");
+        entry.basic_auth_secret_ref = Some(secret(""));
         s.remote_write = vec![entry];
-        s.thanos =
-            ThanosSpec { enabled: true, object_storage_config_secret_ref: secret("Objstore"), ..ThanosSpec::default() };
-        s.backup = BackupSpec { credentials_secret_ref: secret("s3 creds"), ..backup("") };
+        s.thanos = ThanosSpec {
+            enabled: true,
+            object_storage_config_secret_ref: Some(secret("Objstore")),
+            ..ThanosSpec::default()
+        };
+        s.backup = BackupSpec { credentials_secret_ref: Some(secret("s3 creds")), ..backup("") };
         let errs = errors(&s);
         assert_eq!(errs.len(), 3, "{errs:#?}");
         assert_eq!(

@@ -35,13 +35,13 @@ spec:
 fn fixtures(dir: &str) -> Vec<(String, PrometheusCluster)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures").join(dir);
     let mut out: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
+        .expect("the fixtures directory exists")
+        .map(|entry| entry.expect("a readable directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let cluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let text = std::fs::read_to_string(&p).expect("a readable fixture");
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let cluster = serde_yaml::from_str(&text).expect("a fixture that parses as a PrometheusCluster");
             (name, cluster)
         })
         .collect();
