@@ -105,7 +105,7 @@ mod tests {
             parse("1y2w3d4h5m6s7ms").unwrap().as_millis(),
             ((((365 + 14 + 3) * 24 + 4) * 60 + 5) * 60 + 6) * 1000 + 7
         );
-        assert_eq!(parse("15d").unwrap(), Duration::from_secs(15 * 86400));
+        assert_eq!(parse("15d").unwrap(), Duration::from_hours(15 * 24));
         assert_eq!(parse("0").unwrap(), Duration::ZERO);
         assert_eq!(parse("0s").unwrap(), Duration::ZERO);
     }

@@ -352,7 +352,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let s = status_of(&cluster(1, None), Some(&sts(1, 1, 0, 1)), &[pod.clone()]);
+        let s = status_of(&cluster(1, None), Some(&sts(1, 1, 0, 1)), std::slice::from_ref(&pod));
         assert_eq!(s.phase, Some(Phase::Failed));
         assert!(condition(&s, conditions::DEGRADED).message.contains("demo-0"));
         // With one replica still ready the cluster is degraded, not failed.
