@@ -14,8 +14,8 @@ fn settings() -> BuildSettings {
 fn fixtures(dir: &str) -> Vec<(String, PrometheusCluster)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures").join(dir);
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
+        .expect("the fixtures directory exists")
+        .map(|entry| entry.expect("a readable directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     paths.sort();
@@ -23,10 +23,9 @@ fn fixtures(dir: &str) -> Vec<(String, PrometheusCluster)> {
     paths
         .into_iter()
         .map(|p| {
-            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(&p).unwrap();
-            let cluster: PrometheusCluster =
-                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", p.display()));
+            let name = p.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let text = std::fs::read_to_string(&p).expect("a readable fixture");
+            let cluster = serde_yaml::from_str(&text).expect("a fixture that parses as a PrometheusCluster");
             (name, cluster)
         })
         .collect()

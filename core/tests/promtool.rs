@@ -8,6 +8,10 @@
 //!
 //! This is a test: it does I/O (files, processes, a loopback socket). The library under test does none.
 
+// The core's purity lints guard the library; this harness must read the environment (where the binaries are),
+// a clock (start-up deadline) and stop loudly on any failure of its own plumbing.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::panic)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -182,7 +186,7 @@ fn free_port(ip: &str) -> SocketAddr {
 fn run_real_prometheus(major: u32, image: &str, ip: &str) {
     let prometheus = binary("prometheus", major);
     let mut cluster = fixture("typical");
-    cluster.spec.image = image.to_owned();
+    image.clone_into(&mut cluster.spec.image);
     let dir = TempDir::new(&format!("real-{major}"));
     let config_file = render_into(&cluster, dir.path());
     let data_dir = format!("{}/data", dir.path());

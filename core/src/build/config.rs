@@ -312,7 +312,7 @@ fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<Remot
         }
         let entry = RemoteWriteConfig {
             url: url.to_owned(),
-            name: non_empty(&rw.name).map(str::to_owned),
+            name: Some(rw.name.clone()).filter(|n| !n.is_empty()),
             basic_auth,
             authorization,
         };

@@ -74,6 +74,7 @@ pub fn check_supported(ctx: &BuildContext<'_>) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[allow(clippy::unnecessary_wraps)] // compared with `from_image`, which returns an Option
     fn v(major: u32, minor: u32) -> Option<PrometheusVersion> {
         Some(PrometheusVersion { major, minor })
     }
