@@ -187,6 +187,8 @@ fn run_real_prometheus(major: u32, image: &str, ip: &str) {
     let prometheus = binary("prometheus", major);
     let mut cluster = fixture("typical");
     image.clone_into(&mut cluster.spec.image);
+    // A spec label value with `$` must stay literal, not expand the environment.
+    cluster.spec.external_labels.insert("owner".to_owned(), "$HOME ${POD_NAME} $$".to_owned());
     let dir = TempDir::new(&format!("real-{major}"));
     let config_file = render_into(&cluster, dir.path());
     let data_dir = format!("{}/data", dir.path());
@@ -245,6 +247,7 @@ fn run_real_prometheus(major: u32, image: &str, ip: &str) {
     assert_eq!(labels["replica"].as_str(), Some("prod-1"), "prometheus {major}.x external labels: {labels:?}");
     assert_eq!(labels["cluster"].as_str(), Some("prod"));
     assert_eq!(labels["region"].as_str(), Some("eu-west-1"));
+    assert_eq!(labels["owner"].as_str(), Some("$HOME ${POD_NAME} $$"));
     drop(running);
 }
 

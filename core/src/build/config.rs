@@ -7,7 +7,8 @@
 //!   `${POD_NAME:-unknown}` names a variable that does not exist and expands to nothing, C.14.1);
 //! - bearer tokens use `authorization.credentials_file` (the documented form in 2.x and 3.x) and every secret file
 //!   points under [`paths::SECRETS_DIR`], where the StatefulSet really mounts those Secrets (C.14.6);
-//! - scrape and evaluation intervals and external labels come from the spec.
+//! - scrape and evaluation intervals and external labels come from the spec; `$` in spec label values stays
+//!   literal.
 //!
 //! The paths inside the rendered files come from [`ConfigPaths`], so that tests can render the same files for a
 //! temporary directory and check them with the real `promtool`.
@@ -37,7 +38,7 @@ pub const BASIC_AUTH_USERNAME_KEY: &str = "username";
 pub const BASIC_AUTH_PASSWORD_KEY: &str = "password";
 /// Key of the bearer token in a remote write Secret (seed).
 pub const BEARER_TOKEN_KEY: &str = "token";
-/// External label that names the cluster when Thanos is on (seed).
+/// External label that names the cluster when replicas > 1 or Thanos is on (the seed: with Thanos only).
 pub const CLUSTER_LABEL: &str = "cluster";
 
 /// Where the files that `prometheus.yml` refers to live.
@@ -263,24 +264,26 @@ pub fn extra_scrape_secret<'a>(ctx: &BuildContext<'a>) -> Option<(&'a str, &'a s
     }
 }
 
-/// Spec external labels, then `cluster: <name>` when Thanos is on and the spec does not set it, then the replica
-/// label (which wins: replicas must stay distinguishable).
+/// The external labels: the spec's, with every `$` escaped as `$$` so that they stay literal (Prometheus expands
+/// `${VAR}` in external label values: always on 3.x, and on 2.x with the flag the operator passes); then, when
+/// replicas > 1 or Thanos is on, `cluster: <name>` and `<replica label>: ${POD_NAME}`, which override spec labels
+/// of the same name (validation forbids those names): replicas must stay distinguishable. The seed set both only
+/// with Thanos; with more than one replica and no Thanos, remote-written series of the replicas would collide.
 fn external_labels(ctx: &BuildContext<'_>) -> Result<BTreeMap<String, String>> {
     let spec = &ctx.cluster.spec;
-    for name in spec.external_labels.keys() {
+    let mut labels = BTreeMap::new();
+    for (name, value) in &spec.external_labels {
         if !is_label_name(name) {
             return Err(Error::InvalidLabelName { field: "spec.externalLabels", name: name.clone() });
         }
-    }
-    let mut labels = spec.external_labels.clone();
-    if ctx.thanos_enabled() {
-        labels.entry(CLUSTER_LABEL.to_owned()).or_insert_with(|| ctx.name.to_owned());
+        labels.insert(name.clone(), value.replace('$', "$$"));
     }
     if ctx.needs_replica_label() {
         let replica = replica_label_name(ctx);
         if !is_label_name(replica) {
             return Err(Error::InvalidLabelName { field: "spec.replicaExternalLabelName", name: replica.to_owned() });
         }
+        labels.insert(CLUSTER_LABEL.to_owned(), ctx.name.to_owned());
         labels.insert(replica.to_owned(), REPLICA_LABEL_VALUE.to_owned());
     }
     Ok(labels)
