@@ -177,8 +177,7 @@ fn prometheus_container(ctx: &BuildContext<'_>, startup_budget: std::time::Durat
     for secret in config::remote_write_secrets(ctx) {
         mounts.push(mount(&remote_write_volume_name(&secret), &format!("{}/{secret}", paths::SECRETS_DIR), true));
     }
-    let period = u128::from(STARTUP_PROBE_PERIOD_SECONDS.unsigned_abs()) * 1000;
-    let startup_failures = i32::try_from(startup_budget.as_millis().div_ceil(period)).unwrap_or(i32::MAX).max(1);
+    let startup_failures = startup_failure_threshold(startup_budget);
     Container {
         name: containers::PROMETHEUS.to_owned(),
         image: Some(ctx.image.to_owned()),
@@ -199,6 +198,12 @@ fn prometheus_container(ctx: &BuildContext<'_>, startup_budget: std::time::Durat
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     }
+}
+
+/// Failures of the startup probe that add up to the startup budget, rounded up; at least 1.
+pub fn startup_failure_threshold(startup_budget: std::time::Duration) -> i32 {
+    let period_ms = u128::from(STARTUP_PROBE_PERIOD_SECONDS.unsigned_abs()) * 1000;
+    i32::try_from(startup_budget.as_millis().div_ceil(period_ms)).unwrap_or(i32::MAX).max(1)
 }
 
 fn agent_container(ctx: &BuildContext<'_>) -> Container {
@@ -420,6 +425,15 @@ fn http_probe(path: &str, port: &str, period_seconds: i32, failure_threshold: i3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_budget_is_rounded_up_to_whole_probe_periods() {
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(startup_failure_threshold(secs(15 * 60)), 60);
+        assert_eq!(startup_failure_threshold(secs(16)), 2);
+        assert_eq!(startup_failure_threshold(secs(0)), 1);
+        assert_eq!(startup_failure_threshold(secs(u64::MAX / 2000)), i32::MAX);
+    }
 
     #[test]
     fn remote_write_volume_names_are_valid_and_distinct() {
