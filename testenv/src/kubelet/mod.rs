@@ -331,6 +331,9 @@ impl KubeletBuilder {
 
     /// Starts the kubelet on its own thread; returns once the nodes are registered.
     pub async fn start(self) -> Result<KubeletHandle> {
+        // kube is built with `ring`; when another dependency also enables `aws-lc-rs`, rustls cannot pick a
+        // provider by itself. Installing one is a no-op if the process already did.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();

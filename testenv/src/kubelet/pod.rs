@@ -81,6 +81,53 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PodRun {
+    /// Sets up the run of a pod and registers it.
+    fn new(ctx: &Arc<Ctx>, pod: &Pod, pod_rx: watch::Receiver<Option<Pod>>, sandbox: Option<&Sandbox>) -> Arc<Self> {
+        let namespace = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let uid = pod.uid().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network == Some(true);
+        let host_ip = ctx.network.gateway();
+        let pod_ip: IpAddr = sandbox.as_ref().map_or(host_ip, |s| s.ip).into();
+        let dir = ctx.state_dir.join("pods").join(&uid);
+        let hostname = if host_network { gethostname() } else { spec.hostname.clone().unwrap_or_else(|| name.clone()) };
+        let facts = PodFacts {
+            pod_ip: pod_ip.to_string(),
+            host_ip: host_ip.to_string(),
+            hostname,
+            apiserver: ctx.apiserver.clone(),
+        };
+        let state = initial_state(&spec, host_ip.to_string(), pod_ip.to_string());
+        ctx.registry.insert(
+            &namespace,
+            &name,
+            PodEntry {
+                uid: uid.clone(),
+                ip: pod_ip,
+                veth_host: sandbox.as_ref().map(|s| s.veth_host.clone()),
+                containers: BTreeMap::new(),
+                dir: dir.clone(),
+            },
+        );
+        Arc::new(PodRun {
+            ctx: Arc::clone(ctx),
+            namespace,
+            name,
+            uid,
+            pod: pod_rx,
+            state: Mutex::new(state),
+            dirty: Notify::new(),
+            dir,
+            facts,
+            pod_ip,
+            netns: sandbox.as_ref().map(|s| s.netns.clone()),
+            volumes: Mutex::new(BTreeMap::new()),
+            stop: watch::channel(None).0,
+            last_written: Mutex::new(None),
+        })
+    }
+
     fn snapshot(&self) -> Pod {
         self.pod.borrow().clone().unwrap_or_default()
     }
@@ -155,65 +202,16 @@ pub(crate) async fn run_pod(
     let Some(pod) = pod_rx.borrow_and_update().clone() else {
         return;
     };
-    let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
-    let uid = pod.uid().unwrap_or_default();
-    let spec = pod.spec.clone().unwrap_or_default();
-    let host_network = spec.host_network == Some(true);
-    let sandbox = if host_network {
+    let sandbox = if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
         None
     } else {
-        loop {
-            match ctx.network.create_sandbox().await {
-                Ok(sandbox) => break Some(sandbox),
-                Err(err) => {
-                    tracing::warn!(pod = %name, error = %err, "cannot create pod sandbox");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                }
-            }
-        }
+        let Some(sandbox) = create_sandbox(&ctx, &name, &mut shutdown).await else {
+            return;
+        };
+        Some(sandbox)
     };
-    let host_ip = ctx.network.gateway();
-    let pod_ip: IpAddr = sandbox.as_ref().map_or(host_ip, |s| s.ip).into();
-    let dir = ctx.state_dir.join("pods").join(&uid);
-    let hostname = if host_network { gethostname() } else { spec.hostname.clone().unwrap_or_else(|| name.clone()) };
-    let facts = PodFacts {
-        pod_ip: pod_ip.to_string(),
-        host_ip: host_ip.to_string(),
-        hostname,
-        apiserver: ctx.apiserver.clone(),
-    };
-    let state = initial_state(&spec, host_ip.to_string(), pod_ip.to_string());
-    ctx.registry.insert(
-        &namespace,
-        &name,
-        PodEntry {
-            uid: uid.clone(),
-            ip: pod_ip,
-            veth_host: sandbox.as_ref().map(|s| s.veth_host.clone()),
-            containers: BTreeMap::new(),
-            dir: dir.clone(),
-        },
-    );
-    let run = Arc::new(PodRun {
-        ctx: Arc::clone(&ctx),
-        namespace,
-        name,
-        uid,
-        pod: pod_rx.clone(),
-        state: Mutex::new(state),
-        dirty: Notify::new(),
-        dir,
-        facts,
-        pod_ip,
-        netns: sandbox.as_ref().map(|s| s.netns.clone()),
-        volumes: Mutex::new(BTreeMap::new()),
-        stop: watch::channel(None).0,
-        last_written: Mutex::new(None),
-    });
+    let run = PodRun::new(&ctx, &pod, pod_rx.clone(), sandbox.as_ref());
     run.write_status().await;
     let writer = tokio::spawn(Arc::clone(&run).status_writer());
     let mut lifecycle = tokio::spawn(Arc::clone(&run).lifecycle());
@@ -271,6 +269,22 @@ async fn teardown(ctx: &Ctx, run: &PodRun, sandbox: Option<&Sandbox>) {
     }
     ctx.registry.remove(&run.namespace, &run.name, &run.uid);
     let _ = std::fs::remove_dir_all(&run.dir);
+}
+
+/// Creates the pod's network sandbox, retrying every 2 s; `None` if the kubelet shuts down meanwhile.
+async fn create_sandbox(ctx: &Ctx, name: &str, shutdown: &mut watch::Receiver<bool>) -> Option<Sandbox> {
+    loop {
+        match ctx.network.create_sandbox().await {
+            Ok(sandbox) => return Some(sandbox),
+            Err(err) => {
+                tracing::warn!(pod = %name, error = %err, "cannot create pod sandbox");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        }
+    }
 }
 
 /// The state of a pod before anything ran.
