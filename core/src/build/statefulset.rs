@@ -3,8 +3,9 @@
 //! Pod layout:
 //! - `prometheus`: Prometheus with the flags its version needs (see [`prometheus_args`]) and three probes
 //!   (see [`STARTUP_PROBE_PERIOD_SECONDS`] for why the startup probe is on `/-/ready`);
-//! - `agent`: the operator binary as a sidecar; it replaces the seed's configmap-reload (hot-reloads the config
-//!   through `/-/reload`) and serves the operator's requests on port 9091;
+//! - `agent`: the operator binary as a sidecar (`tsdb-operator agent`, flags `--config-dir`, `--prometheus-url`,
+//!   `--listen`); it replaces the seed's configmap-reload (hot-reloads the config through `/-/reload`) and serves
+//!   `/status`, `/metrics` and `/healthz` on port 9091; it also mounts the data volume for snapshots;
 //! - `thanos-sidecar`: only with `spec.thanos.enabled`, as in the seed.
 //!
 //! Volumes: the ConfigMap at [`paths::CONFIG_DIR`] (read-only, never nested with secrets), one volume per distinct
@@ -214,11 +215,12 @@ fn agent_container(ctx: &BuildContext<'_>) -> Container {
             "agent".to_owned(),
             format!("--config-dir={}", paths::CONFIG_DIR),
             format!("--prometheus-url=http://127.0.0.1:{}", ports::PROMETHEUS),
-            format!("--listen-address=0.0.0.0:{}", ports::AGENT),
-            format!("--data-dir={}", paths::DATA_DIR),
+            format!("--listen=0.0.0.0:{}", ports::AGENT),
         ]),
         env: Some(vec![field_env(POD_NAME_ENV, "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")]),
         ports: Some(vec![container_port(ports::AGENT_NAME, ports::AGENT)]),
+        // Liveness only: the agent must not take Prometheus out of the Service when it has a problem.
+        liveness_probe: Some(http_probe("/healthz", ports::AGENT_NAME, 10, 3)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_owned(), Quantity("10m".to_owned())),
