@@ -506,6 +506,13 @@ impl PodRun {
             std::fs::create_dir_all(&container_dir)
                 .map_err(|e| e.to_string())
                 .and_then(|()| volumes::container_mounts(container, &volumes, &image, &container_dir))
+                .and_then(|mut mounts| {
+                    if self.netns.is_some() {
+                        let etc = volumes::etc_mounts(&pod, &self.facts.pod_ip, &self.facts.hostname, &self.dir);
+                        mounts.extend(etc.map_err(|e| format!("/etc/hosts: {e}"))?);
+                    }
+                    Ok(mounts)
+                })
         };
         let mounts = match mounts {
             Ok(mounts) => mounts,

@@ -9,6 +9,7 @@
 //! directory of its bound PersistentVolume (hostPath or local); hostPath is the host path.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -383,12 +384,65 @@ pub(crate) fn container_mounts(
     Ok(out)
 }
 
+/// The `/etc/hosts` the kubelet writes for a pod (not for `hostNetwork` pods): localhost, the pod's own
+/// name (`hostname.subdomain.namespace.svc.cluster.local` when it has a subdomain) and `hostAliases`.
+pub(crate) fn build_hosts_file(pod: &Pod, pod_ip: &str, hostname: &str) -> String {
+    let mut out = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let _ = match pod.spec.as_ref().and_then(|s| s.subdomain.as_deref()) {
+        Some(subdomain) => {
+            writeln!(out, "{pod_ip}\t{hostname}.{subdomain}.{namespace}.svc.cluster.local\t{hostname}")
+        }
+        None => writeln!(out, "{pod_ip}\t{hostname}"),
+    };
+    for alias in pod.spec.iter().flat_map(|s| s.host_aliases.iter().flatten()) {
+        let names = alias.hostnames.clone().unwrap_or_default().join("\t");
+        let _ = writeln!(out, "\n# Entries added by HostAliases.\n{}\t{names}", alias.ip);
+    }
+    out
+}
+
+/// The `/etc/resolv.conf` of a pod. There is no cluster DNS: the name server is the pod's own loopback, so
+/// lookups of cluster names fail at once instead of timing out (and no query leaves the pod).
+pub(crate) fn build_resolv_conf(namespace: &str) -> String {
+    format!(
+        "search {namespace}.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.1\noptions ndots:5\n"
+    )
+}
+
+/// Writes the pod's `/etc/hosts` and `/etc/resolv.conf` and returns their bind mounts.
+pub(crate) fn etc_mounts(pod: &Pod, pod_ip: &str, hostname: &str, pod_dir: &Path) -> std::io::Result<Vec<BindMount>> {
+    let dir = pod_dir.join("etc");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("hosts"), build_hosts_file(pod, pod_ip, hostname))?;
+    std::fs::write(dir.join("resolv.conf"), build_resolv_conf(&pod.metadata.namespace.clone().unwrap_or_default()))?;
+    Ok(vec![
+        BindMount { source: dir.join("hosts"), target: "/etc/hosts".to_owned(), read_only: false },
+        BindMount { source: dir.join("resolv.conf"), target: "/etc/resolv.conf".to_owned(), read_only: false },
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn payload_of(files: &[(&str, &str)]) -> Payload {
         files.iter().map(|(k, v)| ((*k).to_owned(), (v.as_bytes().to_vec(), 0o644))).collect()
+    }
+
+    #[test]
+    fn hosts_file_names_the_pod_under_its_subdomain() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "ns"},
+            "spec": {"containers": [], "hostname": "web-0", "subdomain": "web"}
+        }))
+        .unwrap();
+        let hosts = build_hosts_file(&pod, "10.213.0.2", "web-0");
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n"));
+        assert!(hosts.ends_with("10.213.0.2\tweb-0.web.ns.svc.cluster.local\tweb-0\n"), "{hosts}");
     }
 
     #[test]

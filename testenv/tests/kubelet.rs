@@ -1,0 +1,479 @@
+//! The process kubelet against the real control plane: real Prometheus processes in pod network namespaces.
+//!
+//! One kubelet (3 nodes) serves all tests of this binary; each test works in its own namespace.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+use tsdb_operator_testenv::ControlPlane;
+use tsdb_operator_testenv::kubelet::{Kubelet, KubeletHandle, http_get, process_alive};
+
+async fn kubelet() -> &'static KubeletHandle {
+    static KUBELET: OnceCell<KubeletHandle> = OnceCell::const_new();
+    // Both `ring` (kube) and `aws-lc-rs` (dev-dependencies) are linked into this binary: pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    KUBELET
+        .get_or_init(|| async {
+            let cp = ControlPlane::shared();
+            Kubelet::builder(cp.kube_config())
+                .nodes(3)
+                .backoff(Duration::from_secs(1), Duration::from_secs(10))
+                .start()
+                .await
+                .expect("the process kubelet starts")
+        })
+        .await
+}
+
+fn from_yaml<K: DeserializeOwned>(yaml: &str) -> K {
+    serde_yaml::from_str(yaml).expect("valid test manifest")
+}
+
+async fn create<K>(client: &Client, namespace: &str, yaml: &str) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &from_yaml(yaml))
+        .await
+        .expect("create")
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, at most `timeout`.
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ip(pod: &Pod) -> Option<IpAddr> {
+    pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
+}
+
+async fn ready_pod(pods: &Api<Pod>, name: &str, timeout: Duration) -> Pod {
+    wait_for(&format!("pod {name} to be Ready"), timeout, || async {
+        pods.get_opt(name).await.ok().flatten().filter(is_ready)
+    })
+    .await
+}
+
+async fn get(ip: IpAddr, path: &str) -> Option<(u16, String)> {
+    let response = http_get(SocketAddr::new(ip, 9090), path, &[], Duration::from_secs(2))
+        .await
+        .inspect_err(|e| println!("GET http://{ip}:9090{path}: {e}"))
+        .ok()?;
+    Some((response.status, response.body))
+}
+
+/// `count_over_time(up[1m])` at a fixed time: the number of samples stored before it.
+async fn samples_at(ip: IpAddr, at: f64) -> Option<u64> {
+    let (status, body) = get(ip, &format!("/api/v1/query?query=count_over_time(up%5B1m%5D)&time={at:.3}")).await?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let value = json["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse().ok());
+    if status != 200 {
+        println!("query at {ip}: HTTP {status}: {body}");
+    }
+    value
+}
+
+const PROMETHEUS_CONFIG: &str = r"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: prometheus}
+data:
+  prometheus.yml: |
+    global: {scrape_interval: 1s, evaluation_interval: 1s}
+    scrape_configs:
+    - job_name: self
+      static_configs: [{targets: ['localhost:9090']}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_statefulset_becomes_ready_and_keeps_its_data_across_pod_deletion() {
+    kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-sts").await;
+    create::<ConfigMap>(&client, &ns, PROMETHEUS_CONFIG).await;
+    create::<Service>(
+        &client,
+        &ns,
+        r"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: web, port: 9090}]
+",
+    )
+    .await;
+    let started = Instant::now();
+    create::<StatefulSet>(
+        &client,
+        &ns,
+        r"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 2
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: prometheus
+        image: prom/prometheus:v2.53.3
+        args: [--config.file=/etc/prometheus/config/prometheus.yml, --storage.tsdb.path=/prometheus]
+        ports: [{name: web, containerPort: 9090}]
+        readinessProbe:
+          httpGet: {path: /-/ready, port: web}
+          periodSeconds: 1
+        volumeMounts:
+        - {name: config, mountPath: /etc/prometheus/config}
+        - {name: data, mountPath: /prometheus}
+      volumes:
+      - name: config
+        configMap: {name: prometheus}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+",
+    )
+    .await;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    wait_for("2 ready replicas", Duration::from_secs(120), || async {
+        let set = sets.get("web").await.ok()?;
+        (set.status?.ready_replicas? == 2).then_some(())
+    })
+    .await;
+    let elapsed = started.elapsed();
+    println!(
+        "MEASURE statefulset of 2 Prometheus 2.53 ready (PVC provisioned and bound, scheduled, started) in {elapsed:?}"
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut ips = BTreeMap::new();
+    for name in ["web-0", "web-1"] {
+        let pod = pods.get(name).await.unwrap();
+        let ip = pod_ip(&pod).expect("pod IP");
+        assert_eq!(get(ip, "/-/ready").await.map(|r| r.0), Some(200), "{name} at {ip} answers /-/ready");
+        let status = pod.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(status.host_ip.is_some() && status.start_time.is_some());
+        let container = &status.container_statuses.unwrap()[0];
+        assert!(container.ready && container.started == Some(true));
+        assert!(container.container_id.as_deref().is_some_and(|id| id.starts_with("process://")));
+        ips.insert(name, ip);
+    }
+    assert_ne!(ips["web-0"], ips["web-1"], "each pod has its own IP");
+
+    // Let web-0 scrape itself until it holds a few samples, and remember how many it had at that time.
+    let ip = ips["web-0"];
+    let (at, before) = wait_for("web-0 to scrape itself", Duration::from_secs(30), || async {
+        let at = k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        samples_at(ip, at).await.filter(|n| *n >= 3).map(|n| (at, n))
+    })
+    .await;
+    let old_uid = pods.get("web-0").await.unwrap().metadata.uid;
+
+    let deleted = Instant::now();
+    pods.delete("web-0", &DeleteParams::default()).await.unwrap();
+    let pod = wait_for("web-0 to come back Ready", Duration::from_secs(90), || async {
+        pods.get_opt("web-0").await.ok().flatten().filter(|p| p.metadata.uid != old_uid && is_ready(p))
+    })
+    .await;
+    println!("MEASURE web-0 deleted and back Ready (SIGTERM, WAL replay) in {:?}", deleted.elapsed());
+    let ip = pod_ip(&pod).unwrap();
+    let after = wait_for("samples after the restart", Duration::from_secs(20), || samples_at(ip, at)).await;
+    assert_eq!(after, before, "the samples written before the deletion survive on the PersistentVolume");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_map_change_appears_in_the_mounted_file() {
+    let kubelet = kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-cm").await;
+    create::<ConfigMap>(
+        &client,
+        &ns,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata: {app.conf: one}\n",
+    )
+    .await;
+    create::<Pod>(
+        &client,
+        &ns,
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, '3600']
+    volumeMounts: [{name: conf, mountPath: /etc/tsdb-kubelet-test/conf}]
+  volumes: [{name: conf, configMap: {name: app}}]
+",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    ready_pod(&pods, "reader", Duration::from_secs(60)).await;
+    let pid = kubelet.faults().pid(&ns, "reader", "main").expect("container runs");
+    // Read the file the way the container sees it: inside its mount namespace.
+    let read = || async move {
+        let out = tokio::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "cat", "/etc/tsdb-kubelet-test/conf/app.conf"])
+            .output()
+            .await
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(read().await.as_deref(), Some("one"));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mut cm = cms.get("app").await.unwrap();
+    cm.data = Some([("app.conf".to_owned(), "two".to_owned())].into());
+    let changed = Instant::now();
+    cms.replace("app", &PostParams::default(), &cm).await.unwrap();
+    wait_for("the new content in the container", Duration::from_secs(30), || async {
+        read().await.filter(|c| c == "two")
+    })
+    .await;
+    println!("MEASURE ConfigMap change visible in the container after {:?}", changed.elapsed());
+    pods.delete("reader", &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_stay_ready_for_two_minutes() {
+    let kubelet = kubelet().await;
+    let client = ControlPlane::shared().client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let until = Instant::now() + Duration::from_secs(125);
+    while Instant::now() < until {
+        for name in kubelet.nodes() {
+            let node = nodes.get(name).await.unwrap();
+            let ready = node.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+            assert_eq!(ready.status, "True", "node {name} is Ready");
+            let lease = leases.get(name).await.unwrap();
+            let renewed = lease.spec.unwrap().renew_time.unwrap().0;
+            let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed);
+            assert!(age.as_secs() < 25, "lease of {name} renewed {age:?} ago");
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_pod_is_stopped_with_sigterm_then_sigkill_after_the_grace_period() {
+    let kubelet = kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-delete").await;
+    // `polite` exits on SIGTERM; `stubborn` ignores it and needs the SIGKILL after the grace period.
+    for (name, script) in [("polite", "exec sleep 3600"), ("stubborn", "trap '' TERM; sleep 3600")] {
+        create::<Pod>(
+            &client,
+            &ns,
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: main\n    \
+                 image: busybox\n    command: [sh, -c, \"{script}\"]\n"
+            ),
+        )
+        .await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (name, grace, min, max) in [("polite", 30, 0, 10), ("stubborn", 3, 3, 15)] {
+        let pod = ready_pod(&pods, name, Duration::from_secs(60)).await;
+        let pid = kubelet.faults().pid(&ns, name, "main").expect("container runs");
+        let container_id = pod.status.unwrap().container_statuses.unwrap()[0].container_id.clone();
+        assert_eq!(container_id, Some(format!("process://{pid}")));
+        assert!(process_alive(pid));
+        let deleted = Instant::now();
+        pods.delete(name, &DeleteParams { grace_period_seconds: Some(grace), ..DeleteParams::default() })
+            .await
+            .unwrap();
+        wait_for(&format!("pod {name} to be gone"), Duration::from_secs(40), || async {
+            pods.get_opt(name).await.ok().flatten().is_none().then_some(())
+        })
+        .await;
+        let took = deleted.elapsed();
+        println!("MEASURE pod {name} (grace {grace}s) removed in {took:?}");
+        assert!(!process_alive(pid), "process {pid} of {name} is gone");
+        assert!(took >= Duration::from_secs(min) && took < Duration::from_secs(max), "{name} took {took:?}");
+        assert!(kubelet.faults().pod_ip(&ns, name).is_none(), "sandbox of {name} removed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_container_fails_its_probes_and_is_not_ready_until_thawed() {
+    let kubelet = kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-freeze").await;
+    create::<ConfigMap>(&client, &ns, PROMETHEUS_CONFIG).await;
+    let started = Instant::now();
+    create::<Pod>(
+        &client,
+        &ns,
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: prom}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: prometheus
+    image: quay.io/prometheus/prometheus:v3.5.0
+    args: [--config.file=/etc/prometheus/config/prometheus.yml]
+    ports: [{name: web, containerPort: 9090}]
+    readinessProbe:
+      httpGet: {path: /-/ready, port: web}
+      periodSeconds: 1
+      failureThreshold: 2
+    volumeMounts: [{name: config, mountPath: /etc/prometheus/config}]
+  volumes: [{name: config, configMap: {name: prometheus}}]
+",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = ready_pod(&pods, "prom", Duration::from_secs(60)).await;
+    println!("MEASURE single Prometheus 3.5 pod Ready in {:?}", started.elapsed());
+    let ip = pod_ip(&pod).unwrap();
+    assert_eq!(get(ip, "/-/ready").await.map(|r| r.0), Some(200));
+
+    kubelet.faults().freeze(&ns, "prom", "prometheus").unwrap();
+    wait_for("the frozen pod to be not ready", Duration::from_secs(30), || async {
+        pods.get_opt("prom").await.ok().flatten().filter(|p| !is_ready(p))
+    })
+    .await;
+    assert_eq!(get(ip, "/-/ready").await, None, "a frozen Prometheus answers nothing");
+
+    kubelet.faults().thaw(&ns, "prom", "prometheus").unwrap();
+    ready_pod(&pods, "prom", Duration::from_secs(30)).await;
+
+    kubelet.faults().make_unreachable(&ns, "prom").await.unwrap();
+    assert_eq!(get(ip, "/-/ready").await, None, "an unreachable pod answers nothing");
+    wait_for("the unreachable pod to be not ready", Duration::from_secs(30), || async {
+        pods.get_opt("prom").await.ok().flatten().filter(|p| !is_ready(p))
+    })
+    .await;
+    kubelet.faults().make_reachable(&ns, "prom").await.unwrap();
+    ready_pod(&pods, "prom", Duration::from_secs(30)).await;
+
+    let restarts = |p: &Pod| p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count;
+    assert_eq!(restarts(&pods.get("prom").await.unwrap()), 0);
+    kubelet.faults().kill(&ns, "prom", "prometheus").unwrap();
+    let pod = wait_for("the killed container to be restarted and Ready", Duration::from_secs(60), || async {
+        pods.get_opt("prom").await.ok().flatten().filter(|p| restarts(p) == 1 && is_ready(p))
+    })
+    .await;
+    let last = pod.status.unwrap().container_statuses.unwrap()[0].last_state.clone().unwrap().terminated.unwrap();
+    assert_eq!(last.exit_code, 137);
+    pods.delete("prom", &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_env_and_unmapped_images_behave_like_kubernetes() {
+    let kubelet = kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-misc").await;
+    create::<ConfigMap>(&client, &ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: env}\ndata: {COLOR: blue}\n")
+        .await;
+    create::<Pod>(
+        &client,
+        &ns,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: app, labels: {tier: backend}}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: init
+    image: busybox
+    command: [sh, -c, 'echo initialized > /work/marker']
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c]
+    args: ['cat /work/marker; echo "$(GREETING) $LITERAL"; echo "tier=$TIER ip=$POD_IP color=$COLOR"; exec sleep 3600']
+    env:
+    - {name: NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: GREETING, value: "hello $(NAME)"}
+    - {name: LITERAL, value: "$$(NAME)"}
+    - {name: TIER, valueFrom: {fieldRef: {fieldPath: "metadata.labels['tier']"}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    envFrom: [{configMapRef: {name: env}}]
+    volumeMounts: [{name: work, mountPath: /work}]
+  volumes: [{name: work, emptyDir: {}}]
+"#,
+    )
+    .await;
+    create::<Pod>(
+        &client,
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: nginx}\nspec:\n  containers:\n  - {name: main, image: 'nginx:1.25'}\n",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = ready_pod(&pods, "app", Duration::from_secs(60)).await;
+    let init = &pod.status.as_ref().unwrap().init_container_statuses.as_ref().unwrap()[0];
+    assert_eq!(init.state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(), Some("Completed"));
+    let ip = pod_ip(&pod).unwrap();
+    let logs = wait_for("the container's output", Duration::from_secs(10), || async {
+        kubelet.faults().logs(&ns, "app", "main").ok().filter(|l| l.lines().count() >= 3)
+    })
+    .await;
+    assert_eq!(logs, format!("initialized\nhello app $(NAME)\ntier=backend ip={ip} color=blue\n"));
+
+    let waiting = wait_for("nginx to wait for its image", Duration::from_secs(30), || async {
+        let pod = pods.get_opt("nginx").await.ok().flatten()?;
+        let state = pod.status?.container_statuses?.into_iter().next()?.state?.waiting?;
+        (state.reason.as_deref() == Some("ErrImagePull")).then_some(state)
+    })
+    .await;
+    assert!(waiting.message.unwrap().contains("map_image"));
+    for name in ["app", "nginx"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+}
