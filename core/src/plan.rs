@@ -74,14 +74,27 @@ impl std::fmt::Display for ChildKey {
 }
 
 /// Why a child is applied.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ApplyReason {
     /// It does not exist.
     Create,
     /// The operator's desired object changed since it was last applied.
     SpecChanged,
     /// Someone else changed a field the operator sets.
-    Drift,
+    Drift {
+        /// JSON path of the first field that differs, for example `spec.replicas`.
+        field: String,
+    },
+}
+
+impl std::fmt::Display for ApplyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyReason::Create => f.write_str("Create"),
+            ApplyReason::SpecChanged => f.write_str("SpecChanged"),
+            ApplyReason::Drift { field } => write!(f, "Drift of {field}"),
+        }
+    }
 }
 
 /// One thing to do, in order.
@@ -190,10 +203,9 @@ pub fn plan_children(desired: &[Value], observed: &BTreeMap<ChildKey, Value>) ->
                 let desired_hash = manifest.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
                 if current_hash != desired_hash {
                     Some(ApplyReason::SpecChanged)
-                } else if !is_subset(&without_api_version(manifest), current) {
-                    Some(ApplyReason::Drift)
                 } else {
-                    None
+                    first_difference(&without_api_version(manifest), current, "")
+                        .map(|field| ApplyReason::Drift { field })
                 }
             }
         };
@@ -225,7 +237,8 @@ fn escape_pointer(s: &str) -> String {
 
 /// Whether every field set in `desired` has the same value in `observed`.
 ///
-/// Fields only in `observed` (server defaults, other managers' fields, status) are ignored. Empty lists, maps and
+/// Fields only in `observed` (server defaults, other managers' fields, status) are ignored. Empty lists, maps,
+/// `false`, `0` and
 /// strings in `desired` match a missing field (the API server drops them). Strings that are both Kubernetes
 /// quantities match when they denote the same amount (`1000m` and `1`). Lists match element-wise and must have the
 /// same length.
@@ -246,13 +259,30 @@ pub fn is_subset(desired: &Value, observed: &Value) -> bool {
     }
 }
 
+/// The path of the first field where `desired` is not a subset of `observed` (see [`is_subset`]), if any.
+pub fn first_difference(desired: &Value, observed: &Value, path: &str) -> Option<String> {
+    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    match (desired, observed) {
+        (Value::Object(d), Value::Object(o)) => d.iter().find_map(|(k, dv)| match o.get(k) {
+            Some(ov) => first_difference(dv, ov, &join(k)),
+            None => (!is_empty(dv)).then(|| join(k)),
+        }),
+        (Value::Array(d), Value::Array(o)) if d.len() == o.len() => {
+            d.iter().zip(o).enumerate().find_map(|(i, (a, b))| first_difference(a, b, &format!("{path}[{i}]")))
+        }
+        _ => (!is_subset(desired, observed)).then(|| if path.is_empty() { ".".to_owned() } else { path.to_owned() }),
+    }
+}
+
 fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Array(a) => a.is_empty(),
         Value::Object(o) => o.values().all(is_empty),
         Value::String(s) => s.is_empty(),
-        Value::Bool(_) | Value::Number(_) => false,
+        // Go's `omitempty` drops false and zero, so the server returns them as missing fields.
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
     }
 }
 
@@ -307,7 +337,9 @@ mod tests {
         edited["data"]["prometheus.yml"] = json!("edited by hand");
         let observed = BTreeMap::from([(key("ConfigMap", "v1", "demo-config"), edited)]);
         let plan = plan_children(&[cm("a")], &observed);
-        assert!(matches!(&plan.steps[..], [Step::Apply { reason: ApplyReason::Drift, .. }]));
+        assert!(
+            matches!(&plan.steps[..], [Step::Apply { reason: ApplyReason::Drift { field }, .. }] if field == "data.prometheus.yml")
+        );
     }
 
     #[test]
@@ -325,6 +357,13 @@ mod tests {
         let o = json!({"resources": {"requests": {"cpu": "1", "memory": "1073741824"}}});
         assert!(is_subset(&d, &o));
         assert!(!is_subset(&json!({"cpu": "2"}), &json!({"cpu": "1"})));
+    }
+
+    #[test]
+    fn false_and_zero_match_fields_the_server_omits() {
+        let d = json!({"spec": {"publishNotReadyAddresses": false, "port": 0, "clusterIP": "None"}});
+        assert!(is_subset(&d, &json!({"spec": {"clusterIP": "None"}})));
+        assert!(!is_subset(&json!({"spec": {"flag": true}}), &json!({"spec": {}})));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! - `Failed`: the spec is invalid, or no replica is ready and a problem explains why (missing Secret, containers
 //!   that cannot start).
 //! - `Degraded`: replicas run, but a problem is reported (missing Secret, failing container, rejected config).
-//! - `Scaling`: the StatefulSet's replica count differs from the spec, or pods are still being added or removed
-//!   after a change of `replicas`.
+//! - `Scaling`: the StatefulSet's replica count differs from the spec, or a cluster that was up has more or fewer
+//!   pods than the spec asks for, until the new replicas are ready.
 //! - `Provisioning`: the StatefulSet does not exist yet, or fewer replicas than desired are ready.
 //! - `Active`: all desired replicas are ready and up to date.
 //!
@@ -115,7 +115,8 @@ pub fn build_status(input: &StatusInput<'_>) -> PrometheusClusterStatus {
         (Phase::Provisioning, Some(reasons::CREATING))
     } else if sts_spec_replicas != Some(desired)
         || current > desired
-        || (previous.phase == Some(Phase::Scaling) && current != desired)
+        || (current < desired
+            && matches!(previous.phase, Some(Phase::Active | Phase::Scaling | Phase::Degraded)))
     {
         (Phase::Scaling, Some(reasons::SCALING))
     } else if ready < desired {
@@ -299,8 +300,11 @@ mod tests {
     fn replica_change_is_scaling_until_all_are_ready() {
         let pc = cluster(3, Some(Phase::Active));
         assert_eq!(status_of(&pc, Some(&sts(1, 1, 1, 1)), &[]).phase, Some(Phase::Scaling));
+        let pc = cluster(3, Some(Phase::Active));
+        assert_eq!(status_of(&pc, Some(&sts(3, 1, 1, 1)), &[]).phase, Some(Phase::Scaling), "after the apply");
         let pc = cluster(3, Some(Phase::Scaling));
         assert_eq!(status_of(&pc, Some(&sts(3, 2, 1, 2)), &[]).phase, Some(Phase::Scaling));
+        assert_eq!(status_of(&pc, Some(&sts(3, 3, 2, 3)), &[]).phase, Some(Phase::Scaling));
         assert_eq!(status_of(&pc, Some(&sts(3, 3, 3, 3)), &[]).phase, Some(Phase::Active));
     }
 
@@ -313,6 +317,8 @@ mod tests {
     #[test]
     fn not_ready_replicas_are_provisioning() {
         assert_eq!(status_of(&cluster(2, None), Some(&sts(2, 2, 1, 2)), &[]).phase, Some(Phase::Provisioning));
+        let creating = cluster(2, Some(Phase::Provisioning));
+        assert_eq!(status_of(&creating, Some(&sts(2, 1, 0, 1)), &[]).phase, Some(Phase::Provisioning));
     }
 
     #[test]

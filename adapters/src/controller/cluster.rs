@@ -87,12 +87,11 @@ impl Error {
 /// Runs the controller until `shutdown` resolves. Owned kinds are watched with the `managed-by` label, so memory
 /// does not grow with unrelated objects.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
-    Controller::new(Api::<PrometheusCluster>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+    Controller::new(ctx.api::<PrometheusCluster>(), watcher::Config::default())
+        .owns(ctx.api::<StatefulSet>(), owned.clone())
+        .owns(ctx.api::<Service>(), owned.clone())
+        .owns(ctx.api::<ConfigMap>(), owned)
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -257,7 +256,9 @@ fn describe_step(step: &Step, before: Option<&StatefulSet>) -> Vec<Did> {
     match step {
         Step::Delete { key } => vec![Did::Deleted { object: key.to_string() }],
         Step::Apply { key, reason: ApplyReason::Create, .. } => vec![Did::Created { object: key.to_string() }],
-        Step::Apply { key, reason: ApplyReason::Drift, .. } => vec![Did::Reverted { object: key.to_string() }],
+        Step::Apply { key, reason: ApplyReason::Drift { field }, .. } => {
+            vec![Did::Reverted { object: format!("{key} (field {field})") }]
+        }
         Step::Apply { key, reason: ApplyReason::SpecChanged, manifest } => {
             let mut out = Vec::new();
             if key.kind == "StatefulSet"

@@ -6,8 +6,6 @@ pub mod backoff;
 pub mod cluster;
 pub mod clusterset;
 
-use std::sync::Arc;
-
 use kube::Client;
 use tsdb_operator_core::build::BuildSettings;
 
@@ -28,12 +26,36 @@ pub struct Context {
     pub backoff: backoff::Backoff,
     /// Maximum reconciles running at once per controller.
     pub concurrency: u16,
+    /// Only this namespace is watched when set; all namespaces otherwise.
+    pub namespace: Option<String>,
 }
 
 impl Context {
-    /// A context with default backoff and concurrency.
-    pub fn new(client: Client, settings: BuildSettings, metrics: Metrics, events: EventBus) -> Arc<Self> {
-        Arc::new(Self { client, settings, metrics, events, backoff: backoff::Backoff::default(), concurrency: 8 })
+    /// A context with default backoff and concurrency, watching all namespaces.
+    pub fn new(client: Client, settings: BuildSettings, metrics: Metrics, events: EventBus) -> Self {
+        Self {
+            client,
+            settings,
+            metrics,
+            events,
+            backoff: backoff::Backoff::default(),
+            concurrency: 8,
+            namespace: None,
+        }
+    }
+}
+
+impl Context {
+    /// An API for `K` in the watched namespace, or in all namespaces.
+    pub fn api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => kube::Api::namespaced(self.client.clone(), ns),
+            None => kube::Api::all(self.client.clone()),
+        }
     }
 }
 

@@ -166,7 +166,7 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
         writeln!(out, "# tsdb-ctl plan: PrometheusCluster {}: {} step(s)", id(&pc), plan.steps.len())?;
         for (i, step) in plan.steps.iter().enumerate() {
             let line = match step {
-                Step::Apply { key, reason, .. } => format!("apply {key} ({reason:?})"),
+                Step::Apply { key, reason, .. } => format!("apply {key} ({reason})"),
                 Step::Delete { key } => format!("delete {key}"),
             };
             writeln!(out, "# step {}: {line}", i + 1)?;
@@ -176,7 +176,7 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
                 "apiVersion": step.key().api_version,
                 "kind": step.key().kind,
                 "name": step.key().name,
-                "reason": match step { Step::Apply { reason, .. } => format!("{reason:?}"), Step::Delete { .. } => "NotDesired".into() },
+                "reason": match step { Step::Apply { reason, .. } => reason.to_string(), Step::Delete { .. } => "NotDesired".into() },
             }));
         }
         for step in &plan.steps {

@@ -69,6 +69,9 @@ struct OperatorArgs {
     /// Log format: text or json.
     #[arg(long, env = "TSDB_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Watch only this namespace (PrometheusClusterSets, which span namespaces, are then not reconciled).
+    #[arg(long, env = "TSDB_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 #[derive(Args)]
@@ -157,10 +160,10 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     let metrics = Metrics::new();
     let health = Health::default();
     let events = EventBus::new(client.clone(), &identity);
-    let ctx = Context::new(client.clone(), settings, metrics.clone(), events);
     let ctx = std::sync::Arc::new(Context {
         concurrency: args.concurrency.max(1),
-        ..std::sync::Arc::into_inner(ctx).context("context is shared")?
+        namespace: args.watch_namespace.clone(),
+        ..Context::new(client.clone(), settings, metrics.clone(), events)
     });
 
     let mut servers = Vec::new();
@@ -175,10 +178,14 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 
     let run_controllers = |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| async move {
-        tokio::join!(
-            controller::cluster::run(ctx.clone(), until(&stop)),
-            controller::clusterset::run(ctx, until(&stop)),
-        );
+        if ctx.namespace.is_some() {
+            controller::cluster::run(ctx, until(&stop)).await;
+        } else {
+            tokio::join!(
+                controller::cluster::run(ctx.clone(), until(&stop)),
+                controller::clusterset::run(ctx, until(&stop)),
+            );
+        }
     };
 
     let mut exit_code = 0;

@@ -1,0 +1,261 @@
+//! The operator against the real control plane with the process kubelet running real Prometheus:
+//! create -> Active, scaling, hot config reload through the agent, deletion, pause, invalid specs,
+//! crash recovery and leader election. Each test has its own namespace and its own operator process.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+use support::*;
+use tsdb_operator_core::crd::{Phase, PrometheusCluster};
+
+const READY: Duration = Duration::from_secs(180);
+
+fn cluster_yaml(name: &str, replicas: i32) -> String {
+    format!(
+        "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: {name}\n\
+         spec:\n  replicas: {replicas}\n  retention: 1d\n  scrapeInterval: 2s\n  evaluationInterval: 5s\n  \
+         storage:\n    size: 1Gi\n"
+    )
+}
+
+async fn set_spec(ns: &str, name: &str, spec: serde_json::Value) -> Result<()> {
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), ns);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await?;
+    Ok(())
+}
+
+async fn sts(ns: &str, name: &str) -> Result<Option<StatefulSet>> {
+    Ok(Api::<StatefulSet>::namespaced(client(), ns).get_opt(name).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_becomes_active_scrapes_itself_and_scales() -> Result<()> {
+    let ns = namespace("lifecycle").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    let started = Instant::now();
+    apply_cluster(&ns, &cluster_yaml("demo", 1)).await?;
+    let pc = wait_phase(&ns, "demo", Phase::Active, 1, READY).await?;
+    eprintln!("create -> Active with 1 ready replica took {:?}", started.elapsed());
+    let uid = pc.metadata.uid.clone().unwrap();
+
+    // Children exist and are owned by the cluster.
+    let sts = sts(&ns, "demo").await?.expect("statefulset");
+    let cm = Api::<ConfigMap>::namespaced(client(), &ns).get("demo-config").await?;
+    let svc = Api::<Service>::namespaced(client(), &ns).get("demo").await?;
+    for refs in [&sts.metadata.owner_references, &cm.metadata.owner_references, &svc.metadata.owner_references] {
+        let refs = refs.as_ref().expect("owner references");
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].uid, uid);
+        assert_eq!(refs[0].controller, Some(true));
+    }
+    assert_eq!(svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()), Some("None"));
+
+    // The real Prometheus scrapes itself: `up` is 1 when queried through the pod IP.
+    let first = pods(&ns, "demo").await?;
+    let ip = first[0].status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+    let up = eventually("up{job=\"prometheus\"} == 1", Duration::from_secs(60), || {
+        let ip = ip.clone();
+        async move {
+            let v = prom_get(&ip, "/api/v1/query?query=up%7Bjob%3D%22prometheus%22%7D").await?;
+            Ok(v["data"]["result"][0]["value"][1].as_str().map(str::to_owned))
+        }
+    })
+    .await?;
+    assert_eq!(up, "1");
+
+    // Scale 1 -> 3: Scaling, then Active with 3 ready.
+    set_spec(&ns, "demo", json!({"replicas": 3})).await?;
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
+    let mut phases = BTreeSet::new();
+    let deadline = Instant::now() + READY;
+    loop {
+        let st = api.get("demo").await?.status.unwrap_or_default();
+        if let Some(p) = st.phase {
+            phases.insert(p);
+        }
+        if st.phase == Some(Phase::Active) && st.ready_replicas == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not reach Active with 3 replicas; phases seen: {phases:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(phases.contains(&Phase::Scaling), "phases seen while scaling up: {phases:?}");
+    let pdb_exists = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        client(),
+        &ns,
+        &kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget"),
+            "poddisruptionbudgets",
+        ),
+    )
+    .get_opt("demo")
+    .await?
+    .is_some();
+    assert!(pdb_exists, "a PodDisruptionBudget protects a cluster with more than one replica");
+
+    // Scale 3 -> 2.
+    set_spec(&ns, "demo", json!({"replicas": 2})).await?;
+    wait_phase(&ns, "demo", Phase::Active, 2, READY).await?;
+    eventually("two pods", Duration::from_secs(60), || async {
+        Ok((pods(&ns, "demo").await?.len() == 2).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_change_reaches_running_prometheus_without_restart() -> Result<()> {
+    let ns = namespace("reload").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    apply_cluster(&ns, &cluster_yaml("cfg", 1)).await?;
+    wait_phase(&ns, "cfg", Phase::Active, 1, READY).await?;
+    let before = pods(&ns, "cfg").await?.remove(0);
+    let ip = before.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+
+    set_spec(&ns, "cfg", json!({"remoteWrite": [{"url": "http://127.0.0.1:1/api/v1/write", "name": "sink"}]})).await?;
+    eventually("the running Prometheus to load the remote_write config", Duration::from_secs(120), || {
+        let ip = ip.clone();
+        async move {
+            let v = prom_get(&ip, "/api/v1/status/config").await?;
+            Ok(v["data"]["yaml"].as_str().is_some_and(|y| y.contains("127.0.0.1:1/api/v1/write")).then_some(()))
+        }
+    })
+    .await?;
+    let after = pods(&ns, "cfg").await?.remove(0);
+    assert_eq!(before.metadata.uid, after.metadata.uid, "the pod was not replaced");
+    let restarts: i32 = after
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0);
+    assert_eq!(restarts, 0, "no container restarted");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_removes_it_and_its_children() -> Result<()> {
+    let ns = namespace("delete").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    apply_cluster(&ns, &cluster_yaml("gone", 1)).await?;
+    eventually("the StatefulSet", Duration::from_secs(60), || async { Ok(sts(&ns, "gone").await?) }).await?;
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
+    let pc = api.get("gone").await?;
+    assert!(pc.metadata.finalizers.unwrap_or_default().contains(&"observability.merlionos.org/finalizer".to_owned()));
+    api.delete("gone", &DeleteParams::default()).await?;
+    eventually("the PrometheusCluster to be gone", Duration::from_secs(60), || async {
+        Ok(api.get_opt("gone").await?.is_none().then_some(()))
+    })
+    .await?;
+    eventually("children to be garbage collected", Duration::from_secs(120), || async {
+        let sts_gone = sts(&ns, "gone").await?.is_none();
+        let cm_gone = Api::<ConfigMap>::namespaced(client(), &ns).get_opt("gone-config").await?.is_none();
+        let svc_gone = Api::<Service>::namespaced(client(), &ns).get_opt("gone").await?.is_none();
+        Ok((sts_gone && cm_gone && svc_gone).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_cluster_is_left_alone_until_unpaused() -> Result<()> {
+    let ns = namespace("paused").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    apply_cluster(&ns, &cluster_yaml("p", 1)).await?;
+    eventually("the StatefulSet", Duration::from_secs(60), || async { Ok(sts(&ns, "p").await?) }).await?;
+    set_spec(&ns, "p", json!({"paused": true, "replicas": 2})).await?;
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
+    eventually("the Paused condition", Duration::from_secs(60), || async {
+        let pc = api.get("p").await?;
+        let paused = pc.status.unwrap_or_default().conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True");
+        Ok(paused.then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let replicas = sts(&ns, "p").await?.and_then(|s| s.spec).and_then(|s| s.replicas);
+    assert_eq!(replicas, Some(1), "a paused cluster's StatefulSet is not changed");
+
+    set_spec(&ns, "p", json!({"paused": false})).await?;
+    eventually("the StatefulSet to follow the spec after unpausing", Duration::from_secs(60), || async {
+        Ok((sts(&ns, "p").await?.and_then(|s| s.spec).and_then(|s| s.replicas) == Some(2)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_admitted_spec_is_failed_with_a_reason_and_others_still_work() -> Result<()> {
+    let ns = namespace("invalid").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    let bad = format!("{}  additionalScrapeConfigs:\n    inline: \"job_name: not-a-list\"\n", cluster_yaml("bad", 1));
+    apply_cluster(&ns, &bad).await?;
+    apply_cluster(&ns, &cluster_yaml("good", 1)).await?;
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
+    let pc = eventually("the bad cluster to be Failed", Duration::from_secs(60), || async {
+        let pc = api.get("bad").await?;
+        Ok((pc.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed)).then_some(pc))
+    })
+    .await?;
+    let degraded = pc.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Degraded").expect("Degraded");
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.reason, "InvalidSpec");
+    assert!(degraded.message.contains("spec.additionalScrapeConfigs.inline"), "{}", degraded.message);
+    assert!(sts(&ns, "bad").await?.is_none(), "nothing is created for an invalid spec");
+    wait_phase(&ns, "good", Phase::Active, 1, READY).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_killed_mid_reconcile_converges_without_duplicates() -> Result<()> {
+    let ns = namespace("crash").await;
+    let mut op = Operator::start(Some(&ns), &[])?;
+    apply_cluster(&ns, &cluster_yaml("c", 2)).await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    op.process.kill()?;
+    let _op2 = Operator::start(Some(&ns), &[])?;
+    wait_phase(&ns, "c", Phase::Active, 2, READY).await?;
+    let lp = ListParams::default().labels("app.kubernetes.io/instance=c");
+    assert_eq!(Api::<StatefulSet>::namespaced(client(), &ns).list(&lp).await?.items.len(), 1);
+    assert_eq!(Api::<Service>::namespaced(client(), &ns).list(&lp).await?.items.len(), 1);
+    assert_eq!(Api::<ConfigMap>::namespaced(client(), &ns).list(&lp).await?.items.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_leader_dies_or_steps_down() -> Result<()> {
+    let ns = namespace("leader").await;
+    let lease = format!("--leader-election-id=tsdb-{ns}");
+    let lease_ns = format!("--leader-election-namespace={ns}");
+    let elect = ["--leader-elect", lease.as_str(), lease_ns.as_str(), "--leader-election-lease-seconds=6"];
+    let mut a = Operator::start(Some(&ns), &elect)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut b = Operator::start(Some(&ns), &elect)?;
+    apply_cluster(&ns, &cluster_yaml("l", 1)).await?;
+    eventually("the StatefulSet", Duration::from_secs(60), || async { Ok(sts(&ns, "l").await?) }).await?;
+
+    // Exactly one of them is the leader.
+    let leader_of = |text: &str| text.lines().any(|l| l.starts_with("tsdb_operator_leader ") && l.ends_with(" 1"));
+    let (a_leads, b_leads) = (leader_of(&a.metrics().await?), leader_of(&b.metrics().await?));
+    assert!(a_leads ^ b_leads, "exactly one leader (a: {a_leads}, b: {b_leads})");
+    let (leader, standby) = if a_leads { (&mut a, &mut b) } else { (&mut b, &mut a) };
+
+    // SIGTERM releases the lease: the standby acts within seconds.
+    leader.process.stop()?;
+    let t = Instant::now();
+    set_spec(&ns, "l", json!({"replicas": 2})).await?;
+    eventually("the standby to apply a change made after the leader stopped", Duration::from_secs(30), || async {
+        Ok((sts(&ns, "l").await?.and_then(|s| s.spec).and_then(|s| s.replicas) == Some(2)).then_some(()))
+    })
+    .await?;
+    eprintln!("handover after SIGTERM took {:?}", t.elapsed());
+    assert!(leader_of(&standby.metrics().await?));
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Shared environment of the operator's integration tests: one real control plane and one process kubelet per
+//! test binary, the project's CRDs installed, and the real `tsdb-operator` binary started per test.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use tsdb_operator_core::crd::{Phase, PrometheusCluster};
+use tsdb_operator_testenv::controlplane::ControlPlane;
+use tsdb_operator_testenv::kubelet::{Kubelet, KubeletHandle};
+use tsdb_operator_testenv::process::{ProcessBuilder, Supervised, Workdir, free_port};
+
+/// The shared environment.
+pub struct Env {
+    pub cp: &'static ControlPlane,
+    pub kubelet: KubeletHandle,
+    pub workdir: Workdir,
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The freshly built operator binary (the same package, so cargo builds it before the tests).
+pub fn operator_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tsdb-operator"))
+}
+
+/// Starts the shared environment once per test binary.
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
+    // Started on its own thread: the caller may be inside a tokio runtime, which cannot block on another one.
+    let env = ENV.get_or_init(|| {
+        std::thread::spawn(|| start_env().map_err(|e| format!("{e:#}")))
+            .join()
+            .unwrap_or_else(|_| Err("the environment thread panicked".to_owned()))
+    });
+    match env {
+        Ok(e) => e,
+        Err(e) => panic!("the test environment did not start: {e}"),
+    }
+}
+
+fn start_env() -> Result<Env> {
+    let _ = target_dir();
+    let cp = ControlPlane::shared();
+    let workdir = Workdir::create("operator-tests")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let kubelet = rt.block_on(async {
+        cp.install_project_crds().await?;
+        let kubelet = Kubelet::builder(cp.kubeconfig_path())
+            .nodes(3)
+            .state_dir(workdir.subdir("kubelet")?)
+            .operator_binary(operator_binary())
+            .backoff(Duration::from_secs(1), Duration::from_secs(10))
+            .start()
+            .await
+            .context("failed to start the process kubelet")?;
+        anyhow::Ok(kubelet)
+    })?;
+    Ok(Env { cp, kubelet, workdir })
+}
+
+/// A running operator process.
+pub struct Operator {
+    pub process: Supervised,
+    pub metrics_port: u16,
+}
+
+impl Operator {
+    /// Starts `tsdb-operator` watching `namespace` (all namespaces when `None`), with `extra` arguments.
+    pub fn start(namespace: Option<&str>, extra: &[&str]) -> Result<Self> {
+        let env = env();
+        let port = free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
+        let mut builder = ProcessBuilder::new(format!("operator-{}", namespace.unwrap_or("all")), operator_binary())
+            .arg("--kubeconfig")
+            .arg(env.cp.kubeconfig_path())
+            .arg(format!("--metrics-bind-address=127.0.0.1:{port}"))
+            .arg("--health-probe-bind-address=0")
+            .env("RUST_LOG", "info,tsdb_operator_adapters=debug,kube=warn")
+            .grace(Duration::from_secs(10));
+        if let Some(ns) = namespace {
+            builder = builder.arg(format!("--watch-namespace={ns}"));
+        }
+        builder = builder.args(extra);
+        let process = builder.spawn(&env.workdir)?;
+        Ok(Self { process, metrics_port: port })
+    }
+
+    /// The operator's metrics text.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        Ok(reqwest::get(&url).await?.text().await?)
+    }
+}
+
+/// A fresh namespace.
+pub async fn namespace(prefix: &str) -> String {
+    env().cp.namespace(prefix).await
+}
+
+/// An API client.
+pub fn client() -> kube::Client {
+    env().cp.client()
+}
+
+/// Polls `check` every 500 ms until it returns `Some`, failing after `timeout` with `what` and the last state.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("timed out after {timeout:?} waiting for {what} (last error: {last})")
+}
+
+/// Waits until the cluster reports `phase` with `ready` ready replicas.
+pub async fn wait_phase(
+    ns: &str,
+    name: &str,
+    phase: Phase,
+    ready: i32,
+    timeout: Duration,
+) -> Result<PrometheusCluster> {
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), ns);
+    eventually(&format!("{ns}/{name} to be {phase} with {ready} ready"), timeout, || {
+        let api = api.clone();
+        async move {
+            let pc = api.get(name).await?;
+            let st = pc.status.clone().unwrap_or_default();
+            Ok((st.phase == Some(phase) && st.ready_replicas == ready).then_some(pc))
+        }
+    })
+    .await
+}
+
+/// The pods of a cluster.
+pub async fn pods(ns: &str, name: &str) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(client(), ns);
+    Ok(api.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"))).await?.items)
+}
+
+/// GET a Prometheus API path on a pod IP.
+pub async fn prom_get(pod_ip: &str, path: &str) -> Result<serde_json::Value> {
+    let url = format!("http://{pod_ip}:9090{path}");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let resp = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    Ok(resp.json().await?)
+}
+
+/// Applies a PrometheusCluster from YAML with server-side apply as a user would (`kubectl apply --server-side`).
+pub async fn apply_cluster(ns: &str, yaml: &str) -> Result<PrometheusCluster> {
+    let value: serde_json::Value = serde_yaml::from_str(yaml)?;
+    let name = value["metadata"]["name"].as_str().context("metadata.name")?.to_owned();
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), ns);
+    let pp = kube::api::PatchParams::apply("test-user").force();
+    Ok(api.patch(&name, &pp, &kube::api::Patch::Apply(&value)).await?)
+}
