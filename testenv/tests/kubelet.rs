@@ -430,13 +430,13 @@ spec:
   initContainers:
   - name: init
     image: busybox
-    command: [sh, -c, 'echo initialized > /work/marker']
-    volumeMounts: [{name: work, mountPath: /work}]
+    command: [sh, -c, 'echo initialized > /var/lib/tsdb-kubelet-test/work/marker']
+    volumeMounts: [{name: work, mountPath: /var/lib/tsdb-kubelet-test/work}]
   containers:
   - name: main
     image: busybox
     command: [sh, -c]
-    args: ['cat /work/marker; echo "$(GREETING) $LITERAL"; echo "tier=$TIER ip=$POD_IP color=$COLOR"; exec sleep 3600']
+    args: ['cat /var/lib/tsdb-kubelet-test/work/marker; echo "$(GREETING) $LITERAL"; echo "tier=$TIER ip=$POD_IP color=$COLOR"; exec sleep 3600']
     env:
     - {name: NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
     - {name: GREETING, value: "hello $(NAME)"}
@@ -444,7 +444,7 @@ spec:
     - {name: TIER, valueFrom: {fieldRef: {fieldPath: "metadata.labels['tier']"}}}
     - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
     envFrom: [{configMapRef: {name: env}}]
-    volumeMounts: [{name: work, mountPath: /work}]
+    volumeMounts: [{name: work, mountPath: /var/lib/tsdb-kubelet-test/work}]
   volumes: [{name: work, emptyDir: {}}]
 "#,
     )
@@ -476,4 +476,105 @@ spec:
     for name in ["app", "nginx"] {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_liveness_probe_restarts_the_container() {
+    let kubelet = kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-liveness").await;
+    create::<Pod>(
+        &client,
+        &ns,
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: app}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'touch /state/healthy; exec sleep 3600']
+    livenessProbe:
+      exec: {command: [test, -f, /state/healthy]}
+      periodSeconds: 1
+      failureThreshold: 2
+    volumeMounts: [{name: state, mountPath: /state}]
+  volumes: [{name: state, emptyDir: {}}]
+",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    ready_pod(&pods, "app", Duration::from_secs(60)).await;
+    // The probe passes for a while, then the file goes (removed inside the container's mount namespace).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = |p: &Pod| p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].clone();
+    assert_eq!(status(&pods.get("app").await.unwrap()).restart_count, 0, "a passing liveness probe keeps it");
+    let pid = kubelet.faults().pid(&ns, "app", "main").unwrap();
+    let removed = tokio::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "rm", "/state/healthy"])
+        .status()
+        .await
+        .unwrap();
+    assert!(removed.success());
+    let pod = wait_for("the container to be restarted", Duration::from_secs(30), || async {
+        pods.get_opt("app").await.ok().flatten().filter(|p| status(p).restart_count == 1 && is_ready(p))
+    })
+    .await;
+    let last = status(&pod).last_state.unwrap().terminated.unwrap();
+    assert_eq!(last.exit_code, 143, "stopped with SIGTERM");
+    assert!(last.message.unwrap().contains("Liveness probe failed"));
+    assert!(!process_alive(pid));
+    pods.delete("app", &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_pods_and_removes_the_network_and_nodes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-shutdown").await;
+    let second = Kubelet::builder(cp.kube_config())
+        .nodes(1)
+        .node_prefix("tsdb-extra")
+        .shutdown_grace(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let index = second.subnet_index();
+    let state_dir = second.state_dir().to_owned();
+    // Bound to the node directly, as a DaemonSet pod would be.
+    create::<Pod>(
+        &client,
+        &ns,
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: pinned}
+spec:
+  nodeName: tsdb-extra-0
+  containers: [{name: main, image: busybox, command: [sleep, '3600']}]
+",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = ready_pod(&pods, "pinned", Duration::from_secs(60)).await;
+    assert!(pod_ip(&pod).unwrap().to_string().starts_with(&format!("10.213.{index}.")));
+    let pid = second.faults().pid(&ns, "pinned", "main").unwrap();
+    second.shutdown().await;
+
+    assert!(!process_alive(pid), "the container process is gone");
+    let netns = tokio::process::Command::new("ip").args(["netns", "list"]).output().await.unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(!netns.contains(&format!("tsdb-{index}-")), "namespaces removed: {netns}");
+    let links = tokio::process::Command::new("ip").args(["-o", "link", "show"]).output().await.unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("tsdbbr{index}:")), "bridge removed");
+    assert!(!state_dir.exists(), "temporary state dir removed");
+    let nodes: Api<Node> = Api::all(client);
+    wait_for("the node to be deleted", Duration::from_secs(10), || async {
+        nodes.get_opt("tsdb-extra-0").await.ok().flatten().is_none().then_some(())
+    })
+    .await;
 }
