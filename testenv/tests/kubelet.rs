@@ -94,8 +94,8 @@ async fn get(ip: IpAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// `count_over_time(up[1m])` at a fixed time: the number of samples stored before it.
-async fn samples_at(ip: IpAddr, at: f64) -> Option<u64> {
-    let (status, body) = get(ip, &format!("/api/v1/query?query=count_over_time(up%5B1m%5D)&time={at:.3}")).await?;
+async fn samples_at(ip: IpAddr, at: i64) -> Option<u64> {
+    let (status, body) = get(ip, &format!("/api/v1/query?query=count_over_time(up%5B1m%5D)&time={at}")).await?;
     let json: serde_json::Value = serde_json::from_str(&body).ok()?;
     let value = json["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse().ok());
     if status != 200 {
@@ -177,7 +177,7 @@ spec:
     )
     .await;
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    wait_for("2 ready replicas", Duration::from_secs(120), || async {
+    wait_for("2 ready replicas", Duration::from_mins(2), || async {
         let set = sets.get("web").await.ok()?;
         (set.status?.ready_replicas? == 2).then_some(())
     })
@@ -206,7 +206,7 @@ spec:
     // Let web-0 scrape itself until it holds a few samples, and remember how many it had at that time.
     let ip = ips["web-0"];
     let (at, before) = wait_for("web-0 to scrape itself", Duration::from_secs(30), || async {
-        let at = k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        let at = k8s_openapi::jiff::Timestamp::now().as_second();
         samples_at(ip, at).await.filter(|n| *n >= 3).map(|n| (at, n))
     })
     .await;
@@ -255,7 +255,7 @@ spec:
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    ready_pod(&pods, "reader", Duration::from_secs(60)).await;
+    ready_pod(&pods, "reader", Duration::from_mins(1)).await;
     let pid = kubelet.faults().pid(&ns, "reader", "main").expect("container runs");
     // Read the file the way the container sees it: inside its mount namespace.
     let read = || async move {
@@ -321,7 +321,7 @@ async fn deleted_pod_is_stopped_with_sigterm_then_sigkill_after_the_grace_period
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     for (name, grace, min, max) in [("polite", 30, 0, 10), ("stubborn", 3, 3, 15)] {
-        let pod = ready_pod(&pods, name, Duration::from_secs(60)).await;
+        let pod = ready_pod(&pods, name, Duration::from_mins(1)).await;
         let pid = kubelet.faults().pid(&ns, name, "main").expect("container runs");
         let container_id = pod.status.unwrap().container_statuses.unwrap()[0].container_id.clone();
         assert_eq!(container_id, Some(format!("process://{pid}")));
@@ -374,7 +374,7 @@ spec:
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pod = ready_pod(&pods, "prom", Duration::from_secs(60)).await;
+    let pod = ready_pod(&pods, "prom", Duration::from_mins(1)).await;
     println!("MEASURE single Prometheus 3.5 pod Ready in {:?}", started.elapsed());
     let ip = pod_ip(&pod).unwrap();
     assert_eq!(get(ip, "/-/ready").await.map(|r| r.0), Some(200));
@@ -401,7 +401,7 @@ spec:
     let restarts = |p: &Pod| p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count;
     assert_eq!(restarts(&pods.get("prom").await.unwrap()), 0);
     kubelet.faults().kill(&ns, "prom", "prometheus").unwrap();
-    let pod = wait_for("the killed container to be restarted and Ready", Duration::from_secs(60), || async {
+    let pod = wait_for("the killed container to be restarted and Ready", Duration::from_mins(1), || async {
         pods.get_opt("prom").await.ok().flatten().filter(|p| restarts(p) == 1 && is_ready(p))
     })
     .await;
@@ -456,7 +456,7 @@ spec:
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pod = ready_pod(&pods, "app", Duration::from_secs(60)).await;
+    let pod = ready_pod(&pods, "app", Duration::from_mins(1)).await;
     let init = &pod.status.as_ref().unwrap().init_container_statuses.as_ref().unwrap()[0];
     assert_eq!(init.state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(), Some("Completed"));
     let ip = pod_ip(&pod).unwrap();
@@ -507,7 +507,7 @@ spec:
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    ready_pod(&pods, "app", Duration::from_secs(60)).await;
+    ready_pod(&pods, "app", Duration::from_mins(1)).await;
     // The probe passes for a while, then the file goes (removed inside the container's mount namespace).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = |p: &Pod| p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].clone();
@@ -560,7 +560,7 @@ spec:
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pod = ready_pod(&pods, "pinned", Duration::from_secs(60)).await;
+    let pod = ready_pod(&pods, "pinned", Duration::from_mins(1)).await;
     assert!(pod_ip(&pod).unwrap().to_string().starts_with(&format!("10.213.{index}.")));
     let pid = second.faults().pid(&ns, "pinned", "main").unwrap();
     second.shutdown().await;
@@ -577,4 +577,43 @@ spec:
         nodes.get_opt("tsdb-extra-0").await.ok().flatten().is_none().then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pod_runs_in_the_host_namespace_with_its_volumes() {
+    let kubelet = kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-hostnet").await;
+    create::<ConfigMap>(&client, &ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {k: v}\n").await;
+    create::<Pod>(
+        &client,
+        &ns,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: host}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'cat /etc/tsdb-kubelet-test/host/k; echo " $KUBERNETES_SERVICE_HOST"; ls /var/run/secrets/kubernetes.io/serviceaccount; exec sleep 3600']
+    volumeMounts: [{name: c, mountPath: /etc/tsdb-kubelet-test/host}]
+  volumes: [{name: c, configMap: {name: c}}]
+"#,
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = ready_pod(&pods, "host", Duration::from_mins(1)).await;
+    let status = pod.status.unwrap();
+    assert_eq!(status.pod_ip, status.host_ip, "a hostNetwork pod has the node's IP");
+    let logs = wait_for("the container's output", Duration::from_secs(10), || async {
+        kubelet.faults().logs(&ns, "host", "main").ok().filter(|l| l.contains("token"))
+    })
+    .await;
+    assert!(logs.starts_with("v 127.0.0.1\n"), "{logs}");
+    assert!(!std::path::Path::new("/etc/tsdb-kubelet-test/host/k").exists(), "the mount stays in the container");
+    pods.delete("host", &DeleteParams::default()).await.unwrap();
 }

@@ -61,7 +61,7 @@ async fn main() -> Result<()> {
         .nodes(args.nodes)
         .node_prefix(&args.node_prefix)
         .state_dir(&args.state_dir)
-        .backoff(Duration::from_secs(args.backoff_seconds), Duration::from_secs(300))
+        .backoff(Duration::from_secs(args.backoff_seconds), Duration::from_mins(5))
         .delete_nodes_on_shutdown(args.delete_nodes);
     if let Some(index) = args.subnet_index {
         builder = builder.subnet_index(index);
