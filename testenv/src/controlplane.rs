@@ -371,6 +371,7 @@ fn start_once() -> Result<ControlPlane> {
     let Credentials { sa_key, sa_pub, tokens, users } = write_credentials(&bin, &dir)?;
 
     wait_for_port(&mut etcd, SocketAddr::new(LOOPBACK, etcd_port), Duration::from_secs(30))?;
+    let mut timings = vec![("etcd", began.elapsed())];
     processes.push(etcd);
 
     // kube-apiserver
@@ -397,6 +398,7 @@ fn start_once() -> Result<ControlPlane> {
     let wait_api = wait_for_port(&mut apiserver, SocketAddr::new(LOOPBACK, api_port), READY_TIMEOUT);
     processes.push(apiserver);
     wait_api?;
+    timings.push(("apiserver listening", began.elapsed()));
     if !ca_cert.is_file() {
         bail!("kube-apiserver listens but wrote no {}", ca_cert.display());
     }
@@ -419,7 +421,7 @@ fn start_once() -> Result<ControlPlane> {
     let config = runtime.block_on(async {
         let kubeconfig = Kubeconfig::read_from(&kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        wait_until_usable(&config, &mut processes).await?;
+        wait_until_usable(&config, &mut processes, began, &mut timings).await?;
         anyhow::Ok(config)
     });
     drop(runtime);
@@ -436,7 +438,11 @@ fn start_once() -> Result<ControlPlane> {
     };
 
     let started_in = began.elapsed();
-    eprintln!("tsdb-testenv: control plane ready in {started_in:.1?} at {server_url} (workdir {})", dir.display());
+    let stages = timings.iter().map(|(stage, at)| format!("{stage} {at:.1?}")).collect::<Vec<_>>().join(", ");
+    eprintln!(
+        "tsdb-testenv: control plane ready in {started_in:.1?} ({stages}) at {server_url} (workdir {})",
+        dir.display()
+    );
     tracing::info!(?started_in, server = %server_url, workdir = %dir.display(), "control plane ready");
     Ok(ControlPlane { server_url, kubeconfig, ca_cert, users, config, started_in, processes, workdir })
 }
@@ -519,7 +525,12 @@ fn spawn_controllers(
 }
 
 /// Waits for `/readyz`, the `default` namespace and the `default` service account's token.
-async fn wait_until_usable(config: &kube::Config, processes: &mut [Supervised]) -> Result<()> {
+async fn wait_until_usable(
+    config: &kube::Config,
+    processes: &mut [Supervised],
+    began: Instant,
+    timings: &mut Vec<(&'static str, Duration)>,
+) -> Result<()> {
     let client = kube::Client::try_from(config.clone())?;
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let mut last_error = String::new();
@@ -547,10 +558,12 @@ async fn wait_until_usable(config: &kube::Config, processes: &mut [Supervised]) 
             _ => {
                 wait_for_service_account_token(&client, "default", "default", deadline - tokio::time::Instant::now())
                     .await?;
+                timings.push(("controller-manager", began.elapsed()));
                 return Ok(());
             }
         };
         if ready {
+            timings.push((if stage == "/readyz" { "readyz" } else { "default namespace" }, began.elapsed()));
             stage = if stage == "/readyz" { "namespace default" } else { "service account default/default" };
             continue;
         }
