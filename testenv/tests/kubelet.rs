@@ -617,3 +617,40 @@ spec:
     assert!(!std::path::Path::new("/etc/tsdb-kubelet-test/host/k").exists(), "the mount stays in the container");
     pods.delete("host", &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_kubelet_binary_runs_pods_until_sigterm() {
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-bin").await;
+    let state_dir = std::env::temp_dir().join(format!("tsdb-kubelet-bin-{}", std::process::id()));
+    let mut kubelet = tokio::process::Command::new(env!("CARGO_BIN_EXE_process-kubelet"))
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .args(["--nodes", "1", "--node-prefix", "tsdb-bin", "--delete-nodes", "--state-dir"])
+        .arg(&state_dir)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    create::<Pod>(
+        &client,
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: pinned}\nspec:\n  nodeName: tsdb-bin-0\n  containers: \
+         [{name: main, image: busybox, command: [sleep, '3600']}]\n",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = ready_pod(&pods, "pinned", Duration::from_mins(1)).await;
+    let container_id = pod.status.unwrap().container_statuses.unwrap()[0].container_id.clone().unwrap();
+    let pid: u32 = container_id.strip_prefix("process://").unwrap().parse().unwrap();
+    assert!(process_alive(pid));
+
+    let kubelet_pid = nix::unistd::Pid::from_raw(i32::try_from(kubelet.id().unwrap()).unwrap());
+    nix::sys::signal::kill(kubelet_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), kubelet.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "process-kubelet exits cleanly on SIGTERM: {status}");
+    assert!(!process_alive(pid), "its container is gone");
+    assert!(Api::<Node>::all(client).get_opt("tsdb-bin-0").await.unwrap().is_none(), "--delete-nodes");
+    assert!(state_dir.join("pods").exists(), "the state dir given on the command line is kept");
+    std::fs::remove_dir_all(&state_dir).unwrap();
+}
