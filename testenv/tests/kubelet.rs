@@ -654,3 +654,113 @@ async fn process_kubelet_binary_runs_pods_until_sigterm() {
     assert!(state_dir.join("pods").exists(), "the state dir given on the command line is kept");
     std::fs::remove_dir_all(&state_dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_wait_for_first_consumer_class_get_a_local_volume_on_the_chosen_node() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-wffc").await;
+    let class = format!("local-{ns}");
+    Api::<StorageClass>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &from_yaml(&format!(
+                "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: {class}}}\n\
+                 provisioner: {}\nvolumeBindingMode: WaitForFirstConsumer\n",
+                tsdb_operator_testenv::kubelet::PROVISIONER
+            )),
+        )
+        .await
+        .unwrap();
+    create::<PersistentVolumeClaim>(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data}}\nspec:\n  storageClassName: {class}\n  \
+             accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 1Gi}}}}\n"
+        ),
+    )
+    .await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let claim = claims.get("data").await.unwrap();
+    assert_eq!(claim.status.unwrap().phase.as_deref(), Some("Pending"), "no volume before a pod uses the claim");
+    create::<Pod>(
+        &client,
+        &ns,
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: user}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - {name: main, image: busybox, command: [sleep, '3600'], volumeMounts: [{name: data, mountPath: /data}]}
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
+",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = ready_pod(&pods, "user", Duration::from_mins(1)).await;
+    let node = pod.spec.unwrap().node_name.unwrap();
+    let volume = claims.get("data").await.unwrap().spec.unwrap().volume_name.unwrap();
+    let pv = Api::<PersistentVolume>::all(client.clone()).get(&volume).await.unwrap().spec.unwrap();
+    assert!(pv.local.is_some(), "a local volume");
+    let terms = pv.node_affinity.unwrap().required.unwrap().node_selector_terms;
+    assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].values, Some(vec![node]));
+    pods.delete("user", &DeleteParams::default()).await.unwrap();
+    Api::<StorageClass>::all(client).delete(&class, &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_containers_back_off_or_fail_per_restart_policy() {
+    kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-crash").await;
+    for (name, policy) in [("always", "Always"), ("never", "Never"), ("done", "OnFailure")] {
+        let code = if name == "done" { 0 } else { 3 };
+        create::<Pod>(
+            &client,
+            &ns,
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: {policy}\n  \
+                 containers: [{{name: main, image: busybox, command: [sh, -c, 'exit {code}']}}]\n"
+            ),
+        )
+        .await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let container = |p: &Pod| p.status.as_ref()?.container_statuses.as_ref()?.first().cloned();
+    // Back-off 1 s doubling (test kubelet): the first restart is immediate, the next ones wait 1 s, 2 s, 4 s.
+    // As in Kubernetes, restartCount counts the dead runs, also while the next start is backing off.
+    let started = Instant::now();
+    let crashing = wait_for("a CrashLoopBackOff after 4 runs", Duration::from_secs(40), || async {
+        let pod = pods.get_opt("always").await.ok().flatten()?;
+        let status = container(&pod)?;
+        let waiting = status.state.as_ref()?.waiting.as_ref()?;
+        (status.restart_count >= 4 && waiting.reason.as_deref() == Some("CrashLoopBackOff")).then_some(pod)
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(3), "restarts back off: {:?}", started.elapsed());
+    assert_eq!(crashing.status.as_ref().unwrap().phase.as_deref(), Some("Running"), "Always restarts: Running");
+    let last = container(&crashing).unwrap().last_state.unwrap().terminated.unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    for (name, phase) in [("never", "Failed"), ("done", "Succeeded")] {
+        let pod = wait_for(&format!("{name} to be {phase}"), Duration::from_secs(30), || async {
+            pods.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase))
+        })
+        .await;
+        assert_eq!(container(&pod).unwrap().restart_count, 0);
+    }
+    for name in ["always", "never", "done"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+}
