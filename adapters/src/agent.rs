@@ -201,6 +201,11 @@ pub async fn run(
     Ok(())
 }
 
+/// Reads an agent's status at `http://<pod_ip>:<port>/status` (the operator's side of the protocol).
+pub async fn fetch_status(client: &reqwest::Client, pod_ip: &str, port: i32) -> Result<AgentStatus, reqwest::Error> {
+    client.get(format!("http://{pod_ip}:{port}/status")).send().await?.error_for_status()?.json().await
+}
+
 async fn status_handler(State(shared): State<Shared>) -> Json<AgentStatus> {
     Json(shared.status.read().await.clone())
 }

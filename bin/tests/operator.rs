@@ -39,7 +39,7 @@ async fn sts(ns: &str, name: &str) -> Result<Option<StatefulSet>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_becomes_active_scrapes_itself_and_scales() -> Result<()> {
     let ns = namespace("lifecycle").await;
-    let _op = Operator::start(Some(&ns), &[])?;
+    let op = Operator::start(Some(&ns), &[])?;
     let started = Instant::now();
     apply_cluster(&ns, &cluster_yaml("demo", 1)).await?;
     let pc = wait_phase(&ns, "demo", Phase::Active, 1, READY).await?;
@@ -57,6 +57,15 @@ async fn cluster_becomes_active_scrapes_itself_and_scales() -> Result<()> {
         assert_eq!(refs[0].controller, Some(true));
     }
     assert_eq!(svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()), Some("None"));
+
+    // The phase metric keeps the seed's name; Kubernetes events say what was done.
+    let metrics = op.metrics().await?;
+    let active = format!("tsdb_operator_cluster_phase{{namespace=\"{ns}\",cluster=\"demo\",phase=\"Active\"}} 1");
+    assert!(metrics.contains(&active), "{metrics}");
+    let events =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(client(), &ns).list(&ListParams::default()).await?;
+    let reasons: BTreeSet<String> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
+    assert!(reasons.contains("Created") && reasons.contains("PhaseChanged"), "event reasons: {reasons:?}");
 
     // The real Prometheus scrapes itself: `up` is 1 when queried through the pod IP.
     let first = pods(&ns, "demo").await?;
@@ -257,5 +266,78 @@ async fn standby_takes_over_when_the_leader_dies_or_steps_down() -> Result<()> {
     .await?;
     eprintln!("handover after SIGTERM took {:?}", t.elapsed());
     assert!(leader_of(&standby.metrics().await?));
+
+    // A leader killed with SIGKILL cannot release the lease: a new standby takes over once it expires.
+    let mut c = Operator::start(Some(&ns), &elect)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    standby.process.kill()?;
+    let t = Instant::now();
+    set_spec(&ns, "l", json!({"replicas": 1})).await?;
+    eventually(
+        "the new standby to apply a change made after the leader was killed",
+        Duration::from_secs(45),
+        || async { Ok((sts(&ns, "l").await?.and_then(|s| s.spec).and_then(|s| s.replicas) == Some(1)).then_some(())) },
+    )
+    .await?;
+    eprintln!("takeover after SIGKILL took {:?} (lease 6 s)", t.elapsed());
+    assert!(leader_of(&c.metrics().await?));
+    c.process.stop()?;
+    Ok(())
+}
+
+fn condition(pc: &PrometheusCluster, type_: &str) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    pc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_configuration_is_reported_as_degraded_and_recovers() -> Result<()> {
+    let ns = namespace("badcfg").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    apply_cluster(&ns, &cluster_yaml("r", 1)).await?;
+    wait_phase(&ns, "r", Phase::Active, 1, READY).await?;
+    // Valid YAML that Prometheus refuses: a scrape timeout longer than the interval.
+    let inline = "- job_name: slow\n  scrape_interval: 5s\n  scrape_timeout: 10s\n  static_configs:\n  - targets: ['127.0.0.1:9']\n";
+    set_spec(&ns, "r", json!({"additionalScrapeConfigs": {"inline": inline}})).await?;
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
+    let pc = eventually("Degraded with ConfigReloadFailed", Duration::from_secs(90), || async {
+        let pc = api.get("r").await?;
+        let hit = condition(&pc, "Degraded").is_some_and(|c| c.status == "True" && c.reason == "ConfigReloadFailed");
+        Ok(hit.then_some(pc))
+    })
+    .await?;
+    assert_eq!(pc.status.as_ref().and_then(|s| s.phase), Some(Phase::Degraded));
+    assert!(pods(&ns, "r").await?.len() == 1, "no replica is replaced because of a bad configuration");
+
+    set_spec(&ns, "r", json!({"additionalScrapeConfigs": null})).await?;
+    wait_phase(&ns, "r", Phase::Active, 1, Duration::from_secs(90)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secret_is_reported_with_the_field_and_clears_when_created() -> Result<()> {
+    let ns = namespace("secret").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    let yaml = format!(
+        "{}  remoteWrite:\n  - url: http://127.0.0.1:1/write\n    bearerTokenSecretRef:\n      name: rw-token\n",
+        cluster_yaml("s", 1)
+    );
+    apply_cluster(&ns, &yaml).await?;
+    let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
+    let pc = eventually("Degraded with MissingSecret", Duration::from_secs(90), || async {
+        let pc = api.get("s").await?;
+        Ok(condition(&pc, "Degraded").is_some_and(|c| c.reason == "MissingSecret").then_some(pc))
+    })
+    .await?;
+    let msg = condition(&pc, "Degraded").unwrap().message;
+    assert!(msg.contains("spec.remoteWrite[0].bearerTokenSecretRef") && msg.contains("rw-token"), "{msg}");
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client(), &ns);
+    let secret = serde_json::from_value(json!({"metadata": {"name": "rw-token"}, "stringData": {"token": "t"}}))?;
+    secrets.create(&Default::default(), &secret).await?;
+    eventually("the Degraded condition to clear", Duration::from_secs(90), || async {
+        let pc = api.get("s").await?;
+        Ok(condition(&pc, "Degraded").is_some_and(|c| c.status == "False").then_some(()))
+    })
+    .await?;
     Ok(())
 }

@@ -28,7 +28,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels};
+use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels, ports, reasons};
 use tsdb_operator_core::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
 use tsdb_operator_core::events::Action as Did;
 use tsdb_operator_core::plan::{ApplyReason, Step, plan_children};
@@ -185,6 +185,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
         .find(|(k, _)| k.kind == "StatefulSet")
         .and_then(|(_, v)| serde_json::from_value(v.clone()).ok());
     let pods = children::observe_pods(&ctx.client, &ns, &name).await?;
+    problems.extend(observe_reload_problems(ctx, &pods).await);
 
     if pc.spec.paused {
         let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
@@ -244,11 +245,30 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
     }
     let phase = status.phase.unwrap_or(Phase::Provisioning);
     ctx.metrics.set_phase(&ns, &name, phase);
+    // For two minutes after a configuration change, look again soon: the agent reports whether Prometheus accepted
+    // it only after the kubelet has updated the mounted files, and no watch event says when that happened.
+    let config_changed_recently = plan.steps.iter().any(|s| s.key().kind == "ConfigMap")
+        || observed
+            .iter()
+            .find(|(k, _)| k.kind == "ConfigMap")
+            .and_then(|(_, cm)| last_applied_at(cm))
+            .is_some_and(|t| now().duration_since(t).as_secs() < 120);
     Ok(match phase {
+        Phase::Active if plan.is_empty() && !config_changed_recently => Action::requeue(Duration::from_mins(5)),
         // Reads only: catches problems that no watch event reports (for example a Secret created later).
-        Phase::Active => Action::requeue(Duration::from_mins(5)),
         _ => Action::requeue(Duration::from_secs(10)),
     })
+}
+
+/// When the operator's field manager last applied `object`, from its managedFields.
+fn last_applied_at(object: &serde_json::Value) -> Option<jiff::Timestamp> {
+    object
+        .pointer("/metadata/managedFields")?
+        .as_array()?
+        .iter()
+        .filter(|m| m["manager"] == FIELD_MANAGER && m["operation"] == "Apply")
+        .filter_map(|m| m["time"].as_str()?.parse::<jiff::Timestamp>().ok())
+        .max()
 }
 
 /// The events a step stands for.
@@ -290,6 +310,28 @@ fn describe_step(step: &Step, before: Option<&StatefulSet>) -> Vec<Did> {
             out
         }
     }
+}
+
+/// Asks the agent of each running pod whether Prometheus accepted the current configuration. An agent that
+/// cannot be reached says nothing (self-healing judges reachability, not this).
+async fn observe_reload_problems(ctx: &Context, pods: &[k8s_openapi::api::core::v1::Pod]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for pod in pods {
+        let Some(status) = &pod.status else { continue };
+        let (Some(ip), Some("Running")) = (status.pod_ip.as_deref(), status.phase.as_deref()) else { continue };
+        let Ok(agent) = crate::agent::fetch_status(&ctx.http, ip, ports::AGENT).await else { continue };
+        if !agent.last_reload_successful {
+            out.push(Problem {
+                reason: reasons::CONFIG_RELOAD_FAILED.to_owned(),
+                message: format!(
+                    "pod {}: Prometheus rejected the new configuration and keeps running the previous one: {}",
+                    pod.name_any(),
+                    agent.last_reload_error.unwrap_or_default()
+                ),
+            });
+        }
+    }
+    out
 }
 
 async fn observe_secret_problems(ctx: &Context, ns: &str, pc: &PrometheusCluster) -> Result<Vec<Problem>, Error> {

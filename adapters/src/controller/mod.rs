@@ -28,12 +28,20 @@ pub struct Context {
     pub concurrency: u16,
     /// Only this namespace is watched when set; all namespaces otherwise.
     pub namespace: Option<String>,
+    /// HTTP client for the agents in the Prometheus pods (short timeouts).
+    pub http: reqwest::Client,
 }
 
 impl Context {
     /// A context with default backoff and concurrency, watching all namespaces.
     pub fn new(client: Client, settings: BuildSettings, metrics: Metrics, events: EventBus) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(3))
+            .build()
+            .unwrap_or_default();
         Self {
+            http,
             client,
             settings,
             metrics,
