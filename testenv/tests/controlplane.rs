@@ -111,6 +111,26 @@ async fn namespaces_are_fresh_and_ready_for_pods() {
     pods.create(&PostParams::default(), &pod).await.unwrap();
 }
 
+#[test]
+fn a_dropped_control_plane_leaves_no_process_and_no_files() {
+    let cp = ControlPlane::start().unwrap();
+    let workdir = cp.workdir().to_owned();
+    // Also in the etcd data dir on /dev/shm.
+    let marker = workdir.file_name().unwrap().to_string_lossy().into_owned();
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        })
+        .collect();
+    // Four supervisors and four programs at least (etcd, apiserver, controller-manager, scheduler).
+    assert!(pids.len() >= 8, "{pids:?}");
+    drop(cp);
+    assert!(pids.iter().all(|pid| !pid_is_alive(*pid)), "left running: {pids:?}");
+    assert!(wait_gone(&workdir, Duration::from_secs(10)), "{} was not removed", workdir.display());
+}
+
 const SEED_CLUSTER: &str = r#"
 apiVersion: observability.merlionos.org/v1
 kind: PrometheusCluster
