@@ -385,6 +385,14 @@ spec:
     })
     .await;
     assert_eq!(get(ip, "/-/ready").await, None, "a frozen Prometheus answers nothing");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let unhealthy = wait_for("an Unhealthy event", Duration::from_secs(10), || async {
+        let list = events.list(&kube::api::ListParams::default().fields("involvedObject.name=prom")).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("Unhealthy"))
+    })
+    .await;
+    assert!(unhealthy.message.unwrap().starts_with("Readiness probe failed: "));
+    assert_eq!(unhealthy.source.unwrap().component.as_deref(), Some("kubelet"));
 
     kubelet.faults().thaw(&ns, "prom", "prometheus").unwrap();
     ready_pod(&pods, "prom", Duration::from_secs(30)).await;

@@ -33,6 +33,7 @@
 
 mod cache;
 mod env;
+mod events;
 mod faults;
 mod images;
 mod network;

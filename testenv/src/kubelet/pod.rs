@@ -28,6 +28,7 @@ use tokio::sync::{Notify, watch};
 
 use super::Ctx;
 use super::env::{PodFacts, build_env, expand};
+use super::events::{self, Subject, Type};
 use super::faults::PodEntry;
 use super::network::Sandbox;
 use super::probes::{ProbeEvent, ProbeTarget, drive};
@@ -71,6 +72,7 @@ struct PodRun {
     pod_ip: IpAddr,
     netns: Option<String>,
     volumes: Mutex<BTreeMap<String, PreparedVolume>>,
+    subject: Subject,
     /// `Some(grace)` once containers must stop.
     stop: watch::Sender<Option<Duration>>,
     last_written: Mutex<Option<serde_json::Value>>,
@@ -123,6 +125,12 @@ impl PodRun {
             pod_ip,
             netns: sandbox.as_ref().map(|s| s.netns.clone()),
             volumes: Mutex::new(BTreeMap::new()),
+            subject: Subject {
+                namespace: pod.namespace().unwrap_or_default(),
+                name: pod.name_any(),
+                uid: pod.uid().unwrap_or_default(),
+                node: spec.node_name.clone().unwrap_or_default(),
+            },
             stop: watch::channel(None).0,
             last_written: Mutex::new(None),
         })
@@ -157,6 +165,10 @@ impl PodRun {
             }
         }
         self.dirty.notify_one();
+    }
+
+    fn event(&self, container: Option<&str>, kind: Type, reason: &str, message: &str) {
+        events::emit(&self.ctx.client, &self.subject, container, kind, reason, message);
     }
 
     fn stopping(&self) -> bool {
@@ -356,6 +368,7 @@ impl PodRun {
     async fn lifecycle(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         self.ctx.cache.wait_synced().await;
+        let mut last_mount_error: Option<String> = None;
         loop {
             let pod = self.snapshot();
             match volumes::prepare(&self.ctx.client, &pod, self.ctx.cache.as_ref(), &self.facts, &self.dir).await {
@@ -365,6 +378,10 @@ impl PodRun {
                 }
                 Err(message) => {
                     tracing::debug!(pod = %self.name, %message, "volumes not ready");
+                    if last_mount_error.as_ref() != Some(&message) {
+                        self.event(None, Type::Warning, "FailedMount", &message);
+                        last_mount_error = Some(message.clone());
+                    }
                     self.set_waiting_all("ContainerCreating", Some(&format!("MountVolume: {message}")));
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -451,6 +468,9 @@ impl PodRun {
                 };
                 record.restart_count += 1;
             });
+            if !delay.is_zero() {
+                self.event(Some(&container.name), Type::Warning, "BackOff", "Back-off restarting failed container");
+            }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = stop.wait_for(Option::is_some) => return None,
@@ -470,6 +490,12 @@ impl PodRun {
         let image = match self.ctx.images.resolve(image_name) {
             Ok(image) => image,
             Err(err) => {
+                self.event(
+                    Some(&container.name),
+                    Type::Warning,
+                    "Failed",
+                    &format!("Failed to pull image: {}", err.message),
+                );
                 self.update(slot, |r| {
                     r.state = State::Waiting { reason: err.reason.to_owned(), message: Some(err.message) }
                 });
@@ -555,6 +581,14 @@ impl PodRun {
             }
         };
         let pid = child.id().unwrap_or_default();
+        self.event(
+            Some(&container.name),
+            Type::Normal,
+            "Pulled",
+            &format!("Container image {image_name:?} already present on machine"),
+        );
+        self.event(Some(&container.name), Type::Normal, "Created", &format!("Created container {}", container.name));
+        self.event(Some(&container.name), Type::Normal, "Started", &format!("Started container {}", container.name));
         let container_id = format!("process://{pid}");
         runtime::record_pgid(self.ctx.network.index(), pid);
         self.ctx.registry.set_pid(&self.namespace, &self.name, &container.name, Some(pid));
@@ -569,12 +603,12 @@ impl PodRun {
         let probes = (!is_init).then(|| {
             let target = ProbeTarget { ip: self.pod_ip, container: container.clone(), pid, env: env.clone() };
             let run = Arc::clone(self);
+            let name = container.name.clone();
             tokio::spawn(async move {
-                let report = |event: ProbeEvent| {
-                    run.update(slot, |r| match event {
-                        ProbeEvent::Started => r.started = true,
-                        ProbeEvent::Ready(ready) => r.ready = ready && r.started,
-                    });
+                let report = |event: ProbeEvent| match event {
+                    ProbeEvent::Started => run.update(slot, |r| r.started = true),
+                    ProbeEvent::Ready(ready) => run.update(slot, |r| r.ready = ready && r.started),
+                    ProbeEvent::Failed(message) => run.event(Some(&name), Type::Warning, "Unhealthy", &message),
                 };
                 drive(target, &report).await
             })
@@ -596,6 +630,13 @@ impl PodRun {
             Outcome::Exited(status) => status,
             Outcome::ProbeFailed(failure) => {
                 tracing::info!(pod = %self.name, container = %container.name, %failure, "killing container");
+                self.event(Some(&container.name), Type::Warning, "Unhealthy", &failure);
+                self.event(
+                    Some(&container.name),
+                    Type::Normal,
+                    "Killing",
+                    &format!("Container {} failed a probe, will be restarted", container.name),
+                );
                 message = Some(failure);
                 let grace = pod
                     .spec
@@ -605,7 +646,15 @@ impl PodRun {
                     .unwrap_or(30);
                 kill(&mut child, pid, Duration::from_secs(grace).max(MIN_GRACE)).await
             }
-            Outcome::Stop(grace) => kill(&mut child, pid, grace).await,
+            Outcome::Stop(grace) => {
+                self.event(
+                    Some(&container.name),
+                    Type::Normal,
+                    "Killing",
+                    &format!("Stopping container {}", container.name),
+                );
+                kill(&mut child, pid, grace).await
+            }
         };
         if let Some(handle) = probes {
             handle.abort();

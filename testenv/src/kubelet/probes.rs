@@ -27,10 +27,12 @@ pub(crate) struct ProbeTarget {
 }
 
 /// What the probes report while the container runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ProbeEvent {
     Started,
     Ready(bool),
+    /// A readiness probe reached its failure threshold (message).
+    Failed(String),
 }
 
 /// An HTTP response: status code and body.
@@ -176,7 +178,7 @@ async fn run_probe(
     target: &ProbeTarget,
     kind: &str,
     until: Until,
-    on_result: &(dyn Fn(bool) + Send + Sync),
+    on_result: &(dyn Fn(Result<(), String>) + Send + Sync),
 ) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(count(probe.initial_delay_seconds).into())).await;
     let period = seconds(probe.period_seconds, 10);
@@ -193,7 +195,7 @@ async fn run_probe(
                 failures = 0;
                 successes += 1;
                 if successes >= success_threshold {
-                    on_result(true);
+                    on_result(Ok(()));
                     if until == Until::Settled {
                         return Ok(());
                     }
@@ -204,9 +206,12 @@ async fn run_probe(
                 failures += 1;
                 tracing::debug!(kind, container = %target.container.name, %message, "probe failed");
                 if failures >= failure_threshold {
-                    on_result(false);
+                    let message = format!("{kind} probe failed: {message}");
+                    if failures == failure_threshold {
+                        on_result(Err(message.clone()));
+                    }
                     if until != Until::Never {
-                        return Err(format!("{kind} probe failed: {message}"));
+                        return Err(message);
                     }
                 }
             }
@@ -226,7 +231,14 @@ pub(crate) async fn drive(target: ProbeTarget, report: &(dyn Fn(ProbeEvent) + Se
     report(ProbeEvent::Started);
     let readiness = async {
         if let Some(probe) = &container.readiness_probe {
-            let _ = run_probe(probe, &target, "Readiness", Until::Never, &|ok| report(ProbeEvent::Ready(ok))).await;
+            let on_result = |result: Result<(), String>| match result {
+                Ok(()) => report(ProbeEvent::Ready(true)),
+                Err(message) => {
+                    report(ProbeEvent::Ready(false));
+                    report(ProbeEvent::Failed(message));
+                }
+            };
+            let _ = run_probe(probe, &target, "Readiness", Until::Never, &on_result).await;
         } else {
             report(ProbeEvent::Ready(true));
         }
