@@ -142,9 +142,11 @@ impl Drop for Workdir {
     fn drop(&mut self) {
         let janitor = self.janitor.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some((mut child, stdin)) = janitor {
-            // EOF tells the janitor to clean up; it waits for supervisors that are still stopping.
+            // EOF tells the janitor to clean up; it waits (at most 60 s) for supervisors that are still
+            // stopping, for example processes whose owner outlives this workdir. Usually it is done at once;
+            // otherwise it finishes in the background.
             drop(stdin);
-            let _ = wait_timeout(&mut child, Duration::from_secs(70));
+            let _ = wait_timeout(&mut child, Duration::from_secs(5));
         }
     }
 }
