@@ -324,6 +324,7 @@ fn initial_state(spec: &k8s_openapi::api::core::v1::PodSpec, host_ip: String, po
             })
             .collect(),
         restart_policy: spec.restart_policy.clone().unwrap_or_else(|| "Always".to_owned()),
+        qos_class: super::status::qos_class(spec),
         transitions: BTreeMap::new(),
     }
 }

@@ -74,6 +74,8 @@ pub(crate) struct PodState {
     pub(crate) init: Vec<ContainerRecord>,
     pub(crate) main: Vec<ContainerRecord>,
     pub(crate) restart_policy: String,
+    /// `Guaranteed`, `Burstable` or `BestEffort`.
+    pub(crate) qos_class: &'static str,
     /// Condition type -> (status, lastTransitionTime).
     pub(crate) transitions: BTreeMap<String, (String, Timestamp)>,
 }
@@ -223,9 +225,32 @@ impl PodState {
             conditions: Some(conditions),
             container_statuses: Some(self.main.iter().map(container_status).collect()),
             init_container_statuses: (!self.init.is_empty()).then(|| self.init.iter().map(container_status).collect()),
-            qos_class: None,
+            qos_class: Some(self.qos_class.to_owned()),
             ..PodStatus::default()
         }
+    }
+}
+
+/// The pod's QoS class from its containers' cpu and memory requests and limits (requests default to limits).
+pub(crate) fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
+    let containers: Vec<_> = spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for container in containers {
+        let resources = container.resources.clone().unwrap_or_default();
+        let limits = resources.limits.unwrap_or_default();
+        let requests = resources.requests.unwrap_or_default();
+        for name in ["cpu", "memory"] {
+            let limit = limits.get(name);
+            let request = requests.get(name).or(limit);
+            any |= limit.is_some() || request.is_some();
+            guaranteed &= limit.is_some() && request == limit;
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 
@@ -241,6 +266,7 @@ mod tests {
             init: vec![ContainerRecord::new("init", "busybox", "PodInitializing")],
             main: vec![ContainerRecord::new("prometheus", "prom/prometheus:v2.53.3", "PodInitializing")],
             restart_policy: policy.to_owned(),
+            qos_class: "BestEffort",
             transitions: BTreeMap::new(),
         }
     }
@@ -279,6 +305,16 @@ mod tests {
         let status = pod.build_status(None, t1);
         let ready = status.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.last_transition_time, Some(Time(t0)));
+    }
+
+    #[test]
+    fn qos_class_follows_requests_and_limits() {
+        let spec = |resources: serde_json::Value| -> k8s_openapi::api::core::v1::PodSpec {
+            serde_json::from_value(serde_json::json!({"containers": [{"name": "c", "resources": resources}]})).unwrap()
+        };
+        assert_eq!(qos_class(&spec(serde_json::json!({}))), "BestEffort");
+        assert_eq!(qos_class(&spec(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}}))), "Guaranteed");
+        assert_eq!(qos_class(&spec(serde_json::json!({"requests": {"cpu": "100m"}}))), "Burstable");
     }
 
     #[test]
