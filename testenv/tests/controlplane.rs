@@ -183,7 +183,7 @@ async fn project_crds_install_and_a_seed_cluster_is_read_back_with_its_defaults(
     // The schema rejects what it should.
     let mut bad: DynamicObject = serde_yaml::from_str(SEED_CLUSTER).unwrap();
     bad.metadata.name = Some("bad".into());
-    bad.data["spec"]["retention"] = serde_json::json!("15 days");
+    bad.data["spec"]["replicas"] = serde_json::json!("two");
     let err = dynamic.create(&PostParams::default(), &bad).await.unwrap_err();
     assert_eq!(status_code(&err), Some(422), "{err}");
 }
