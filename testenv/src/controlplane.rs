@@ -37,6 +37,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
+use serde::Deserialize as _;
 
 use crate::paths;
 use crate::process::{ProcessBuilder, Supervised, Workdir, free_port, random_hex, sanitize, wait_for_port};
@@ -222,6 +223,21 @@ impl ControlPlane {
             .with_context(|| format!("failed to watch CRD {name}"))?;
         }
         Ok(())
+    }
+
+    /// Installs CRDs from a (multi-document) YAML stream such as `deploy/crds/crds.yaml`.
+    pub async fn install_crds_yaml(&self, yaml: &str) -> Result<()> {
+        let mut crds = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(yaml) {
+            let value = serde_yaml::Value::deserialize(document).context("failed to parse CRD YAML")?;
+            if value.is_null() {
+                continue;
+            }
+            crds.push(
+                serde_yaml::from_value::<CustomResourceDefinition>(value).context("not a CustomResourceDefinition")?,
+            );
+        }
+        self.install_crds(&crds).await
     }
 
     /// Installs the project's CRDs (`tsdb_operator_core::crd::crds()`).

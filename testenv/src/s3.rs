@@ -107,6 +107,19 @@ impl S3Server {
         REGION
     }
 
+    /// Environment variables that point an AWS-style client at this server (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`), for processes under test
+    /// (object_store's `AmazonS3Builder::from_env` reads them). The bucket is not included.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ]
+    }
+
     /// The directory served: each subdirectory is a bucket, each file an object.
     pub fn data_dir(&self) -> &Path {
         &self.data

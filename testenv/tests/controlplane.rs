@@ -151,8 +151,10 @@ spec:
 async fn project_crds_install_and_a_seed_cluster_is_read_back_with_its_defaults() {
     let cp = ControlPlane::shared();
     cp.install_project_crds().await.unwrap();
-    // A second install is a no-op, as when several tests install them.
+    // A second install is a no-op, as when several tests install them; the committed YAML is the same.
     cp.install_project_crds().await.unwrap();
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds/crds.yaml")).unwrap();
+    cp.install_crds_yaml(&committed).await.unwrap();
     let ns = cp.namespace("crd").await;
 
     let gvk = GroupVersionKind::gvk("observability.merlionos.org", "v1", "PrometheusCluster");
@@ -355,6 +357,14 @@ async fn s3_server_stores_objects_and_fails_while_stopped_or_frozen() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(last.is_none(), "still failing after thaw: {last:?}");
+
+    // The environment variables configure an AWS client, too.
+    let mut from_env = AmazonS3Builder::new().with_bucket_name(s3.bucket());
+    for (key, value) in s3.env() {
+        from_env = from_env.with_config(key.to_ascii_lowercase().parse().unwrap(), value);
+    }
+    let body = from_env.build().unwrap().get(&path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&body[..], b"{\"ok\":true}");
 
     let other = s3.create_bucket("second").unwrap();
     assert_ne!(other, s3.bucket());
