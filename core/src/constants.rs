@@ -10,6 +10,10 @@ pub const FINALIZER: &str = "observability.merlionos.org/finalizer";
 /// Field manager of every server-side apply the operator sends.
 pub const FIELD_MANAGER: &str = "tsdb-operator";
 
+/// Field manager of the backup scheduler's status writes (`status.backup`, `status.lastBackupTime`, the
+/// `BackupHealthy` condition), so that they never fight the cluster controller's.
+pub const BACKUP_FIELD_MANAGER: &str = "tsdb-operator-backup";
+
 /// Label keys put on every child object.
 pub mod labels {
     /// `app.kubernetes.io/name`, always `prometheus` (seed).
@@ -34,6 +38,8 @@ pub mod annotations {
     pub const CLUSTERSET: &str = "observability.merlionos.org/clusterset";
     /// On each child: hash of the object the operator last applied, so that removed fields are noticed.
     pub const APPLIED_HASH: &str = "observability.merlionos.org/applied-hash";
+    /// On a PrometheusCluster: a new value (any string, for example a timestamp) asks for one backup now.
+    pub const BACKUP_NOW: &str = "observability.merlionos.org/backup-now";
     /// On the pod template: hash of the rendered configuration (informational; config changes are hot-reloaded).
     pub const CONFIG_HASH: &str = "observability.merlionos.org/config-hash";
 }

@@ -11,6 +11,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod build;
 pub mod clusterset;
 pub mod constants;

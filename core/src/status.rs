@@ -115,8 +115,7 @@ pub fn build_status(input: &StatusInput<'_>) -> PrometheusClusterStatus {
         (Phase::Provisioning, Some(reasons::CREATING))
     } else if sts_spec_replicas != Some(desired)
         || current > desired
-        || (current < desired
-            && matches!(previous.phase, Some(Phase::Active | Phase::Scaling | Phase::Degraded)))
+        || (current < desired && matches!(previous.phase, Some(Phase::Active | Phase::Scaling | Phase::Degraded)))
     {
         (Phase::Scaling, Some(reasons::SCALING))
     } else if ready < desired {
@@ -174,6 +173,7 @@ pub fn build_status(input: &StatusInput<'_>) -> PrometheusClusterStatus {
         last_failover_time: previous.last_failover_time,
         observed_generation: generation,
         conditions,
+        backup: previous.backup,
     }
 }
 

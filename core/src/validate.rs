@@ -323,6 +323,9 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
     if spec.backup.enabled {
         check_backup(&mut errs, "spec.backup", &spec.backup, "bucket is required when backup is enabled");
     }
+    if let Some(restore) = &spec.restore {
+        check_restore(&mut errs, restore);
+    }
     check_remote_write(&mut errs, &spec.remote_write);
     if spec.thanos.enabled {
         check_image(&mut errs, "spec.thanos.image", &spec.thanos.image, crate::crd::cluster::DEFAULT_THANOS_IMAGE);
@@ -554,6 +557,9 @@ fn check_backup(errs: &mut Vec<FieldError>, field: &str, backup: &BackupSpec, bu
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         );
     }
+    if let Some(jitter) = &backup.jitter {
+        check_duration(errs, &format!("{field}.jitter"), jitter, true, "10m");
+    }
     if let Some(retention) = &backup.retention {
         if let Some(keep) = retention.keep_last
             && keep < 1
@@ -567,6 +573,42 @@ fn check_backup(errs: &mut Vec<FieldError>, field: &str, backup: &BackupSpec, bu
         if let Some(max_age) = &retention.max_age {
             check_duration(errs, &format!("{field}.retention.maxAge"), max_age, false, "30d");
         }
+    }
+}
+
+fn check_restore(errs: &mut Vec<FieldError>, restore: &crate::crd::RestoreSpec) {
+    let source = &restore.source;
+    if source.cluster.is_empty() {
+        errs.push(FieldError::required("spec.restore.source.cluster", "name the cluster whose backup to restore"));
+    }
+    if source.bucket.is_empty() {
+        errs.push(FieldError::required("spec.restore.source.bucket", "name the bucket that holds the backup"));
+    }
+    if let Some(id) = restore.backup_id.as_deref().filter(|id| !id.is_empty())
+        && crate::backup::manifest::check_id(id).is_err()
+    {
+        errs.push(FieldError::invalid(
+            "spec.restore.backupId",
+            id,
+            "must be a backup id such as 20260413T001900Z (see tsdb-ctl list); leave it empty for the newest",
+        ));
+    }
+    if !source.endpoint.is_empty()
+        && let Err(reason) = names::check_http_url(&source.endpoint)
+    {
+        errs.push(FieldError::invalid(
+            "spec.restore.source.endpoint",
+            &source.endpoint,
+            format!("must be an http or https URL such as https://minio.example.com:9000: {reason}"),
+        ));
+    }
+    if let Some(r) = &source.credentials_secret_ref {
+        check_secret_ref(
+            errs,
+            "spec.restore.source.credentialsSecretRef",
+            r,
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        );
     }
 }
 

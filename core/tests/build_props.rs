@@ -151,7 +151,11 @@ prop_compose! {
 }
 
 fn settings() -> BuildSettings {
-    BuildSettings { agent_image: "ghcr.io/merlionos/tsdb-operator:test".to_owned(), pdb_api: PdbApi::V1beta1 }
+    BuildSettings {
+        agent_image: "ghcr.io/merlionos/tsdb-operator:test".to_owned(),
+        pdb_api: PdbApi::V1beta1,
+        ..BuildSettings::default()
+    }
 }
 
 fn to_yaml(objects: &DesiredObjects) -> String {

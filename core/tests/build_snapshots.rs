@@ -8,7 +8,11 @@ use tsdb_operator_core::crd::PrometheusCluster;
 
 /// A fixed agent image, so that snapshots do not change with the crate version.
 fn settings() -> BuildSettings {
-    BuildSettings { agent_image: "ghcr.io/merlionos/tsdb-operator:snapshot".to_owned(), pdb_api: PdbApi::V1 }
+    BuildSettings {
+        agent_image: "ghcr.io/merlionos/tsdb-operator:snapshot".to_owned(),
+        pdb_api: PdbApi::V1,
+        ..BuildSettings::default()
+    }
 }
 
 fn fixtures(dir: &str) -> Vec<(String, PrometheusCluster)> {

@@ -207,6 +207,8 @@ fn backup() -> impl Strategy<Value = BackupSpec> {
                     credentials_secret_ref,
                     retention: retention.map(|(keep_last, max_age)| BackupRetentionSpec { keep_last, max_age }),
                     suspend,
+                    jitter: None,
+                    missed_runs: None,
                 }
             },
         )
@@ -278,6 +280,7 @@ prop_compose! {
                 startup_budget,
                 cooldown,
             },
+            restore: None,
         }
     }
 }

@@ -207,7 +207,12 @@ fn main() -> ExitCode {
                 PdbVersion::V1 => PdbApi::V1,
                 PdbVersion::V1beta1 => PdbApi::V1beta1,
             };
-            cmd_plan(&file, observed.as_deref(), output, &BuildSettings { agent_image, pdb_api })
+            cmd_plan(
+                &file,
+                observed.as_deref(),
+                output,
+                &BuildSettings { agent_image, pdb_api, ..BuildSettings::default() },
+            )
         }
     };
     match result {

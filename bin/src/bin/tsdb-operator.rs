@@ -156,7 +156,7 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     let identity = format!("{identity}-{}", std::process::id());
     let pdb_api =
         discovery::discover_pdb_api(&client).await.context("failed to discover the PodDisruptionBudget API")?;
-    let settings = BuildSettings { agent_image: args.agent_image.clone(), pdb_api };
+    let settings = BuildSettings { agent_image: args.agent_image.clone(), pdb_api, ..BuildSettings::default() };
     let metrics = Metrics::new();
     let health = Health::default();
     let events = EventBus::new(client.clone(), &identity);

@@ -14,6 +14,7 @@
 //! (a bad name, a remote write with two kinds of auth, inline scrape configs that are not a YAML list, ...).
 //! It never panics, whatever the spec.
 
+pub mod backup;
 pub mod config;
 pub mod pdb;
 pub mod service;
@@ -73,11 +74,17 @@ pub struct BuildSettings {
     pub agent_image: String,
     /// The PodDisruptionBudget API to render for.
     pub pdb_api: PdbApi,
+    /// Operator-wide backup defaults (used by the restore init container).
+    pub backup: crate::backup::protocol::BackupDefaults,
 }
 
 impl Default for BuildSettings {
     fn default() -> Self {
-        Self { agent_image: DEFAULT_AGENT_IMAGE.to_owned(), pdb_api: PdbApi::V1 }
+        Self {
+            agent_image: DEFAULT_AGENT_IMAGE.to_owned(),
+            pdb_api: PdbApi::V1,
+            backup: crate::backup::protocol::BackupDefaults::default(),
+        }
     }
 }
 

@@ -72,7 +72,9 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
         pod_containers.push(thanos_container(ctx));
     }
 
+    let init_containers = super::backup::restore_init_container(ctx, agent_container(ctx)).map(|c| vec![c]);
     let pod_spec = PodSpec {
+        init_containers,
         containers: pod_containers,
         volumes: Some(pod_volumes(ctx)),
         security_context: Some(spec.security_context.clone().unwrap_or_else(default_pod_security_context)),
@@ -229,10 +231,12 @@ fn agent_container(ctx: &BuildContext<'_>) -> Container {
             limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("128Mi".to_owned()))])),
             ..ResourceRequirements::default()
         }),
-        volume_mounts: Some(vec![
-            mount(volumes::CONFIG, paths::CONFIG_DIR, true),
-            mount(DATA_VOLUME, paths::DATA_DIR, false),
-        ]),
+        volume_mounts: Some(
+            [mount(volumes::CONFIG, paths::CONFIG_DIR, true), mount(DATA_VOLUME, paths::DATA_DIR, false)]
+                .into_iter()
+                .chain(super::backup::agent_backup_mounts(ctx))
+                .collect(),
+        ),
         security_context: Some(container_security_context()),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
@@ -287,6 +291,7 @@ fn pod_volumes(ctx: &BuildContext<'_>) -> Vec<Volume> {
     if let Some(objstore) = thanos_objstore_secret(ctx) {
         out.push(secret_volume(volumes::THANOS_OBJSTORE, objstore));
     }
+    out.extend(super::backup::backup_volumes(ctx));
     out
 }
 

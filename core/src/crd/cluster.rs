@@ -138,6 +138,10 @@ pub struct PrometheusClusterSpec {
     /// Self-healing of stuck replicas. The defaults never touch a replica that is starting or replaying its WAL.
     #[serde(default)]
     pub self_healing: SelfHealingSpec,
+
+    /// Create this cluster from a backup. Only empty data directories are restored into; see `RestoreSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
 }
 
 /// Persistent storage of each replica.
@@ -200,6 +204,74 @@ pub struct BackupSpec {
     /// Pause scheduled backups without disabling them; on-demand backups still run.
     #[serde(default, skip_serializing_if = "is_false")]
     pub suspend: bool,
+
+    /// Start scheduled backups up to this long after their slot (for example `10m`), by an amount derived from
+    /// the cluster's UID, so that many clusters on one schedule do not start at once. Capped at half the time
+    /// between two slots. No jitter when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+
+    /// What to do when the operator was down at one or more scheduled times: `CatchUpOnce` (default) runs one
+    /// backup as soon as it can, `Skip` waits for the next slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_runs: Option<MissedRunPolicy>,
+}
+
+/// What to do about scheduled backups that were missed (the operator was down or no replica was ready).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MissedRunPolicy {
+    /// Run one backup for all missed slots together, as soon as possible.
+    #[default]
+    CatchUpOnce,
+    /// Do not make up for missed slots; wait for the next one.
+    Skip,
+}
+
+/// Restore of a new cluster from a backup. Read only when a replica's data directory is empty: an init
+/// container (`tsdb-operator agent restore`) downloads and verifies the backup before Prometheus starts, and does
+/// nothing when the directory already holds data, so a running cluster is never restored over.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// The backup to restore (its id, such as `20260413T001900Z`); the newest complete backup when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+
+    /// Where the backup is.
+    pub source: RestoreSource,
+}
+
+/// Where a backup to restore is: the backup settings of the cluster that made it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSource {
+    /// Namespace of the cluster that made the backup; this cluster's namespace when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+
+    /// Name of the cluster that made the backup.
+    #[schemars(length(min = 1))]
+    pub cluster: String,
+
+    /// Bucket of the backup.
+    #[schemars(length(min = 1))]
+    pub bucket: String,
+
+    /// Key prefix the source cluster used (`spec.backup.prefix`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+
+    /// S3-compatible endpoint URL; the operator-wide `--s3-endpoint` when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
+
+    /// Region of the bucket; the operator-wide `--s3-region` when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+
+    /// Secret with the keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` for the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalObjectReference>,
 }
 
 /// Which backups to keep; both limits apply when both are set.
@@ -375,10 +447,68 @@ pub struct PrometheusClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Current conditions: Available, Progressing, Degraded, Paused, and later BackupHealthy.
+    /// Current conditions: Available, Progressing, Degraded, Paused, and BackupHealthy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+
+    /// Backups of this cluster, written by the operator's backup scheduler (field manager
+    /// `tsdb-operator-backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// What the backup scheduler knows about this cluster's backups.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// When the last scheduled backup was started (or a missed one skipped); the next slot is computed from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+
+    /// When the last backup completed successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup_time: Option<Time>,
+
+    /// Id of the last successful backup (for `tsdb-ctl restore --backup` and `spec.restore.backupId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_id: Option<String>,
+
+    /// Size of the last successful backup in bytes (all the blocks it references).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_bytes: Option<i64>,
+
+    /// Bytes the last successful backup uploaded; blocks already in the bucket are referenced, not uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_uploaded_bytes: Option<i64>,
+
+    /// When the last backup failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_backup_time: Option<Time>,
+
+    /// Why the last failed backup failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_error: Option<String>,
+
+    /// The last value of the `observability.merlionos.org/backup-now` annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+
+    /// The backup running now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<RunningBackup>,
+}
+
+/// A backup in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningBackup {
+    /// Id of the backup.
+    pub id: String,
+    /// The pod whose agent takes it.
+    pub pod: String,
+    /// When it started.
+    pub start_time: Time,
 }
 
 fn default_replicas() -> i32 {

@@ -4,8 +4,9 @@ pub mod cluster;
 pub mod clusterset;
 
 pub use cluster::{
-    AdditionalScrapeConfigs, BackupRetentionSpec, BackupSpec, Phase, PrometheusCluster, PrometheusClusterSpec,
-    PrometheusClusterStatus, RemoteWriteSpec, SelfHealingSpec, StorageSpec, ThanosSpec,
+    AdditionalScrapeConfigs, BackupRetentionSpec, BackupSpec, BackupStatus, MissedRunPolicy, Phase, PrometheusCluster,
+    PrometheusClusterSpec, PrometheusClusterStatus, RemoteWriteSpec, RestoreSource, RestoreSpec, RunningBackup,
+    SelfHealingSpec, StorageSpec, ThanosSpec,
 };
 pub use clusterset::{ClusterSetMember, PrometheusClusterSet, PrometheusClusterSetSpec, PrometheusClusterSetStatus};
 
