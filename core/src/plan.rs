@@ -142,30 +142,56 @@ impl Plan {
 
 /// SHA-256 (hex, first 16 bytes) of a manifest without its applied-hash annotation.
 pub fn manifest_hash(manifest: &Value) -> String {
-    let mut clean = manifest.clone();
-    if let Some(annotations) = clean.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
-        annotations.remove(APPLIED_HASH);
-        if annotations.is_empty()
-            && let Some(meta) = clean.get_mut("metadata").and_then(Value::as_object_mut)
-        {
-            meta.remove("annotations");
+    let stamped = manifest.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH))).is_some();
+    let mut hasher = Sha256::new();
+    if stamped {
+        let mut clean = manifest.clone();
+        if let Some(annotations) = clean.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+            annotations.remove(APPLIED_HASH);
+            if annotations.is_empty()
+                && let Some(meta) = clean.get_mut("metadata").and_then(Value::as_object_mut)
+            {
+                meta.remove("annotations");
+            }
         }
+        write_canonical(&mut hasher, &clean);
+    } else {
+        write_canonical(&mut hasher, manifest);
     }
-    // serde_json's Map is a BTreeMap (no `preserve_order`), so this serialization is canonical.
-    let bytes = serde_json::to_vec(&clean).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    digest.iter().take(16).fold(String::with_capacity(32), |mut out, b| {
+    hasher.finalize().iter().take(16).fold(String::with_capacity(32), |mut out, b| {
         use std::fmt::Write as _;
         let _ = write!(out, "{b:02x}");
         out
     })
 }
 
+/// Streams the canonical JSON of `v` into the hasher. serde_json's Map is a BTreeMap (no `preserve_order`), so
+/// keys come out sorted and the bytes are canonical.
+fn write_canonical(hasher: &mut Sha256, v: &Value) {
+    // Writing into a hasher cannot fail.
+    let _ = serde_json::to_writer(HashWriter(hasher), v);
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Returns `manifest` with the applied-hash annotation set.
 pub fn stamp(manifest: &Value) -> Value {
-    let hash = manifest_hash(manifest);
-    let mut out = manifest.clone();
-    if let Some(obj) = out.as_object_mut() {
+    stamp_owned(manifest.clone())
+}
+
+fn stamp_owned(mut manifest: Value) -> Value {
+    let hash = manifest_hash(&manifest);
+    if let Some(obj) = manifest.as_object_mut() {
         let meta = obj.entry("metadata").or_insert_with(|| Value::Object(serde_json::Map::new()));
         if let Some(meta) = meta.as_object_mut() {
             let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(serde_json::Map::new()));
@@ -174,7 +200,7 @@ pub fn stamp(manifest: &Value) -> Value {
             }
         }
     }
-    out
+    manifest
 }
 
 /// Plans the steps that bring `observed` to `desired`.
@@ -184,8 +210,13 @@ pub fn stamp(manifest: &Value) -> Value {
 /// not desired is deleted. An object whose group and kind match but whose version differs (policy/v1 vs v1beta1)
 /// counts as the same object.
 pub fn plan_children(desired: &[Value], observed: &BTreeMap<ChildKey, Value>) -> Plan {
+    plan_owned_children(desired.to_vec(), observed)
+}
+
+/// [`plan_children`] taking the desired manifests by value, which saves copying them.
+pub fn plan_owned_children(desired: Vec<Value>, observed: &BTreeMap<ChildKey, Value>) -> Plan {
     let mut wanted: Vec<(ChildKey, Value)> =
-        desired.iter().filter_map(|m| ChildKey::of(m).map(|k| (k, stamp(m)))).collect();
+        desired.into_iter().filter_map(|m| ChildKey::of(&m).map(|k| (k, stamp_owned(m)))).collect();
     wanted.sort_by(|(a, _), (b, _)| a.rank().cmp(&b.rank()).then_with(|| a.cmp(b)));
 
     let find_observed = |key: &ChildKey| {
@@ -195,40 +226,43 @@ pub fn plan_children(desired: &[Value], observed: &BTreeMap<ChildKey, Value>) ->
     };
 
     let mut steps = Vec::new();
-    for (key, manifest) in &wanted {
-        let reason = match find_observed(key) {
+    let mut keep: Vec<(String, String)> = Vec::with_capacity(wanted.len());
+    for (key, manifest) in wanted {
+        keep.push((key.name.clone(), key.group_kind()));
+        let reason = match find_observed(&key) {
             None => Some(ApplyReason::Create),
             Some(current) => {
                 let current_hash = current.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
                 let desired_hash = manifest.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
-                if current_hash != desired_hash {
-                    Some(ApplyReason::SpecChanged)
+                if current_hash == desired_hash {
+                    first_difference_of_object(&manifest, current).map(|field| ApplyReason::Drift { field })
                 } else {
-                    first_difference(&without_api_version(manifest), current, "")
-                        .map(|field| ApplyReason::Drift { field })
+                    Some(ApplyReason::SpecChanged)
                 }
             }
         };
         if let Some(reason) = reason {
-            steps.push(Step::Apply { key: key.clone(), reason, manifest: manifest.clone() });
+            steps.push(Step::Apply { key, reason, manifest });
         }
     }
 
-    let mut deletions: Vec<&ChildKey> = observed
-        .keys()
-        .filter(|k| !wanted.iter().any(|(w, _)| w.name == k.name && w.group_kind() == k.group_kind()))
-        .collect();
+    let mut deletions: Vec<&ChildKey> =
+        observed.keys().filter(|k| !keep.iter().any(|(name, gk)| *name == k.name && *gk == k.group_kind())).collect();
     deletions.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.cmp(b)));
     steps.extend(deletions.into_iter().map(|k| Step::Delete { key: k.clone() }));
     Plan { steps }
 }
 
-fn without_api_version(manifest: &Value) -> Value {
-    let mut m = manifest.clone();
-    if let Some(obj) = m.as_object_mut() {
-        obj.remove("apiVersion");
-    }
-    m
+/// [`first_difference`] of two whole objects, ignoring `apiVersion` (the server may serve another version of
+/// the same group).
+fn first_difference_of_object(desired: &Value, observed: &Value) -> Option<String> {
+    let (Value::Object(d), Value::Object(_)) = (desired, observed) else {
+        return first_difference(desired, observed, "");
+    };
+    d.iter().filter(|(k, _)| k.as_str() != "apiVersion").find_map(|(k, dv)| match observed.get(k) {
+        Some(ov) => first_difference(dv, ov, k),
+        None => (!is_empty(dv)).then(|| k.clone()),
+    })
 }
 
 fn escape_pointer(s: &str) -> String {

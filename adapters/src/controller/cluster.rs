@@ -31,7 +31,7 @@ use serde_json::json;
 use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels, ports, reasons};
 use tsdb_operator_core::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
 use tsdb_operator_core::events::Action as Did;
-use tsdb_operator_core::plan::{ApplyReason, Step, plan_children};
+use tsdb_operator_core::plan::{ApplyReason, Step, plan_owned_children};
 use tsdb_operator_core::status::{Problem, StatusInput, build_status};
 use tsdb_operator_core::{build, secrets, validate};
 
@@ -213,7 +213,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::await_change());
         }
     };
-    let plan = plan_children(&desired, &observed);
+    let plan = plan_owned_children(desired, &observed);
 
     // apply
     for step in &plan.steps {

@@ -1,0 +1,62 @@
+//! Render + plan of a typical cluster (2 replicas, remote_write, backup, Thanos: `fixtures/clusters/typical.yaml`)
+//! next to serializing the same objects only (the floor). `cargo bench -p tsdb-operator-benches --bench render_plan`.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tsdb_operator_core::build::{self, BuildSettings};
+use tsdb_operator_core::crd::PrometheusCluster;
+use tsdb_operator_core::plan::{Step, plan_children, plan_owned_children};
+
+fn typical() -> PrometheusCluster {
+    let text = include_str!("../../fixtures/clusters/typical.yaml");
+    serde_yaml::from_str(text).expect("fixture parses")
+}
+
+fn bench(c: &mut Criterion) {
+    let pc = typical();
+    let settings = BuildSettings::default();
+    let desired = build::build(&pc, &settings).and_then(|d| d.manifests(&settings)).expect("builds");
+    // What the server holds after the first apply: the steady state the operator sees on every resync.
+    let observed: BTreeMap<_, _> = plan_children(&desired, &BTreeMap::new())
+        .steps
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Apply { key, manifest, .. } => Some((key, manifest)),
+            Step::Delete { .. } => None,
+        })
+        .collect();
+    let objects = build::build(&pc, &settings).expect("builds");
+
+    let mut group = c.benchmark_group("typical_cluster");
+    group.bench_function("render_and_plan_steady_state", |b| {
+        b.iter(|| {
+            let desired = build::build(black_box(&pc), &settings).and_then(|d| d.manifests(&settings)).expect("builds");
+            let plan = plan_owned_children(desired, black_box(&observed));
+            assert!(plan.is_empty());
+            plan
+        });
+    });
+    group.bench_function("render_and_plan_create", |b| {
+        let empty = BTreeMap::new();
+        b.iter(|| {
+            let desired = build::build(black_box(&pc), &settings).and_then(|d| d.manifests(&settings)).expect("builds");
+            plan_owned_children(desired, black_box(&empty))
+        });
+    });
+    group.bench_function("render_only", |b| {
+        b.iter(|| build::build(black_box(&pc), &settings).expect("builds"));
+    });
+    group.bench_function("serialize_only", |b| {
+        b.iter(|| {
+            let out = objects.manifests(&settings).expect("serializes");
+            let bytes: usize = out.iter().map(|m| serde_json::to_vec(m).map(|v| v.len()).unwrap_or(0)).sum();
+            black_box(bytes)
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
