@@ -116,6 +116,10 @@ pub mod conditions {
     pub const BACKUP_HEALTHY: &str = "BackupHealthy";
     /// All members of a ClusterSet are Active.
     pub const READY: &str = "Ready";
+    /// Self-healing is replacing a replica (set by the healer).
+    pub const HEALING: &str = "Healing";
+    /// Self-healing does nothing: disabled, paused, or the circuit breaker is open (set by the healer).
+    pub const HEALING_SUSPENDED: &str = "HealingSuspended";
 }
 
 /// Condition reasons (CamelCase).
@@ -146,4 +150,12 @@ pub mod reasons {
     pub const PAUSED: &str = "Paused";
     /// `spec.paused` is false.
     pub const NOT_PAUSED: &str = "NotPaused";
+    /// Self-healing evicted a stuck replica; its replacement is not ready yet.
+    pub const REPLACING_REPLICA: &str = "ReplacingReplica";
+    /// Most replicas of the cluster fail their probes at once (circuit breaker).
+    pub const MOST_REPLICAS_FAILING: &str = "MostReplicasFailing";
+    /// Most probed replicas of all clusters fail their probes at once (circuit breaker).
+    pub const MOST_PODS_FAILING: &str = "MostPodsFailing";
+    /// `spec.selfHealing.enabled` is false.
+    pub const HEALING_DISABLED: &str = "HealingDisabled";
 }

@@ -78,6 +78,22 @@ pub enum Action {
         /// The set's name.
         set: String,
     },
+    /// Self-healing replaced a stuck replica (seed reason `FailoverTriggered`).
+    FailoverTriggered {
+        /// The pod.
+        pod: String,
+        /// Why it counted as stuck.
+        reason: String,
+        /// How: `evicting` or `deleting`.
+        via: String,
+    },
+    /// Self-healing stopped acting: most replicas fail their probes at once (circuit breaker).
+    HealingSuspended {
+        /// Why.
+        reason: String,
+    },
+    /// Self-healing acts again after the circuit breaker closed.
+    HealingResumed,
 }
 
 impl Action {
@@ -95,12 +111,21 @@ impl Action {
             Action::Paused => "Paused",
             Action::Finalized => "Finalized",
             Action::BackupOverlaid { .. } => "BackupOverlaid",
+            Action::FailoverTriggered { .. } => "FailoverTriggered",
+            Action::HealingSuspended { .. } => "HealingSuspended",
+            Action::HealingResumed => "HealingResumed",
         }
     }
 
     /// Whether the event is a warning (something is wrong) rather than normal operation.
     pub fn is_warning(&self) -> bool {
-        matches!(self, Action::Rejected { .. } | Action::Reverted { .. })
+        matches!(
+            self,
+            Action::Rejected { .. }
+                | Action::Reverted { .. }
+                | Action::FailoverTriggered { .. }
+                | Action::HealingSuspended { .. }
+        )
     }
 
     /// A human sentence for the Kubernetes event message.
@@ -118,6 +143,11 @@ impl Action {
             Action::Paused => "spec.paused is true: no changes are made".to_owned(),
             Action::Finalized => "cleanup done; children are removed by garbage collection".to_owned(),
             Action::BackupOverlaid { set } => format!("backup settings set from PrometheusClusterSet {set}"),
+            Action::FailoverTriggered { pod, reason, via } => {
+                format!("replica {pod} failed health check: {reason} — {via} pod to trigger rescheduling")
+            }
+            Action::HealingSuspended { reason } => format!("self-healing suspended: {reason}"),
+            Action::HealingResumed => "self-healing resumed: probes succeed again".to_owned(),
         }
     }
 }

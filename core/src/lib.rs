@@ -18,6 +18,7 @@ pub mod constants;
 pub mod crd;
 pub mod duration;
 pub mod events;
+pub mod heal;
 pub mod plan;
 pub mod quantity;
 pub mod schedule;
