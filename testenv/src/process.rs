@@ -58,6 +58,8 @@ impl Workdir {
     pub fn create(label: &str) -> Result<Self> {
         let parent =
             std::env::var_os(TMPDIR_ENV).filter(|v| !v.is_empty()).map_or_else(std::env::temp_dir, PathBuf::from);
+        sweep_stale(&parent);
+        sweep_stale(Path::new("/dev/shm"));
         let root = parent.join(format!("tsdb-testenv-{}-{}-{}", sanitize(label), std::process::id(), random_hex(4)));
         fs::create_dir_all(root.join("run")).with_context(|| format!("failed to create {}", root.display()))?;
         fs::create_dir_all(root.join("logs"))?;
@@ -149,6 +151,40 @@ impl Drop for Workdir {
             let _ = wait_timeout(&mut child, Duration::from_secs(5));
         }
     }
+}
+
+/// Removes `tsdb-testenv-*` entries of `parent` left behind by test processes that are gone (a janitor that
+/// was itself killed, or a workdir removed by hand without its `/dev/shm` part). Only entries whose owner PID
+/// (part of the name) no longer exists and that have not changed for two minutes are touched.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("tsdb-testenv-")).and_then(owner_pid) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_mins(2));
+        if idle && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The owner PID in `<label>-<pid>-<8 hex>[-<suffix>]`.
+fn owner_pid(rest: &str) -> Option<u32> {
+    let tokens: Vec<&str> = rest.split('-').collect();
+    tokens.windows(2).find_map(|w| {
+        let is_hex = w[1].len() == 8 && w[1].bytes().all(|b| b.is_ascii_hexdigit());
+        if is_hex { w[0].parse().ok() } else { None }
+    })
 }
 
 /// How to start one supervised process.
@@ -511,6 +547,15 @@ mod tests {
     fn sanitize_keeps_dns_friendly_characters() {
         assert_eq!(sanitize("Backup_Test.1"), "backup-test-1");
         assert_eq!(sanitize("--"), "x");
+    }
+
+    #[test]
+    fn the_owner_pid_is_read_from_workdir_names() {
+        assert_eq!(owner_pid("controlplane-12033-1b03e196"), Some(12033));
+        assert_eq!(owner_pid("controlplane-12033-1b03e196-etcd"), Some(12033));
+        assert_eq!(owner_pid("s3-16923-a21c9bb0-s3-data"), Some(16923));
+        assert_eq!(owner_pid("operator-tests-22479-1aee5120"), Some(22479));
+        assert_eq!(owner_pid("something-else"), None);
     }
 
     #[test]
