@@ -293,19 +293,62 @@ pub fn is_subset(desired: &Value, observed: &Value) -> bool {
     }
 }
 
-/// The path of the first field where `desired` is not a subset of `observed` (see [`is_subset`]), if any.
+/// The path of the first field where `desired` is not a subset of `observed` (see [`is_subset`]), if any,
+/// prefixed with `path`.
 pub fn first_difference(desired: &Value, observed: &Value, path: &str) -> Option<String> {
-    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    let mut segments = difference_segments(desired, observed)?;
+    if !path.is_empty() {
+        segments.push(Segment::Key(path.to_owned()));
+    }
+    Some(join_segments(segments))
+}
+
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// The reversed path segments of the first difference; allocates only when there is one.
+fn difference_segments(desired: &Value, observed: &Value) -> Option<Vec<Segment>> {
     match (desired, observed) {
-        (Value::Object(d), Value::Object(o)) => d.iter().find_map(|(k, dv)| match o.get(k) {
-            Some(ov) => first_difference(dv, ov, &join(k)),
-            None => (!is_empty(dv)).then(|| join(k)),
+        (Value::Object(d), Value::Object(o)) => d.iter().find_map(|(k, dv)| {
+            let mut segments = match o.get(k) {
+                Some(ov) => difference_segments(dv, ov)?,
+                None if is_empty(dv) => return None,
+                None => Vec::new(),
+            };
+            segments.push(Segment::Key(k.clone()));
+            Some(segments)
         }),
         (Value::Array(d), Value::Array(o)) if d.len() == o.len() => {
-            d.iter().zip(o).enumerate().find_map(|(i, (a, b))| first_difference(a, b, &format!("{path}[{i}]")))
+            d.iter().zip(o).enumerate().find_map(|(i, (a, b))| {
+                let mut segments = difference_segments(a, b)?;
+                segments.push(Segment::Index(i));
+                Some(segments)
+            })
         }
-        _ => (!is_subset(desired, observed)).then(|| if path.is_empty() { ".".to_owned() } else { path.to_owned() }),
+        _ => (!is_subset(desired, observed)).then(Vec::new),
     }
+}
+
+fn join_segments(mut reversed: Vec<Segment>) -> String {
+    reversed.reverse();
+    let mut out = String::new();
+    for s in reversed {
+        match s {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&k);
+            }
+            Segment::Index(i) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "[{i}]");
+            }
+        }
+    }
+    if out.is_empty() { ".".to_owned() } else { out }
 }
 
 fn is_empty(v: &Value) -> bool {
@@ -431,6 +474,15 @@ mod tests {
         let kinds: Vec<String> =
             plan_children(&desired, &BTreeMap::new()).steps.iter().map(|s| s.key().kind.clone()).collect();
         assert_eq!(kinds, ["ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"]);
+    }
+
+    #[test]
+    fn first_difference_names_nested_fields_and_list_items() {
+        let d = json!({"spec": {"template": {"containers": [{"name": "a"}, {"name": "b", "image": "x"}]}}});
+        let o = json!({"spec": {"template": {"containers": [{"name": "a"}, {"name": "b", "image": "y"}]}}});
+        assert_eq!(first_difference(&d, &o, "").as_deref(), Some("spec.template.containers[1].image"));
+        assert_eq!(first_difference(&d, &d, ""), None);
+        assert_eq!(first_difference(&json!({"a": 1}), &json!({}), "").as_deref(), Some("a"));
     }
 
     #[test]
