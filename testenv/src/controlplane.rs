@@ -310,24 +310,39 @@ async fn wait_for_service_account_token(
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = String::from("no token secret yet");
     loop {
-        if let Some(sa) = sas.get_opt(name).await? {
-            for reference in sa.secrets.unwrap_or_default() {
-                let Some(secret_name) = reference.name else { continue };
-                if let Some(secret) = secrets.get_opt(&secret_name).await?
-                    && let Some(token) = secret.data.as_ref().and_then(|d| d.get("token"))
-                {
-                    return Ok(String::from_utf8_lossy(&token.0).into_owned());
-                }
-            }
+        // Transient API errors (a busy server) are retried until the deadline.
+        match find_service_account_token(&sas, &secrets, name).await {
+            Ok(Some(token)) => return Ok(token),
+            Ok(None) => {}
+            Err(e) => last_error = e.to_string(),
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "service account {namespace}/{name} got no token within {timeout:?} (is kube-controller-manager running?)"
+                "service account {namespace}/{name} got no token within {timeout:?} ({last_error}; is \
+                 kube-controller-manager running?)"
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn find_service_account_token(
+    sas: &Api<ServiceAccount>,
+    secrets: &Api<k8s_openapi::api::core::v1::Secret>,
+    name: &str,
+) -> kube::Result<Option<String>> {
+    let Some(sa) = sas.get_opt(name).await? else { return Ok(None) };
+    for reference in sa.secrets.unwrap_or_default() {
+        let Some(secret_name) = reference.name else { continue };
+        if let Some(secret) = secrets.get_opt(&secret_name).await?
+            && let Some(token) = secret.data.as_ref().and_then(|d| d.get("token"))
+        {
+            return Ok(Some(String::from_utf8_lossy(&token.0).into_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// Selects rustls' `ring` provider for the process unless one is installed. Needed when the dependency graph
@@ -570,7 +585,13 @@ async fn wait_until_usable(
                     }
                 }
             }
-            "namespace default" => Api::<Namespace>::all(client.clone()).get_opt("default").await?.is_some(),
+            "namespace default" => match Api::<Namespace>::all(client.clone()).get_opt("default").await {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    last_error = e.to_string();
+                    false
+                }
+            },
             _ => {
                 wait_for_service_account_token(&client, "default", "default", deadline - tokio::time::Instant::now())
                     .await?;
