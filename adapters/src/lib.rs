@@ -17,3 +17,4 @@ pub mod http;
 pub mod kube;
 pub mod leader;
 pub mod metrics;
+pub mod prober;

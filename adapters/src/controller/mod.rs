@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod cluster;
 pub mod clusterset;
+pub mod heal;
 
 use kube::Client;
 use tsdb_operator_core::build::BuildSettings;

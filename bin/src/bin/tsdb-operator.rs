@@ -178,12 +178,14 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 
     let run_controllers = |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| async move {
+        let healer = controller::heal::run(ctx.clone(), controller::heal::HealerConfig::default(), until(&stop));
         if ctx.namespace.is_some() {
-            controller::cluster::run(ctx, until(&stop)).await;
+            tokio::join!(controller::cluster::run(ctx, until(&stop)), healer);
         } else {
             tokio::join!(
                 controller::cluster::run(ctx.clone(), until(&stop)),
                 controller::clusterset::run(ctx, until(&stop)),
+                healer,
             );
         }
     };
