@@ -19,9 +19,10 @@
 //!    - `Disputed` when the threshold is reached but the kubelet still reports the pod Ready: the operator's
 //!      view disagrees with the node's, so the operator does not act;
 //!    - `Stuck` otherwise.
-//! 3. The circuit breaker opens for a cluster when at least two and more than half of its replicas failed their
-//!    last probe, and for every cluster when that holds for all probed replicas of all clusters: the operator
-//!    suspects its own network view and does nothing.
+//! 3. The circuit breaker opens for a cluster when at least two and more than half of its replicas did not
+//!    answer their last probe (unreachable, whatever their verdict), and for every cluster when that holds for
+//!    all replicas of all clusters with healing enabled: the operator suspects its own network view and does
+//!    nothing. A replica that answers, even with an error, shows that the network between them works.
 //! 4. At most one `Stuck` replica per cluster is replaced (the one with the longest failure streak, then the
 //!    lowest name), and only when no other replacement of the cluster is still in progress, the cooldown since the
 //!    last replacement (`status.lastFailoverTime` or this process' memory, whichever is later) has passed, and
@@ -245,11 +246,6 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The last probe failed and the replica is neither starting nor restarting.
-    fn counts_as_failing(&self) -> bool {
-        matches!(self, Verdict::Failing { .. } | Verdict::Disputed { .. } | Verdict::Stuck { .. })
-    }
-
     /// A short label for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -498,9 +494,9 @@ impl Healer {
 
         // The operator-wide breaker counts every enabled cluster's replicas.
         let (mut failing_all, mut of_all) = (0u32, 0u32);
-        for (view, v) in views.iter().zip(&verdicts) {
+        for view in views {
             if view.settings.enabled {
-                let (failing, of) = failing_of(view, v);
+                let (failing, of) = self.unreachable_of(view, now);
                 failing_all += failing;
                 of_all += of;
             }
@@ -510,7 +506,7 @@ impl Healer {
         let mut out = Vec::with_capacity(views.len());
         for (view, verdicts) in views.iter().zip(verdicts) {
             let replacing = self.update_in_progress(view, &verdicts, now);
-            let (failing, of) = failing_of(view, &verdicts);
+            let (failing, of) = self.unreachable_of(view, now);
             let suspended = if view.settings.enabled {
                 if breaker_open(failing, of) {
                     Some(Suspension::Cluster { failing, of })
@@ -665,12 +661,25 @@ fn judge(pod: &ReplicaFacts, history: Option<&History>, settings: &HealSettings,
     Verdict::Stuck { failures: h.failures, last: h.last.clone() }
 }
 
-/// Replicas failing and replicas counted for the circuit breaker of one cluster.
-fn failing_of(view: &ClusterView, verdicts: &BTreeMap<String, Verdict>) -> (u32, u32) {
-    let failing = u32::try_from(verdicts.values().filter(|v| v.counts_as_failing()).count()).unwrap_or(u32::MAX);
-    let alive = verdicts.values().filter(|v| **v != Verdict::Terminating).count();
-    let of = u32::try_from(alive.max(usize::try_from(view.replicas.max(0)).unwrap_or(0))).unwrap_or(u32::MAX);
-    (failing, of)
+impl Healer {
+    /// Replicas unreachable and replicas counted for the circuit breaker of one cluster. A replica counts as
+    /// unreachable when its last recent probe got no answer, whatever its container run: a replica the kubelet
+    /// is restarting, or that started again, still counts, so restarts caused by the same outage do not close the
+    /// breaker. A replica that answers, even with an error, shows that the operator reaches it.
+    fn unreachable_of(&self, view: &ClusterView, now: Timestamp) -> (u32, u32) {
+        let stale_after = view.settings.probe_interval * STALE_INTERVALS + STALE_SLACK;
+        let failing = view
+            .pods
+            .iter()
+            .filter(|p| !p.terminating)
+            .filter_map(|p| self.histories.get(&(view.key.clone(), p.name.clone())))
+            .filter(|h| matches!(h.last, ProbeResult::Unreachable { .. }) && now <= add(h.last_at, stale_after))
+            .count();
+        let alive = view.pods.iter().filter(|p| !p.terminating).count();
+        let failing = u32::try_from(failing).unwrap_or(u32::MAX);
+        let of = u32::try_from(alive.max(usize::try_from(view.replicas.max(0)).unwrap_or(0))).unwrap_or(u32::MAX);
+        (failing, of)
+    }
 }
 
 /// At least two and more than half fail: suspect the operator's own view.

@@ -129,16 +129,9 @@ fn run(scenario: &Scenario) -> Log {
             .collect();
         let decisions = healer.decide(&views, now);
 
-        // The breaker, computed from the truth: replicas whose probe failed and that are past their startup.
+        // The breaker, computed from the truth: replicas that did not answer this step's probe.
         let failing = |c: &Cluster, row: &[(ProbeResult, bool)]| -> (u32, u32) {
-            let f = c
-                .replicas
-                .iter()
-                .zip(row)
-                .filter(|(r, (p, _))| {
-                    p.is_failure() && (r.ready_this_run || t >= r.started + c.settings.startup_budget.as_secs())
-                })
-                .count();
+            let f = row.iter().filter(|(p, _)| matches!(p, ProbeResult::Unreachable { .. })).count();
             (u32::try_from(f).unwrap(), u32::try_from(c.replicas.len()).unwrap())
         };
         let open = |(f, of): (u32, u32)| f >= 2 && f * 2 > of;
@@ -413,4 +406,49 @@ fn a_frozen_replica_is_not_replaced_while_the_kubelet_still_sees_it_ready() {
     assert_eq!(d[0].outcome, Outcome::Nothing);
     let d = healer.decide(&[view(false)], at(110));
     assert!(matches!(d[0].outcome, Outcome::Replace(_)), "{:?}", d[0]);
+}
+
+#[test]
+fn replicas_restarted_by_the_kubelet_during_an_outage_keep_the_breaker_open() {
+    let key = |n: &str| ClusterKey { namespace: "ns".into(), name: n.into() };
+    let pod = |name: &str, running: bool, started: u64| ReplicaFacts {
+        name: name.into(),
+        uid: name.into(),
+        running,
+        started_at: Some(at(started)),
+        restart_count: i32::from(started > 0),
+        started: started == 0,
+        kubelet_ready: false,
+        terminating: false,
+    };
+    let mut healer = Healer::new();
+    let down = || ProbeResult::Unreachable { detail: "no route".into() };
+    for t in 100..106 {
+        healer.record_probe(&key("a"), &pod("a-0", true, 0), down(), at(t));
+        healer.record_probe(&key("a"), &pod("a-1", true, 0), down(), at(t));
+        healer.record_probe(&key("b"), &pod("b-0", true, 0), down(), at(t));
+    }
+    // The kubelet restarted a-0 (not running yet) and b-0 (running again, within its startup budget).
+    healer.record_probe(&key("b"), &pod("b-0", true, 106), down(), at(106));
+    healer.record_probe(&key("a"), &pod("a-1", true, 0), down(), at(106));
+    let views = [
+        ClusterView {
+            key: key("a"),
+            settings: settings(1, 2, 10, 0),
+            replicas: 2,
+            last_failover_time: None,
+            pods: vec![pod("a-0", false, 0), pod("a-1", true, 0)],
+        },
+        ClusterView {
+            key: key("b"),
+            settings: settings(1, 2, 10, 0),
+            replicas: 1,
+            last_failover_time: None,
+            pods: vec![pod("b-0", true, 106)],
+        },
+    ];
+    for d in healer.decide(&views, at(106)) {
+        assert!(!matches!(d.outcome, Outcome::Replace(_)), "{d:?}");
+        assert!(d.suspended.as_ref().is_some_and(tsdb_operator_core::heal::Suspension::is_breaker), "{d:?}");
+    }
 }
