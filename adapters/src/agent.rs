@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub poll: Duration,
     /// Where to serve `/status`, `/metrics` and `/healthz`.
     pub listen: SocketAddr,
+    /// Backup endpoints (`/backup`); see [`crate::backup::agent`].
+    pub backup: Option<crate::backup::agent::BackupAgentConfig>,
 }
 
 #[derive(Clone)]
@@ -142,6 +144,10 @@ pub async fn run(
         .route("/status", get(status_handler))
         .route("/metrics", get(metrics_handler))
         .with_state(shared.clone());
+    let app = match config.backup.clone() {
+        Some(backup) => app.merge(crate::backup::agent::BackupAgent::new(backup).router()),
+        None => app,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %config.listen, dir = %config.config_dir.display(), "agent started");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

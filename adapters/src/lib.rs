@@ -11,6 +11,7 @@
 //! ```
 
 pub mod agent;
+pub mod backup;
 pub mod controller;
 pub mod events;
 pub mod http;

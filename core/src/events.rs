@@ -94,6 +94,33 @@ pub enum Action {
     },
     /// Self-healing acts again after the circuit breaker closed.
     HealingResumed,
+    /// A backup started.
+    BackupStarted {
+        /// Backup id.
+        id: String,
+        /// The pod whose agent takes it.
+        pod: String,
+        /// `scheduled`, `catch-up` or `on-demand`.
+        trigger: String,
+    },
+    /// A backup completed: its manifest is written.
+    BackupSucceeded {
+        /// Backup id.
+        id: String,
+        /// Bytes of all its files.
+        total_bytes: u64,
+        /// Bytes it uploaded (the rest was already stored).
+        uploaded_bytes: u64,
+    },
+    /// A backup failed; nothing was recorded as a backup.
+    BackupFailed {
+        /// Backup id.
+        id: String,
+        /// CamelCase reason.
+        reason: String,
+        /// What happened.
+        message: String,
+    },
 }
 
 impl Action {
@@ -114,6 +141,9 @@ impl Action {
             Action::FailoverTriggered { .. } => "FailoverTriggered",
             Action::HealingSuspended { .. } => "HealingSuspended",
             Action::HealingResumed => "HealingResumed",
+            Action::BackupStarted { .. } => "BackupStarted",
+            Action::BackupSucceeded { .. } => "BackupSucceeded",
+            Action::BackupFailed { .. } => "BackupFailed",
         }
     }
 
@@ -125,6 +155,7 @@ impl Action {
                 | Action::Reverted { .. }
                 | Action::FailoverTriggered { .. }
                 | Action::HealingSuspended { .. }
+                | Action::BackupFailed { .. }
         )
     }
 
@@ -148,6 +179,11 @@ impl Action {
             }
             Action::HealingSuspended { reason } => format!("self-healing suspended: {reason}"),
             Action::HealingResumed => "self-healing resumed: probes succeed again".to_owned(),
+            Action::BackupStarted { id, pod, trigger } => format!("{trigger} backup {id} started on {pod}"),
+            Action::BackupSucceeded { id, total_bytes, uploaded_bytes } => {
+                format!("backup {id} completed: {total_bytes} bytes, {uploaded_bytes} uploaded")
+            }
+            Action::BackupFailed { id, reason, message } => format!("backup {id} failed ({reason}): {message}"),
         }
     }
 }

@@ -373,6 +373,9 @@ async fn write_status(ctx: &Context, pc: &PrometheusCluster, status: &Prometheus
     }
     let ns = pc.namespace().unwrap_or_default();
     let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    // The backup scheduler owns its fields (its own field manager); a stale copy must not overwrite them.
+    let mut status = serde_json::to_value(status).unwrap_or_default();
+    super::backup::strip_backup_fields(&mut status);
     let patch = json!({
         "apiVersion": PrometheusCluster::api_version(&()),
         "kind": PrometheusCluster::kind(&()),

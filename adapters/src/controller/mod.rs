@@ -3,6 +3,7 @@
 //! I/O: the Kubernetes API.
 
 pub mod backoff;
+pub mod backup;
 pub mod cluster;
 pub mod clusterset;
 pub mod heal;

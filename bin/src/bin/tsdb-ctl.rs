@@ -1,5 +1,6 @@
-//! `tsdb-ctl`: command-line tool. `validate` and `plan` work offline on files (a dry run for CI review).
-//! Wiring only: the logic is in the core.
+//! `tsdb-ctl`: command-line tool. `validate` and `plan` work offline on files (a dry run for CI review);
+//! `list`, `verify` and `restore` work on the backups in object storage. Wiring only: the logic is in the core
+//! and the adapters.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,10 @@ use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_core::plan::{ChildKey, Step, plan_children};
 use tsdb_operator_core::validate;
+
+#[path = "../store_args.rs"]
+mod store_args;
+use store_args::{BackupArgs, StoreArgs};
 
 #[derive(Parser)]
 #[command(name = "tsdb-ctl", version, about = "Command-line tool of tsdb-operator")]
@@ -45,6 +50,44 @@ enum Command {
         /// Image of the agent sidecar.
         #[arg(long, default_value = build::DEFAULT_AGENT_IMAGE)]
         agent_image: String,
+    },
+    #[command(flatten)]
+    Backup(BackupCommand),
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// List the complete backups (all pages), newest first: time, size, manifest key, blocks, status.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this cluster (NAMESPACE/NAME).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Print at most this many backups.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Check a backup: its manifest and the size and SHA-256 of every object; exits 1 naming the first bad one.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        which: BackupArgs,
+    },
+    /// Restore a backup into a data directory Prometheus loads as is (blocks directly under it), verifying
+    /// every file before anything appears there. Refuses a non-empty directory without --force.
+    Restore {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        which: BackupArgs,
+        /// The data directory to write.
+        #[arg(long, default_value = "./restore")]
+        dest: PathBuf,
+        /// Write into a non-empty directory (blocks with the same ULID are replaced).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -198,9 +241,104 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
     Ok(if invalid { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+fn mib(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)] // display only
+    let m = bytes as f64 / f64::from(1u32 << 20);
+    format!("{m:.1} MiB")
+}
+
+async fn cmd_backup(command: BackupCommand) -> Result<ExitCode> {
+    use tsdb_operator_adapters::backup::{catalogue, restore};
+    match command {
+        BackupCommand::List { store: args, cluster, limit } => {
+            let store = args.open()?;
+            let scope = match &cluster {
+                Some(c) => {
+                    let (ns, name) = c.split_once('/').context("--cluster: write it as NAMESPACE/NAME")?;
+                    tsdb_operator_core::backup::manifest::Layout::new(&args.prefix, ns, name).root().to_owned()
+                }
+                None => args.prefix.clone(),
+            };
+            let entries = catalogue::list_backups(&store, &scope).await?;
+            for e in entries.iter().take(limit.unwrap_or(usize::MAX)) {
+                match &e.manifest {
+                    Ok(m) => println!(
+                        "{}  {:>10}  {}  blocks={}  Completed",
+                        m.start_time.format("%Y-%m-%dT%H:%M:%SZ"),
+                        m.total_bytes(),
+                        e.manifest_key,
+                        m.blocks.len()
+                    ),
+                    Err(reason) => println!(
+                        "{}  {:>10}  {}  blocks=?  Invalid: {reason}",
+                        e.stored.last_modified.format("%Y-%m-%dT%H:%M:%SZ"),
+                        0,
+                        e.manifest_key
+                    ),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Verify { store: args, which } => {
+            let store = args.open()?;
+            let (layout, id) = store_args::find_backup(&store, &args, &which).await?;
+            let m = restore::verify(&store, &layout, &id, None).await?;
+            println!(
+                "backup {id} under {} is complete: {} blocks, {} files, {} verified",
+                layout.root(),
+                m.blocks.len(),
+                m.file_count(),
+                mib(m.total_bytes())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Restore { store: args, which, dest, force } => {
+            let store = args.open()?;
+            let (layout, id) = store_args::find_backup(&store, &args, &which).await?;
+            eprintln!("restoring backup {id} of {} into {}", layout.root(), dest.display());
+            let last = std::sync::Mutex::new(0u64);
+            let progress: restore::ProgressFn = std::sync::Arc::new(move |p: restore::Progress| {
+                let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
+                let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if pct >= *last + 10 || p.files_done == p.files_total {
+                    *last = pct;
+                    eprintln!(
+                        "  {pct:>3}%  {}/{} files  {} of {}",
+                        p.files_done,
+                        p.files_total,
+                        mib(p.bytes_done),
+                        mib(p.bytes_total)
+                    );
+                }
+            });
+            let done = restore::restore(&store, &layout, &id, &dest, force, Some(progress)).await?;
+            println!(
+                "restored backup {id}: {} blocks, {} files, {} into {}",
+                done.blocks,
+                done.files,
+                mib(done.bytes),
+                dest.display()
+            );
+            println!(
+                "Next steps: the blocks are directly under {0}; start Prometheus with --storage.tsdb.path={0}, or \
+                 create a new PrometheusCluster with spec.restore (see docs/backup.md)",
+                dest.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Backup(command) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("failed to start the runtime")
+            .and_then(|rt| rt.block_on(cmd_backup(command))),
         Command::Validate { file } => cmd_validate(&file),
         Command::Plan { file, observed, output, pdb_api, agent_image } => {
             let pdb_api = match pdb_api {

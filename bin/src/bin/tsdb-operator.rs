@@ -1,4 +1,5 @@
-//! `tsdb-operator`: the operator (default), its agent sidecar (`agent`) and the CRD printer (`crd`). Wiring only.
+//! `tsdb-operator`: the operator (default), its agent sidecar (`agent`, `agent restore`) and the CRD printer
+//! (`crd`). Wiring only.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use tsdb_operator_adapters::metrics::Metrics;
 use tsdb_operator_adapters::{agent, leader};
 use tsdb_operator_core::build::BuildSettings;
 
+#[path = "../store_args.rs"]
+mod store_args;
+
 #[derive(Parser)]
 #[command(name = "tsdb-operator", version, about = "Kubernetes operator for Prometheus clusters")]
 #[command(args_conflicts_with_subcommands = true)]
@@ -28,8 +32,8 @@ struct Cli {
 enum Command {
     /// Run the operator (the default when no subcommand is given).
     Operator(OperatorArgs),
-    /// Run the sidecar agent in a Prometheus pod: reloads the configuration when it changes.
-    Agent(AgentArgs),
+    /// Run the sidecar agent in a Prometheus pod: reloads the configuration when it changes and takes backups.
+    Agent(AgentCli),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
 }
@@ -72,6 +76,51 @@ struct OperatorArgs {
     /// Watch only this namespace (PrometheusClusterSets, which span namespaces, are then not reconciled).
     #[arg(long, env = "TSDB_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Run the backup scheduler.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    enable_backup: bool,
+    /// S3 endpoint used by clusters whose spec.backup.endpoint is empty.
+    #[arg(long, default_value = "")]
+    s3_endpoint: String,
+    /// Region used by clusters whose spec.backup.region is empty.
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+    /// A local directory used instead of S3 when no endpoint is set (demo; the agents must see the same path).
+    #[arg(long, default_value = "")]
+    backup_dir: String,
+    /// Seconds between two passes of the backup scheduler.
+    #[arg(long, default_value_t = 15)]
+    backup_tick_seconds: u64,
+    /// Objects that no backup references are deleted only when older than this (Prometheus duration).
+    #[arg(long, default_value = "1h")]
+    backup_gc_grace: String,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AgentCli {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    #[command(flatten)]
+    run: AgentArgs,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Restore a backup into an empty data directory (the init container of `spec.restore`); does nothing when
+    /// the directory already holds data.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    store: store_args::StoreArgs,
+    #[command(flatten)]
+    which: store_args::BackupArgs,
+    /// The data directory to restore into.
+    #[arg(long, default_value = tsdb_operator_core::constants::paths::DATA_DIR)]
+    dest: PathBuf,
 }
 
 #[derive(Args)]
@@ -88,6 +137,15 @@ struct AgentArgs {
     /// Seconds between checks for a changed configuration.
     #[arg(long, default_value_t = 2)]
     poll_seconds: u64,
+    /// The Prometheus data directory (snapshots are read from `<dir>/snapshots`).
+    #[arg(long, default_value = tsdb_operator_core::constants::paths::DATA_DIR)]
+    data_dir: PathBuf,
+    /// Directory of the mounted agent token Secret; backup requests need this bearer token.
+    #[arg(long, default_value = tsdb_operator_core::build::backup::AGENT_TOKEN_DIR)]
+    token_dir: PathBuf,
+    /// Directory of the mounted backup credentials Secret.
+    #[arg(long, default_value = tsdb_operator_core::build::backup::BACKUP_CREDENTIALS_DIR)]
+    credentials_dir: PathBuf,
     /// Log format: text or json.
     #[arg(long, env = "TSDB_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -156,7 +214,20 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     let identity = format!("{identity}-{}", std::process::id());
     let pdb_api =
         discovery::discover_pdb_api(&client).await.context("failed to discover the PodDisruptionBudget API")?;
-    let settings = BuildSettings { agent_image: args.agent_image.clone(), pdb_api, ..BuildSettings::default() };
+    let backup_defaults = tsdb_operator_core::backup::protocol::BackupDefaults {
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        local_dir: args.backup_dir.clone(),
+    };
+    let backup_config = controller::backup::BackupConfig {
+        defaults: backup_defaults.clone(),
+        tick: Duration::from_secs(args.backup_tick_seconds.max(1)),
+        gc_grace: tsdb_operator_core::duration::parse(&args.backup_gc_grace)
+            .map_err(|e| anyhow::anyhow!("--backup-gc-grace {:?}: {e}", args.backup_gc_grace))?,
+        ..controller::backup::BackupConfig::default()
+    };
+    let enable_backup = args.enable_backup;
+    let settings = BuildSettings { agent_image: args.agent_image.clone(), pdb_api, backup: backup_defaults };
     let metrics = Metrics::new();
     let health = Health::default();
     let events = EventBus::new(client.clone(), &identity);
@@ -177,16 +248,25 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     }
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 
-    let run_controllers = |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| async move {
-        let healer = controller::heal::run(ctx.clone(), controller::heal::HealerConfig::default(), until(&stop));
-        if ctx.namespace.is_some() {
-            tokio::join!(controller::cluster::run(ctx, until(&stop)), healer);
-        } else {
-            tokio::join!(
-                controller::cluster::run(ctx.clone(), until(&stop)),
-                controller::clusterset::run(ctx, until(&stop)),
-                healer,
-            );
+    let run_controllers = move |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| {
+        let backup_config = backup_config.clone();
+        async move {
+            let healer = controller::heal::run(ctx.clone(), controller::heal::HealerConfig::default(), until(&stop));
+            let backups = async {
+                if enable_backup {
+                    controller::backup::run(ctx.clone(), backup_config, until(&stop)).await;
+                }
+            };
+            if ctx.namespace.is_some() {
+                tokio::join!(controller::cluster::run(ctx.clone(), until(&stop)), healer, backups);
+            } else {
+                tokio::join!(
+                    controller::cluster::run(ctx.clone(), until(&stop)),
+                    controller::clusterset::run(ctx.clone(), until(&stop)),
+                    healer,
+                    backups,
+                );
+            }
         }
     };
 
@@ -240,12 +320,22 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
 
 async fn run_agent(args: AgentArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
+    let backup = tsdb_operator_adapters::backup::agent::BackupAgentConfig {
+        take: tsdb_operator_adapters::backup::take::TakeConfig {
+            prometheus_url: args.prometheus_url.clone(),
+            data_dir: args.data_dir,
+            credentials_dir: args.credentials_dir,
+            tuning: tsdb_operator_adapters::backup::store::Tuning::default(),
+        },
+        token_dir: args.token_dir,
+    };
     agent::run(
         agent::AgentConfig {
             config_dir: args.config_dir,
             prometheus_url: args.prometheus_url,
             poll: Duration::from_secs(args.poll_seconds.max(1)),
             listen: args.listen,
+            backup: Some(backup),
         },
         until(&shutdown),
     )
@@ -253,17 +343,54 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     Ok(())
 }
 
+/// The init container's restore: only into an empty data directory, so a running cluster is never restored
+/// over; verified file by file before anything appears in the data directory.
+async fn run_restore(args: RestoreArgs) -> Result<()> {
+    use tsdb_operator_adapters::backup::restore;
+    if let Some(entry) = restore::non_empty_entry(&args.dest)? {
+        tracing::info!(dest = %args.dest.display(), %entry, "the data directory already holds data; nothing to restore");
+        return Ok(());
+    }
+    let store = args.store.open()?;
+    let (layout, id) = store_args::find_backup(&store, &args.store, &args.which).await?;
+    tracing::info!(root = layout.root(), %id, dest = %args.dest.display(), "restoring");
+    let last = std::sync::Mutex::new(0u64);
+    let progress: restore::ProgressFn = std::sync::Arc::new(move |p: restore::Progress| {
+        let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
+        let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pct >= *last + 10 || p.files_done == p.files_total {
+            *last = pct;
+            tracing::info!(
+                files = p.files_done,
+                of = p.files_total,
+                bytes = p.bytes_done,
+                total = p.bytes_total,
+                "restore progress"
+            );
+        }
+    });
+    let done = restore::restore(&store, &layout, &id, &args.dest, false, Some(progress)).await?;
+    tracing::info!(%id, blocks = done.blocks, files = done.files, bytes = done.bytes, "restore complete");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    // object_store brings aws-lc-rs next to kube's ring: pick one for rustls, or kube's TLS setup panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crd) => {
             print!("{}", tsdb_operator_core::crd::crds_yaml()?);
             Ok(())
         }
-        Some(Command::Agent(args)) => {
-            init_tracing(&args.log_format);
-            run_agent(args).await
+        Some(Command::Agent(AgentCli { command: Some(AgentCommand::Restore(args)), .. })) => {
+            init_tracing("text");
+            run_restore(args).await
+        }
+        Some(Command::Agent(AgentCli { command: None, run })) => {
+            init_tracing(&run.log_format);
+            run_agent(run).await
         }
         Some(Command::Operator(args)) => {
             init_tracing(&args.log_format);

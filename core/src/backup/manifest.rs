@@ -263,6 +263,19 @@ impl Layout {
         Self { root: parts.join("/") }
     }
 
+    /// The layout of a root found in a listing (`<prefix>/<namespace>/<cluster>`).
+    pub fn from_root(root: &str) -> Self {
+        Self { root: root.trim_matches('/').to_owned() }
+    }
+
+    /// The cluster root of a full manifest key (`<root>/backups/<id>/manifest.json`) and the backup id.
+    pub fn split_manifest_key(full: &str) -> Option<(Self, &str)> {
+        let (root, rest) = full.rsplit_once(&format!("/{BACKUPS_DIR}/"))?;
+        let id = rest.strip_suffix(MANIFEST_FILE)?.strip_suffix('/')?;
+        check_id(id).ok()?;
+        Some((Self::from_root(root), id))
+    }
+
     /// The cluster root, without a trailing `/`.
     pub fn root(&self) -> &str {
         &self.root
@@ -413,6 +426,8 @@ mod tests {
         assert_eq!(l.relative("p/ns/demo/blocks/a"), Some("blocks/a"));
         assert_eq!(l.relative("p/ns/demo2/blocks/a"), None);
         assert_eq!(Layout::manifest_id("backups/X/manifest.json"), Some("X"));
+        let (root, id) = Layout::split_manifest_key("p/ns/demo/backups/X/manifest.json").unwrap();
+        assert_eq!((root.root(), id), ("p/ns/demo", "X"));
         assert_eq!(Layout::classify(&Layout::block_file_key(ULID, "index")), KeyKind::Block { ulid: ULID });
         assert_eq!(Layout::classify("backups/X/manifest.json"), KeyKind::Manifest { id: "X" });
         assert_eq!(Layout::classify("backups/X/files/a"), KeyKind::BackupFile { id: "X" });
