@@ -176,6 +176,16 @@ impl ControlPlane {
         self.token_for(ADMIN_USER).unwrap_or_default()
     }
 
+    /// The API server's audit log (JSON lines): one `ResponseComplete` entry per write request.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.workdir.path().join("audit.log")
+    }
+
+    /// Write requests made by `user` (as authenticated) recorded in the audit log so far.
+    pub fn audit_writes_by(&self, user: &str) -> Result<Vec<crate::audit::AuditEntry>> {
+        crate::audit::writes_by(&self.audit_log_path(), user)
+    }
+
     /// The users of the token file: [`ADMIN_USER`], [`ALICE_USER`], [`OPERATOR_SA_USER`].
     pub fn users(&self) -> &[TestUser] {
         &self.users
@@ -408,6 +418,11 @@ fn start_once() -> Result<ControlPlane> {
     // kube-apiserver
     let cert_dir = workdir.subdir("apiserver-certs")?;
     let api_port = free_port(LOOPBACK)?;
+    // Every write request is recorded with its user and user agent, so tests can count what a client changed.
+    let audit_policy = dir.join("audit-policy.yaml");
+    std::fs::write(&audit_policy, crate::audit::POLICY)
+        .with_context(|| format!("failed to write {}", audit_policy.display()))?;
+    let audit_log = dir.join("audit.log");
     let mut apiserver = ProcessBuilder::new("kube-apiserver", &bin.apiserver)
         .arg(format!("--etcd-servers={etcd_url}"))
         .arg("--bind-address=127.0.0.1")
@@ -423,6 +438,10 @@ fn start_once() -> Result<ControlPlane> {
         .arg("--service-cluster-ip-range=10.0.0.0/24")
         .arg("--allow-privileged=true")
         .arg("--profiling=false")
+        .arg(format!("--audit-policy-file={}", audit_policy.display()))
+        .arg(format!("--audit-log-path={}", audit_log.display()))
+        .arg("--audit-log-format=json")
+        .arg("--audit-log-maxsize=0")
         .grace(Duration::from_secs(5))
         .spawn(&workdir)?;
     let ca_cert = cert_dir.join("apiserver.crt");

@@ -14,6 +14,7 @@
 //!
 //! Binaries come from `scripts/install-deps.sh` ([`paths`]). See `docs/testenv.md`.
 
+pub mod audit;
 pub mod controlplane;
 pub mod kubelet;
 pub mod paths;

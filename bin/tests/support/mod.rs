@@ -68,6 +68,24 @@ fn start_env() -> Result<Env> {
     Ok(Env { cp, kubelet, workdir })
 }
 
+/// The shared control plane with the project's CRDs, without a kubelet (pods stay Pending).
+pub fn control_plane_only() -> &'static ControlPlane {
+    static CRDS: OnceLock<Result<(), String>> = OnceLock::new();
+    let cp = ControlPlane::shared();
+    let installed = CRDS.get_or_init(|| {
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(cp.install_project_crds()).map_err(|e| format!("{e:#}"))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the CRD install thread panicked".to_owned()))
+    });
+    if let Err(e) = installed {
+        panic!("failed to install the CRDs: {e}");
+    }
+    cp
+}
+
 /// A running operator process.
 pub struct Operator {
     pub process: Supervised,
@@ -78,10 +96,15 @@ impl Operator {
     /// Starts `tsdb-operator` watching `namespace` (all namespaces when `None`), with `extra` arguments.
     pub fn start(namespace: Option<&str>, extra: &[&str]) -> Result<Self> {
         let env = env();
+        Self::start_on(env.cp, &env.workdir, namespace, extra)
+    }
+
+    /// Starts `tsdb-operator` against `cp`, logging into `workdir`.
+    pub fn start_on(cp: &ControlPlane, workdir: &Workdir, namespace: Option<&str>, extra: &[&str]) -> Result<Self> {
         let port = free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
         let mut builder = ProcessBuilder::new(format!("operator-{}", namespace.unwrap_or("all")), operator_binary())
             .arg("--kubeconfig")
-            .arg(env.cp.kubeconfig_path())
+            .arg(cp.kubeconfig_path())
             .arg(format!("--metrics-bind-address=127.0.0.1:{port}"))
             .arg("--health-probe-bind-address=0")
             .env("RUST_LOG", "info,tsdb_operator_adapters=debug,kube=warn")
@@ -90,7 +113,7 @@ impl Operator {
             builder = builder.arg(format!("--watch-namespace={ns}"));
         }
         builder = builder.args(extra);
-        let process = builder.spawn(&env.workdir)?;
+        let process = builder.spawn(workdir)?;
         Ok(Self { process, metrics_port: port })
     }
 

@@ -1,0 +1,119 @@
+//! `tsdb-demo`: the README's quick start. Brings up the local cluster (real control plane + process kubelet),
+//! installs the CRDs, runs the operator, applies a sample PrometheusCluster, waits until it is Active and prints
+//! where to look. Runs until Ctrl-C, then stops everything it started.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use tsdb_operator_core::crd::{Phase, PrometheusCluster};
+use tsdb_operator_testenv::controlplane::ControlPlane;
+use tsdb_operator_testenv::kubelet::Kubelet;
+use tsdb_operator_testenv::process::{ProcessBuilder, Workdir};
+
+/// Local demo of tsdb-operator on embedded defaults.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The PrometheusCluster to apply.
+    #[arg(long, default_value = "deploy/samples/prometheuscluster.yaml")]
+    sample: PathBuf,
+    /// The operator binary.
+    #[arg(long, default_value = "target/debug/tsdb-operator")]
+    operator: PathBuf,
+    /// Namespace of the sample.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Exit once the sample is Active instead of running until Ctrl-C.
+    #[arg(long)]
+    exit_when_active: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    println!("starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler)...");
+    let cp = ControlPlane::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run(&args, &cp, started))
+}
+
+async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
+    cp.install_project_crds().await?;
+    let workdir = Workdir::create("demo")?;
+    let operator = std::fs::canonicalize(&args.operator)
+        .with_context(|| format!("operator binary {} not found: run `cargo build --bins`", args.operator.display()))?;
+    println!("starting the process kubelet (3 nodes, pods run as local processes)...");
+    let kubelet = Kubelet::builder(cp.kubeconfig_path())
+        .nodes(3)
+        .state_dir(workdir.subdir("kubelet")?)
+        .operator_binary(&operator)
+        .start()
+        .await?;
+    println!("starting the operator...");
+    let mut op = ProcessBuilder::new("tsdb-operator", &operator)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .arg("--metrics-bind-address=127.0.0.1:8082")
+        .arg("--health-probe-bind-address=127.0.0.1:8081")
+        .spawn(&workdir)?;
+
+    let client = cp.client();
+    let text =
+        std::fs::read_to_string(&args.sample).with_context(|| format!("failed to read {}", args.sample.display()))?;
+    let mut value: serde_json::Value = serde_yaml::from_str(&text)?;
+    let name = value["metadata"]["name"].as_str().context("the sample has no metadata.name")?.to_owned();
+    value["metadata"]["namespace"] = serde_json::Value::String(args.namespace.clone());
+    let api: Api<PrometheusCluster> = Api::namespaced(client.clone(), &args.namespace);
+    api.patch(&name, &PatchParams::apply("tsdb-demo").force(), &Patch::Apply(&value)).await?;
+    println!("applied PrometheusCluster {}/{name}; waiting until it is Active...", args.namespace);
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let pc = loop {
+        let pc = api.get(&name).await?;
+        let st = pc.status.clone().unwrap_or_default();
+        if st.phase == Some(Phase::Active) {
+            break pc;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name} did not become Active in 5 minutes (phase {:?}); operator log: {}",
+                st.phase,
+                op.log_tail(20)
+            );
+        }
+        op.check_running()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let ready = pc.status.as_ref().map_or(0, |s| s.ready_replicas);
+    println!(
+        "\nPrometheusCluster {}/{name} is Active with {ready} ready replicas ({:.1?} after start).\n",
+        args.namespace,
+        started.elapsed()
+    );
+    println!("  kubeconfig:   {}", cp.kubeconfig_path().display());
+    println!("  try:          kubectl --kubeconfig {} get prometheusclusters -A", cp.kubeconfig_path().display());
+    let pods: Api<Pod> = Api::namespaced(client, &args.namespace);
+    for pod in pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"))).await? {
+        if let Some(ip) = pod.status.and_then(|s| s.pod_ip) {
+            println!("  Prometheus:   http://{ip}:9090   ({})", pod.metadata.name.unwrap_or_default());
+        }
+    }
+    println!("  metrics:      http://127.0.0.1:8082/metrics   (operator)");
+    println!("  logs:         {}", workdir.logs().display());
+    if args.exit_when_active {
+        op.stop()?;
+        kubelet.shutdown().await;
+        return Ok(());
+    }
+    println!("\nPress Ctrl-C to stop everything.");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping...");
+    op.stop()?;
+    kubelet.shutdown().await;
+    Ok(())
+}
