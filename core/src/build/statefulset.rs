@@ -50,7 +50,7 @@ pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 = 600;
 /// restarted from scratch (the restart loop of prometheus-operator #3094/#3391). A replay that exceeds the budget
 /// is treated as stuck and the kubelet restarts the container. The operator's self-healing reads the same budget
 /// and leaves a replica alone while its container has not started.
-pub const STARTUP_PROBE_PERIOD_SECONDS: i32 = 15;
+pub const STARTUP_PROBE_PERIOD_SECONDS: i32 = 5;
 
 /// Name of the data volume claim template and of its mounts.
 const DATA_VOLUME: &str = volumes::DATA;
@@ -436,8 +436,8 @@ mod tests {
     #[test]
     fn startup_budget_is_rounded_up_to_whole_probe_periods() {
         let secs = std::time::Duration::from_secs;
-        assert_eq!(startup_failure_threshold(secs(15 * 60)), 60);
-        assert_eq!(startup_failure_threshold(secs(16)), 2);
+        assert_eq!(startup_failure_threshold(secs(15 * 60)), 180);
+        assert_eq!(startup_failure_threshold(secs(16)), 4);
         assert_eq!(startup_failure_threshold(secs(0)), 1);
         assert_eq!(startup_failure_threshold(secs(u64::MAX / 2000)), i32::MAX);
     }
