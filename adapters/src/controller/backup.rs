@@ -14,8 +14,9 @@
 //! # Guarantees
 //! - At most one backup per cluster is in flight: the running job is recorded in the status before anything
 //!   else starts, and survives operator restarts (the new leader follows the same job).
-//! - Status is written with server-side apply under its own field manager (`tsdb-operator-backup`); the cluster
-//!   controller leaves these fields out of its own applies, so the two never overwrite each other.
+//! - Status is written with a JSON patch guarded by the object's `resourceVersion` under its own field manager
+//!   (`tsdb-operator-backup`); the cluster controller leaves `status.backup` and `status.lastBackupTime` out of
+//!   its applies and carries `BackupHealthy` over; a stale copy of the condition is repaired at the next tick.
 //! - A cluster whose backup is disabled, or that is deleted, is never backed up again.
 //! - The operator never reads bucket credentials: the agent reads them from its mounted Secret.
 
@@ -300,6 +301,12 @@ async fn pass(
     })?;
     let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
     let now = Utc::now();
+    let present = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));
+    if let Some(implied) = implied_condition(pc, &previous)
+        && present.is_none_or(|c| c.status != implied.status || c.reason != implied.reason)
+    {
+        return write_status(ctx, pc, ns, &previous, None, Some(implied)).await;
+    }
 
     if let Some(running) = &previous.running {
         let pod = pods.iter().find(|p| p.name_any() == running.pod);
@@ -493,8 +500,10 @@ async fn finish(
     Ok(())
 }
 
-/// Applies the fields this scheduler owns. Every apply carries all of them (server-side apply removes owned
-/// fields that an apply leaves out).
+/// Writes `status.backup`, `status.lastBackupTime` and the `BackupHealthy` condition with a JSON patch that first
+/// tests the object's `resourceVersion`: a read-modify-write of the whole conditions list that fails instead of
+/// overwriting a newer status (API servers that treat the list as atomic for server-side apply would otherwise let
+/// two writers drop each other's conditions). A failed test is retried at the next tick.
 async fn write_status(
     ctx: &Context,
     pc: &PrometheusCluster,
@@ -504,36 +513,73 @@ async fn write_status(
     condition: Option<Condition>,
 ) -> Result<(), Error> {
     let current = pc.status.as_ref();
-    let last_backup_time = last_backup_time.or_else(|| current.and_then(|s| s.last_backup_time.clone()));
-    let condition = condition
-        .or_else(|| current.and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY).cloned()));
-    let mut status = json!({ "backup": backup });
+    let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": pc.resource_version()})];
+    if current.is_none() {
+        ops.push(json!({"op": "add", "path": "/status", "value": {}}));
+    }
+    ops.push(json!({"op": "add", "path": "/status/backup", "value": backup}));
     if let Some(t) = last_backup_time {
-        status["lastBackupTime"] = json!(t);
+        ops.push(json!({"op": "add", "path": "/status/lastBackupTime", "value": t}));
     }
     if let Some(c) = condition {
-        status["conditions"] = json!([c]);
+        let mut list: Vec<Condition> = current.map(|s| s.conditions.clone()).unwrap_or_default();
+        list.retain(|x| x.type_ != conditions::BACKUP_HEALTHY);
+        list.push(c);
+        list.sort_by(|a, b| a.type_.cmp(&b.type_));
+        ops.push(json!({"op": "add", "path": "/status/conditions", "value": list}));
     }
-    let patch = json!({
-        "apiVersion": PrometheusCluster::api_version(&()),
-        "kind": PrometheusCluster::kind(&()),
-        "status": status,
-    });
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+        .map_err(|e| Error::WriteStatus(kube::Error::SerdeError(e)))?;
     let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), ns);
-    api.patch_status(&pc.name_any(), &PatchParams::apply(BACKUP_FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::WriteStatus)?;
+    let pp = PatchParams { field_manager: Some(BACKUP_FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    api.patch_status(&pc.name_any(), &pp, &Patch::<()>::Json(patch)).await.map_err(Error::WriteStatus)?;
     Ok(())
 }
 
-/// Removes the fields the backup scheduler owns from a status about to be applied by another field manager, so
-/// that a stale copy never overwrites the scheduler's newer values.
+/// The `BackupHealthy` condition that `status.backup` implies (the last outcome), if any backup finished.
+fn implied_condition(pc: &PrometheusCluster, b: &BackupStatus) -> Option<Condition> {
+    let ok = b.last_successful_backup_time.as_ref().map(from_time);
+    let failed = b.last_failed_backup_time.as_ref().map(from_time);
+    let outcome = match (ok, failed) {
+        (None, None) => return None,
+        (Some(o), Some(f)) if f > o => failed_outcome(b),
+        (None, Some(_)) => failed_outcome(b),
+        _ => Outcome::Succeeded {
+            id: b.last_backup_id.clone().unwrap_or_default(),
+            total_bytes: b.last_backup_bytes.and_then(|v| u64::try_from(v).ok()).unwrap_or_default(),
+            uploaded_bytes: b.last_backup_uploaded_bytes.and_then(|v| u64::try_from(v).ok()).unwrap_or_default(),
+        },
+    };
+    let when = ok.max(failed).unwrap_or_default();
+    let old = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));
+    Some(merge_backup_condition(old, backup_condition(&outcome, pc.metadata.generation, when)))
+}
+
+fn failed_outcome(b: &BackupStatus) -> Outcome {
+    let error = b.last_backup_error.clone().unwrap_or_default();
+    let (reason, message) = error.split_once(": ").unwrap_or(("StorageFailed", error.as_str()));
+    let reason = [
+        FailureReason::SnapshotFailed,
+        FailureReason::StorageFailed,
+        FailureReason::ReadFailed,
+        FailureReason::RetentionFailed,
+        FailureReason::AgentLost,
+        FailureReason::OperatorRestarted,
+        FailureReason::Rejected,
+    ]
+    .into_iter()
+    .find(|r| r.as_str() == reason)
+    .unwrap_or(FailureReason::StorageFailed);
+    Outcome::Failed { reason, message: message.to_owned() }
+}
+
+/// Removes the fields only the backup scheduler writes (`backup`, `lastBackupTime`) from a status about to be
+/// applied by the cluster controller, so that a stale copy never overwrites the scheduler's newer values. The
+/// `BackupHealthy` condition stays: the cluster controller carries it over, and the scheduler re-derives it from
+/// `status.backup` at every tick if a stale copy ever replaced it.
 pub fn strip_backup_fields(status: &mut serde_json::Value) {
     if let Some(obj) = status.as_object_mut() {
         obj.remove("backup");
         obj.remove("lastBackupTime");
-        if let Some(conds) = obj.get_mut("conditions").and_then(serde_json::Value::as_array_mut) {
-            conds.retain(|c| c["type"] != conditions::BACKUP_HEALTHY);
-        }
     }
 }
