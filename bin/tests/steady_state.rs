@@ -59,8 +59,8 @@ async fn idle_clusters_cost_zero_writes_with_least_privilege_rbac() -> Result<()
     let during_create = env.cp.audit_writes_by(OPERATOR_SA_USER)?.len();
     assert!(during_create > 0, "the operator wrote the children under its least-privilege identity");
 
-    // Let in-flight follow-ups (status after the last pod became ready, short re-checks) settle.
-    tokio::time::sleep(Duration::from_secs(150)).await;
+    // Let in-flight follow-ups (the status write after the last pod became ready) settle.
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let before = env.cp.audit_writes_by(OPERATOR_SA_USER)?.len();
     tokio::time::sleep(Duration::from_secs(120)).await;
     let after = env.cp.audit_writes_by(OPERATOR_SA_USER)?;
