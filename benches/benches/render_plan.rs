@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("serialize_only", |b| {
         b.iter(|| {
             let out = objects.manifests(&settings).expect("serializes");
-            let bytes: usize = out.iter().map(|m| serde_json::to_vec(m).map(|v| v.len()).unwrap_or(0)).sum();
+            let bytes: usize = out.iter().map(|m| serde_json::to_vec(m).map_or(0, |v| v.len())).sum();
             black_box(bytes)
         });
     });

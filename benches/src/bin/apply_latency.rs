@@ -60,7 +60,7 @@ async fn null_operator(client: kube::Client, ns: String) {
     let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
     while let Some(Ok(pc)) = stream.next().await {
         let Ok(desired) = build::build(&pc, &settings).and_then(|d| d.manifests(&settings)) else { continue };
-        for step in plan_children(&desired, &Default::default()).steps {
+        for step in plan_children(&desired, &std::collections::BTreeMap::default()).steps {
             if let Step::Apply { key, manifest, .. } = &step {
                 let (group, version) = key.api_version.split_once('/').unwrap_or(("", key.api_version.as_str()));
                 let plural = format!("{}s", key.kind.to_ascii_lowercase());
