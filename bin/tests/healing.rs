@@ -126,9 +126,9 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let ns = namespace("heal-wal").await;
     let op = Operator::start(Some(&ns), &[])?;
-    // 120 copies of Prometheus' own metrics every second (127.0.0.x all reach the pod's own loopback): about
-    // 60k series, so that replaying the WAL after a restart takes seconds, during which /-/ready answers 503.
-    let targets: Vec<String> = (1..=120).map(|i| format!("\"127.0.0.{i}:9090\"")).collect();
+    // 200 copies of Prometheus' own metrics every second (127.0.0.x all reach the pod's own loopback): about
+    // 100k series, so that replaying the WAL after a restart takes seconds, during which /-/ready answers 503.
+    let targets: Vec<String> = (1..=200).map(|i| format!("\"127.0.0.{i}:9090\"")).collect();
     let extra = format!(
         "  additionalScrapeConfigs:\n    inline: |\n      - job_name: load\n        scrape_interval: 1s\n        \
          static_configs:\n          - targets: [{}]\n",
@@ -139,18 +139,18 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     let pod = Api::<Pod>::namespaced(client(), &ns).get("wal-0").await?;
     let uid = pod.metadata.uid.clone().context("uid")?;
     let ip = pod_ip(&pod).context("pod IP")?;
-    eventually("50k head series", Duration::from_secs(180), || {
+    eventually("90k head series", Duration::from_secs(180), || {
         let ip = ip.clone();
         async move {
             let v =
                 prom_get(&ip, "/api/v1/query?query=prometheus_tsdb_head_series%7Bjob%3D%22prometheus%22%7D").await?;
             let n: f64 = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-            Ok((n >= 50_000.0).then_some(()))
+            Ok((n >= 90_000.0).then_some(()))
         }
     })
     .await?;
-    // Let the WAL grow for a minute more.
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Let the WAL grow for a while.
+    tokio::time::sleep(Duration::from_secs(100)).await;
 
     // SIGKILL: the kubelet restarts the container, which replays the WAL.
     env().kubelet.faults().kill(&ns, "wal-0", "prometheus")?;
