@@ -741,3 +741,95 @@ fn cond(type_: &str, status: bool, reason: &str, message: String) -> Condition {
         last_transition_time: Time(Timestamp::UNIX_EPOCH),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn settings_come_from_the_spec_and_paused_turns_healing_off() {
+        let mut spec: PrometheusClusterSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        let s = HealSettings::from_spec(&spec).unwrap();
+        assert_eq!(
+            s,
+            HealSettings {
+                enabled: true,
+                paused: false,
+                probe_interval: Duration::from_secs(30),
+                failure_threshold: 3,
+                startup_budget: Duration::from_mins(15),
+                cooldown: Duration::from_mins(5),
+            }
+        );
+        spec.paused = true;
+        assert!(!HealSettings::from_spec(&spec).unwrap().enabled);
+        spec.self_healing.probe_interval = "0s".into();
+        assert_eq!(HealSettings::from_spec(&spec), Err(Error::Zero { field: "probeInterval" }));
+        spec.self_healing.probe_interval = "soon".into();
+        assert!(matches!(HealSettings::from_spec(&spec), Err(Error::Duration { field: "probeInterval", .. })));
+    }
+
+    #[test]
+    fn conditions_do_not_change_between_passes_when_nothing_changes() {
+        let decision = ClusterDecision {
+            key: ClusterKey { namespace: "ns".into(), name: "demo".into() },
+            verdicts: BTreeMap::new(),
+            suspended: Some(Suspension::Cluster { failing: 2, of: 2 }),
+            replacing: None,
+            outcome: Outcome::Held { pod: "demo-1".into(), hold: Hold::CircuitOpen },
+        };
+        let first = build_heal_conditions(&decision, None, &[], Some(1), t(0));
+        let second = build_heal_conditions(&decision, None, &first, Some(1), t(60));
+        assert_eq!(first, second, "an unchanged decision needs no status write");
+        let suspended = first.iter().find(|c| c.type_ == conditions::HEALING_SUSPENDED).unwrap();
+        assert_eq!((suspended.status.as_str(), suspended.reason.as_str()), ("True", reasons::MOST_REPLICAS_FAILING));
+        let healing = first.iter().find(|c| c.type_ == conditions::HEALING).unwrap();
+        assert_eq!(healing.status, "False");
+    }
+
+    #[test]
+    fn a_replacement_sets_healing_until_the_successor_is_ready() {
+        let key = ClusterKey { namespace: "ns".into(), name: "demo".into() };
+        let settings = HealSettings {
+            enabled: true,
+            paused: false,
+            probe_interval: Duration::from_secs(1),
+            failure_threshold: 1,
+            startup_budget: Duration::from_mins(1),
+            cooldown: Duration::ZERO,
+        };
+        let pod = |uid: &str, kubelet_ready| ReplicaFacts {
+            name: "demo-0".into(),
+            uid: uid.into(),
+            running: true,
+            started_at: Some(t(0)),
+            restart_count: 0,
+            started: true,
+            kubelet_ready,
+            terminating: false,
+        };
+        let view = |p: ReplicaFacts| ClusterView {
+            key: key.clone(),
+            settings,
+            replicas: 1,
+            last_failover_time: None,
+            pods: vec![p],
+        };
+        let mut healer = Healer::new();
+        healer.record_probe(&key, &pod("old", false), ProbeResult::Unreachable { detail: "x".into() }, t(100));
+        let d = healer.decide(&[view(pod("old", false))], t(100));
+        let Outcome::Replace(r) = &d[0].outcome else { panic!("{d:?}") };
+        assert_eq!(r.grace_period_seconds, Some(UNRESPONSIVE_GRACE_PERIOD_SECONDS));
+        healer.record_replacement(&key, r, t(100));
+        let d = healer.decide(&[view(pod("new", false))], t(105));
+        assert_eq!(d[0].replacing.as_ref().map(|p| p.pod.as_str()), Some("demo-0"));
+        healer.record_probe(&key, &pod("new", true), ProbeResult::Ready, t(110));
+        let d = healer.decide(&[view(pod("new", true))], t(110));
+        assert_eq!(d[0].replacing, None);
+        assert_eq!(d[0].outcome, Outcome::Nothing);
+    }
+}

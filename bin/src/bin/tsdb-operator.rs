@@ -251,7 +251,8 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     let run_controllers = move |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| {
         let backup_config = backup_config.clone();
         async move {
-            let healer = controller::heal::run(ctx.clone(), controller::heal::HealerConfig::default(), until(&stop));
+            let healer =
+                Box::pin(controller::heal::run(ctx.clone(), controller::heal::HealerConfig::default(), until(&stop)));
             let backups = async {
                 if enable_backup {
                     controller::backup::run(ctx.clone(), backup_config, until(&stop)).await;
