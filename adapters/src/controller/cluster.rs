@@ -62,6 +62,9 @@ pub enum Error {
     /// Writing the status failed.
     #[error("failed to write the status")]
     WriteStatus(#[source] kube::Error),
+    /// Adding the finalizer failed.
+    #[error("failed to add the finalizer")]
+    AddFinalizer(#[source] kube::Error),
     /// Adding or removing the finalizer failed.
     #[error("failed to run the finalizer")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -75,6 +78,7 @@ impl Error {
             Error::Children(e) => e.category(),
             Error::ReadSecret { .. } => "ReadSecret",
             Error::WriteStatus(_) => "WriteStatus",
+            Error::AddFinalizer(_) => "AddFinalizer",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.category(),
@@ -114,6 +118,7 @@ pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<
     let key = key_of(&pc);
     let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let pc = ensure_finalizer(&api, pc).await?;
     let result = finalizer(&api, FINALIZER, pc, |event| async {
         match event {
             FinalizerEvent::Apply(pc) => apply(&pc, &ctx).await,
@@ -127,6 +132,24 @@ pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<
         ctx.backoff.success(&key);
     }
     result
+}
+
+/// Adds the finalizer to a live object and carries on with the patched object in the same reconcile (kube's
+/// `finalizer` helper would return and wait for the watch event of its own patch, one round trip later). The
+/// patch carries the resourceVersion it was computed from, so a concurrent change makes it fail and retry.
+async fn ensure_finalizer(
+    api: &Api<PrometheusCluster>,
+    pc: Arc<PrometheusCluster>,
+) -> Result<Arc<PrometheusCluster>, Error> {
+    if pc.metadata.deletion_timestamp.is_some() || pc.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(pc);
+    }
+    let mut finalizers = pc.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": pc.resource_version()}});
+    let patched =
+        api.patch(&pc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::AddFinalizer)?;
+    Ok(Arc::new(patched))
 }
 
 /// Retry with per-object exponential backoff.
@@ -169,7 +192,13 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
 
     // observe
     let pdb_version = ctx.settings.pdb_api.api_version();
-    let observed = match children::observe_children(&ctx.client, &ns, &name, &uid, pdb_version).await {
+    // The reads are independent: children, referenced Secrets and pods are read at once.
+    let (observed, secret_problems, pods) = tokio::join!(
+        children::observe_children(&ctx.client, &ns, &name, &uid, pdb_version),
+        observe_secret_problems(ctx, &ns, pc),
+        children::observe_pods(&ctx.client, &ns, &name),
+    );
+    let observed = match observed {
         Ok(o) => o,
         Err(e @ children::Error::NotOwned { .. }) => {
             let problem = Problem { reason: "NameConflict".into(), message: e.to_string() };
@@ -179,15 +208,15 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e.into()),
     };
-    let mut problems = observe_secret_problems(ctx, &ns, pc).await?;
+    let mut problems = secret_problems?;
+    let pods = pods?;
     let sts: Option<StatefulSet> = observed
         .iter()
         .find(|(k, _)| k.kind == "StatefulSet")
         .and_then(|(_, v)| serde_json::from_value(v.clone()).ok());
-    let pods = children::observe_pods(&ctx.client, &ns, &name).await?;
-    problems.extend(observe_reload_problems(ctx, &pods).await);
 
     if pc.spec.paused {
+        problems.extend(observe_reload_problems(ctx, &pods).await);
         let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
         let was_paused = pc
             .status
@@ -233,6 +262,8 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
     } else {
         sts
     };
+    // After the apply: the agents' answers only matter for the status.
+    problems.extend(observe_reload_problems(ctx, &pods).await);
     problems.sort_by(|a, b| a.message.cmp(&b.message));
     let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
     let old_phase = pc.status.as_ref().and_then(|s| s.phase);
@@ -315,23 +346,22 @@ fn describe_step(step: &Step, before: Option<&StatefulSet>) -> Vec<Did> {
 /// Asks the agent of each running pod whether Prometheus accepted the current configuration. An agent that
 /// cannot be reached says nothing (self-healing judges reachability, not this).
 async fn observe_reload_problems(ctx: &Context, pods: &[k8s_openapi::api::core::v1::Pod]) -> Vec<Problem> {
-    let mut out = Vec::new();
-    for pod in pods {
-        let Some(status) = &pod.status else { continue };
-        let (Some(ip), Some("Running")) = (status.pod_ip.as_deref(), status.phase.as_deref()) else { continue };
-        let Ok(agent) = crate::agent::fetch_status(&ctx.http, ip, ports::AGENT).await else { continue };
-        if !agent.last_reload_successful {
-            out.push(Problem {
+    let asks = pods.iter().filter_map(|pod| {
+        let status = pod.status.as_ref()?;
+        let ip = status.pod_ip.clone()?;
+        (status.phase.as_deref() == Some("Running")).then_some(async move {
+            let agent = crate::agent::fetch_status(&ctx.http, &ip, ports::AGENT).await.ok()?;
+            (!agent.last_reload_successful).then(|| Problem {
                 reason: reasons::CONFIG_RELOAD_FAILED.to_owned(),
                 message: format!(
                     "pod {}: Prometheus rejected the new configuration and keeps running the previous one: {}",
                     pod.name_any(),
                     agent.last_reload_error.unwrap_or_default()
                 ),
-            });
-        }
-    }
-    out
+            })
+        })
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().collect()
 }
 
 async fn observe_secret_problems(ctx: &Context, ns: &str, pc: &PrometheusCluster) -> Result<Vec<Problem>, Error> {

@@ -101,15 +101,15 @@ pub async fn observe_children(
     uid: &str,
     pdb_api_version: &str,
 ) -> Result<BTreeMap<ChildKey, Value>, Error> {
-    let mut out = BTreeMap::new();
-    for (ar, child_name) in child_kinds(name, pdb_api_version) {
+    // The reads are independent: send them at once.
+    let reads = child_kinds(name, pdb_api_version).into_iter().map(|(ar, child_name)| async move {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
         let obj = api.get_opt(&child_name).await.map_err(|source| Error::Read {
             kind: ar.kind.clone(),
             name: child_name.clone(),
             source,
         })?;
-        let Some(obj) = obj else { continue };
+        let Some(obj) = obj else { return Ok(None) };
         let owned = obj.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true));
         if !owned {
             return Err(Error::NotOwned { kind: ar.kind.clone(), name: child_name });
@@ -120,9 +120,10 @@ pub async fn observe_children(
             map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
             map.insert("kind".into(), Value::String(ar.kind.clone()));
         }
-        out.insert(key, value);
-    }
-    Ok(out)
+        Ok(Some((key, value)))
+    });
+    let found = futures::future::try_join_all(reads).await?;
+    Ok(found.into_iter().flatten().collect::<BTreeMap<_, _>>())
 }
 
 /// Lists the pods of cluster `name` by its instance label.
