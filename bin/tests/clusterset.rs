@@ -94,7 +94,7 @@ async fn cluster_set_selects_overlays_and_counts_members_across_namespaces() -> 
     let set_name = format!("fleet-{suffix}");
     sets.create(&PostParams::default(), &set).await?;
 
-    let status = eventually("the set status with 3 members", Duration::from_secs(60), || async {
+    let status = eventually("the set status with 3 members", Duration::from_mins(1), || async {
         let s = sets.get(&set_name).await?.status.unwrap_or_default();
         Ok((s.member_count == 3 && s.phase_count.get("Provisioning") == Some(&3)).then_some(s))
     })

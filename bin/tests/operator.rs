@@ -16,7 +16,7 @@ use serde_json::json;
 use support::*;
 use tsdb_operator_core::crd::{Phase, PrometheusCluster};
 
-const READY: Duration = Duration::from_secs(180);
+const READY: Duration = Duration::from_mins(3);
 
 fn cluster_yaml(name: &str, replicas: i32) -> String {
     format!(
@@ -70,7 +70,7 @@ async fn cluster_becomes_active_scrapes_itself_and_scales() -> Result<()> {
     // The real Prometheus scrapes itself: `up` is 1 when queried through the pod IP.
     let first = pods(&ns, "demo").await?;
     let ip = first[0].status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
-    let up = eventually("up{job=\"prometheus\"} == 1", Duration::from_secs(60), || {
+    let up = eventually("up{job=\"prometheus\"} == 1", Duration::from_mins(1), || {
         let ip = ip.clone();
         async move {
             let v = prom_get(&ip, "/api/v1/query?query=up%7Bjob%3D%22prometheus%22%7D").await?;
@@ -113,7 +113,7 @@ async fn cluster_becomes_active_scrapes_itself_and_scales() -> Result<()> {
     // Scale 3 -> 2.
     set_spec(&ns, "demo", json!({"replicas": 2})).await?;
     wait_phase(&ns, "demo", Phase::Active, 2, READY).await?;
-    eventually("two pods", Duration::from_secs(60), || async {
+    eventually("two pods", Duration::from_mins(1), || async {
         Ok((pods(&ns, "demo").await?.len() == 2).then_some(()))
     })
     .await?;
@@ -130,7 +130,7 @@ async fn config_change_reaches_running_prometheus_without_restart() -> Result<()
     let ip = before.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
 
     set_spec(&ns, "cfg", json!({"remoteWrite": [{"url": "http://127.0.0.1:1/api/v1/write", "name": "sink"}]})).await?;
-    eventually("the running Prometheus to load the remote_write config", Duration::from_secs(120), || {
+    eventually("the running Prometheus to load the remote_write config", Duration::from_mins(2), || {
         let ip = ip.clone();
         async move {
             let v = prom_get(&ip, "/api/v1/status/config").await?;
@@ -144,8 +144,7 @@ async fn config_change_reaches_running_prometheus_without_restart() -> Result<()
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
-        .unwrap_or(0);
+        .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum());
     assert_eq!(restarts, 0, "no container restarted");
     Ok(())
 }
@@ -155,16 +154,16 @@ async fn deleting_a_cluster_removes_it_and_its_children() -> Result<()> {
     let ns = namespace("delete").await;
     let _op = Operator::start(Some(&ns), &[])?;
     apply_cluster(&ns, &cluster_yaml("gone", 1)).await?;
-    eventually("the StatefulSet", Duration::from_secs(60), || async { Ok(sts(&ns, "gone").await?) }).await?;
+    eventually("the StatefulSet", Duration::from_mins(1), || async { sts(&ns, "gone").await }).await?;
     let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
     let pc = api.get("gone").await?;
     assert!(pc.metadata.finalizers.unwrap_or_default().contains(&"observability.merlionos.org/finalizer".to_owned()));
     api.delete("gone", &DeleteParams::default()).await?;
-    eventually("the PrometheusCluster to be gone", Duration::from_secs(60), || async {
+    eventually("the PrometheusCluster to be gone", Duration::from_mins(1), || async {
         Ok(api.get_opt("gone").await?.is_none().then_some(()))
     })
     .await?;
-    eventually("children to be garbage collected", Duration::from_secs(120), || async {
+    eventually("children to be garbage collected", Duration::from_mins(2), || async {
         let sts_gone = sts(&ns, "gone").await?.is_none();
         let cm_gone = Api::<ConfigMap>::namespaced(client(), &ns).get_opt("gone-config").await?.is_none();
         let svc_gone = Api::<Service>::namespaced(client(), &ns).get_opt("gone").await?.is_none();
@@ -179,10 +178,10 @@ async fn paused_cluster_is_left_alone_until_unpaused() -> Result<()> {
     let ns = namespace("paused").await;
     let _op = Operator::start(Some(&ns), &[])?;
     apply_cluster(&ns, &cluster_yaml("p", 1)).await?;
-    eventually("the StatefulSet", Duration::from_secs(60), || async { Ok(sts(&ns, "p").await?) }).await?;
+    eventually("the StatefulSet", Duration::from_mins(1), || async { sts(&ns, "p").await }).await?;
     set_spec(&ns, "p", json!({"paused": true, "replicas": 2})).await?;
     let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
-    eventually("the Paused condition", Duration::from_secs(60), || async {
+    eventually("the Paused condition", Duration::from_mins(1), || async {
         let pc = api.get("p").await?;
         let paused = pc.status.unwrap_or_default().conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True");
         Ok(paused.then_some(()))
@@ -193,7 +192,7 @@ async fn paused_cluster_is_left_alone_until_unpaused() -> Result<()> {
     assert_eq!(replicas, Some(1), "a paused cluster's StatefulSet is not changed");
 
     set_spec(&ns, "p", json!({"paused": false})).await?;
-    eventually("the StatefulSet to follow the spec after unpausing", Duration::from_secs(60), || async {
+    eventually("the StatefulSet to follow the spec after unpausing", Duration::from_mins(1), || async {
         Ok((sts(&ns, "p").await?.and_then(|s| s.spec).and_then(|s| s.replicas) == Some(2)).then_some(()))
     })
     .await?;
@@ -208,7 +207,7 @@ async fn invalid_admitted_spec_is_failed_with_a_reason_and_others_still_work() -
     apply_cluster(&ns, &bad).await?;
     apply_cluster(&ns, &cluster_yaml("good", 1)).await?;
     let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
-    let pc = eventually("the bad cluster to be Failed", Duration::from_secs(60), || async {
+    let pc = eventually("the bad cluster to be Failed", Duration::from_mins(1), || async {
         let pc = api.get("bad").await?;
         Ok((pc.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed)).then_some(pc))
     })
@@ -248,7 +247,7 @@ async fn standby_takes_over_when_the_leader_dies_or_steps_down() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut b = Operator::start(Some(&ns), &elect)?;
     apply_cluster(&ns, &cluster_yaml("l", 1)).await?;
-    eventually("the StatefulSet", Duration::from_secs(60), || async { Ok(sts(&ns, "l").await?) }).await?;
+    eventually("the StatefulSet", Duration::from_mins(1), || async { sts(&ns, "l").await }).await?;
 
     // Exactly one of them is the leader.
     let leader_of = |text: &str| text.lines().any(|l| l.starts_with("tsdb_operator_leader ") && l.ends_with(" 1"));
@@ -333,11 +332,45 @@ async fn missing_secret_is_reported_with_the_field_and_clears_when_created() -> 
 
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client(), &ns);
     let secret = serde_json::from_value(json!({"metadata": {"name": "rw-token"}, "stringData": {"token": "t"}}))?;
-    secrets.create(&Default::default(), &secret).await?;
+    secrets.create(&kube::api::PostParams::default(), &secret).await?;
     eventually("the Degraded condition to clear", Duration::from_secs(90), || async {
         let pc = api.get("s").await?;
         Ok(condition(&pc, "Degraded").is_some_and(|c| c.status == "False").then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_change_rolls_the_pods_to_the_new_arguments() -> Result<()> {
+    let ns = namespace("roll").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    apply_cluster(&ns, &cluster_yaml("roll", 1)).await?;
+    wait_phase(&ns, "roll", Phase::Active, 1, READY).await?;
+    let before = pods(&ns, "roll").await?.remove(0);
+
+    set_spec(&ns, "roll", json!({"retention": "2d"})).await?;
+    let after = eventually("a new pod running with the new retention", READY, || async {
+        let pods = pods(&ns, "roll").await?;
+        let Some(pod) = pods.into_iter().next() else { return Ok(None) };
+        let args = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == "prometheus"))
+            .and_then(|c| c.args.clone());
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let rolled = pod.metadata.uid != before.metadata.uid
+            && args.is_some_and(|a| a.iter().any(|a| a == "--storage.tsdb.retention.time=2d"));
+        Ok((rolled && ready).then_some(pod))
+    })
+    .await?;
+    let ip = after.status.and_then(|s| s.pod_ip).expect("pod IP");
+    let flags = prom_get(&ip, "/api/v1/status/flags").await?;
+    assert_eq!(flags["data"]["storage.tsdb.retention.time"], "2d", "the running Prometheus uses the new retention");
+    wait_phase(&ns, "roll", Phase::Active, 1, READY).await?;
     Ok(())
 }

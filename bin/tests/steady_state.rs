@@ -54,7 +54,7 @@ async fn idle_clusters_cost_zero_writes_with_least_privilege_rbac() -> Result<()
         apply_cluster(&ns, &yaml).await?;
     }
     for name in ["idle-a", "idle-b"] {
-        wait_phase(&ns, name, Phase::Active, 2, Duration::from_secs(180)).await?;
+        wait_phase(&ns, name, Phase::Active, 2, Duration::from_mins(3)).await?;
     }
     let during_create = env.cp.audit_writes_by(OPERATOR_SA_USER)?.len();
     assert!(during_create > 0, "the operator wrote the children under its least-privilege identity");
@@ -62,7 +62,7 @@ async fn idle_clusters_cost_zero_writes_with_least_privilege_rbac() -> Result<()
     // Let in-flight follow-ups (the status write after the last pod became ready) settle.
     tokio::time::sleep(Duration::from_secs(30)).await;
     let before = env.cp.audit_writes_by(OPERATOR_SA_USER)?.len();
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_mins(2)).await;
     let after = env.cp.audit_writes_by(OPERATOR_SA_USER)?;
     let idle_writes: Vec<String> = after[before..].iter().map(ToString::to_string).collect();
     eprintln!("operator writes: {during_create} while creating 2 clusters, {} while idle for 120 s", idle_writes.len());

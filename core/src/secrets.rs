@@ -101,7 +101,13 @@ mod tests {
         let pairs: Vec<(&str, &str)> = needs.iter().map(|n| (n.secret.as_str(), n.key.as_str())).collect();
         assert_eq!(
             pairs,
-            [("rw", "username"), ("rw", "password"), ("tok", "token"), ("objstore", "objstore.yml"), ("extra", "jobs.yml")]
+            [
+                ("rw", "username"),
+                ("rw", "password"),
+                ("tok", "token"),
+                ("objstore", "objstore.yml"),
+                ("extra", "jobs.yml")
+            ]
         );
     }
 
@@ -113,7 +119,9 @@ mod tests {
         let found = BTreeMap::from([("rw".to_owned(), BTreeSet::from(["username".to_owned()]))]);
         let problems = missing_secret_problems(&needs, &found);
         assert_eq!(problems.len(), 2);
-        assert!(problems[0].message.starts_with("spec.remoteWrite[0].bearerTokenSecretRef: Secret \"tok\" does not exist"));
+        assert!(
+            problems[0].message.starts_with("spec.remoteWrite[0].bearerTokenSecretRef: Secret \"tok\" does not exist")
+        );
         assert!(problems[1].message.contains("has no key \"password\""));
         assert!(problems.iter().all(|p| p.reason == reasons::MISSING_SECRET));
     }

@@ -271,45 +271,17 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         }
     };
 
-    let mut exit_code = 0;
-    if args.leader_elect {
-        let mut election = leader::start(
-            client.clone(),
-            &args.leader_election_namespace,
-            &args.leader_election_id,
-            &identity,
-            args.leader_election_lease_seconds,
-            (args.leader_election_lease_seconds / 3).max(1),
-        )
-        .await
-        .context("failed to start leader election")?;
-        health.set_ready(true);
-        let mut sd = shutdown.clone();
-        let acquired = tokio::select! {
-            acquired = election.acquired() => acquired,
-            _ = sd.wait_for(|v| *v) => false,
-        };
-        if acquired {
-            tracing::info!(%identity, "became the leader");
-            metrics.leader.set(1);
+    let exit_code = if args.leader_elect {
+        run_with_election(&args, client.clone(), &identity, &health, &metrics, &shutdown, || {
             let (stop_tx, stop_rx) = watch::channel(false);
-            let controllers = tokio::spawn(run_controllers(ctx.clone(), stop_rx));
-            tokio::select! {
-                _ = sd.wait_for(|v| *v) => {}
-                () = election.lost() => {
-                    tracing::error!("lost the leader lease; stopping");
-                    exit_code = 1;
-                }
-            }
-            let _ = stop_tx.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(20), controllers).await;
-            metrics.leader.set(0);
-        }
-        election.release().await;
+            (stop_tx, tokio::spawn(run_controllers(ctx.clone(), stop_rx)))
+        })
+        .await?
     } else {
         health.set_ready(true);
         run_controllers(ctx.clone(), shutdown.clone()).await;
-    }
+        0
+    };
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
@@ -317,6 +289,53 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         std::process::exit(exit_code);
     }
     Ok(())
+}
+
+/// Competes for the Lease; runs the controllers (started by `start`) while this process leads. Returns the exit
+/// code: 1 when the Lease was lost, 0 on a shutdown signal.
+async fn run_with_election(
+    args: &OperatorArgs,
+    client: kube::Client,
+    identity: &str,
+    health: &Health,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+    start: impl FnOnce() -> (watch::Sender<bool>, tokio::task::JoinHandle<()>),
+) -> Result<i32> {
+    let mut election = leader::start(
+        client,
+        &args.leader_election_namespace,
+        &args.leader_election_id,
+        identity,
+        args.leader_election_lease_seconds,
+        (args.leader_election_lease_seconds / 3).max(1),
+    )
+    .await
+    .context("failed to start leader election")?;
+    health.set_ready(true);
+    let mut sd = shutdown.clone();
+    let acquired = tokio::select! {
+        acquired = election.acquired() => acquired,
+        _ = sd.wait_for(|v| *v) => false,
+    };
+    let mut exit_code = 0;
+    if acquired {
+        tracing::info!(%identity, "became the leader");
+        metrics.leader.set(1);
+        let (stop_tx, controllers) = start();
+        tokio::select! {
+            _ = sd.wait_for(|v| *v) => {}
+            () = election.lost() => {
+                tracing::error!("lost the leader lease; stopping");
+                exit_code = 1;
+            }
+        }
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(20), controllers).await;
+        metrics.leader.set(0);
+    }
+    election.release().await;
+    Ok(exit_code)
 }
 
 async fn run_agent(args: AgentArgs) -> Result<()> {
@@ -395,11 +414,11 @@ async fn main() -> Result<()> {
         }
         Some(Command::Operator(args)) => {
             init_tracing(&args.log_format);
-            run_operator(args).await
+            Box::pin(run_operator(args)).await
         }
         None => {
             init_tracing(&cli.operator.log_format);
-            run_operator(cli.operator).await
+            Box::pin(run_operator(cli.operator)).await
         }
     }
 }

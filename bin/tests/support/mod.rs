@@ -1,6 +1,7 @@
 //! Shared environment of the operator's integration tests: one real control plane and one process kubelet per
 //! test binary, the project's CRDs installed, and the real `tsdb-operator` binary started per test.
 #![allow(dead_code)] // each test binary uses a different part of this module
+#![allow(clippy::panic)] // test support: a broken environment fails the test
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -24,8 +25,7 @@ pub struct Env {
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from)
 }
 
 /// The freshly built operator binary (the same package, so cargo builds it before the tests).

@@ -72,7 +72,7 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
     api.patch(&name, &PatchParams::apply("tsdb-demo").force(), &Patch::Apply(&value)).await?;
     println!("applied PrometheusCluster {}/{name}; waiting until it is Active...", args.namespace);
 
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_mins(5);
     let pc = loop {
         let pc = api.get(&name).await?;
         let st = pc.status.clone().unwrap_or_default();
