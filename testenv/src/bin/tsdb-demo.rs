@@ -55,7 +55,9 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         .start()
         .await?;
     println!("starting the operator...");
+    let backups = workdir.subdir("backups")?;
     let mut op = ProcessBuilder::new("tsdb-operator", &operator)
+        .arg(format!("--backup-dir={}", backups.display()))
         .arg("--kubeconfig")
         .arg(cp.kubeconfig_path())
         .arg("--metrics-bind-address=127.0.0.1:8082")
@@ -104,6 +106,7 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         }
     }
     println!("  metrics:      http://127.0.0.1:8082/metrics   (operator)");
+    println!("  backups:      {}   (local directory standing in for S3)", backups.display());
     println!("  logs:         {}", workdir.logs().display());
     if args.exit_when_active {
         op.stop()?;
