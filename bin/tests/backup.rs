@@ -531,3 +531,28 @@ async fn a_backup_fails_and_uploads_nothing_when_the_snapshot_api_is_disabled() 
     ensure!(snapshot_dirs(&data).is_empty(), "no snapshot directory");
     Ok(())
 }
+
+/// Deleting a cluster never waits for the object store: with backups enabled and the S3 server stopped, the
+/// PrometheusCluster is gone within a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_completes_while_the_object_store_is_down() -> Result<()> {
+    let env = env();
+    let s3 = S3Server::start()?;
+    let bridge = IpAddr::V4(Ipv4Addr::new(10, 213, env.kubelet.subnet_index(), 1));
+    let fwd = Forwarder::start(bridge, s3.addr()).await?;
+    let endpoint = format!("http://{}", fwd.addr);
+    let ns = namespace("delete-s3-down").await;
+    create_credentials(&ns, &s3).await?;
+    let _op = Operator::start(Some(&ns), &["--backup-tick-seconds=1"])?;
+    apply_cluster(&ns, &cluster_yaml("gone", &endpoint, s3.bucket(), true, None)).await?;
+    wait_phase(&ns, "gone", Phase::Active, 1, READY).await?;
+
+    s3.stop()?;
+    let api: Api<tsdb_operator_core::crd::PrometheusCluster> = Api::namespaced(client(), &ns);
+    api.delete("gone", &kube::api::DeleteParams::default()).await?;
+    eventually("the cluster to be deleted with S3 down", Duration::from_mins(1), || async {
+        Ok(api.get_opt("gone").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
