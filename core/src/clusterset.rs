@@ -151,14 +151,7 @@ pub fn build_set_status(
 }
 
 fn ready_condition(ok: bool, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: conditions::READY.to_owned(),
-        status: if ok { "True" } else { "False" }.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: None,
-        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
-    }
+    crate::status::new_condition(conditions::READY, ok, reason, message)
 }
 
 #[cfg(test)]

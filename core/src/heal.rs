@@ -38,7 +38,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::constants::{conditions, reasons};
@@ -703,25 +703,33 @@ pub fn build_heal_conditions(
     now: Timestamp,
 ) -> Vec<Condition> {
     let healing = match (replaced_now, &decision.replacing) {
-        (Some(r), _) => cond(
+        (Some(r), _) => crate::status::new_condition(
             conditions::HEALING,
             true,
             reasons::REPLACING_REPLICA,
             format!("replacing pod {}: {}", r.pod, r.reason),
         ),
-        (None, Some(p)) => cond(
+        (None, Some(p)) => crate::status::new_condition(
             conditions::HEALING,
             true,
             reasons::REPLACING_REPLICA,
             format!("replacing pod {}: {}", p.pod, p.reason),
         ),
-        (None, None) => {
-            cond(conditions::HEALING, false, reasons::AS_EXPECTED, "no replica is being replaced".to_owned())
-        }
+        (None, None) => crate::status::new_condition(
+            conditions::HEALING,
+            false,
+            reasons::AS_EXPECTED,
+            "no replica is being replaced".to_owned(),
+        ),
     };
     let suspended = match &decision.suspended {
-        Some(s) => cond(conditions::HEALING_SUSPENDED, true, s.reason(), s.message()),
-        None => cond(conditions::HEALING_SUSPENDED, false, reasons::AS_EXPECTED, "self-healing is active".to_owned()),
+        Some(s) => crate::status::new_condition(conditions::HEALING_SUSPENDED, true, s.reason(), s.message()),
+        None => crate::status::new_condition(
+            conditions::HEALING_SUSPENDED,
+            false,
+            reasons::AS_EXPECTED,
+            "self-healing is active".to_owned(),
+        ),
     };
     let previous: Vec<Condition> = previous
         .iter()
@@ -729,17 +737,6 @@ pub fn build_heal_conditions(
         .cloned()
         .collect();
     crate::status::merge_conditions(&previous, vec![healing, suspended], generation, now)
-}
-
-fn cond(type_: &str, status: bool, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: type_.to_owned(),
-        status: if status { "True" } else { "False" }.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: None,
-        last_transition_time: Time(Timestamp::UNIX_EPOCH),
-    }
 }
 
 #[cfg(test)]

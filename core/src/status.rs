@@ -138,25 +138,47 @@ pub fn build_status(input: &StatusInput<'_>) -> PrometheusClusterStatus {
 
     let mut conds = Vec::new();
     conds.push(if ready >= desired && input.stateful_set.is_some() {
-        cond(conditions::AVAILABLE, true, reasons::ALL_REPLICAS_READY, format!("{ready}/{desired} replicas are ready"))
+        new_condition(
+            conditions::AVAILABLE,
+            true,
+            reasons::ALL_REPLICAS_READY,
+            format!("{ready}/{desired} replicas are ready"),
+        )
     } else {
-        cond(conditions::AVAILABLE, false, reasons::REPLICAS_NOT_READY, format!("{ready}/{desired} replicas are ready"))
+        new_condition(
+            conditions::AVAILABLE,
+            false,
+            reasons::REPLICAS_NOT_READY,
+            format!("{ready}/{desired} replicas are ready"),
+        )
     });
     conds.push(match progressing_reason {
-        Some(reason) => cond(conditions::PROGRESSING, true, reason, progressing_message(reason, ready, desired)),
-        None => cond(conditions::PROGRESSING, false, reasons::RECONCILED, "the cluster matches the spec".to_owned()),
+        Some(reason) => {
+            new_condition(conditions::PROGRESSING, true, reason, progressing_message(reason, ready, desired))
+        }
+        None => new_condition(
+            conditions::PROGRESSING,
+            false,
+            reasons::RECONCILED,
+            "the cluster matches the spec".to_owned(),
+        ),
     });
     conds.push(match problems.first() {
         Some(p) => {
             let message = problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
-            cond(conditions::DEGRADED, true, &p.reason, message)
+            new_condition(conditions::DEGRADED, true, &p.reason, message)
         }
-        None => cond(conditions::DEGRADED, false, reasons::AS_EXPECTED, "no problems found".to_owned()),
+        None => new_condition(conditions::DEGRADED, false, reasons::AS_EXPECTED, "no problems found".to_owned()),
     });
     conds.push(if cluster.spec.paused {
-        cond(conditions::PAUSED, true, reasons::PAUSED, "spec.paused is true: the operator changes nothing".to_owned())
+        new_condition(
+            conditions::PAUSED,
+            true,
+            reasons::PAUSED,
+            "spec.paused is true: the operator changes nothing".to_owned(),
+        )
     } else {
-        cond(conditions::PAUSED, false, reasons::NOT_PAUSED, "the operator reconciles this cluster".to_owned())
+        new_condition(conditions::PAUSED, false, reasons::NOT_PAUSED, "the operator reconciles this cluster".to_owned())
     });
     // Keep conditions owned by other controllers.
     for c in &previous.conditions {
@@ -186,7 +208,9 @@ fn progressing_message(reason: &str, ready: i32, desired: i32) -> String {
     }
 }
 
-fn cond(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+/// A condition with `status` `True` or `False`; [`merge_conditions`] fills in `observedGeneration` and
+/// `lastTransitionTime`.
+pub fn new_condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.to_owned(),
         status: if status { "True" } else { "False" }.to_owned(),
@@ -394,7 +418,7 @@ mod tests {
     #[test]
     fn conditions_of_other_controllers_are_kept() {
         let mut pc = cluster(1, None);
-        let mut backup = cond(conditions::BACKUP_HEALTHY, true, "BackupSucceeded", "ok".into());
+        let mut backup = new_condition(conditions::BACKUP_HEALTHY, true, "BackupSucceeded", "ok".into());
         backup.last_transition_time = Time(Timestamp::from_second(1_700_000_000).unwrap());
         pc.status = Some(PrometheusClusterStatus { conditions: vec![backup.clone()], ..Default::default() });
         let s = status_of(&pc, Some(&sts(1, 1, 1, 1)), &[]);
