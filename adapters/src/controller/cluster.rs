@@ -24,14 +24,13 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels, ports, reasons};
 use tsdb_operator_core::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
 use tsdb_operator_core::events::Action as Did;
-use tsdb_operator_core::plan::{ApplyReason, Step, plan_owned_children};
+use tsdb_operator_core::plan::{ApplyReason, ChildKey, Step, plan_owned_children};
 use tsdb_operator_core::status::{Problem, StatusInput, build_status};
 use tsdb_operator_core::{build, secrets, validate};
 
@@ -65,9 +64,9 @@ pub enum Error {
     /// Adding the finalizer failed.
     #[error("failed to add the finalizer")]
     AddFinalizer(#[source] kube::Error),
-    /// Adding or removing the finalizer failed.
-    #[error("failed to run the finalizer")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Removing the finalizer failed.
+    #[error("failed to remove the finalizer")]
+    RemoveFinalizer(#[source] kube::Error),
 }
 
 impl Error {
@@ -79,11 +78,7 @@ impl Error {
             Error::ReadSecret { .. } => "ReadSecret",
             Error::WriteStatus(_) => "WriteStatus",
             Error::AddFinalizer(_) => "AddFinalizer",
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.category(),
-                _ => "Finalizer",
-            },
+            Error::RemoveFinalizer(_) => "RemoveFinalizer",
         }
     }
 }
@@ -118,15 +113,11 @@ pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<
     let key = key_of(&pc);
     let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let pc = ensure_finalizer(&api, pc).await?;
-    let result = finalizer(&api, FINALIZER, pc, |event| async {
-        match event {
-            FinalizerEvent::Apply(pc) => apply(&pc, &ctx).await,
-            FinalizerEvent::Cleanup(pc) => cleanup(&pc, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result = if pc.metadata.deletion_timestamp.is_some() {
+        finalize(&api, &pc, &ctx).await
+    } else {
+        apply(&pc, &ctx, &api).await
+    };
     ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::category));
     if result.is_ok() {
         ctx.backoff.success(&key);
@@ -134,22 +125,35 @@ pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<
     result
 }
 
-/// Adds the finalizer to a live object and carries on with the patched object in the same reconcile (kube's
-/// `finalizer` helper would return and wait for the watch event of its own patch, one round trip later). The
-/// patch carries the resourceVersion it was computed from, so a concurrent change makes it fail and retry.
-async fn ensure_finalizer(
-    api: &Api<PrometheusCluster>,
-    pc: Arc<PrometheusCluster>,
-) -> Result<Arc<PrometheusCluster>, Error> {
-    if pc.metadata.deletion_timestamp.is_some() || pc.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(pc);
+/// Adds the finalizer to a live object, at the same time as the first reads of the reconcile instead of in a
+/// reconcile of its own (kube's `finalizer` helper would add it and wait for the watch event of its own patch,
+/// one round trip later). The patch carries the resourceVersion it was computed from, so a concurrent change
+/// makes it fail and the reconcile is retried.
+async fn ensure_finalizer(api: &Api<PrometheusCluster>, pc: &PrometheusCluster) -> Result<(), Error> {
+    if pc.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
     }
     let mut finalizers = pc.finalizers().to_vec();
     finalizers.push(FINALIZER.to_owned());
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": pc.resource_version()}});
-    let patched =
-        api.patch(&pc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::AddFinalizer)?;
-    Ok(Arc::new(patched))
+    api.patch(&pc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::AddFinalizer)?;
+    Ok(())
+}
+
+/// Deletion: run [`cleanup`] and remove the finalizer (idempotent; nothing to do when it is already gone).
+/// The removal carries the resourceVersion, so it never drops a finalizer another controller added meanwhile.
+async fn finalize(api: &Api<PrometheusCluster>, pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
+    if !pc.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    cleanup(pc, ctx).await?;
+    let rest: Vec<&String> = pc.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": pc.resource_version()}});
+    match api.patch(&pc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
+        Err(e) => Err(Error::RemoveFinalizer(e)),
+    }
 }
 
 /// Retry with per-object exponential backoff.
@@ -173,7 +177,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
+async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluster>) -> Result<Action, Error> {
     let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
     let name = pc.name_any();
     let uid = pc.uid().unwrap_or_default();
@@ -182,6 +186,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
 
     // validate
     if let Err(errors) = validate::validate_cluster(&pc.spec) {
+        ensure_finalizer(api, pc).await?;
         let message = errors.to_string();
         let status = compute_status(pc, None, &[], Some(message.clone()), &[]);
         if write_status(ctx, pc, &status).await? {
@@ -193,7 +198,8 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
     // observe
     let pdb_version = ctx.settings.pdb_api.api_version();
     // The reads are independent: children, referenced Secrets and pods are read at once.
-    let (observed, secret_problems, pods) = tokio::join!(
+    let (finalizer, observed, secret_problems, pods) = tokio::join!(
+        ensure_finalizer(api, pc),
         children::observe_children(&ctx.client, &ns, &name, &uid, pdb_version),
         observe_secret_problems(ctx, &ns, pc),
         children::observe_pods(&ctx.client, &ns, &name),
@@ -208,6 +214,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e.into()),
     };
+    finalizer?;
     let mut problems = secret_problems?;
     let pods = pods?;
     let sts: Option<StatefulSet> = observed
@@ -276,19 +283,28 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
     }
     let phase = status.phase.unwrap_or(Phase::Provisioning);
     ctx.metrics.set_phase(&ns, &name, phase);
-    // For two minutes after a configuration change, look again soon: the agent reports whether Prometheus accepted
-    // it only after the kubelet has updated the mounted files, and no watch event says when that happened.
+    Ok(next_check(phase, &plan, &observed))
+}
+
+/// When to look again. Active clusters with nothing to do: in 5 minutes (reads only; catches problems no watch
+/// event reports, such as a Secret created later). Otherwise, and for two minutes after a configuration change
+/// (the agent reports whether Prometheus accepted it only after the kubelet updated the mounted files, and no
+/// watch event says when that happened): in 10 s.
+fn next_check(
+    phase: Phase,
+    plan: &tsdb_operator_core::plan::Plan,
+    observed: &BTreeMap<ChildKey, serde_json::Value>,
+) -> Action {
     let config_changed_recently = plan.steps.iter().any(|s| s.key().kind == "ConfigMap")
         || observed
             .iter()
             .find(|(k, _)| k.kind == "ConfigMap")
             .and_then(|(_, cm)| last_applied_at(cm))
             .is_some_and(|t| now().duration_since(t).as_secs() < 120);
-    Ok(match phase {
+    match phase {
         Phase::Active if plan.is_empty() && !config_changed_recently => Action::requeue(Duration::from_mins(5)),
-        // Reads only: catches problems that no watch event reports (for example a Secret created later).
         _ => Action::requeue(Duration::from_secs(10)),
-    })
+    }
 }
 
 /// When the operator's field manager last applied `object`, from its managedFields.
