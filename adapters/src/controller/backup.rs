@@ -27,7 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -305,7 +305,7 @@ async fn pass(
     if let Some(implied) = implied_condition(pc, &previous)
         && present.is_none_or(|c| c.status != implied.status || c.reason != implied.reason)
     {
-        return write_status(ctx, pc, ns, &previous, None, Some(implied)).await;
+        return write_status(ctx, pc, &previous, None, Some(implied)).await;
     }
 
     if let Some(running) = &previous.running {
@@ -379,7 +379,7 @@ async fn pass(
         Decision::Wait { .. } => return Ok(()),
         Decision::SkipMissed { slot } => {
             tracing::info!(%key, %slot, "skipping a missed backup slot (missedRuns: Skip)");
-            return write_status(ctx, pc, ns, &status_skipped(&previous, now), None, None).await;
+            return write_status(ctx, pc, &status_skipped(&previous, now), None, None).await;
         }
         Decision::Run(trigger) => trigger,
     };
@@ -407,7 +407,7 @@ async fn pass(
             // 409: the agent is busy with a job this operator did not record (it restarted): follow that one.
             let job_id = started.map_or_else(|running| running.id, |job| job.id);
             let status = status_started(&previous, &job_id, &pod.name_any(), &trigger, now);
-            write_status(ctx, pc, ns, &status, None, None).await?;
+            write_status(ctx, pc, &status, None, None).await?;
             tracing::info!(%key, id = %job_id, pod = %pod.name_any(), trigger = trigger.as_str(), "backup started");
             ctx.events
                 .publish(
@@ -459,7 +459,7 @@ async fn finish(
     let status = status_finished(previous, outcome, now);
     let old = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));
     let condition = merge_backup_condition(old, backup_condition(outcome, pc.metadata.generation, now));
-    write_status(ctx, pc, ns, &status, Some(tsdb_operator_core::backup::to_time(now)), Some(condition)).await?;
+    write_status(ctx, pc, &status, Some(tsdb_operator_core::backup::to_time(now)), Some(condition)).await?;
     ctx.metrics
         .backup_total
         .get_or_create(&BackupLabels {
@@ -507,33 +507,28 @@ async fn finish(
 async fn write_status(
     ctx: &Context,
     pc: &PrometheusCluster,
-    ns: &str,
     backup: &BackupStatus,
     last_backup_time: Option<Time>,
     condition: Option<Condition>,
 ) -> Result<(), Error> {
-    let current = pc.status.as_ref();
-    let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": pc.resource_version()})];
-    if current.is_none() {
-        ops.push(json!({"op": "add", "path": "/status", "value": {}}));
-    }
-    ops.push(json!({"op": "add", "path": "/status/backup", "value": backup}));
+    let mut fields =
+        vec![("backup", serde_json::to_value(backup).map_err(|e| Error::WriteStatus(kube::Error::SerdeError(e)))?)];
     if let Some(t) = last_backup_time {
-        ops.push(json!({"op": "add", "path": "/status/lastBackupTime", "value": t}));
+        fields.push((
+            "lastBackupTime",
+            serde_json::to_value(t).map_err(|e| Error::WriteStatus(kube::Error::SerdeError(e)))?,
+        ));
     }
-    if let Some(c) = condition {
-        let mut list: Vec<Condition> = current.map(|s| s.conditions.clone()).unwrap_or_default();
-        list.retain(|x| x.type_ != conditions::BACKUP_HEALTHY);
-        list.push(c);
-        list.sort_by(|a, b| a.type_.cmp(&b.type_));
-        ops.push(json!({"op": "add", "path": "/status/conditions", "value": list}));
-    }
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-        .map_err(|e| Error::WriteStatus(kube::Error::SerdeError(e)))?;
-    let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), ns);
-    let pp = PatchParams { field_manager: Some(BACKUP_FIELD_MANAGER.to_owned()), ..PatchParams::default() };
-    api.patch_status(&pc.name_any(), &pp, &Patch::<()>::Json(patch)).await.map_err(Error::WriteStatus)?;
-    Ok(())
+    super::patch_owned_status(
+        ctx,
+        pc,
+        BACKUP_FIELD_MANAGER,
+        fields,
+        &[conditions::BACKUP_HEALTHY],
+        condition.map(|c| vec![c]),
+    )
+    .await
+    .map_err(Error::WriteStatus)
 }
 
 /// The `BackupHealthy` condition that `status.backup` implies (the last outcome), if any backup finished.
@@ -571,15 +566,4 @@ fn failed_outcome(b: &BackupStatus) -> Outcome {
     .find(|r| r.as_str() == reason)
     .unwrap_or(FailureReason::StorageFailed);
     Outcome::Failed { reason, message: message.to_owned() }
-}
-
-/// Removes the fields only the backup scheduler writes (`backup`, `lastBackupTime`) from a status about to be
-/// applied by the cluster controller, so that a stale copy never overwrites the scheduler's newer values. The
-/// `BackupHealthy` condition stays: the cluster controller carries it over, and the scheduler re-derives it from
-/// `status.backup` at every tick if a stale copy ever replaced it.
-pub fn strip_backup_fields(status: &mut serde_json::Value) {
-    if let Some(obj) = status.as_object_mut() {
-        obj.remove("backup");
-        obj.remove("lastBackupTime");
-    }
 }

@@ -417,21 +417,23 @@ async fn write_status(ctx: &Context, pc: &PrometheusCluster, status: &Prometheus
     if pc.status.as_ref() == Some(status) {
         return Ok(false);
     }
-    let ns = pc.namespace().unwrap_or_default();
-    let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    // The backup scheduler owns its fields (its own field manager); a stale copy must not overwrite them.
-    let mut status = serde_json::to_value(status).unwrap_or_default();
-    super::backup::strip_backup_fields(&mut status);
-    let patch = json!({
-        "apiVersion": PrometheusCluster::api_version(&()),
-        "kind": PrometheusCluster::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&pc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    // Only the fields and condition types this controller owns are written, guarded by the resourceVersion the
+    // status was computed from; self-healing and backups write theirs the same way, so no writer drops another's.
+    let mut fields = vec![("phase", json!(status.phase)), ("readyReplicas", json!(status.ready_replicas))];
+    if let Some(g) = status.observed_generation {
+        fields.push(("observedGeneration", json!(g)));
+    }
+    let ours: Vec<_> =
+        status.conditions.iter().filter(|c| OWNED_CONDITIONS.contains(&c.type_.as_str())).cloned().collect();
+    super::patch_owned_status(ctx, pc, FIELD_MANAGER, fields, &OWNED_CONDITIONS, Some(ours))
         .await
         .map_err(Error::WriteStatus)?;
     Ok(true)
 }
+
+/// The condition types the cluster controller writes.
+const OWNED_CONDITIONS: [&str; 4] =
+    [conditions::AVAILABLE, conditions::PROGRESSING, conditions::DEGRADED, conditions::PAUSED];
 
 /// Cleanup when the cluster is deleted: bounded and free of external dependencies. Children are garbage
 /// collected through their ownerReferences; the cluster's metric series are removed (seed behaviour).

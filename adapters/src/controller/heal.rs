@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -372,18 +372,19 @@ async fn write_status(
     if conditions_same && last_failover == status.last_failover_time.as_ref().map(|t| t.0) {
         return Ok(());
     }
-    let mut body = json!({ "conditions": ours });
+    let mut fields = Vec::new();
     if let Some(t) = last_failover {
-        body["lastFailoverTime"] = serde_json::to_value(Time(t)).unwrap_or_default();
+        fields.push(("lastFailoverTime", serde_json::to_value(Time(t)).unwrap_or_default()));
     }
-    let patch = json!({
-        "apiVersion": PrometheusCluster::api_version(&()),
-        "kind": PrometheusCluster::kind(&()),
-        "status": body,
-    });
-    let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &decision.key.namespace);
-    api.patch_status(&decision.key.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    Ok(())
+    super::patch_owned_status(
+        ctx,
+        pc,
+        FIELD_MANAGER,
+        fields,
+        &[conditions::HEALING, conditions::HEALING_SUSPENDED],
+        Some(ours),
+    )
+    .await
 }
 
 /// Evicts the pod (UID precondition, grace period from the decision); falls back to a delete when the API has

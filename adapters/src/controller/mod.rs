@@ -69,6 +69,46 @@ impl Context {
     }
 }
 
+/// Writes status fields owned by a controller other than the cluster controller (self-healing, backups): a JSON
+/// patch that first tests the object's `resourceVersion`, then sets `fields` (`/status/<key>`) and, when
+/// `conditions` is given, replaces the conditions of the types in `owned_types` with it, keeping all others.
+/// A read-modify-write of the whole conditions list that fails instead of overwriting a newer status: API
+/// servers that treat the list as atomic for server-side apply (the 1.20 test server does) would otherwise let two
+/// writers drop each other's conditions. The caller retries a failed test on its next pass.
+pub async fn patch_owned_status(
+    ctx: &Context,
+    pc: &tsdb_operator_core::crd::PrometheusCluster,
+    field_manager: &str,
+    fields: Vec<(&str, serde_json::Value)>,
+    owned_types: &[&str],
+    conditions: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> Result<(), kube::Error> {
+    use kube::ResourceExt;
+    let current = pc.status.as_ref();
+    let mut ops =
+        vec![serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": pc.resource_version()})];
+    if current.is_none() {
+        ops.push(serde_json::json!({"op": "add", "path": "/status", "value": {}}));
+    }
+    for (key, value) in fields {
+        ops.push(serde_json::json!({"op": "add", "path": format!("/status/{key}"), "value": value}));
+    }
+    if let Some(ours) = conditions {
+        let mut list = current.map(|s| s.conditions.clone()).unwrap_or_default();
+        list.retain(|c| !owned_types.contains(&c.type_.as_str()));
+        list.extend(ours);
+        list.sort_by(|a, b| a.type_.cmp(&b.type_));
+        ops.push(serde_json::json!({"op": "add", "path": "/status/conditions", "value": list}));
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+    let api: kube::Api<tsdb_operator_core::crd::PrometheusCluster> =
+        kube::Api::namespaced(ctx.client.clone(), &pc.namespace().unwrap_or_default());
+    let pp = kube::api::PatchParams { field_manager: Some(field_manager.to_owned()), ..Default::default() };
+    api.patch_status(&pc.name_any(), &pp, &kube::api::Patch::<()>::Json(patch)).await?;
+    Ok(())
+}
+
 /// The current time, truncated to seconds as Kubernetes stores it, so that statuses compare equal after a round
 /// trip through the API server.
 pub(crate) fn now() -> jiff::Timestamp {
