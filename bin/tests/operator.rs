@@ -156,8 +156,12 @@ async fn deleting_a_cluster_removes_it_and_its_children() -> Result<()> {
     apply_cluster(&ns, &cluster_yaml("gone", 1)).await?;
     eventually("the StatefulSet", Duration::from_mins(1), || async { sts(&ns, "gone").await }).await?;
     let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
-    let pc = api.get("gone").await?;
-    assert!(pc.metadata.finalizers.unwrap_or_default().contains(&"observability.merlionos.org/finalizer".to_owned()));
+    eventually("the finalizer", Duration::from_secs(30), || async {
+        let pc = api.get("gone").await?;
+        let finalizers = pc.metadata.finalizers.unwrap_or_default();
+        Ok(finalizers.contains(&"observability.merlionos.org/finalizer".to_owned()).then_some(()))
+    })
+    .await?;
     api.delete("gone", &DeleteParams::default()).await?;
     eventually("the PrometheusCluster to be gone", Duration::from_mins(1), || async {
         Ok(api.get_opt("gone").await?.is_none().then_some(()))

@@ -1,7 +1,8 @@
 //! The `prometheuscluster` controller. I/O: the Kubernetes API.
 //!
 //! # Flow (one reconcile)
-//! 1. The finalizer `observability.merlionos.org/finalizer` is added first; on deletion, [`cleanup`] runs.
+//! 1. The finalizer `observability.merlionos.org/finalizer` is added right after the children are applied (it only
+//!    guards the operator's own cleanup; children go by garbage collection); on deletion, [`cleanup`] runs.
 //! 2. `validate`: an invalid spec that the API server admitted gets phase `Failed` with the field errors in the
 //!    `Degraded` condition; nothing is changed.
 //! 3. `observe`: the children by name, the referenced Secrets by name, the pods by label.
@@ -198,8 +199,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
     // observe
     let pdb_version = ctx.settings.pdb_api.api_version();
     // The reads are independent: children, referenced Secrets and pods are read at once.
-    let (finalizer, observed, secret_problems, pods) = tokio::join!(
-        ensure_finalizer(api, pc),
+    let (observed, secret_problems, pods) = tokio::join!(
         children::observe_children(&ctx.client, &ns, &name, &uid, pdb_version),
         observe_secret_problems(ctx, &ns, pc),
         children::observe_pods(&ctx.client, &ns, &name),
@@ -214,7 +214,6 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         }
         Err(e) => return Err(e.into()),
     };
-    finalizer?;
     let mut problems = secret_problems?;
     let pods = pods?;
     let sts: Option<StatefulSet> = observed
@@ -223,6 +222,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         .and_then(|(_, v)| serde_json::from_value(v.clone()).ok());
 
     if pc.spec.paused {
+        ensure_finalizer(api, pc).await?;
         problems.extend(observe_reload_problems(ctx, &pods).await);
         let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
         let was_paused = pc
@@ -251,13 +251,20 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
     };
     let plan = plan_owned_children(desired, &observed);
 
-    // apply
-    for step in &plan.steps {
-        children::execute_step(&ctx.client, &ns, step).await?;
-        for action in describe_step(step, sts.as_ref()) {
-            ctx.events.publish(&reference, actor.clone(), action).await;
+    // apply: independent children at once, in dependency stages (configuration and Service, then the
+    // StatefulSet and its budget, then deletions), so the pods never start before their ConfigMap exists.
+    for stage in stages(&plan.steps) {
+        futures::future::try_join_all(stage.iter().map(|step| children::execute_step(&ctx.client, &ns, step))).await?;
+        for step in stage {
+            for action in describe_step(step, sts.as_ref()) {
+                ctx.events.publish(&reference, actor.clone(), action).await;
+            }
         }
     }
+    // The finalizer only guards the operator's own cleanup (metric series, an event); children are garbage
+    // collected through their ownerReferences whether it is there or not. Adding it after the children keeps it
+    // off the path from a new cluster to its objects.
+    ensure_finalizer(api, pc).await?;
 
     // status
     let sts = if plan.steps.iter().any(|s| s.key().kind == "StatefulSet") {
@@ -284,6 +291,17 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
     let phase = status.phase.unwrap_or(Phase::Provisioning);
     ctx.metrics.set_phase(&ns, &name, phase);
     Ok(next_check(phase, &plan, &observed))
+}
+
+/// Groups consecutive steps that may run at once: ConfigMaps, Secrets and Services; then StatefulSets and
+/// PodDisruptionBudgets; then deletions. The plan is already in that order.
+fn stages(steps: &[Step]) -> Vec<&[Step]> {
+    let stage_of = |s: &Step| match s {
+        Step::Delete { .. } => 2,
+        Step::Apply { key, .. } if matches!(key.kind.as_str(), "ConfigMap" | "Secret" | "Service") => 0,
+        Step::Apply { .. } => 1,
+    };
+    steps.chunk_by(|a, b| stage_of(a) == stage_of(b)).collect()
 }
 
 /// When to look again. Active clusters with nothing to do: in 5 minutes (reads only; catches problems no watch
@@ -472,6 +490,19 @@ mod tests {
                 Did::Upgraded { from: "prom/prometheus:v2.53.3".into(), to: "prom/prometheus:v3.5.0".into() }
             ]
         );
+    }
+
+    #[test]
+    fn independent_children_are_applied_in_stages() {
+        let apply = |kind: &str| Step::Apply {
+            key: ChildKey { api_version: "v1".into(), kind: kind.into(), name: "demo".into() },
+            reason: ApplyReason::Create,
+            manifest: json!({}),
+        };
+        let delete = Step::Delete { key: ChildKey { api_version: "v1".into(), kind: "X".into(), name: "d".into() } };
+        let steps = [apply("ConfigMap"), apply("Service"), apply("StatefulSet"), apply("PodDisruptionBudget"), delete];
+        let sizes: Vec<usize> = stages(&steps).iter().map(|s| s.len()).collect();
+        assert_eq!(sizes, [2, 2, 1]);
     }
 
     #[test]
