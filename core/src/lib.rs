@@ -25,4 +25,5 @@ pub mod schedule;
 pub mod secrets;
 pub mod selector;
 pub mod status;
+mod terms;
 pub mod validate;

@@ -415,23 +415,12 @@ fn parse_go_duration(input: &str) -> Result<(bool, u64), String> {
     let limit: u128 = 1 << 63;
     let mut total: u128 = 0;
     while !s.is_empty() {
-        let int_len = s.bytes().take_while(u8::is_ascii_digit).count();
-        let (int_part, rest) = s.split_at(int_len);
+        let (crate::terms::Term { int_part, frac_part, unit }, rest) =
+            crate::terms::next_term(s).ok_or_else(invalid)?;
         s = rest;
-        let mut frac_part = "";
-        if let Some(rest) = s.strip_prefix('.') {
-            let frac_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-            (frac_part, s) = rest.split_at(frac_len);
-        }
-        if int_part.is_empty() && frac_part.is_empty() {
-            return Err(invalid());
-        }
-        let unit_len = s.bytes().take_while(|b| *b != b'.' && !b.is_ascii_digit()).count();
-        if unit_len == 0 {
+        if unit.is_empty() {
             return Err(format!("time: missing unit in duration {input:?}"));
         }
-        let (unit, rest) = s.split_at(unit_len);
-        s = rest;
         let unit_nanos: u128 = match unit {
             "ns" => 1,
             "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,

@@ -46,19 +46,8 @@ pub fn parse_base2_bytes(input: &str) -> Result<u64, Error> {
     }
     let mut total: u128 = 0;
     while !s.is_empty() {
-        let int_len = s.bytes().take_while(u8::is_ascii_digit).count();
-        let (int_part, rest) = s.split_at(int_len);
-        s = rest;
-        let mut frac_part = "";
-        if let Some(rest) = s.strip_prefix('.') {
-            let frac_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-            (frac_part, s) = rest.split_at(frac_len);
-        }
-        if int_part.is_empty() && frac_part.is_empty() {
-            return Err(Error::Syntax);
-        }
-        let unit_len = s.bytes().take_while(|b| *b != b'.' && !b.is_ascii_digit()).count();
-        let (unit, rest) = s.split_at(unit_len);
+        let (crate::terms::Term { int_part, frac_part, unit }, rest) =
+            crate::terms::next_term(s).ok_or(Error::Syntax)?;
         s = rest;
         let shift =
             UNITS.iter().find(|(short, long, _)| unit == *short || unit == *long).map(|u| u.2).ok_or(Error::Syntax)?;
