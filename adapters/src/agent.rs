@@ -217,10 +217,7 @@ async fn status_handler(State(shared): State<Shared>) -> Json<AgentStatus> {
 }
 
 async fn metrics_handler(State(shared): State<Shared>) -> String {
-    let registry = shared.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-    out
+    crate::metrics::encode_registry(&shared.registry)
 }
 
 #[cfg(test)]

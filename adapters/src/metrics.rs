@@ -181,12 +181,17 @@ impl Metrics {
 
     /// Encodes every metric in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        encode_registry(&self.registry)
     }
+}
+
+/// Encodes a shared registry in the OpenMetrics text format.
+pub fn encode_registry(registry: &Mutex<Registry>) -> String {
+    let registry = registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = String::new();
+    // Encoding into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use tokio::sync::Mutex;
-use tsdb_operator_core::backup::protocol::{BEARER, BackupRequest, JobState, JobStatus, TOKEN_KEY};
+use tsdb_operator_core::backup::protocol::{BEARER, BackupRequest, JobStatus, TOKEN_KEY};
 
 use super::take::{Progress, TakeConfig, take_backup};
 
@@ -107,20 +107,7 @@ async fn start(State(agent): State<BackupAgent>, headers: HeaderMap, Json(req): 
     if let Some(done) = jobs.finished.get(&req.id) {
         return (StatusCode::CONFLICT, Json(done.clone())).into_response();
     }
-    let job = JobStatus {
-        id: req.id.clone(),
-        state: JobState::Running,
-        reason: None,
-        message: None,
-        start_time: Utc::now(),
-        completion_time: None,
-        blocks: 0,
-        files: 0,
-        total_bytes: 0,
-        uploaded_bytes: 0,
-        deleted_backups: Vec::new(),
-        snapshot_millis: 0,
-    };
+    let job = JobStatus::running(&req.id, Utc::now());
     let progress = Arc::new(Progress::default());
     jobs.running = Some((job.clone(), progress.clone()));
     drop(jobs);

@@ -154,20 +154,7 @@ fn block_times(block_dir: &Path) -> (Option<i64>, Option<i64>) {
 /// before it returns.
 pub async fn take_backup(config: &TakeConfig, req: &BackupRequest, progress: &Arc<Progress>) -> JobStatus {
     let started = Utc::now();
-    let mut job = JobStatus {
-        id: req.id.clone(),
-        state: JobState::Running,
-        reason: None,
-        message: None,
-        start_time: started,
-        completion_time: None,
-        blocks: 0,
-        files: 0,
-        total_bytes: 0,
-        uploaded_bytes: 0,
-        deleted_backups: Vec::new(),
-        snapshot_millis: 0,
-    };
+    let mut job = JobStatus::running(&req.id, started);
     match run(config, req, progress, &mut job).await {
         Ok(()) => job.state = JobState::Succeeded,
         Err(f) => {

@@ -203,6 +203,26 @@ pub struct JobStatus {
     pub snapshot_millis: u64,
 }
 
+impl JobStatus {
+    /// A job `id` that started at `start_time` and is running.
+    pub fn running(id: &str, start_time: DateTime<Utc>) -> Self {
+        Self {
+            id: id.to_owned(),
+            state: JobState::Running,
+            reason: None,
+            message: None,
+            start_time,
+            completion_time: None,
+            blocks: 0,
+            files: 0,
+            total_bytes: 0,
+            uploaded_bytes: 0,
+            deleted_backups: Vec::new(),
+            snapshot_millis: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
