@@ -378,3 +378,79 @@ async fn retention_change_rolls_the_pods_to_the_new_arguments() -> Result<()> {
     wait_phase(&ns, "roll", Phase::Active, 1, READY).await?;
     Ok(())
 }
+
+/// Another writer edits the StatefulSet at 10 requests a second while the operator reconciles (fault A7.10): the
+/// operator puts back only what it owns (replicas), keeps the other writer's labels and annotations (server-side
+/// apply ownership), writes no more often than the other writer changes owned fields, and does not fight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_writer_keeps_its_metadata_and_owned_fields_converge_without_a_write_fight() -> Result<()> {
+    use tsdb_operator_testenv::controlplane::{ADMIN_USER, ALICE_USER};
+    let env = env();
+    let ns = namespace("writers").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    // Alice may edit workloads in the namespace (the built-in `edit` role), as a user with kubectl would.
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "alice-edit", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": ALICE_USER}]
+    });
+    env.cp.apply_yaml(&serde_json::to_string(&binding)?).await?;
+    // Pods stay Pending (no node matches): only the objects matter here.
+    let yaml = format!("{}  nodeSelector:\n    tsdb-test/nowhere: \"true\"\n", cluster_yaml("w", 1));
+    apply_cluster(&ns, &yaml).await?;
+    eventually("the StatefulSet exists", Duration::from_mins(1), || async { Ok(sts(&ns, "w").await?.map(|_| ())) })
+        .await?;
+    let alice: Api<StatefulSet> = Api::namespaced(env.cp.client_for_user(ALICE_USER)?, &ns);
+    let writes_before = operator_sts_writes(&ns)?;
+
+    // 100 edits over about 10 s: every fifth sets replicas (owned by the operator), the others add metadata.
+    let mut replica_edits = 0;
+    for i in 0..100u32 {
+        let patch = if i % 5 == 0 {
+            replica_edits += 1;
+            json!({"spec": {"replicas": 3 + i % 2}})
+        } else {
+            json!({"metadata": {"labels": {format!("team-{}", i % 4): "x"}, "annotations": {"owner/note": format!("edit {i}")}}})
+        };
+        alice.patch("w", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let converged = eventually("replicas back at 1", Duration::from_secs(30), || async {
+        Ok(sts(&ns, "w").await?.filter(|s| s.spec.as_ref().and_then(|s| s.replicas) == Some(1)))
+    })
+    .await?;
+    let labels = converged.metadata.labels.clone().unwrap_or_default();
+    let annotations = converged.metadata.annotations.clone().unwrap_or_default();
+    for i in 0..4 {
+        assert_eq!(labels.get(&format!("team-{i}")).map(String::as_str), Some("x"), "labels: {labels:?}");
+    }
+    assert_eq!(annotations.get("owner/note").map(String::as_str), Some("edit 99"), "annotations: {annotations:?}");
+    assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("tsdb-operator"));
+
+    // Quiet afterwards, and the operator wrote at most once per owned-field edit (plus the revert in flight).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = operator_sts_writes(&ns)? - writes_before;
+    eprintln!(
+        "another writer: {replica_edits} replica edits, 80 metadata edits; operator StatefulSet writes: {during}"
+    );
+    assert!(during >= 1, "the operator reverted replicas");
+    assert!(during <= replica_edits + 2, "operator wrote {during} times for {replica_edits} edits of owned fields");
+    let after = operator_sts_writes(&ns)?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(operator_sts_writes(&ns)?, after, "the operator kept writing after the other writer stopped");
+
+    /// The operator's (admin here) writes to StatefulSets in `ns`, from the API server's audit log; the controller
+    /// manager writes only their status.
+    fn operator_sts_writes(ns: &str) -> Result<usize> {
+        Ok(support::env()
+            .cp
+            .audit_writes_by(ADMIN_USER)?
+            .iter()
+            .filter_map(|w| w.object_ref.as_ref())
+            .filter(|o| o.resource == "statefulsets" && o.subresource.is_empty() && o.namespace == ns)
+            .count())
+    }
+    Ok(())
+}

@@ -6,36 +6,15 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use support::*;
 use tsdb_operator_core::crd::Phase;
 use tsdb_operator_testenv::controlplane::OPERATOR_SA_USER;
 use tsdb_operator_testenv::process::{ProcessBuilder, free_port};
 
-async fn apply_manifests(yaml: &str) -> Result<()> {
-    let client = client();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
-        let (api_version, kind) =
-            (value["apiVersion"].as_str().context("apiVersion")?, value["kind"].as_str().context("kind")?);
-        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        let plural = format!("{}s", kind.to_ascii_lowercase());
-        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
-        let name = value["metadata"]["name"].as_str().context("name")?;
-        let api: Api<DynamicObject> = match value["metadata"]["namespace"].as_str() {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
-        };
-        api.patch(name, &PatchParams::apply("test-user").force(), &Patch::Apply(&value)).await?;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clusters_cost_zero_writes_with_least_privilege_rbac() -> Result<()> {
     let env = env();
-    apply_manifests(include_str!("../../deploy/rbac.yaml")).await?;
+    env.cp.apply_yaml(include_str!("../../deploy/rbac.yaml")).await?;
     let ns = namespace("idle").await;
     let kubeconfig = env.cp.kubeconfig_path_for(OPERATOR_SA_USER).context("operator user")?;
     let port = free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;

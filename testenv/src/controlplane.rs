@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::wait::{await_condition, conditions};
 use serde::Deserialize as _;
 
@@ -248,6 +249,35 @@ impl ControlPlane {
             );
         }
         self.install_crds(&crds).await
+    }
+
+    /// Applies every object of a (multi-document) YAML stream such as `deploy/rbac.yaml` with server-side apply as
+    /// the admin, under the field manager `testenv`. Plurals are the kind in lower case plus `s`, which holds for
+    /// the kinds tests apply (RBAC objects, namespaces, service accounts, the project's kinds).
+    pub async fn apply_yaml(&self, yaml: &str) -> Result<()> {
+        let client = self.client();
+        for document in serde_yaml::Deserializer::from_str(yaml) {
+            let value = serde_json::Value::deserialize(document).context("failed to parse YAML")?;
+            if value.is_null() {
+                continue;
+            }
+            let (api_version, kind) = (
+                value["apiVersion"].as_str().context("an object without apiVersion")?,
+                value["kind"].as_str().context("an object without kind")?,
+            );
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            let plural = format!("{}s", kind.to_ascii_lowercase());
+            let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
+            let name = value["metadata"]["name"].as_str().context("an object without metadata.name")?;
+            let api: Api<DynamicObject> = match value["metadata"]["namespace"].as_str() {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
+            api.patch(name, &PatchParams::apply("testenv").force(), &Patch::Apply(&value))
+                .await
+                .with_context(|| format!("failed to apply {kind} {name}"))?;
+        }
+        Ok(())
     }
 
     /// Installs the project's CRDs (`tsdb_operator_core::crd::crds()`).

@@ -17,7 +17,8 @@
 //! - Status is written with a JSON patch guarded by the object's `resourceVersion` under its own field manager
 //!   (`tsdb-operator-backup`); the cluster controller leaves `status.backup` and `status.lastBackupTime` out of
 //!   its applies and carries `BackupHealthy` over; a stale copy of the condition is repaired at the next tick.
-//! - A cluster whose backup is disabled, or that is deleted, is never backed up again.
+//! - A cluster whose backup is disabled, or that is deleted, is never backed up again; a backup running when
+//!   backups were disabled is still followed and recorded.
 //! - The operator never reads bucket credentials: the agent reads them from its mounted Secret.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -197,7 +198,9 @@ pub async fn run(
         let mut seen = BTreeSet::new();
         for pc in clusters {
             let (Some(ns), name) = (pc.namespace(), pc.name_any()) else { continue };
-            if !pc.spec.backup.enabled || pc.metadata.deletion_timestamp.is_some() {
+            // A backup that was running when backups were disabled is still followed to its end.
+            let running = pc.status.as_ref().and_then(|s| s.backup.as_ref()).is_some_and(|b| b.running.is_some());
+            if !(pc.spec.backup.enabled || running) || pc.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             seen.insert((ns.clone(), name.clone()));
@@ -356,6 +359,9 @@ async fn pass(
     }
 
     let spec = &pc.spec.backup;
+    if !spec.enabled {
+        return Ok(());
+    }
     let schedule = (!spec.schedule.is_empty()).then(|| parse_schedule(&spec.schedule).ok()).flatten();
     let created = pc.metadata.creation_timestamp.as_ref().map_or(now, from_time);
     let anchor = previous.last_schedule_time.as_ref().map_or(created, from_time);
@@ -409,13 +415,11 @@ async fn pass(
             let status = status_started(&previous, &job_id, &pod.name_any(), &trigger, now);
             write_status(ctx, pc, &status, None, None).await?;
             tracing::info!(%key, id = %job_id, pod = %pod.name_any(), trigger = trigger.as_str(), "backup started");
-            ctx.events
-                .publish(
-                    &reference,
-                    actor,
-                    Did::BackupStarted { id: job_id, pod: pod.name_any(), trigger: trigger.as_str().to_owned() },
-                )
-                .await;
+            ctx.events.publish(
+                &reference,
+                actor,
+                Did::BackupStarted { id: job_id, pod: pod.name_any(), trigger: trigger.as_str().to_owned() },
+            );
         }
         Err(e) => {
             let reason = match &e {
@@ -488,13 +492,13 @@ async fn finish(
             tracing::info!(namespace = ns, name = %name, %id, total_bytes, uploaded_bytes, "backup succeeded");
             let action =
                 Did::BackupSucceeded { id: id.clone(), total_bytes: *total_bytes, uploaded_bytes: *uploaded_bytes };
-            ctx.events.publish(&reference, actor, action).await;
+            ctx.events.publish(&reference, actor, action);
         }
         Outcome::Failed { reason, message } => {
             tracing::warn!(namespace = ns, name = %name, %id, reason = reason.as_str(), %message, "backup failed");
             let action =
                 Did::BackupFailed { id: id.to_owned(), reason: reason.as_str().to_owned(), message: message.clone() };
-            ctx.events.publish(&reference, actor, action).await;
+            ctx.events.publish(&reference, actor, action);
         }
     }
     Ok(())

@@ -147,7 +147,7 @@ async fn finalize(api: &Api<PrometheusCluster>, pc: &PrometheusCluster, ctx: &Co
     if !pc.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    cleanup(pc, ctx).await?;
+    cleanup(pc, ctx);
     let rest: Vec<&String> = pc.finalizers().iter().filter(|f| *f != FINALIZER).collect();
     let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": pc.resource_version()}});
     match api.patch(&pc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
@@ -191,7 +191,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         let message = errors.to_string();
         let status = compute_status(pc, None, &[], Some(message.clone()), &[]);
         if write_status(ctx, pc, &status).await? {
-            ctx.events.publish(&reference, actor, Did::Rejected { reason: message }).await;
+            ctx.events.publish(&reference, actor, Did::Rejected { reason: message });
         }
         return Ok(Action::await_change());
     }
@@ -231,7 +231,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
             .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == conditions::PAUSED && c.status == "True"));
         write_status(ctx, pc, &status).await?;
         if !was_paused {
-            ctx.events.publish(&reference, actor, Did::Paused).await;
+            ctx.events.publish(&reference, actor, Did::Paused);
         }
         ctx.metrics.set_phase(&ns, &name, status.phase.unwrap_or(Phase::Provisioning));
         return Ok(Action::await_change());
@@ -244,7 +244,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
             let message = format!("{e}");
             let status = compute_status(pc, sts.as_ref(), &pods, Some(message.clone()), &[]);
             if write_status(ctx, pc, &status).await? {
-                ctx.events.publish(&reference, actor, Did::Rejected { reason: message }).await;
+                ctx.events.publish(&reference, actor, Did::Rejected { reason: message });
             }
             return Ok(Action::await_change());
         }
@@ -257,7 +257,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         futures::future::try_join_all(stage.iter().map(|step| children::execute_step(&ctx.client, &ns, step))).await?;
         for step in stage {
             for action in describe_step(step, sts.as_ref()) {
-                ctx.events.publish(&reference, actor.clone(), action).await;
+                ctx.events.publish(&reference, actor.clone(), action);
             }
         }
     }
@@ -286,11 +286,12 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         && let Some(new) = status.phase
     {
         let from = old_phase.map(|p| p.as_str().to_owned()).unwrap_or_default();
-        ctx.events.publish(&reference, actor, Did::PhaseChanged { from, to: new.as_str().to_owned() }).await;
+        ctx.events.publish(&reference, actor, Did::PhaseChanged { from, to: new.as_str().to_owned() });
     }
     let phase = status.phase.unwrap_or(Phase::Provisioning);
     ctx.metrics.set_phase(&ns, &name, phase);
-    Ok(next_check(phase, &plan, &observed))
+    let pods_running = pods.iter().any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+    Ok(next_check(phase, &plan, &observed, pods_running, !problems.is_empty()))
 }
 
 /// Groups consecutive steps that may run at once: ConfigMaps, Secrets and Services; then StatefulSets and
@@ -304,14 +305,20 @@ fn stages(steps: &[Step]) -> Vec<&[Step]> {
     steps.chunk_by(|a, b| stage_of(a) == stage_of(b)).collect()
 }
 
-/// When to look again. Active clusters with nothing to do: in 5 minutes (reads only; catches problems no watch
-/// event reports, such as a Secret created later). Otherwise, and for two minutes after a configuration change
-/// (the agent reports whether Prometheus accepted it only after the kubelet updated the mounted files, and no
-/// watch event says when that happened): in 10 s.
+/// When to look again, beyond the watch events (the cluster, its StatefulSet, Service and ConfigMap) that
+/// already bring every change of phase:
+/// - in 10 s while a problem is shown (a Secret created later sends no event this controller watches), and for
+///   two minutes after a configuration change while pods run (the agent reports whether Prometheus accepted it
+///   only after the kubelet updated the mounted files, and no watch event says when that happened);
+/// - in 5 minutes when Active with nothing to do (reads only; a safety net);
+/// - in 1 minute otherwise (pods starting or Pending: their progress arrives as StatefulSet status events, so
+///   a thousand clusters waiting for nodes do not cost a hundred reads a second).
 fn next_check(
     phase: Phase,
     plan: &tsdb_operator_core::plan::Plan,
     observed: &BTreeMap<ChildKey, serde_json::Value>,
+    pods_running: bool,
+    has_problems: bool,
 ) -> Action {
     let config_changed_recently = plan.steps.iter().any(|s| s.key().kind == "ConfigMap")
         || observed
@@ -319,9 +326,12 @@ fn next_check(
             .find(|(k, _)| k.kind == "ConfigMap")
             .and_then(|(_, cm)| last_applied_at(cm))
             .is_some_and(|t| now().duration_since(t).as_secs() < 120);
+    if has_problems || (config_changed_recently && pods_running) {
+        return Action::requeue(Duration::from_secs(10));
+    }
     match phase {
-        Phase::Active if plan.is_empty() && !config_changed_recently => Action::requeue(Duration::from_mins(5)),
-        _ => Action::requeue(Duration::from_secs(10)),
+        Phase::Active if plan.is_empty() => Action::requeue(Duration::from_mins(5)),
+        _ => Action::requeue(Duration::from_mins(1)),
     }
 }
 
@@ -455,15 +465,13 @@ const OWNED_CONDITIONS: [&str; 4] =
 
 /// Cleanup when the cluster is deleted: bounded and free of external dependencies. Children are garbage
 /// collected through their ownerReferences; the cluster's metric series are removed (seed behaviour).
-async fn cleanup(pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
+fn cleanup(pc: &PrometheusCluster, ctx: &Context) {
     let ns = pc.namespace().unwrap_or_default();
     let name = pc.name_any();
     ctx.metrics.delete_cluster(&ns, &name);
     let reference = pc.object_ref(&());
-    let publish = ctx.events.publish(&reference, ctx.events.operator_actor(), Did::Finalized);
-    // Recording the event must never hold up deletion.
-    let _ = tokio::time::timeout(Duration::from_secs(5), publish).await;
-    Ok(Action::await_change())
+    // Recording the event never holds up deletion: publishing does not wait for the API server.
+    ctx.events.publish(&reference, ctx.events.operator_actor(), Did::Finalized);
 }
 
 #[cfg(test)]

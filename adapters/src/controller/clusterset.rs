@@ -135,9 +135,11 @@ async fn reconcile_inner(set: &PrometheusClusterSet, ctx: &Context) -> Result<Ac
             )
             .await
             .map_err(|source| Error::Overlay { member: id, source })?;
-            ctx.events
-                .publish(&member.object_ref(&()), ctx.events.operator_actor(), Did::BackupOverlaid { set: set_name })
-                .await;
+            ctx.events.publish(
+                &member.object_ref(&()),
+                ctx.events.operator_actor(),
+                Did::BackupOverlaid { set: set_name },
+            );
         }
     }
 

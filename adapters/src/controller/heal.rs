@@ -285,9 +285,9 @@ async fn act(
     match (was_open, breaker) {
         (false, Some(s)) => {
             tracing::warn!(cluster = %key, "{}", s.message());
-            ctx.events.publish(&reference, actor.clone(), Did::HealingSuspended { reason: s.message() }).await;
+            ctx.events.publish(&reference, actor.clone(), Did::HealingSuspended { reason: s.message() });
         }
-        (true, None) => ctx.events.publish(&reference, actor.clone(), Did::HealingResumed).await,
+        (true, None) => ctx.events.publish(&reference, actor.clone(), Did::HealingResumed),
         _ => {}
     }
     state.breaker_open.insert(key.clone(), breaker.is_some());
@@ -315,7 +315,7 @@ async fn act(
                 state.last_failover.insert(key.clone(), now);
                 ctx.metrics.failover_total.get_or_create(&labels).inc();
                 let did = Did::FailoverTriggered { pod: r.pod.clone(), reason: r.reason.clone(), via: via.to_owned() };
-                ctx.events.publish(&reference, actor.clone(), did).await;
+                ctx.events.publish(&reference, actor.clone(), did);
                 replaced = Some(r.clone());
             }
             Ok(Removal::Refused(why)) => {
