@@ -7,23 +7,16 @@
 
 mod support;
 
-use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
+use support::backup::*;
 use support::*;
-use tsdb_operator_adapters::backup::store::{self, Credentials, Store, Tuning};
-use tsdb_operator_core::backup::manifest::{
-    BlockEntry, FileEntry, Layout, MANIFEST_VERSION, Manifest, SourceCluster, is_immutable,
-};
-use tsdb_operator_core::backup::protocol::StoreLocation;
+use tsdb_operator_core::backup::manifest::Layout;
 use tsdb_operator_core::crd::{Phase, PrometheusCluster};
 use tsdb_operator_testenv::paths::{self, PrometheusMajor};
 use tsdb_operator_testenv::process::{ProcessBuilder, free_port};
@@ -32,144 +25,6 @@ use tsdb_operator_testenv::s3::S3Server;
 const READY: Duration = Duration::from_mins(3);
 const SERIES: u64 = 2000;
 const SAMPLES: u64 = 120;
-
-/// Forwards `bind` to `target` (the pods' way to the loopback S3 server). Stops when dropped.
-struct Forwarder {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Forwarder {
-    async fn start(bind: IpAddr, target: SocketAddr) -> Result<Self> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::new(bind, 0)).await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Ok(Self { addr, task })
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-}
-
-/// Writes OpenMetrics with `SERIES` series of `SAMPLES` samples one minute apart, the last one `end` (unix s);
-/// the value of sample k of series i is `i * 1000 + k`. Returns the sum of all values.
-fn known_samples(path: &Path, end: u64) -> Result<u64> {
-    let mut text = String::from("# HELP backup_test Known samples.\n# TYPE backup_test gauge\n");
-    let mut sum = 0;
-    for i in 0..SERIES {
-        for k in 0..SAMPLES {
-            let ts = end - (SAMPLES - 1 - k) * 60;
-            let v = i * 1000 + k;
-            sum += v;
-            let _ = writeln!(text, "backup_test{{series=\"{i}\"}} {v} {ts}");
-        }
-    }
-    text.push_str("# EOF\n");
-    std::fs::write(path, text)?;
-    Ok(sum)
-}
-
-/// Uploads the blocks in `dir` as backup `id` of `layout`, in the backup format (a hand-made seed backup).
-async fn upload_seed(store: &Store, layout: &Layout, dir: &Path, id: &str) -> Result<()> {
-    let mut blocks = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let ulid = entry.file_name().to_string_lossy().into_owned();
-        if !entry.path().join("meta.json").is_file() {
-            continue;
-        }
-        let mut files = Vec::new();
-        let mut stack = vec![(entry.path(), String::new())];
-        while let Some((d, rel)) = stack.pop() {
-            for f in std::fs::read_dir(&d)? {
-                let f = f?;
-                let name = f.file_name().to_string_lossy().into_owned();
-                let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-                if f.path().is_dir() {
-                    stack.push((f.path(), path));
-                    continue;
-                }
-                let key = if is_immutable(&path) {
-                    Layout::block_file_key(&ulid, &path)
-                } else {
-                    Layout::backup_file_key(id, &ulid, &path)
-                };
-                let (size, sha256) = store.upload_file(&f.path(), &layout.full(&key), &|_| {}).await?;
-                files.push(FileEntry { path, key, size, sha256 });
-            }
-        }
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        blocks.push(BlockEntry { ulid, min_time: None, max_time: None, files });
-    }
-    blocks.sort_by(|a, b| a.ulid.cmp(&b.ulid));
-    ensure!(!blocks.is_empty(), "promtool made no blocks in {}", dir.display());
-    let manifest = Manifest {
-        version: MANIFEST_VERSION,
-        id: id.to_owned(),
-        cluster: SourceCluster { namespace: "seed".into(), name: "seed".into(), ..SourceCluster::default() },
-        start_time: chrono::Utc::now(),
-        completion_time: chrono::Utc::now(),
-        snapshot: String::new(),
-        blocks,
-        uploaded_bytes: 0,
-    };
-    store.put(&layout.full(&Layout::manifest_key(id)), bytes::Bytes::from(manifest.to_json())).await?;
-    Ok(())
-}
-
-fn s3_store(s3: &S3Server, prefix: &str) -> Result<Store> {
-    let location = StoreLocation::S3 {
-        bucket: s3.bucket().to_owned(),
-        region: s3.region().to_owned(),
-        endpoint: s3.endpoint(),
-        prefix: prefix.to_owned(),
-    };
-    let creds = Credentials {
-        access_key_id: s3.access_key().to_owned(),
-        secret_access_key: s3.secret_key().to_owned(),
-        session_token: None,
-    };
-    Ok(store::open(&location, Some(&creds), &Tuning::default())?)
-}
-
-async fn create_credentials(ns: &str, s3: &S3Server) -> Result<()> {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "s3-creds"},
-        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key(), "AWS_SECRET_ACCESS_KEY": s3.secret_key()},
-    }))?;
-    Api::<Secret>::namespaced(client(), ns).create(&PostParams::default(), &secret).await?;
-    Ok(())
-}
-
-/// Runs a PromQL instant query at `time` on `addr` (pod IP or host:port) and returns the result vector.
-async fn query(addr: &str, promql: &str, time: u64) -> Result<serde_json::Value> {
-    let url = format!("http://{addr}/api/v1/query");
-    let resp: serde_json::Value = reqwest::Client::new()
-        .get(&url)
-        .query(&[("query", promql), ("time", &time.to_string())])
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?
-        .json()
-        .await?;
-    ensure!(resp["status"] == "success", "{promql}: {resp}");
-    Ok(resp["data"]["result"].clone())
-}
 
 /// The known series, checked by count, sample count and sum of values at `end + 1`.
 async fn known_data(addr: &str, end: u64) -> Result<(u64, u64, u64)> {
@@ -186,111 +41,33 @@ async fn known_data(addr: &str, end: u64) -> Result<(u64, u64, u64)> {
     ))
 }
 
-fn cluster_yaml(name: &str, s3_endpoint: &str, bucket: &str, backup: bool, restore: Option<(&str, &str)>) -> String {
-    let mut spec = json!({
-        "replicas": 1,
-        "image": "prom/prometheus:v3.5.0",
-        "retention": "30d",
-        "scrapeInterval": "2s",
-        "storage": {"size": "1Gi"},
-    });
-    if backup {
-        spec["backup"] = json!({
-            "enabled": true, "bucket": bucket, "prefix": "tsdb", "endpoint": s3_endpoint,
-            "credentialsSecretRef": {"name": "s3-creds"}, "retention": {"keepLast": 2},
-        });
-    }
-    if let Some((cluster, id)) = restore {
-        spec["restore"] = json!({
-            "backupId": id,
-            "source": {"cluster": cluster, "bucket": bucket, "prefix": "tsdb", "endpoint": s3_endpoint,
-                "credentialsSecretRef": {"name": "s3-creds"}},
-        });
-    }
-    serde_yaml::to_string(&json!({
-        "apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusCluster",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap_or_default()
-}
-
-fn pod_ip_of(ns: &str, pod: &str) -> Result<String> {
-    env().kubelet.faults().pod_ip(ns, pod).map(|ip| ip.to_string()).context("no pod IP")
-}
-
-/// Asks for a backup with the annotation and waits for its outcome; returns the status.
-async fn backup_now(ns: &str, name: &str, token: &str) -> Result<tsdb_operator_core::crd::BackupStatus> {
-    let api: Api<PrometheusCluster> = Api::namespaced(client(), ns);
-    let patch = json!({"metadata": {"annotations": {"observability.merlionos.org/backup-now": token}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    eventually(&format!("backup {token} of {ns}/{name} to finish"), Duration::from_mins(2), || {
-        let api = api.clone();
-        async move {
-            let pc = api.get(name).await?;
-            let b = pc.status.and_then(|s| s.backup).unwrap_or_default();
-            Ok((b.last_request.as_deref() == Some(token) && b.running.is_none()).then_some(b))
-        }
-    })
-    .await
-}
-
-fn snapshot_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if e.file_name() == "snapshots" {
-                    out.extend(std::fs::read_dir(&p).into_iter().flatten().flatten().map(|s| s.path()));
-                } else {
-                    stack.push(p);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn tsdb_ctl(s3: &S3Server, args: &[&str]) -> Result<std::process::Output> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_tsdb-ctl"))
-        .args(args)
-        .args(["--endpoint", &s3.endpoint(), "--bucket", s3.bucket(), "--prefix", "tsdb"])
-        .env("AWS_ACCESS_KEY_ID", s3.access_key())
-        .env("AWS_SECRET_ACCESS_KEY", s3.secret_key())
-        .output()?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)] // one story: seed, back up twice, restore three ways, break things
 async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Result<()> {
     let env = env();
     let s3 = S3Server::start()?;
-    let bridge = IpAddr::V4(Ipv4Addr::new(10, 213, env.kubelet.subnet_index(), 1));
-    let fwd = Forwarder::start(bridge, s3.addr()).await?;
-    let endpoint = format!("http://{}", fwd.addr);
+    let fwd = Forwarder::to_s3(&s3).await?;
+    let endpoint = fwd.endpoint();
     let ns = namespace("backup").await;
     create_credentials(&ns, &s3).await?;
 
     // A seed backup of known samples, made by promtool, uploaded in the backup format.
     let work = env.workdir.subdir(&format!("{ns}-seed"))?;
     let end = now_secs() - 3600;
-    let sum = known_samples(&work.join("input.om"), end)?;
+    let sum = known_samples(&work.join("input.om"), SERIES, SAMPLES, end)?;
     let blocks_dir = work.join("blocks");
-    let out = Command::new(paths::promtool(PrometheusMajor::V3)?)
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(work.join("input.om"))
-        .arg(&blocks_dir)
-        .output()?;
-    ensure!(out.status.success(), "promtool: {}", String::from_utf8_lossy(&out.stderr));
+    promtool_blocks(&work.join("input.om"), &blocks_dir, &[])?;
     let store = s3_store(&s3, "tsdb")?;
     upload_seed(&store, &Layout::new("tsdb", &ns, "seed"), &blocks_dir, "20200101T000000Z").await?;
 
     let op = Operator::start(Some(&ns), &["--backup-tick-seconds=1", "--backup-gc-grace=0s"])?;
 
     // 1. Declarative restore: `src` starts from the seed backup and holds exactly the known samples.
-    apply_cluster(&ns, &cluster_yaml("src", &endpoint, s3.bucket(), true, Some(("seed", "20200101T000000Z")))).await?;
+    apply_cluster(
+        &ns,
+        &cluster_yaml("src", &endpoint, s3.bucket(), Some(json!({})), Some(("seed", "20200101T000000Z"))),
+    )
+    .await?;
     wait_phase(&ns, "src", Phase::Active, 1, READY).await?;
     let src_ip = pod_ip_of(&ns, "src-0")?;
     let src_addr = format!("{src_ip}:9090");
@@ -378,7 +155,7 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     ensure!(got == expected, "tsdb-ctl restore: {got:?} != {expected:?}");
 
     // 4. Declarative restore of the latest backup into a new cluster: same series, same values.
-    apply_cluster(&ns, &cluster_yaml("dst", &endpoint, s3.bucket(), false, Some(("src", &id2)))).await?;
+    apply_cluster(&ns, &cluster_yaml("dst", &endpoint, s3.bucket(), None, Some(("src", &id2)))).await?;
     wait_phase(&ns, "dst", Phase::Active, 1, READY).await?;
     let dst_addr = format!("{}:9090", pod_ip_of(&ns, "dst-0")?);
     let got = eventually("known samples in dst", Duration::from_secs(30), || {
@@ -435,22 +212,6 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     ensure!(std::fs::read_dir(&dest2).map_or(0, Iterator::count) == 0, "nothing written on a failed restore");
     drop(fwd);
     Ok(())
-}
-
-fn walk(dir: &Path) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(m) = e.metadata() {
-                out.push((p.to_string_lossy().into_owned(), m.len()));
-            }
-        }
-    }
-    out
 }
 
 fn write_empty_config(dir: &Path) -> Result<PathBuf> {
@@ -536,18 +297,12 @@ async fn a_backup_fails_and_uploads_nothing_when_the_snapshot_api_is_disabled() 
 /// PrometheusCluster is gone within a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_cluster_completes_while_the_object_store_is_down() -> Result<()> {
-    let env = env();
-    let s3 = S3Server::start()?;
-    let bridge = IpAddr::V4(Ipv4Addr::new(10, 213, env.kubelet.subnet_index(), 1));
-    let fwd = Forwarder::start(bridge, s3.addr()).await?;
-    let endpoint = format!("http://{}", fwd.addr);
-    let ns = namespace("delete-s3-down").await;
-    create_credentials(&ns, &s3).await?;
-    let _op = Operator::start(Some(&ns), &["--backup-tick-seconds=1"])?;
-    apply_cluster(&ns, &cluster_yaml("gone", &endpoint, s3.bucket(), true, None)).await?;
+    let env = BackupEnv::start("delete-s3-down", &["--backup-tick-seconds=1"]).await?;
+    let ns = env.ns.clone();
+    apply_cluster(&ns, &env.cluster_yaml("gone", Some(json!({})), None)).await?;
     wait_phase(&ns, "gone", Phase::Active, 1, READY).await?;
 
-    s3.stop()?;
+    env.s3.stop()?;
     let api: Api<tsdb_operator_core::crd::PrometheusCluster> = Api::namespaced(client(), &ns);
     api.delete("gone", &kube::api::DeleteParams::default()).await?;
     eventually("the cluster to be deleted with S3 down", Duration::from_mins(1), || async {

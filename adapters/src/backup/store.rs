@@ -338,7 +338,7 @@ impl Store {
                     filled += n;
                 }
                 if filled == 0 {
-                    return Ok(());
+                    break;
                 }
                 buf.truncate(filled);
                 hasher.update(&buf);
@@ -346,6 +346,12 @@ impl Store {
                 on_bytes(filled as u64);
                 writer.put(Bytes::from(buf));
             }
+            // Every part stored before `finish`, which would report a failed abort instead of the part's error.
+            writer.wait_for_capacity(0).await.map_err(|source| Error::Request {
+                op: "upload",
+                key: key.to_owned(),
+                source,
+            })
         }
         .await;
         match result {

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 #![allow(clippy::panic)] // test support: a broken environment fails the test
 
+pub mod backup;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

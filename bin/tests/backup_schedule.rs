@@ -1,0 +1,173 @@
+//! Scheduled backups and retention end to end: real Prometheus pods (process kubelet), the real agent sidecar and
+//! operator, s3s-fs behind a forwarder on the pod bridge.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use chrono::Utc;
+use serde_json::json;
+use support::backup::*;
+use support::*;
+use tsdb_operator_adapters::backup::catalogue::cluster_state;
+use tsdb_operator_core::backup::from_time;
+use tsdb_operator_core::backup::manifest::Layout;
+use tsdb_operator_core::crd::Phase;
+
+const READY: Duration = Duration::from_mins(3);
+const EVERY: Duration = Duration::from_secs(10);
+
+/// `tsdb_operator_backup_total{result="success"}` of one cluster (0 before the first).
+async fn successes(op: &Operator, ns: &str, name: &str) -> Result<u64> {
+    let needle = format!("tsdb_operator_backup_total{{namespace=\"{ns}\",cluster=\"{name}\",result=\"success\"}} ");
+    let metrics = op.metrics().await?;
+    Ok(metrics.lines().find_map(|l| l.strip_prefix(&needle)).map_or(Ok(0), str::parse)?)
+}
+
+/// Waits until nothing runs, then checks that no backup starts or finishes for `quiet`.
+async fn assert_no_backups_for(op: &Operator, ns: &str, name: &str, quiet: Duration) -> Result<()> {
+    eventually("the running backup to finish", Duration::from_mins(1), || async {
+        Ok(backup_status(ns, name).await?.running.is_none().then_some(()))
+    })
+    .await?;
+    let (before, status) = (successes(op, ns, name).await?, backup_status(ns, name).await?);
+    let deadline = tokio::time::Instant::now() + quiet;
+    while tokio::time::Instant::now() < deadline {
+        let now = backup_status(ns, name).await?;
+        ensure!(now.running.is_none(), "a backup started: {now:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (after, last) = (successes(op, ns, name).await?, backup_status(ns, name).await?);
+    ensure!(after == before, "{} backups ran", after - before);
+    ensure!(last.last_schedule_time == status.last_schedule_time, "a slot was taken: {last:?}");
+    Ok(())
+}
+
+/// `@every 10s` gets backups without any request; `suspend: true` stops the scheduled ones (an on-demand one
+/// still runs), `suspend: false` resumes them, `enabled: false` stops them for good (a backup running at that
+/// moment is still followed and recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_run_on_their_own_and_stop_when_suspended_or_disabled() -> Result<()> {
+    let BackupEnv { s3, fwd, ns, op } = BackupEnv::start("backup-schedule", &["--backup-tick-seconds=1"]).await?;
+    let spec = |extra: serde_json::Value| {
+        let mut b = json!({"schedule": "@every 10s", "retention": {"keepLast": 20}});
+        if let (Some(b), Some(e)) = (b.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        cluster_yaml("sched", &fwd.endpoint(), s3.bucket(), Some(b), None)
+    };
+    apply_cluster(&ns, &spec(json!({}))).await?;
+    wait_phase(&ns, "sched", Phase::Active, 1, READY).await?;
+
+    // Two scheduled backups, 10 s apart on the slot grid, with no annotation.
+    eventually("two scheduled backups", Duration::from_mins(1), || async {
+        Ok((successes(&op, &ns, "sched").await? >= 2).then_some(()))
+    })
+    .await?;
+    let status = backup_status(&ns, "sched").await?;
+    ensure!(status.last_request.is_none(), "an on-demand request was recorded: {status:?}");
+    let schedule_time = status.last_schedule_time.as_ref().map(from_time).context("no lastScheduleTime")?;
+    ensure!((Utc::now() - schedule_time).to_std()? < 3 * EVERY, "lastScheduleTime is stale: {schedule_time}");
+    let started = events(&ns, "sched", "BackupStarted").await?;
+    ensure!(
+        started.iter().all(|e| e.message.as_deref().is_some_and(|m| m.starts_with("scheduled backup"))),
+        "{:?}",
+        started.iter().map(|e| e.message.clone()).collect::<Vec<_>>()
+    );
+    let store = s3_store(&s3, PREFIX)?;
+    let stored = only_referenced_objects(&store, &Layout::new(PREFIX, &ns, "sched")).await?;
+    ensure!(stored.len() >= 2, "stored backups: {stored:?}");
+
+    // Suspended: no scheduled backup for 2.5 intervals; an on-demand one still runs.
+    apply_cluster(&ns, &spec(json!({"suspend": true}))).await?;
+    assert_no_backups_for(&op, &ns, "sched", EVERY * 5 / 2).await?;
+    let before = successes(&op, &ns, "sched").await?;
+    successful_backup(&ns, "sched", "manual").await?;
+    ensure!(successes(&op, &ns, "sched").await? == before + 1, "the on-demand backup was not counted");
+
+    // Resumed: scheduled backups come back.
+    apply_cluster(&ns, &spec(json!({"suspend": false}))).await?;
+    let resumed = before + 2;
+    eventually("a scheduled backup after resuming", Duration::from_mins(1), || async {
+        Ok((successes(&op, &ns, "sched").await? >= resumed).then_some(()))
+    })
+    .await?;
+
+    // Disabled while a (slowed-down) backup runs: that one is recorded, then none starts at all.
+    fwd.throttle.set(16 << 10);
+    let running = eventually("a scheduled backup to run", Duration::from_mins(1), || async {
+        Ok(backup_status(&ns, "sched").await?.running)
+    })
+    .await?;
+    apply_cluster(&ns, &spec(json!({"enabled": false}))).await?;
+    fwd.throttle.set(0);
+    let ended = eventually("the running backup to be recorded", Duration::from_mins(1), || async {
+        let b = backup_status(&ns, "sched").await?;
+        Ok(b.running.is_none().then_some(b))
+    })
+    .await?;
+    let recorded = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.map(from_time) >= Some(from_time(&running.start_time))
+    };
+    ensure!(
+        ended.last_backup_id.as_deref() == Some(running.id.as_str())
+            || recorded(ended.last_failed_backup_time.as_ref()),
+        "the backup running when disabled ({running:?}) was not recorded: {ended:?}"
+    );
+    assert_no_backups_for(&op, &ns, "sched", EVERY * 5 / 2).await?;
+    let (manifests, _) = cluster_state(&store, &Layout::new(PREFIX, &ns, "sched")).await?;
+    let newest = manifests.iter().map(|m| m.start_time).max().context("no backups")?;
+    ensure!((Utc::now() - newest).to_std()? >= EVERY * 5 / 2, "a backup was stored after disabling: {newest}");
+    Ok(())
+}
+
+/// `keepLast: 2` and `maxAge: 30s` with `--backup-gc-grace=0s`: a third backup deletes the first one and the
+/// blocks only it referenced; a failed backup deletes nothing, so the newest complete backup stays listed and
+/// verifiable past `maxAge`; the next success deletes the expired ones and keeps itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_backups_and_unreferenced_blocks_and_keeps_the_newest() -> Result<()> {
+    let env = BackupEnv::start("backup-retention", &["--backup-tick-seconds=1", "--backup-gc-grace=0s"]).await?;
+    let (s3, ns) = (&env.s3, env.ns.as_str());
+    let retention = json!({"retention": {"keepLast": 2, "maxAge": "30s"}});
+    apply_cluster(ns, &env.cluster_yaml("ret", Some(retention), None)).await?;
+    wait_phase(ns, "ret", Phase::Active, 1, READY).await?;
+    let store = s3_store(s3, PREFIX)?;
+    let layout = Layout::new(PREFIX, ns, "ret");
+
+    let mut ids = Vec::new();
+    for token in ["b1", "b2", "b3"] {
+        ids.push(successful_backup(ns, "ret", token).await?);
+        // Backup ids have a resolution of one second.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let (b1, b2, b3) = (&ids[0], &ids[1], &ids[2]);
+    let kept = only_referenced_objects(&store, &layout).await?;
+    ensure!(kept == [b2.clone(), b3.clone()], "keepLast 2 after three backups: {kept:?}");
+    let objects = store.list(layout.root()).await?;
+    ensure!(objects.iter().all(|o| !o.key.contains(&format!("/backups/{b1}/"))), "files of {b1} remain");
+
+    // A failed backup applies no retention: b3 (the newest complete one) stays, even past maxAge.
+    s3.stop()?;
+    let failed = backup_now(ns, "ret", "b4").await?;
+    ensure!(failed.last_backup_error.as_deref().is_some_and(|e| e.starts_with("StorageFailed")), "{failed:?}");
+    s3.restart()?;
+    let (manifests, _) = cluster_state(&store, &layout).await?;
+    let b3_start = manifests.iter().find(|m| &m.id == b3).map(|m| m.start_time).context("b3 is gone")?;
+    let expired = b3_start + chrono::Duration::seconds(31);
+    if let Ok(wait) = (expired - Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+    let listed = listed_backups(s3, ns, "ret")?;
+    ensure!(listed.len() == 2 && listed[0].contains(b3.as_str()), "listed past maxAge: {listed:?}");
+    let verify = tsdb_ctl(s3, &["verify", "--cluster", &format!("{ns}/ret"), "--backup", b3])?;
+    ensure!(verify.status.success(), "verify of {b3}: {}", String::from_utf8_lossy(&verify.stderr));
+
+    // The next success expires b2 and b3 (older than 30 s) and keeps itself.
+    let b5 = successful_backup(ns, "ret", "b5").await?;
+    let kept = only_referenced_objects(&store, &layout).await?;
+    ensure!(kept == [b5.clone()], "after maxAge: {kept:?}");
+    let listed = listed_backups(s3, ns, "ret")?;
+    ensure!(listed.len() == 1 && listed[0].contains(b5.as_str()), "listed: {listed:?}");
+    Ok(())
+}
