@@ -2,9 +2,13 @@
 //! audit log, later) get every event through [`EventBus::subscribe`]; the Kubernetes recorder turns them into
 //! Events on the object (`kubectl describe`). I/O: the Kubernetes Events API.
 //!
-//! Publishing never waits for the API server: Kubernetes Events are written by a task of their own, in the order
-//! they were published, so recording them adds no round trip to a reconcile (two `Created` events used to delay
-//! the StatefulSet of a new cluster by two writes).
+//! Publishing never waits for the API server: Kubernetes Events are written by tasks of their own (each object's in
+//! the order they were published), so recording them adds no round trip to a reconcile (two `Created` events used
+//! to delay the StatefulSet of a new cluster by two writes).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -16,31 +20,48 @@ use tsdb_operator_core::events::{Action, Actor, OperatorEvent};
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<OperatorEvent>,
-    recorder: Option<mpsc::Sender<(Event, ObjectReference)>>,
+    recorder: Option<Arc<RecorderQueues>>,
     identity: String,
 }
 
-/// Kubernetes Events waiting to be written; beyond this, new ones are dropped with a warning (they are a
-/// courtesy for `kubectl describe`; subscribers of the bus still get every event).
+/// Kubernetes Events waiting to be written, in [`RECORDERS`] queues, each written in order by a task of its own;
+/// the events of one object always go through the same queue, so they are written in the order they happened.
+struct RecorderQueues {
+    queues: Vec<mpsc::Sender<(Event, ObjectReference)>>,
+    dropped: AtomicU64,
+}
+
+/// Recording tasks (writes in flight to the API server).
+const RECORDERS: usize = 4;
+/// Kubernetes Events waiting per recording task; beyond this, new ones are dropped and counted (they are a
+/// courtesy for `kubectl describe`, like client-go's rate-limited recorder; subscribers of the bus still get
+/// every event).
 const RECORDER_QUEUE: usize = 1024;
 
 impl EventBus {
     /// A bus that also records Kubernetes Events through `client`, reported as `tsdb-operator` (seed name).
-    /// Spawns the recording task, so it must be called within a Tokio runtime; the task ends when the last clone
-    /// of the bus is dropped.
+    /// Spawns the recording tasks, so it must be called within a Tokio runtime; they end when the last clone of
+    /// the bus is dropped.
     pub fn new(client: Client, identity: &str) -> Self {
         let reporter = Reporter { controller: "tsdb-operator".into(), instance: Some(identity.to_owned()) };
         let recorder = Recorder::new(client, reporter);
-        let (queue, mut pending) = mpsc::channel::<(Event, ObjectReference)>(RECORDER_QUEUE);
-        tokio::spawn(async move {
-            while let Some((event, reference)) = pending.recv().await {
-                if let Err(e) = recorder.publish(&event, &reference).await {
-                    tracing::warn!(error = %e, reason = event.reason, "failed to record a Kubernetes event");
-                }
-            }
-        });
+        let queues = (0..RECORDERS)
+            .map(|_| {
+                let (queue, mut pending) = mpsc::channel::<(Event, ObjectReference)>(RECORDER_QUEUE);
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    while let Some((event, reference)) = pending.recv().await {
+                        if let Err(e) = recorder.publish(&event, &reference).await {
+                            tracing::warn!(error = %e, reason = event.reason, "failed to record a Kubernetes event");
+                        }
+                    }
+                });
+                queue
+            })
+            .collect();
         let (tx, _) = broadcast::channel(4096);
-        Self { tx, recorder: Some(queue), identity: identity.to_owned() }
+        let recorder = Arc::new(RecorderQueues { queues, dropped: AtomicU64::new(0) });
+        Self { tx, recorder: Some(recorder), identity: identity.to_owned() }
     }
 
     /// A bus without Kubernetes Events (tests, dry runs).
@@ -60,33 +81,44 @@ impl EventBus {
         Actor::Operator { identity: self.identity.clone() }
     }
 
+    /// Kubernetes Events dropped because the recording queues were full.
+    pub fn dropped_kubernetes_events(&self) -> u64 {
+        self.recorder.as_ref().map_or(0, |r| r.dropped.load(Ordering::Relaxed))
+    }
+
     /// Publishes `action` about the object `reference`, caused by `actor`, without waiting: subscribers get it at
-    /// once, the Kubernetes Event is queued for the recording task. Failing to record it is logged, never returned:
+    /// once, the Kubernetes Event is queued for a recording task. Failing to record it is logged, never returned:
     /// it must not fail the reconcile.
     pub fn publish(&self, reference: &ObjectReference, actor: Actor, action: Action) {
-        let event = OperatorEvent {
-            at: jiff::Timestamp::now().to_string(),
-            namespace: reference.namespace.clone().unwrap_or_default(),
-            name: reference.name.clone().unwrap_or_default(),
-            kind: reference.kind.clone().unwrap_or_default(),
-            actor,
-            action: action.clone(),
-        };
-        tracing::info!(namespace = %event.namespace, name = %event.name, reason = action.reason(), "{}", action.message());
-        // No receivers is fine: nobody subscribed yet.
-        let _ = self.tx.send(event);
-        if let Some(queue) = &self.recorder {
-            let ev = Event {
+        tracing::info!(namespace = ?reference.namespace, name = ?reference.name, reason = action.reason(), "{}", action.message());
+        if let Some(recorder) = &self.recorder {
+            let event = Event {
                 type_: if action.is_warning() { EventType::Warning } else { EventType::Normal },
                 reason: action.reason().to_owned(),
                 note: Some(truncate(&action.message(), 1000)),
                 action: action.reason().to_owned(),
                 secondary: None,
             };
-            if let Err(e) = queue.try_send((ev, reference.clone())) {
-                tracing::warn!(error = %e, "Kubernetes event dropped: the recording queue is full");
+            let mut hasher = std::hash::DefaultHasher::new();
+            (&reference.namespace, &reference.name).hash(&mut hasher);
+            let queue = &recorder.queues[usize::try_from(hasher.finish() % RECORDERS as u64).unwrap_or(0)];
+            if queue.try_send((event, reference.clone())).is_err() {
+                let dropped = recorder.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(dropped, "Kubernetes events dropped: the recording queues are full");
+                }
             }
         }
+        let event = OperatorEvent {
+            at: jiff::Timestamp::now().to_string(),
+            namespace: reference.namespace.clone().unwrap_or_default(),
+            name: reference.name.clone().unwrap_or_default(),
+            kind: reference.kind.clone().unwrap_or_default(),
+            actor,
+            action,
+        };
+        // No receivers is fine: nobody subscribed yet.
+        let _ = self.tx.send(event);
     }
 }
 

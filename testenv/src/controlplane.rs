@@ -28,7 +28,8 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -77,8 +78,12 @@ pub struct ControlPlane {
     users: Vec<TestUser>,
     config: kube::Config,
     started_in: Duration,
-    /// In start order; stopped in reverse.
-    processes: Vec<Supervised>,
+    /// In start order; stopped in reverse. The API server is at [`APISERVER_AT`].
+    processes: Mutex<Vec<Supervised>>,
+    /// How to start the API server again after [`ControlPlane::stop_apiserver`].
+    apiserver: ProcessBuilder,
+    apiserver_addr: SocketAddr,
+    apiserver_restarts: AtomicUsize,
     workdir: Workdir,
 }
 
@@ -251,6 +256,53 @@ impl ControlPlane {
         self.install_crds(&crds).await
     }
 
+    /// Stops kube-apiserver (SIGTERM), as an outage would: clients get connection errors; etcd, the controllers
+    /// and every other process keep running. Only for a control plane of its own (not [`ControlPlane::shared`]
+    /// when other tests run in the same binary).
+    pub fn stop_apiserver(&self) -> Result<()> {
+        let mut processes = self.processes.lock().unwrap_or_else(PoisonError::into_inner);
+        processes[APISERVER_AT].stop()?;
+        Ok(())
+    }
+
+    /// Freezes kube-apiserver (SIGSTOP): it keeps its socket, so connections open but nothing is answered.
+    pub fn freeze_apiserver(&self) -> Result<()> {
+        self.processes.lock().unwrap_or_else(PoisonError::into_inner)[APISERVER_AT].freeze()
+    }
+
+    /// Resumes a frozen kube-apiserver (SIGCONT).
+    pub fn thaw_apiserver(&self) -> Result<()> {
+        self.processes.lock().unwrap_or_else(PoisonError::into_inner)[APISERVER_AT].thaw()
+    }
+
+    /// Starts kube-apiserver again after [`ControlPlane::stop_apiserver`], on the same address with the same
+    /// certificates and tokens, and waits until `/readyz` answers `ok`.
+    pub async fn start_apiserver(&self) -> Result<()> {
+        let restart = self.apiserver_restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        let log = self.workdir.logs().join(format!("kube-apiserver-restart-{restart}.log"));
+        let mut process = self.apiserver.clone().log_file(log).spawn(&self.workdir)?;
+        let addr = self.apiserver_addr;
+        let (process, waited) = tokio::task::spawn_blocking(move || {
+            let waited = wait_for_port(&mut process, addr, READY_TIMEOUT);
+            (process, waited)
+        })
+        .await?;
+        self.processes.lock().unwrap_or_else(PoisonError::into_inner)[APISERVER_AT] = process;
+        waited?;
+        let client = self.client();
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            if client.request_text(request).await.is_ok_and(|body| body.trim() == "ok") {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("kube-apiserver did not become ready again within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Applies every object of a (multi-document) YAML stream such as `deploy/rbac.yaml` with server-side apply as
     /// the admin, under the field manager `testenv`. Plurals are the kind in lower case plus `s`, which holds for
     /// the kinds tests apply (RBAC objects, namespaces, service accounts, the project's kinds).
@@ -334,11 +386,15 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        while let Some(mut process) = self.processes.pop() {
+        let processes = self.processes.get_mut().unwrap_or_else(PoisonError::into_inner);
+        while let Some(mut process) = processes.pop() {
             let _ = process.stop();
         }
     }
 }
+
+/// Index of kube-apiserver in [`ControlPlane::processes`] (after etcd).
+const APISERVER_AT: usize = 1;
 
 /// Waits until the service account exists and has a token secret; returns the token.
 async fn wait_for_service_account_token(
@@ -453,7 +509,7 @@ fn start_once() -> Result<ControlPlane> {
     std::fs::write(&audit_policy, crate::audit::POLICY)
         .with_context(|| format!("failed to write {}", audit_policy.display()))?;
     let audit_log = dir.join("audit.log");
-    let mut apiserver = ProcessBuilder::new("kube-apiserver", &bin.apiserver)
+    let apiserver_builder = ProcessBuilder::new("kube-apiserver", &bin.apiserver)
         .arg(format!("--etcd-servers={etcd_url}"))
         .arg("--bind-address=127.0.0.1")
         .arg("--advertise-address=127.0.0.1")
@@ -472,8 +528,8 @@ fn start_once() -> Result<ControlPlane> {
         .arg(format!("--audit-log-path={}", audit_log.display()))
         .arg("--audit-log-format=json")
         .arg("--audit-log-maxsize=0")
-        .grace(Duration::from_secs(5))
-        .spawn(&workdir)?;
+        .grace(Duration::from_secs(5));
+    let mut apiserver = apiserver_builder.spawn(&workdir)?;
     let ca_cert = cert_dir.join("apiserver.crt");
     let wait_api = wait_for_port(&mut apiserver, SocketAddr::new(LOOPBACK, api_port), READY_TIMEOUT);
     processes.push(apiserver);
@@ -524,7 +580,19 @@ fn start_once() -> Result<ControlPlane> {
         dir.display()
     );
     tracing::info!(?started_in, server = %server_url, workdir = %dir.display(), "control plane ready");
-    Ok(ControlPlane { server_url, kubeconfig, ca_cert, users, config, started_in, processes, workdir })
+    Ok(ControlPlane {
+        server_url,
+        kubeconfig,
+        ca_cert,
+        users,
+        config,
+        started_in,
+        processes: Mutex::new(processes),
+        apiserver: apiserver_builder,
+        apiserver_addr: SocketAddr::new(LOOPBACK, api_port),
+        apiserver_restarts: AtomicUsize::new(0),
+        workdir,
+    })
 }
 
 fn spawn_etcd(bin: &Binaries, workdir: &Workdir) -> Result<(Supervised, u16)> {

@@ -24,8 +24,9 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels, ports, reasons};
@@ -35,7 +36,7 @@ use tsdb_operator_core::plan::{ApplyReason, ChildKey, Step, plan_owned_children}
 use tsdb_operator_core::status::{Problem, StatusInput, build_status};
 use tsdb_operator_core::{build, secrets, validate};
 
-use super::{Context, now};
+use super::{Context, now, strip_managed_fields};
 use crate::kube::children;
 
 /// Name of the controller (seed).
@@ -68,6 +69,10 @@ pub enum Error {
     /// Removing the finalizer failed.
     #[error("failed to remove the finalizer")]
     RemoveFinalizer(#[source] kube::Error),
+    /// The object changed after it was read (another writer's status, a finalizer): not a failure; its watch
+    /// event brings a fresh reconcile.
+    #[error("the PrometheusCluster changed while it was reconciled")]
+    Stale,
 }
 
 impl Error {
@@ -80,18 +85,28 @@ impl Error {
             Error::WriteStatus(_) => "WriteStatus",
             Error::AddFinalizer(_) => "AddFinalizer",
             Error::RemoveFinalizer(_) => "RemoveFinalizer",
+            Error::Stale => "Conflict",
         }
     }
 }
 
-/// Runs the controller until `shutdown` resolves. Owned kinds are watched with the `managed-by` label, so memory
-/// does not grow with unrelated objects.
+/// Runs the controller until `shutdown` resolves.
+///
+/// Memory: the only cache is the store of PrometheusClusters, kept without `managedFields`. Owned kinds are watched
+/// for their metadata only (the reconcile reads the children it needs by name) and with the `managed-by` label, so
+/// memory does not grow with unrelated objects or with the size of the children.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
-    Controller::new(ctx.api::<PrometheusCluster>(), watcher::Config::default())
-        .owns(ctx.api::<StatefulSet>(), owned.clone())
-        .owns(ctx.api::<Service>(), owned.clone())
-        .owns(ctx.api::<ConfigMap>(), owned)
+    let (store, writer) = reflector::store::<PrometheusCluster>();
+    let clusters = watcher(ctx.api::<PrometheusCluster>(), watcher::Config::default()).modify(strip_managed_fields);
+    let clusters = reflector::reflector(writer, clusters).applied_objects();
+    // Each watch backs off and recovers on its own; errors are logged here and never reach the controller, which
+    // would pause all its watches together after an error of any of them (after an API-server restart every watch
+    // must relist once, and those pauses added up to 10 s).
+    Controller::for_stream(recovering(clusters), store)
+        .owns_stream(recovering(owned_metadata::<StatefulSet>(&ctx, &owned)))
+        .owns_stream(recovering(owned_metadata::<Service>(&ctx, &owned)))
+        .owns_stream(recovering(owned_metadata::<ConfigMap>(&ctx, &owned)))
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -101,6 +116,37 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         })
         .await;
+}
+
+/// Changes to the metadata of owned objects of kind `K` (metadata-only watch).
+fn owned_metadata<K>(
+    ctx: &Context,
+    config: &watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(ctx.api::<PartialObjectMeta<K>>(), config.clone()).touched_objects()
+}
+
+/// `stream` with its own backoff after errors ([`super::watch_backoff`]), the errors logged and dropped.
+fn recovering<T, S>(stream: S) -> impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static
+where
+    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    stream.backoff(super::watch_backoff()).filter(|item| {
+        if let Err(e) = item {
+            tracing::debug!(error = %e, "watch error; retrying");
+        }
+        std::future::ready(item.is_ok())
+    })
 }
 
 fn key_of(pc: &PrometheusCluster) -> String {
@@ -126,31 +172,52 @@ pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<
     result
 }
 
-/// Adds the finalizer to a live object, at the same time as the first reads of the reconcile instead of in a
-/// reconcile of its own (kube's `finalizer` helper would add it and wait for the watch event of its own patch,
-/// one round trip later). The patch carries the resourceVersion it was computed from, so a concurrent change
-/// makes it fail and the reconcile is retried.
-async fn ensure_finalizer(api: &Api<PrometheusCluster>, pc: &PrometheusCluster) -> Result<(), Error> {
+/// Adds the finalizer to a live object, after the children were applied, instead of in a reconcile of its own
+/// (kube's `finalizer` helper would add it and wait for the watch event of its own patch, one round trip later).
+/// A JSON patch that first tests the finalizer list it was computed from: a finalizer another controller added
+/// meanwhile makes it fail (and the reconcile is retried), while status writes by self-healing or backups do not.
+/// Returns the object as the server holds it after the patch (its resourceVersion guards the status write that
+/// follows), or `None` when the finalizer was already there.
+async fn ensure_finalizer(
+    api: &Api<PrometheusCluster>,
+    pc: &PrometheusCluster,
+) -> Result<Option<PrometheusCluster>, Error> {
     if pc.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
+        return Ok(None);
     }
     let mut finalizers = pc.finalizers().to_vec();
     finalizers.push(FINALIZER.to_owned());
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": pc.resource_version()}});
-    api.patch(&pc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::AddFinalizer)?;
-    Ok(())
+    let patch =
+        finalizer_patch(pc.finalizers(), &finalizers).map_err(|e| Error::AddFinalizer(kube::Error::SerdeError(e)))?;
+    let updated = api.patch(&pc.name_any(), &PatchParams::default(), &patch).await.map_err(Error::AddFinalizer)?;
+    Ok(Some(updated))
+}
+
+/// A JSON patch replacing the finalizer list `current` (absent when empty) with `new`, after testing that the list
+/// on the server is still `current`.
+fn finalizer_patch(current: &[String], new: &[String]) -> Result<Patch<()>, serde_json::Error> {
+    let (old, new) = (
+        if current.is_empty() { serde_json::Value::Null } else { json!(current) },
+        if new.is_empty() { serde_json::Value::Null } else { json!(new) },
+    );
+    let ops = json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": old},
+        {"op": "add", "path": "/metadata/finalizers", "value": new},
+    ]);
+    Ok(Patch::Json(serde_json::from_value(ops)?))
 }
 
 /// Deletion: run [`cleanup`] and remove the finalizer (idempotent; nothing to do when it is already gone).
-/// The removal carries the resourceVersion, so it never drops a finalizer another controller added meanwhile.
+/// The removal tests the finalizer list first, so it never drops a finalizer another controller added meanwhile.
 async fn finalize(api: &Api<PrometheusCluster>, pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
     if !pc.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
     cleanup(pc, ctx);
-    let rest: Vec<&String> = pc.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": pc.resource_version()}});
-    match api.patch(&pc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    let rest: Vec<String> = pc.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let patch =
+        finalizer_patch(pc.finalizers(), &rest).map_err(|e| Error::RemoveFinalizer(kube::Error::SerdeError(e)))?;
+    match api.patch(&pc.name_any(), &PatchParams::default(), &patch).await {
         Ok(_) => Ok(Action::await_change()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
         Err(e) => Err(Error::RemoveFinalizer(e)),
@@ -160,6 +227,15 @@ async fn finalize(api: &Api<PrometheusCluster>, pc: &PrometheusCluster, ctx: &Co
 /// Retry with per-object exponential backoff.
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
 pub fn error_policy(pc: Arc<PrometheusCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::Stale) {
+        // The newer version's watch event normally comes first; this only covers a missed one.
+        tracing::debug!(
+            namespace = pc.namespace(),
+            name = pc.name_any(),
+            "object changed meanwhile; reconciling again"
+        );
+        return Action::requeue(Duration::from_millis(500));
+    }
     let delay = ctx.backoff.failure(&key_of(&pc));
     tracing::warn!(namespace = pc.namespace(), name = pc.name_any(), category = error.category(),
         error = %error_chain(error), retry_in = ?delay, "reconcile failed");
@@ -187,7 +263,8 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
 
     // validate
     if let Err(errors) = validate::validate_cluster(&pc.spec) {
-        ensure_finalizer(api, pc).await?;
+        let updated = ensure_finalizer(api, pc).await?;
+        let pc = updated.as_ref().unwrap_or(pc);
         let message = errors.to_string();
         let status = compute_status(pc, None, &[], Some(message.clone()), &[]);
         if write_status(ctx, pc, &status).await? {
@@ -222,7 +299,8 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         .and_then(|(_, v)| serde_json::from_value(v.clone()).ok());
 
     if pc.spec.paused {
-        ensure_finalizer(api, pc).await?;
+        let updated = ensure_finalizer(api, pc).await?;
+        let pc = updated.as_ref().unwrap_or(pc);
         problems.extend(observe_reload_problems(ctx, &pods).await);
         let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
         let was_paused = pc
@@ -264,7 +342,8 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
     // The finalizer only guards the operator's own cleanup (metric series, an event); children are garbage
     // collected through their ownerReferences whether it is there or not. Adding it after the children keeps it
     // off the path from a new cluster to its objects.
-    ensure_finalizer(api, pc).await?;
+    let updated = ensure_finalizer(api, pc).await?;
+    let pc = updated.as_ref().unwrap_or(pc);
 
     // status
     let sts = if plan.steps.iter().any(|s| s.key().kind == "StatefulSet") {
@@ -453,10 +532,18 @@ async fn write_status(ctx: &Context, pc: &PrometheusCluster, status: &Prometheus
     }
     let ours: Vec<_> =
         status.conditions.iter().filter(|c| OWNED_CONDITIONS.contains(&c.type_.as_str())).cloned().collect();
-    super::patch_owned_status(ctx, pc, FIELD_MANAGER, fields, &OWNED_CONDITIONS, Some(ours))
-        .await
-        .map_err(Error::WriteStatus)?;
-    Ok(true)
+    match super::patch_owned_status(ctx, pc, FIELD_MANAGER, fields, &OWNED_CONDITIONS, Some(ours)).await {
+        Ok(()) => Ok(true),
+        // The resourceVersion test failed (422) when the object changed since it was read.
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => {
+            let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &pc.namespace().unwrap_or_default());
+            match api.get_opt(&pc.name_any()).await {
+                Ok(Some(now)) if now.resource_version() != pc.resource_version() => Err(Error::Stale),
+                _ => Err(Error::WriteStatus(kube::Error::Api(s))),
+            }
+        }
+        Err(e) => Err(Error::WriteStatus(e)),
+    }
 }
 
 /// The condition types the cluster controller writes.

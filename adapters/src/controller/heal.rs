@@ -47,7 +47,7 @@ use tsdb_operator_core::heal::{
     ReplicaFacts, build_heal_conditions,
 };
 
-use super::Context;
+use super::{Context, strip_managed_fields};
 use crate::metrics::ClusterLabels;
 use crate::prober::Prober;
 
@@ -128,16 +128,24 @@ enum Removal {
 pub async fn run(ctx: Arc<Context>, config: HealerConfig, shutdown: impl Future<Output = ()> + Send + 'static) {
     let (clusters, cluster_writer) = reflector::store::<PrometheusCluster>();
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let cluster_watch =
-        reflector::reflector(cluster_writer, watcher(ctx.api::<PrometheusCluster>(), watcher::Config::default()))
-            .default_backoff()
-            .for_each(|_| std::future::ready(()));
+    let cluster_watch = reflector::reflector(
+        cluster_writer,
+        watcher(ctx.api::<PrometheusCluster>(), watcher::Config::default()).modify(strip_managed_fields),
+    )
+    .backoff(super::watch_backoff())
+    .for_each(|_| std::future::ready(()));
     let selector =
         format!("{}={},{}={}", labels::NAME, labels::NAME_VALUE, labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
-    let pod_watch =
-        reflector::reflector(pod_writer, watcher(ctx.api::<Pod>(), watcher::Config::default().labels(&selector)))
-            .default_backoff()
-            .for_each(|_| std::future::ready(()));
+    let pod_watch = reflector::reflector(
+        pod_writer,
+        watcher(ctx.api::<Pod>(), watcher::Config::default().labels(&selector)).modify(|pod: &mut Pod| {
+            // The healer reads the pods' metadata and status only.
+            strip_managed_fields(pod);
+            pod.spec = None;
+        }),
+    )
+    .backoff(super::watch_backoff())
+    .for_each(|_| std::future::ready(()));
     let metrics = HealMetrics::register(&ctx.metrics);
     let mut state = LoopState { healer: Healer::new(), ..LoopState::default() };
     let prober = Prober::new();

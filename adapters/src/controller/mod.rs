@@ -109,6 +109,25 @@ pub async fn patch_owned_status(
     Ok(())
 }
 
+/// Backoff of every watch after an error: the first retry after 200 ms, then doubling to at most 2 s (with
+/// jitter), reset after a minute without errors. After an API-server outage the watches resume (and relist, when
+/// their resourceVersion expired) within about 2 s; kube's default waits up to 30 s, so a change made right after
+/// the recovery could wait that long. While the server is down this is one connection attempt per watch every 2 s.
+pub fn watch_backoff() -> kube::runtime::utils::ResetTimerBackoff<kube::runtime::watcher::ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(exponential.into(), std::time::Duration::from_mins(1))
+}
+
+/// Drops `managedFields` from a cached object: often the largest part of it, and no controller reads it.
+pub fn strip_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// The current time, truncated to seconds as Kubernetes stores it, so that statuses compare equal after a round
 /// trip through the API server.
 pub(crate) fn now() -> jiff::Timestamp {
