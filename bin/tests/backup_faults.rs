@@ -1,7 +1,7 @@
 //! Backups interrupted in the middle of their upload: the S3 server frozen and then stopped, the agent killed,
 //! the operator killed. Real Prometheus pods (process kubelet), the real agent sidecar and operator, s3s-fs.
 //!
-//! Each cluster starts from a seed backup of about 11 MB of pseudo-random samples in one block (so its first
+//! Each cluster starts from a seed backup of about 13 MB of pseudo-random samples in one block (so its first
 //! backup uploads a chunk file as a multipart upload), and the pods reach the S3 server through a forwarder
 //! slowed down to 1 MiB/s while the fault is injected: the upload is really on the wire when it happens.
 

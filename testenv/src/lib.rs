@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod controlplane;
 pub mod kubelet;
+pub mod openmetrics;
 pub mod paths;
 pub mod postgres;
 pub mod process;

@@ -429,12 +429,17 @@ impl Store {
     ) -> Result<(u64, String)> {
         let req = |source| Error::Request { op: "get", key: key.to_owned(), source };
         let mut stream = self.inner.get(&ObjectPath::from(key)).await.map_err(req)?.into_stream();
+        // Buffered: the stream yields small chunks, and each write to a `tokio::fs::File` is a trip to the blocking
+        // thread pool.
         let mut file = match dest {
-            Some(p) => Some(tokio::fs::File::create(p).await.map_err(|source| Error::Io {
-                op: "write",
-                path: p.to_owned(),
-                source,
-            })?),
+            Some(p) => Some(tokio::io::BufWriter::with_capacity(
+                1 << 20,
+                tokio::fs::File::create(p).await.map_err(|source| Error::Io {
+                    op: "write",
+                    path: p.to_owned(),
+                    source,
+                })?,
+            )),
             None => None,
         };
         let mut hasher = Sha256::new();
@@ -449,7 +454,7 @@ impl Store {
         }
         if let (Some(mut f), Some(p)) = (file, dest) {
             f.flush().await.map_err(|source| Error::Io { op: "write", path: p.to_owned(), source })?;
-            f.sync_all().await.map_err(|source| Error::Io { op: "write", path: p.to_owned(), source })?;
+            f.get_ref().sync_all().await.map_err(|source| Error::Io { op: "write", path: p.to_owned(), source })?;
         }
         Ok((size, hex(&hasher.finalize())))
     }

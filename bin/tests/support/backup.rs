@@ -26,6 +26,7 @@ use tsdb_operator_core::backup::manifest::{
 };
 use tsdb_operator_core::backup::protocol::StoreLocation;
 use tsdb_operator_core::crd::{BackupStatus, PrometheusCluster};
+use tsdb_operator_testenv::openmetrics::write_random_samples;
 use tsdb_operator_testenv::paths::{self, PrometheusMajor};
 use tsdb_operator_testenv::s3::S3Server;
 
@@ -194,27 +195,12 @@ pub fn known_samples(path: &Path, series: u64, samples: u64, end: u64) -> Result
     Ok(sum)
 }
 
-/// Writes OpenMetrics of `series` series with `samples` pseudo-random values each, one every 15 s up to `end`:
-/// random floats defeat Gorilla compression, so the TSDB holds about 9 bytes per sample.
+/// Writes OpenMetrics of `series` series with `samples` pseudo-random values each, one every 15 s up to `end`
+/// (about 9 bytes per sample in a block).
 pub fn bulky_samples(path: &Path, series: u64, samples: u64, end: u64) -> Result<()> {
-    use std::io::Write as _;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(out, "# HELP backup_bulk Pseudo-random samples.\n# TYPE backup_bulk gauge")?;
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    for i in 0..series {
-        for k in 0..samples {
-            // xorshift64*: cheap, deterministic, incompressible enough.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let r = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
-            #[allow(clippy::cast_precision_loss)] // any float will do
-            let v = (r >> 11) as f64 / (1u64 << 53) as f64;
-            writeln!(out, "backup_bulk{{series=\"{i}\"}} {v} {}", end - (samples - 1 - k) * 15)?;
-        }
-    }
-    writeln!(out, "# EOF")?;
-    out.flush()?;
+    write_random_samples(&mut out, "backup_bulk", series, samples, end - (samples - 1) * 15, 15, 0x9e37_79b9)?;
+    std::io::Write::flush(&mut out)?;
     Ok(())
 }
 
