@@ -384,7 +384,7 @@ async fn retention_change_rolls_the_pods_to_the_new_arguments() -> Result<()> {
 /// apply ownership), writes no more often than the other writer changes owned fields, and does not fight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_writer_keeps_its_metadata_and_owned_fields_converge_without_a_write_fight() -> Result<()> {
-    use tsdb_operator_testenv::controlplane::{ADMIN_USER, ALICE_USER};
+    use tsdb_operator_testenv::controlplane::ALICE_USER;
     let env = env();
     let ns = namespace("writers").await;
     let _op = Operator::start(Some(&ns), &[])?;
@@ -441,16 +441,17 @@ async fn another_writer_keeps_its_metadata_and_owned_fields_converge_without_a_w
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(operator_sts_writes(&ns)?, after, "the operator kept writing after the other writer stopped");
 
-    /// The operator's (admin here) writes to StatefulSets in `ns`, from the API server's audit log; the controller
-    /// manager writes only their status.
-    fn operator_sts_writes(ns: &str) -> Result<usize> {
-        Ok(support::env()
-            .cp
-            .audit_writes_by(ADMIN_USER)?
-            .iter()
-            .filter_map(|w| w.object_ref.as_ref())
-            .filter(|o| o.resource == "statefulsets" && o.subresource.is_empty() && o.namespace == ns)
-            .count())
-    }
     Ok(())
+}
+
+/// The operator's (admin here) writes to StatefulSets in `ns`, from the API server's audit log; the controller
+/// manager writes only their status.
+fn operator_sts_writes(ns: &str) -> Result<usize> {
+    Ok(env()
+        .cp
+        .audit_writes_by(tsdb_operator_testenv::controlplane::ADMIN_USER)?
+        .iter()
+        .filter_map(|w| w.object_ref.as_ref())
+        .filter(|o| o.resource == "statefulsets" && o.subresource.is_empty() && o.namespace == ns)
+        .count())
 }

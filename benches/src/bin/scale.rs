@@ -6,7 +6,8 @@
 //!
 //! `cargo build --release --bins && cargo run --release -p tsdb-operator-benches --bin scale -- --clusters 1000`
 //! Options: `--clusters N`, `--namespaces K` (clusters are spread over K namespaces; 10), `--idle-seconds S` (120),
-//! `--operator PATH` (target/release/tsdb-operator).
+//! `--operator PATH` (target/release/tsdb-operator), `--no-delete` (skip the last phase, which waits for the
+//! garbage collector).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ struct Options {
     namespaces: usize,
     idle: Duration,
     operator: PathBuf,
+    delete: bool,
 }
 
 fn options() -> Result<Options> {
@@ -38,6 +40,7 @@ fn options() -> Result<Options> {
         namespaces: 10,
         idle: Duration::from_mins(2),
         operator: PathBuf::from("target/release/tsdb-operator"),
+        delete: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -47,6 +50,7 @@ fn options() -> Result<Options> {
             "--namespaces" => o.namespaces = value()?.parse()?,
             "--idle-seconds" => o.idle = Duration::from_secs(value()?.parse()?),
             "--operator" => o.operator = value()?.into(),
+            "--no-delete" => o.delete = false,
             other => bail!("unknown option {other}"),
         }
     }
@@ -172,6 +176,40 @@ async fn count_children(client: &kube::Client) -> Result<(usize, usize, usize)> 
     ))
 }
 
+/// Deletes every benchmark cluster and waits until the clusters (finalizers cleared by the operator) and then their
+/// children (garbage collector) are gone; prints both times.
+async fn delete_all(client: &kube::Client, namespaces: &[String]) -> Result<()> {
+    let t = Instant::now();
+    for ns in namespaces {
+        Api::<PrometheusCluster>::namespaced(client.clone(), ns)
+            .delete_collection(&kube::api::DeleteParams::background(), &ListParams::default().labels("bench=scale"))
+            .await?;
+    }
+    let api: Api<PrometheusCluster> = Api::all(client.clone());
+    let mut clusters_gone = None;
+    let gone = loop {
+        let left = api.list_metadata(&ListParams::default().labels("bench=scale")).await?.items.len();
+        if left == 0 && clusters_gone.is_none() {
+            clusters_gone = Some(t.elapsed());
+        }
+        let (sts, svc, cm) = count_children(client).await?;
+        if left + sts + svc + cm == 0 {
+            break t.elapsed();
+        }
+        if t.elapsed() > Duration::from_mins(30) {
+            bail!("after 30 min: {left} clusters, {sts} StatefulSets, {svc} Services, {cm} ConfigMaps left");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "  delete all: every finalizer cleared and the clusters gone in {:.1} s; children collected by the \
+         garbage collector (kube-controller-manager, 20 requests/s by default) in {:.1} s",
+        clusters_gone.unwrap_or(gone).as_secs_f64(),
+        gone.as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let opts = options()?;
@@ -247,35 +285,11 @@ async fn main() -> Result<()> {
     println!("  canary created after the flood converged in {:.0} ms", canary.as_secs_f64() * 1e3);
 
     // 5. Delete everything: every finalizer cleared, every child collected, nothing recreated.
-    let from = writes_so_far()?;
-    let t = Instant::now();
-    for ns in &namespaces {
-        Api::<PrometheusCluster>::namespaced(client.clone(), ns)
-            .delete_collection(&kube::api::DeleteParams::background(), &ListParams::default().labels("bench=scale"))
-            .await?;
+    if !opts.delete {
+        return Ok(());
     }
-    let api: Api<PrometheusCluster> = Api::all(client.clone());
-    let mut clusters_gone = None;
-    let gone = loop {
-        let left = api.list_metadata(&ListParams::default().labels("bench=scale")).await?.items.len();
-        if left == 0 && clusters_gone.is_none() {
-            clusters_gone = Some(t.elapsed());
-        }
-        let (sts, svc, cm) = count_children(&client).await?;
-        if left + sts + svc + cm == 0 {
-            break t.elapsed();
-        }
-        if t.elapsed() > Duration::from_mins(30) {
-            bail!("after 30 min: {left} clusters, {sts} StatefulSets, {svc} Services, {cm} ConfigMaps left");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    println!(
-        "  delete all: every finalizer cleared and the clusters gone in {:.1} s; children collected by the \
-         garbage collector (kube-controller-manager, 20 requests/s by default) in {:.1} s",
-        clusters_gone.unwrap_or(gone).as_secs_f64(),
-        gone.as_secs_f64()
-    );
+    let from = writes_so_far()?;
+    delete_all(&client, &namespaces).await?;
     let deletion = writes_since(from)?;
     let recreated = deletion
         .iter()
