@@ -2,7 +2,7 @@
 //!
 //! # Flow
 //! 1. [`stamp`] adds the [`APPLIED_HASH`](crate::constants::annotations::APPLIED_HASH) annotation to each desired
-//!    manifest: a SHA-256 of the manifest as the operator means to apply it.
+//!    manifest: a stable hash (XXH3-128, see [`manifest_hash`]) of the manifest as the operator means to apply it.
 //! 2. [`plan_children`] compares each desired manifest with the observed object of the same kind and name:
 //!    - missing → `Apply` (reason `Create`);
 //!    - the observed hash differs → `Apply` (`SpecChanged`): the operator's intent changed, including fields it
@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::constants::annotations::APPLIED_HASH;
 use crate::quantity;
@@ -62,8 +61,17 @@ impl ChildKey {
     /// The group/kind without the version: `apps/StatefulSet`, `/ConfigMap`, `policy/PodDisruptionBudget`.
     /// Objects are the same across versions of a group (policy/v1 and policy/v1beta1).
     pub fn group_kind(&self) -> String {
-        let group = self.api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        format!("{group}/{}", self.kind)
+        format!("{}/{}", self.group(), self.kind)
+    }
+
+    /// The API group: `apps`, `policy`, or empty for the core group.
+    fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+
+    /// Whether both keys name the same object, in any version of its group.
+    fn same_object(&self, other: &ChildKey) -> bool {
+        self.name == other.name && self.kind == other.kind && self.group() == other.group()
     }
 }
 
@@ -140,48 +148,107 @@ impl Plan {
     }
 }
 
-/// SHA-256 (hex, first 16 bytes) of a manifest without its applied-hash annotation.
+/// Hash of a manifest without its applied-hash annotation: XXH3-128 of its [canonical encoding](encode_canonical),
+/// as 32 lowercase hex digits.
+///
+/// # Guarantees
+/// - Stable: the same manifest gives the same hash in every run and every version of the operator that keeps
+///   this algorithm and encoding; the hash is stored on each child and compared on every resync. XXH3 is a fixed,
+///   specified algorithm, and the encoding does not depend on serde or on how a number was written.
+/// - Changing the algorithm or the encoding changes every hash: the first resync after such an upgrade applies
+///   every child once (`SpecChanged`), which is harmless (the applies change nothing) but a burst of writes.
+///   Earlier builds used SHA-256 over the canonical JSON; upgrading from them applies every child once.
+/// - Not a security boundary: the hash only notices that the operator's own intent changed (including fields it
+///   stopped setting); it is compared with a value the operator wrote itself.
 pub fn manifest_hash(manifest: &Value) -> String {
-    let stamped = manifest.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH))).is_some();
-    let mut hasher = Sha256::new();
-    if stamped {
-        let mut clean = manifest.clone();
-        if let Some(annotations) = clean.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
-            annotations.remove(APPLIED_HASH);
-            if annotations.is_empty()
-                && let Some(meta) = clean.get_mut("metadata").and_then(Value::as_object_mut)
-            {
-                meta.remove("annotations");
+    let mut encoded = Vec::with_capacity(4096);
+    encode_canonical(&mut encoded, manifest);
+    let hash = xxhash_rust::xxh3::xxh3_128(&encoded);
+    format!("{hash:032x}")
+}
+
+/// Writes the canonical encoding of `manifest` without its applied-hash annotation (an `annotations` map that
+/// holds nothing else is left out too, so a stamped and an unstamped manifest encode alike).
+///
+/// The encoding, prefix-free so that different values never encode alike: `n` null; `t`/`f` booleans; `u` +
+/// u64, `i` + i64 (negative integers), `d` + f64 bits, each 8 bytes little-endian; `s` + string; `[` items `]`;
+/// `{` (string, value) pairs `}` in key order (serde_json's `Map` is a `BTreeMap`). A string is its UTF-8 length
+/// as 8 bytes little-endian, then its bytes.
+fn encode_canonical(out: &mut Vec<u8>, manifest: &Value) {
+    let Value::Object(root) = manifest else { return encode(out, manifest) };
+    out.push(b'{');
+    for (key, value) in root {
+        encode_str(out, key);
+        match value {
+            Value::Object(meta) if key == "metadata" => {
+                out.push(b'{');
+                for (key, value) in meta {
+                    match value {
+                        Value::Object(annotations)
+                            if key == "annotations" && annotations.contains_key(APPLIED_HASH) =>
+                        {
+                            if annotations.len() > 1 {
+                                encode_str(out, key);
+                                encode_entries(out, annotations.iter().filter(|(k, _)| *k != APPLIED_HASH));
+                            }
+                        }
+                        _ => {
+                            encode_str(out, key);
+                            encode(out, value);
+                        }
+                    }
+                }
+                out.push(b'}');
+            }
+            _ => encode(out, value),
+        }
+    }
+    out.push(b'}');
+}
+
+fn encode(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.push(b'n'),
+        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                out.push(b'u');
+                out.extend_from_slice(&u.to_le_bytes());
+            } else if let Some(i) = n.as_i64() {
+                out.push(b'i');
+                out.extend_from_slice(&i.to_le_bytes());
+            } else {
+                out.push(b'd');
+                out.extend_from_slice(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
             }
         }
-        write_canonical(&mut hasher, &clean);
-    } else {
-        write_canonical(&mut hasher, manifest);
+        Value::String(s) => {
+            out.push(b's');
+            encode_str(out, s);
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for item in items {
+                encode(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => encode_entries(out, map.iter()),
     }
-    hasher.finalize().iter().take(16).fold(String::with_capacity(32), |mut out, b| {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-        out
-    })
 }
 
-/// Streams the canonical JSON of `v` into the hasher. serde_json's Map is a BTreeMap (no `preserve_order`), so
-/// keys come out sorted and the bytes are canonical.
-fn write_canonical(hasher: &mut Sha256, v: &Value) {
-    // Writing into a hasher cannot fail.
-    let _ = serde_json::to_writer(HashWriter(hasher), v);
+fn encode_entries<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
+    out.push(b'{');
+    for (key, value) in entries {
+        encode_str(out, key);
+        encode(out, value);
+    }
+    out.push(b'}');
 }
 
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+fn encode_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 /// Returns `manifest` with the applied-hash annotation set.
@@ -220,34 +287,29 @@ pub fn plan_owned_children(desired: Vec<Value>, observed: &BTreeMap<ChildKey, Va
     wanted.sort_by(|(a, _), (b, _)| a.rank().cmp(&b.rank()).then_with(|| a.cmp(b)));
 
     let find_observed = |key: &ChildKey| {
-        observed.get(key).or_else(|| {
-            observed.iter().find(|(k, _)| k.name == key.name && k.group_kind() == key.group_kind()).map(|(_, v)| v)
-        })
+        observed.get(key).or_else(|| observed.iter().find(|(k, _)| k.same_object(key)).map(|(_, v)| v))
     };
 
     let mut steps = Vec::new();
-    let mut keep: Vec<(String, String)> = Vec::with_capacity(wanted.len());
+    let mut kept: Vec<ChildKey> = Vec::with_capacity(wanted.len());
     for (key, manifest) in wanted {
-        keep.push((key.name.clone(), key.group_kind()));
         let reason = match find_observed(&key) {
             None => Some(ApplyReason::Create),
-            Some(current) => {
-                let current_hash = current.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
-                let desired_hash = manifest.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
-                if current_hash == desired_hash {
-                    first_difference_of_object(&manifest, current).map(|field| ApplyReason::Drift { field })
-                } else {
-                    Some(ApplyReason::SpecChanged)
-                }
+            Some(current) if applied_hash(current) == applied_hash(&manifest) => {
+                first_difference_of_object(&manifest, current).map(|field| ApplyReason::Drift { field })
             }
+            Some(_) => Some(ApplyReason::SpecChanged),
         };
-        if let Some(reason) = reason {
-            steps.push(Step::Apply { key, reason, manifest });
+        match reason {
+            Some(reason) => {
+                kept.push(key.clone());
+                steps.push(Step::Apply { key, reason, manifest });
+            }
+            None => kept.push(key),
         }
     }
 
-    let mut deletions: Vec<&ChildKey> =
-        observed.keys().filter(|k| !keep.iter().any(|(name, gk)| *name == k.name && *gk == k.group_kind())).collect();
+    let mut deletions: Vec<&ChildKey> = observed.keys().filter(|k| !kept.iter().any(|w| w.same_object(k))).collect();
     deletions.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.cmp(b)));
     steps.extend(deletions.into_iter().map(|k| Step::Delete { key: k.clone() }));
     Plan { steps }
@@ -265,8 +327,9 @@ fn first_difference_of_object(desired: &Value, observed: &Value) -> Option<Strin
     })
 }
 
-fn escape_pointer(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
+/// The applied-hash annotation of an object, if it has one.
+fn applied_hash(object: &Value) -> Option<&Value> {
+    object.get("metadata")?.get("annotations")?.get(APPLIED_HASH)
 }
 
 /// Whether every field set in `desired` has the same value in `observed`.
