@@ -17,11 +17,17 @@
 //!   the server defaulted (`plan_is_idempotent_*` tests and the proptest in `core/tests/plan_props.rs`).
 //! - Deterministic order: ConfigMap, Service, StatefulSet, PodDisruptionBudget, then deletions.
 
+mod diff;
+mod events;
+mod hash;
+
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::build::{self, BuildSettings, DesiredObject, DesiredObjects};
 use crate::constants::annotations::APPLIED_HASH;
 use crate::quantity;
 
@@ -148,107 +154,10 @@ impl Plan {
     }
 }
 
-/// Hash of a manifest without its applied-hash annotation: XXH3-128 of its [canonical encoding](encode_canonical),
-/// as 32 lowercase hex digits.
-///
-/// # Guarantees
-/// - Stable: the same manifest gives the same hash in every run and every version of the operator that keeps
-///   this algorithm and encoding; the hash is stored on each child and compared on every resync. XXH3 is a fixed,
-///   specified algorithm, and the encoding does not depend on serde or on how a number was written.
-/// - Changing the algorithm or the encoding changes every hash: the first resync after such an upgrade applies
-///   every child once (`SpecChanged`), which is harmless (the applies change nothing) but a burst of writes.
-///   Earlier builds used SHA-256 over the canonical JSON; upgrading from them applies every child once.
-/// - Not a security boundary: the hash only notices that the operator's own intent changed (including fields it
-///   stopped setting); it is compared with a value the operator wrote itself.
+/// Hash of a manifest without its applied-hash annotation, as 32 hex digits: a stable tree hash built from
+/// XXH3-128; see [`hash`] for the construction and why it is stable.
 pub fn manifest_hash(manifest: &Value) -> String {
-    let mut encoded = Vec::with_capacity(4096);
-    encode_canonical(&mut encoded, manifest);
-    let hash = xxhash_rust::xxh3::xxh3_128(&encoded);
-    format!("{hash:032x}")
-}
-
-/// Writes the canonical encoding of `manifest` without its applied-hash annotation (an `annotations` map that
-/// holds nothing else is left out too, so a stamped and an unstamped manifest encode alike).
-///
-/// The encoding, prefix-free so that different values never encode alike: `n` null; `t`/`f` booleans; `u` +
-/// u64, `i` + i64 (negative integers), `d` + f64 bits, each 8 bytes little-endian; `s` + string; `[` items `]`;
-/// `{` (string, value) pairs `}` in key order (serde_json's `Map` is a `BTreeMap`). A string is its UTF-8 length
-/// as 8 bytes little-endian, then its bytes.
-fn encode_canonical(out: &mut Vec<u8>, manifest: &Value) {
-    let Value::Object(root) = manifest else { return encode(out, manifest) };
-    out.push(b'{');
-    for (key, value) in root {
-        encode_str(out, key);
-        match value {
-            Value::Object(meta) if key == "metadata" => {
-                out.push(b'{');
-                for (key, value) in meta {
-                    match value {
-                        Value::Object(annotations)
-                            if key == "annotations" && annotations.contains_key(APPLIED_HASH) =>
-                        {
-                            if annotations.len() > 1 {
-                                encode_str(out, key);
-                                encode_entries(out, annotations.iter().filter(|(k, _)| *k != APPLIED_HASH));
-                            }
-                        }
-                        _ => {
-                            encode_str(out, key);
-                            encode(out, value);
-                        }
-                    }
-                }
-                out.push(b'}');
-            }
-            _ => encode(out, value),
-        }
-    }
-    out.push(b'}');
-}
-
-fn encode(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Null => out.push(b'n'),
-        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                out.push(b'u');
-                out.extend_from_slice(&u.to_le_bytes());
-            } else if let Some(i) = n.as_i64() {
-                out.push(b'i');
-                out.extend_from_slice(&i.to_le_bytes());
-            } else {
-                out.push(b'd');
-                out.extend_from_slice(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
-            }
-        }
-        Value::String(s) => {
-            out.push(b's');
-            encode_str(out, s);
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for item in items {
-                encode(out, item);
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => encode_entries(out, map.iter()),
-    }
-}
-
-fn encode_entries<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
-    out.push(b'{');
-    for (key, value) in entries {
-        encode_str(out, key);
-        encode(out, value);
-    }
-    out.push(b'}');
-}
-
-fn encode_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+    hash::to_hex(hash::of_value(manifest))
 }
 
 /// Returns `manifest` with the applied-hash annotation set.
@@ -256,8 +165,12 @@ pub fn stamp(manifest: &Value) -> Value {
     stamp_owned(manifest.clone())
 }
 
-fn stamp_owned(mut manifest: Value) -> Value {
+fn stamp_owned(manifest: Value) -> Value {
     let hash = manifest_hash(&manifest);
+    stamp_with(manifest, hash)
+}
+
+fn stamp_with(mut manifest: Value, hash: String) -> Value {
     if let Some(obj) = manifest.as_object_mut() {
         let meta = obj.entry("metadata").or_insert_with(|| Value::Object(serde_json::Map::new()));
         if let Some(meta) = meta.as_object_mut() {
@@ -282,8 +195,87 @@ pub fn plan_children(desired: &[Value], observed: &BTreeMap<ChildKey, Value>) ->
 
 /// [`plan_children`] taking the desired manifests by value, which saves copying them.
 pub fn plan_owned_children(desired: Vec<Value>, observed: &BTreeMap<ChildKey, Value>) -> Plan {
-    let mut wanted: Vec<(ChildKey, Value)> =
-        desired.into_iter().filter_map(|m| ChildKey::of(&m).map(|k| (k, stamp_owned(m)))).collect();
+    let wanted = desired.into_iter().filter_map(|m| ChildKey::of(&m).map(|k| (k, stamp_owned(m)))).collect();
+    let Ok(plan) = plan_wanted(wanted, observed, |manifest, current| Ok::<_, Infallible>(decide(manifest, current)));
+    plan
+}
+
+/// [`plan_children`] for the typed objects [`build::build`] renders: the same plan, for less work.
+///
+/// Each object is hashed and compared with its observed copy straight from the typed object (see [`events`]);
+/// only the objects to apply are converted into JSON manifests, so a resync that finds nothing to do builds no
+/// JSON at all. When several fields drifted, the field named in a `Drift` reason may be another one than
+/// [`plan_children`] names (typed objects are walked in field declaration order, JSON objects in key order).
+pub fn plan_objects(
+    desired: &DesiredObjects,
+    settings: &BuildSettings,
+    observed: &BTreeMap<ChildKey, Value>,
+) -> build::Result<Plan> {
+    let wanted = desired
+        .objects(settings)
+        .into_iter()
+        .filter_map(|object| {
+            let name = object.name()?;
+            let key = ChildKey {
+                api_version: object.api_version().to_owned(),
+                kind: object.kind().to_owned(),
+                name: name.to_owned(),
+            };
+            Some((key, object))
+        })
+        .collect();
+    plan_wanted(wanted, observed, decide_typed)
+}
+
+/// Why `manifest` (stamped) must be applied over `current`, if it must.
+fn decide(manifest: Value, current: Option<&Value>) -> Option<(ApplyReason, Value)> {
+    let reason = match current {
+        None => ApplyReason::Create,
+        Some(current) if applied_hash(current) == applied_hash(&manifest) => {
+            ApplyReason::Drift { field: first_difference_of_object(&manifest, current)? }
+        }
+        Some(_) => ApplyReason::SpecChanged,
+    };
+    Some((reason, manifest))
+}
+
+/// [`decide`] for a typed object, converting it into a manifest only when it must be applied. Falls back to
+/// the manifest when the typed object cannot be walked like its JSON value.
+fn decide_typed(object: DesiredObject<'_>, current: Option<&Value>) -> build::Result<Option<(ApplyReason, Value)>> {
+    let mut hasher = hash::HashSink::new(object.api_version());
+    let hash = match events::walk(&object, &mut hasher) {
+        Ok(()) => hasher.finish().map(hash::to_hex),
+        Err(_) => None,
+    };
+    let Some(hash) = hash else { return Ok(decide(stamp_owned(object.to_manifest()?), current)) };
+    let manifest = |hash: String| object.to_manifest().map(|m| stamp_with(m, hash));
+    let reason = match current {
+        None => ApplyReason::Create,
+        Some(current) if applied_hash(current).and_then(Value::as_str) == Some(hash.as_str()) => {
+            let mut differ = diff::DiffSink::new(current);
+            match events::walk(&object, &mut differ) {
+                Ok(()) => return Ok(None),
+                Err(events::Stop::Done) => match differ.finish() {
+                    Some(field) => ApplyReason::Drift { field },
+                    None => return Ok(None),
+                },
+                Err(events::Stop::Unsupported) => return Ok(decide(manifest(hash)?, Some(current))),
+            }
+        }
+        Some(_) => ApplyReason::SpecChanged,
+    };
+    let manifest = manifest(hash)?;
+    debug_assert_eq!(applied_hash(&manifest).and_then(Value::as_str), Some(manifest_hash(&manifest).as_str()));
+    Ok(Some((reason, manifest)))
+}
+
+/// The planning both entry points share: orders the wanted children, asks `decide` about each against its
+/// observed copy, and deletes observed children nobody wants.
+fn plan_wanted<W, E>(
+    mut wanted: Vec<(ChildKey, W)>,
+    observed: &BTreeMap<ChildKey, Value>,
+    mut decide: impl FnMut(W, Option<&Value>) -> Result<Option<(ApplyReason, Value)>, E>,
+) -> Result<Plan, E> {
     wanted.sort_by(|(a, _), (b, _)| a.rank().cmp(&b.rank()).then_with(|| a.cmp(b)));
 
     let find_observed = |key: &ChildKey| {
@@ -292,16 +284,9 @@ pub fn plan_owned_children(desired: Vec<Value>, observed: &BTreeMap<ChildKey, Va
 
     let mut steps = Vec::new();
     let mut kept: Vec<ChildKey> = Vec::with_capacity(wanted.len());
-    for (key, manifest) in wanted {
-        let reason = match find_observed(&key) {
-            None => Some(ApplyReason::Create),
-            Some(current) if applied_hash(current) == applied_hash(&manifest) => {
-                first_difference_of_object(&manifest, current).map(|field| ApplyReason::Drift { field })
-            }
-            Some(_) => Some(ApplyReason::SpecChanged),
-        };
-        match reason {
-            Some(reason) => {
+    for (key, object) in wanted {
+        match decide(object, find_observed(&key))? {
+            Some((reason, manifest)) => {
                 kept.push(key.clone());
                 steps.push(Step::Apply { key, reason, manifest });
             }
@@ -312,7 +297,7 @@ pub fn plan_owned_children(desired: Vec<Value>, observed: &BTreeMap<ChildKey, Va
     let mut deletions: Vec<&ChildKey> = observed.keys().filter(|k| !kept.iter().any(|w| w.same_object(k))).collect();
     deletions.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.cmp(b)));
     steps.extend(deletions.into_iter().map(|k| Step::Delete { key: k.clone() }));
-    Plan { steps }
+    Ok(Plan { steps })
 }
 
 /// [`first_difference`] of two whole objects, ignoring `apiVersion` (the server may serve another version of
@@ -346,13 +331,21 @@ pub fn is_subset(desired: &Value, observed: &Value) -> bool {
             None => is_empty(dv),
         }),
         (Value::Array(d), Value::Array(o)) => d.len() == o.len() && d.iter().zip(o).all(|(a, b)| is_subset(a, b)),
-        (Value::String(d), Value::String(o)) => d == o || quantity::same_amount(d, o),
+        (Value::String(d), o) => str_is_subset(d, o),
         (Value::Number(d), Value::Number(o)) => d.as_f64() == o.as_f64(),
-        (Value::Number(d), Value::String(o)) | (Value::String(o), Value::Number(d)) => {
-            quantity::same_amount(&d.to_string(), o)
-        }
+        (Value::Number(d), Value::String(o)) => quantity::same_amount(&d.to_string(), o),
         (d, Value::Null) => is_empty(d),
         (d, o) => d == o,
+    }
+}
+
+/// [`is_subset`] for a desired string.
+fn str_is_subset(desired: &str, observed: &Value) -> bool {
+    match observed {
+        Value::String(o) => desired == o || quantity::same_amount(desired, o),
+        Value::Number(o) => quantity::same_amount(&o.to_string(), desired),
+        Value::Null => desired.is_empty(),
+        Value::Bool(_) | Value::Array(_) | Value::Object(_) => false,
     }
 }
 
