@@ -252,13 +252,14 @@ fn decide_typed(object: DesiredObject<'_>, current: Option<&Value>) -> build::Re
     let reason = match current {
         None => ApplyReason::Create,
         Some(current) if applied_hash(current).and_then(Value::as_str) == Some(hash.as_str()) => {
-            let mut differ = diff::DiffSink::new(current);
-            match events::walk(&object, &mut differ) {
+            match events::walk(&object, &mut diff::DiffSink::new(current)) {
                 Ok(()) => return Ok(None),
-                Err(events::Stop::Done) => match differ.finish() {
-                    Some(field) => ApplyReason::Drift { field },
-                    None => return Ok(None),
-                },
+                Err(events::Stop::Done) => {
+                    // Walk again to name the field; differences are rare.
+                    let mut differ = diff::DiffSink::with_path(current);
+                    let _ = events::walk(&object, &mut differ);
+                    ApplyReason::Drift { field: differ.finish().unwrap_or_else(|| ".".to_owned()) }
+                }
                 Err(events::Stop::Unsupported) => return Ok(decide(manifest(hash)?, Some(current))),
             }
         }

@@ -9,8 +9,13 @@ use super::{is_empty, is_subset, str_is_subset};
 
 /// Compares the walked (desired) value with `observed` and stops at the first field that differs; the root
 /// `apiVersion` is not compared (the server may serve another version of the same group).
+///
+/// Keeping the path costs more than the comparison itself, and a difference is rare: [`DiffSink::new`] only
+/// says whether there is one (its path is `"?"`); [`DiffSink::with_path`] names it.
 pub(crate) struct DiffSink<'a> {
     stack: Vec<Frame<'a>>,
+    /// Whether `path` is kept.
+    track_path: bool,
     /// Path of the current value, `spec.template.spec.containers[1].image`.
     path: String,
     /// What the value after a key is compared with.
@@ -39,13 +44,20 @@ struct Frame<'a> {
 }
 
 impl<'a> DiffSink<'a> {
+    /// A comparison that does not keep the path.
     pub(crate) fn new(observed: &'a Value) -> Self {
         Self {
             stack: Vec::with_capacity(16),
-            path: String::with_capacity(64),
+            track_path: false,
+            path: String::new(),
             next: Target::Present(observed),
             found: None,
         }
+    }
+
+    /// A comparison that names the field that differs.
+    pub(crate) fn with_path(observed: &'a Value) -> Self {
+        Self { track_path: true, path: String::with_capacity(64), ..Self::new(observed) }
     }
 
     /// The path of the first difference, if the walk found one.
@@ -55,7 +67,11 @@ impl<'a> DiffSink<'a> {
 
     fn differ(&mut self, path_len: usize) -> Result<Target<'a>, Stop> {
         self.path.truncate(path_len);
-        self.found = Some(if self.path.is_empty() { ".".to_owned() } else { self.path.clone() });
+        self.found = Some(match (self.track_path, self.path.is_empty()) {
+            (false, _) => "?".to_owned(),
+            (true, true) => ".".to_owned(),
+            (true, false) => self.path.clone(),
+        });
         Err(Stop::Done)
     }
 
@@ -66,9 +82,9 @@ impl<'a> DiffSink<'a> {
         };
         let (target, i, path_len) = (*target, *index, *path_len);
         *index += 1;
-        self.path.truncate(path_len);
-        {
+        if self.track_path {
             use std::fmt::Write as _;
+            self.path.truncate(path_len);
             let _ = write!(self.path, "[{i}]");
         }
         match target {
@@ -146,11 +162,13 @@ impl Sink for DiffSink<'_> {
         let Some(&Frame { target, index: None, path_len }) = self.stack.last() else {
             return Err(Stop::Unsupported);
         };
-        self.path.truncate(path_len);
-        if !self.path.is_empty() {
-            self.path.push('.');
+        if self.track_path {
+            self.path.truncate(path_len);
+            if !self.path.is_empty() {
+                self.path.push('.');
+            }
+            self.path.push_str(key);
         }
-        self.path.push_str(key);
         self.next = match target {
             Target::Present(Value::Object(_)) if depth == 1 && key == "apiVersion" => Target::Ignored,
             Target::Present(Value::Object(observed)) => {
