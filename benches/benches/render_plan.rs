@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tsdb_operator_core::build::{self, BuildSettings};
 use tsdb_operator_core::crd::PrometheusCluster;
-use tsdb_operator_core::plan::{Step, plan_children, plan_objects};
+use tsdb_operator_core::plan::{Step, plan_children, plan_objects, plan_owned_children};
 
 fn typical() -> PrometheusCluster {
     let text = include_str!("../../fixtures/clusters/typical.yaml");
@@ -45,6 +45,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let desired = build::build(black_box(&pc), &settings).expect("builds");
             plan_objects(&desired, &settings, black_box(&empty)).expect("plans")
+        });
+    });
+    // The same through JSON manifests (`manifests` + `plan_owned_children`): every object converted, then planned.
+    group.bench_function("render_and_plan_steady_state_via_manifests", |b| {
+        b.iter(|| {
+            let desired = build::build(black_box(&pc), &settings).and_then(|d| d.manifests(&settings)).expect("builds");
+            let plan = plan_owned_children(desired, black_box(&observed));
+            assert!(plan.is_empty());
+            plan
         });
     });
     group.bench_function("render_only", |b| {
