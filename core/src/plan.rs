@@ -155,7 +155,7 @@ impl Plan {
 }
 
 /// Hash of a manifest without its applied-hash annotation, as 32 hex digits: a stable tree hash built from
-/// XXH3-128; see [`hash`] for the construction and why it is stable.
+/// XXH3-128; see `core/src/plan/hash.rs` for the construction and why it is stable.
 pub fn manifest_hash(manifest: &Value) -> String {
     hash::to_hex(hash::of_value(manifest))
 }
@@ -202,9 +202,9 @@ pub fn plan_owned_children(desired: Vec<Value>, observed: &BTreeMap<ChildKey, Va
 
 /// [`plan_children`] for the typed objects [`build::build`] renders: the same plan, for less work.
 ///
-/// Each object is hashed and compared with its observed copy straight from the typed object (see [`events`]);
-/// only the objects to apply are converted into JSON manifests, so a resync that finds nothing to do builds no
-/// JSON at all. When several fields drifted, the field named in a `Drift` reason may be another one than
+/// Each object is hashed and compared with its observed copy straight from the typed object
+/// (`core/src/plan/events.rs`); only the objects to apply are converted into JSON manifests, so a resync that
+/// finds nothing to do builds no JSON at all. When several fields drifted, the field named in a `Drift` reason may be another one than
 /// [`plan_children`] names (typed objects are walked in field declaration order, JSON objects in key order).
 pub fn plan_objects(
     desired: &DesiredObjects,
