@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tsdb_operator_core::build::{self, BuildSettings};
 use tsdb_operator_core::crd::PrometheusCluster;
-use tsdb_operator_core::plan::{Step, plan_children, plan_owned_children};
+use tsdb_operator_core::plan::{Step, plan_children, plan_objects, plan_owned_children};
 
 fn typical() -> PrometheusCluster {
     let text = include_str!("../../fixtures/clusters/typical.yaml");
@@ -30,10 +30,12 @@ fn bench(c: &mut Criterion) {
     let objects = build::build(&pc, &settings).expect("builds");
 
     let mut group = c.benchmark_group("typical_cluster");
+    // What the operator does on each reconcile: render the typed objects, plan them against what it observed
+    // (`plan_objects` converts into JSON only the objects it applies).
     group.bench_function("render_and_plan_steady_state", |b| {
         b.iter(|| {
-            let desired = build::build(black_box(&pc), &settings).and_then(|d| d.manifests(&settings)).expect("builds");
-            let plan = plan_owned_children(desired, black_box(&observed));
+            let desired = build::build(black_box(&pc), &settings).expect("builds");
+            let plan = plan_objects(&desired, &settings, black_box(&observed)).expect("plans");
             assert!(plan.is_empty());
             plan
         });
@@ -41,8 +43,17 @@ fn bench(c: &mut Criterion) {
     group.bench_function("render_and_plan_create", |b| {
         let empty = BTreeMap::new();
         b.iter(|| {
+            let desired = build::build(black_box(&pc), &settings).expect("builds");
+            plan_objects(&desired, &settings, black_box(&empty)).expect("plans")
+        });
+    });
+    // The same through JSON manifests (`manifests` + `plan_owned_children`): every object converted, then planned.
+    group.bench_function("render_and_plan_steady_state_via_manifests", |b| {
+        b.iter(|| {
             let desired = build::build(black_box(&pc), &settings).and_then(|d| d.manifests(&settings)).expect("builds");
-            plan_owned_children(desired, black_box(&empty))
+            let plan = plan_owned_children(desired, black_box(&observed));
+            assert!(plan.is_empty());
+            plan
         });
     });
     group.bench_function("render_only", |b| {

@@ -2,7 +2,7 @@
 //!
 //! # Flow
 //! 1. [`stamp`] adds the [`APPLIED_HASH`](crate::constants::annotations::APPLIED_HASH) annotation to each desired
-//!    manifest: a SHA-256 of the manifest as the operator means to apply it.
+//!    manifest: a stable hash (XXH3-128, see [`manifest_hash`]) of the manifest as the operator means to apply it.
 //! 2. [`plan_children`] compares each desired manifest with the observed object of the same kind and name:
 //!    - missing → `Apply` (reason `Create`);
 //!    - the observed hash differs → `Apply` (`SpecChanged`): the operator's intent changed, including fields it
@@ -17,12 +17,17 @@
 //!   the server defaulted (`plan_is_idempotent_*` tests and the proptest in `core/tests/plan_props.rs`).
 //! - Deterministic order: ConfigMap, Service, StatefulSet, PodDisruptionBudget, then deletions.
 
+mod diff;
+mod events;
+mod hash;
+
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
+use crate::build::{self, BuildSettings, DesiredObject, DesiredObjects};
 use crate::constants::annotations::APPLIED_HASH;
 use crate::quantity;
 
@@ -62,8 +67,17 @@ impl ChildKey {
     /// The group/kind without the version: `apps/StatefulSet`, `/ConfigMap`, `policy/PodDisruptionBudget`.
     /// Objects are the same across versions of a group (policy/v1 and policy/v1beta1).
     pub fn group_kind(&self) -> String {
-        let group = self.api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        format!("{group}/{}", self.kind)
+        format!("{}/{}", self.group(), self.kind)
+    }
+
+    /// The API group: `apps`, `policy`, or empty for the core group.
+    fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+
+    /// Whether both keys name the same object, in any version of its group.
+    fn same_object(&self, other: &ChildKey) -> bool {
+        self.name == other.name && self.kind == other.kind && self.group() == other.group()
     }
 }
 
@@ -140,48 +154,10 @@ impl Plan {
     }
 }
 
-/// SHA-256 (hex, first 16 bytes) of a manifest without its applied-hash annotation.
+/// Hash of a manifest without its applied-hash annotation, as 32 hex digits: a stable tree hash built from
+/// XXH3-128; see `core/src/plan/hash.rs` for the construction and why it is stable.
 pub fn manifest_hash(manifest: &Value) -> String {
-    let stamped = manifest.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH))).is_some();
-    let mut hasher = Sha256::new();
-    if stamped {
-        let mut clean = manifest.clone();
-        if let Some(annotations) = clean.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
-            annotations.remove(APPLIED_HASH);
-            if annotations.is_empty()
-                && let Some(meta) = clean.get_mut("metadata").and_then(Value::as_object_mut)
-            {
-                meta.remove("annotations");
-            }
-        }
-        write_canonical(&mut hasher, &clean);
-    } else {
-        write_canonical(&mut hasher, manifest);
-    }
-    hasher.finalize().iter().take(16).fold(String::with_capacity(32), |mut out, b| {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-/// Streams the canonical JSON of `v` into the hasher. serde_json's Map is a BTreeMap (no `preserve_order`), so
-/// keys come out sorted and the bytes are canonical.
-fn write_canonical(hasher: &mut Sha256, v: &Value) {
-    // Writing into a hasher cannot fail.
-    let _ = serde_json::to_writer(HashWriter(hasher), v);
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    hash::to_hex(hash::of_value(manifest))
 }
 
 /// Returns `manifest` with the applied-hash annotation set.
@@ -189,8 +165,12 @@ pub fn stamp(manifest: &Value) -> Value {
     stamp_owned(manifest.clone())
 }
 
-fn stamp_owned(mut manifest: Value) -> Value {
+fn stamp_owned(manifest: Value) -> Value {
     let hash = manifest_hash(&manifest);
+    stamp_with(manifest, hash)
+}
+
+fn stamp_with(mut manifest: Value, hash: String) -> Value {
     if let Some(obj) = manifest.as_object_mut() {
         let meta = obj.entry("metadata").or_insert_with(|| Value::Object(serde_json::Map::new()));
         if let Some(meta) = meta.as_object_mut() {
@@ -215,42 +195,110 @@ pub fn plan_children(desired: &[Value], observed: &BTreeMap<ChildKey, Value>) ->
 
 /// [`plan_children`] taking the desired manifests by value, which saves copying them.
 pub fn plan_owned_children(desired: Vec<Value>, observed: &BTreeMap<ChildKey, Value>) -> Plan {
-    let mut wanted: Vec<(ChildKey, Value)> =
-        desired.into_iter().filter_map(|m| ChildKey::of(&m).map(|k| (k, stamp_owned(m)))).collect();
+    let wanted = desired.into_iter().filter_map(|m| ChildKey::of(&m).map(|k| (k, stamp_owned(m)))).collect();
+    let Ok(plan) = plan_wanted(wanted, observed, |manifest, current| Ok::<_, Infallible>(decide(manifest, current)));
+    plan
+}
+
+/// [`plan_children`] for the typed objects [`build::build`] renders: the same plan, for less work.
+///
+/// Each object is hashed and compared with its observed copy straight from the typed object
+/// (`core/src/plan/events.rs`); only the objects to apply are converted into JSON manifests, so a resync that
+/// finds nothing to do builds no JSON at all. When several fields drifted, the field named in a `Drift` reason may be another one than
+/// [`plan_children`] names (typed objects are walked in field declaration order, JSON objects in key order).
+pub fn plan_objects(
+    desired: &DesiredObjects,
+    settings: &BuildSettings,
+    observed: &BTreeMap<ChildKey, Value>,
+) -> build::Result<Plan> {
+    let wanted = desired
+        .objects(settings)
+        .into_iter()
+        .filter_map(|object| {
+            let name = object.name()?;
+            let key = ChildKey {
+                api_version: object.api_version().to_owned(),
+                kind: object.kind().to_owned(),
+                name: name.to_owned(),
+            };
+            Some((key, object))
+        })
+        .collect();
+    plan_wanted(wanted, observed, decide_typed)
+}
+
+/// Why `manifest` (stamped) must be applied over `current`, if it must.
+fn decide(manifest: Value, current: Option<&Value>) -> Option<(ApplyReason, Value)> {
+    let reason = match current {
+        None => ApplyReason::Create,
+        Some(current) if applied_hash(current) == applied_hash(&manifest) => {
+            ApplyReason::Drift { field: first_difference_of_object(&manifest, current)? }
+        }
+        Some(_) => ApplyReason::SpecChanged,
+    };
+    Some((reason, manifest))
+}
+
+/// [`decide`] for a typed object, converting it into a manifest only when it must be applied. Falls back to
+/// the manifest when the typed object cannot be walked like its JSON value.
+fn decide_typed(object: DesiredObject<'_>, current: Option<&Value>) -> build::Result<Option<(ApplyReason, Value)>> {
+    let mut hasher = hash::HashSink::new(object.api_version());
+    let hash = match events::walk(&object, &mut hasher) {
+        Ok(()) => hasher.finish().map(hash::to_hex),
+        Err(_) => None,
+    };
+    let Some(hash) = hash else { return Ok(decide(stamp_owned(object.to_manifest()?), current)) };
+    let manifest = |hash: String| object.to_manifest().map(|m| stamp_with(m, hash));
+    let reason = match current {
+        None => ApplyReason::Create,
+        Some(current) if applied_hash(current).and_then(Value::as_str) == Some(hash.as_str()) => {
+            match events::walk(&object, &mut diff::DiffSink::new(current)) {
+                Ok(()) => return Ok(None),
+                Err(events::Stop::Done) => {
+                    // Walk again to name the field; differences are rare.
+                    let mut differ = diff::DiffSink::with_path(current);
+                    let _ = events::walk(&object, &mut differ);
+                    ApplyReason::Drift { field: differ.finish().unwrap_or_else(|| ".".to_owned()) }
+                }
+                Err(events::Stop::Unsupported) => return Ok(decide(manifest(hash)?, Some(current))),
+            }
+        }
+        Some(_) => ApplyReason::SpecChanged,
+    };
+    let manifest = manifest(hash)?;
+    debug_assert_eq!(applied_hash(&manifest).and_then(Value::as_str), Some(manifest_hash(&manifest).as_str()));
+    Ok(Some((reason, manifest)))
+}
+
+/// The planning both entry points share: orders the wanted children, asks `decide` about each against its
+/// observed copy, and deletes observed children nobody wants.
+fn plan_wanted<W, E>(
+    mut wanted: Vec<(ChildKey, W)>,
+    observed: &BTreeMap<ChildKey, Value>,
+    mut decide: impl FnMut(W, Option<&Value>) -> Result<Option<(ApplyReason, Value)>, E>,
+) -> Result<Plan, E> {
     wanted.sort_by(|(a, _), (b, _)| a.rank().cmp(&b.rank()).then_with(|| a.cmp(b)));
 
     let find_observed = |key: &ChildKey| {
-        observed.get(key).or_else(|| {
-            observed.iter().find(|(k, _)| k.name == key.name && k.group_kind() == key.group_kind()).map(|(_, v)| v)
-        })
+        observed.get(key).or_else(|| observed.iter().find(|(k, _)| k.same_object(key)).map(|(_, v)| v))
     };
 
     let mut steps = Vec::new();
-    let mut keep: Vec<(String, String)> = Vec::with_capacity(wanted.len());
-    for (key, manifest) in wanted {
-        keep.push((key.name.clone(), key.group_kind()));
-        let reason = match find_observed(&key) {
-            None => Some(ApplyReason::Create),
-            Some(current) => {
-                let current_hash = current.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
-                let desired_hash = manifest.pointer(&format!("/metadata/annotations/{}", escape_pointer(APPLIED_HASH)));
-                if current_hash == desired_hash {
-                    first_difference_of_object(&manifest, current).map(|field| ApplyReason::Drift { field })
-                } else {
-                    Some(ApplyReason::SpecChanged)
-                }
+    let mut kept: Vec<ChildKey> = Vec::with_capacity(wanted.len());
+    for (key, object) in wanted {
+        match decide(object, find_observed(&key))? {
+            Some((reason, manifest)) => {
+                kept.push(key.clone());
+                steps.push(Step::Apply { key, reason, manifest });
             }
-        };
-        if let Some(reason) = reason {
-            steps.push(Step::Apply { key, reason, manifest });
+            None => kept.push(key),
         }
     }
 
-    let mut deletions: Vec<&ChildKey> =
-        observed.keys().filter(|k| !keep.iter().any(|(name, gk)| *name == k.name && *gk == k.group_kind())).collect();
+    let mut deletions: Vec<&ChildKey> = observed.keys().filter(|k| !kept.iter().any(|w| w.same_object(k))).collect();
     deletions.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.cmp(b)));
     steps.extend(deletions.into_iter().map(|k| Step::Delete { key: k.clone() }));
-    Plan { steps }
+    Ok(Plan { steps })
 }
 
 /// [`first_difference`] of two whole objects, ignoring `apiVersion` (the server may serve another version of
@@ -265,8 +313,9 @@ fn first_difference_of_object(desired: &Value, observed: &Value) -> Option<Strin
     })
 }
 
-fn escape_pointer(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
+/// The applied-hash annotation of an object, if it has one.
+fn applied_hash(object: &Value) -> Option<&Value> {
+    object.get("metadata")?.get("annotations")?.get(APPLIED_HASH)
 }
 
 /// Whether every field set in `desired` has the same value in `observed`.
@@ -283,13 +332,21 @@ pub fn is_subset(desired: &Value, observed: &Value) -> bool {
             None => is_empty(dv),
         }),
         (Value::Array(d), Value::Array(o)) => d.len() == o.len() && d.iter().zip(o).all(|(a, b)| is_subset(a, b)),
-        (Value::String(d), Value::String(o)) => d == o || quantity::same_amount(d, o),
+        (Value::String(d), o) => str_is_subset(d, o),
         (Value::Number(d), Value::Number(o)) => d.as_f64() == o.as_f64(),
-        (Value::Number(d), Value::String(o)) | (Value::String(o), Value::Number(d)) => {
-            quantity::same_amount(&d.to_string(), o)
-        }
+        (Value::Number(d), Value::String(o)) => quantity::same_amount(&d.to_string(), o),
         (d, Value::Null) => is_empty(d),
         (d, o) => d == o,
+    }
+}
+
+/// [`is_subset`] for a desired string.
+fn str_is_subset(desired: &str, observed: &Value) -> bool {
+    match observed {
+        Value::String(o) => desired == o || quantity::same_amount(desired, o),
+        Value::Number(o) => quantity::same_amount(&o.to_string(), desired),
+        Value::Null => desired.is_empty(),
+        Value::Bool(_) | Value::Array(_) | Value::Object(_) => false,
     }
 }
 

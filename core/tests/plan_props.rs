@@ -1,6 +1,7 @@
 //! Properties of the plan step: once the steps are applied, planning again against what the API server returns
 //! yields no steps (no hot loop), whatever fields the server adds by defaulting and whatever empty fields it
-//! drops; a changed spec always yields steps; planning is deterministic.
+//! drops; a changed spec always yields steps; planning is deterministic. Planning the typed objects
+//! (`plan_objects`) gives the same plan as planning their JSON manifests (`plan_children`).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
 use tsdb_operator_core::crd::PrometheusCluster;
-use tsdb_operator_core::plan::{ChildKey, Step, plan_children};
+use tsdb_operator_core::plan::{ApplyReason, ChildKey, Plan, Step, manifest_hash, plan_children, plan_objects};
 
 fn cluster(replicas: i32, retention: &str, remote_writes: usize, thanos: bool, backup: bool) -> PrometheusCluster {
     let rw: Vec<Value> = (0..remote_writes)
@@ -78,12 +79,45 @@ fn manifests(pc: &PrometheusCluster, pdb: PdbApi) -> Vec<Value> {
     build::build(pc, &settings).and_then(|d| d.manifests(&settings)).expect("builds")
 }
 
+/// `plan_objects` of the cluster's typed objects, checked against `plan_children` of its manifests.
+fn plan_typed(
+    pc: &PrometheusCluster,
+    pdb: PdbApi,
+    observed: &BTreeMap<ChildKey, Value>,
+) -> Result<Plan, TestCaseError> {
+    let settings = BuildSettings { pdb_api: pdb, ..BuildSettings::default() };
+    let objects = build::build(pc, &settings).expect("builds");
+    let typed = plan_objects(&objects, &settings, observed).expect("plans");
+    let from_json = plan_children(&objects.manifests(&settings).expect("serializes"), observed);
+    prop_assert_eq!(&typed, &from_json);
+    Ok(typed)
+}
+
+/// JSON pointers of the scalar leaves of `v`.
+fn leaves(v: &Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                leaves(v, &format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                leaves(v, &format!("{path}/{i}"), out);
+            }
+        }
+        _ => out.push(path.to_owned()),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
+    /// Planning both ways: the typed objects (`plan_objects`) and their manifests (`plan_children`).
     #[test]
     fn plan_is_idempotent_after_the_server_applied_it(
         replicas in 1..6i32,
+        other_replicas in 1..6i32,
         retention in prop::sample::select(vec!["15d", "1h", "2w"]),
         remote_writes in 0..3usize,
         thanos: bool,
@@ -92,12 +126,20 @@ proptest! {
         salt in 0..1000u32,
     ) {
         let pdb = if v1beta1 { PdbApi::V1beta1 } else { PdbApi::V1 };
-        let desired = manifests(&cluster(replicas, retention, remote_writes, thanos, backup), pdb);
-        let first = plan_children(&desired, &BTreeMap::new());
-        prop_assert_eq!(first.steps.len(), desired.len(), "everything is created");
+        let pc = cluster(replicas, retention, remote_writes, thanos, backup);
+        let first = plan_typed(&pc, pdb, &BTreeMap::new())?;
+        prop_assert_eq!(first.steps.len(), manifests(&pc, pdb).len(), "everything is created");
+        for step in &first.steps {
+            let Step::Apply { manifest, .. } = step else { panic!("only applies") };
+            let stamped = &manifest["metadata"]["annotations"]["observability.merlionos.org/applied-hash"];
+            let hash = manifest_hash(manifest);
+            prop_assert_eq!(stamped.as_str(), Some(hash.as_str()));
+        }
         let observed = applied(&first.steps, salt);
-        let second = plan_children(&desired, &observed);
+        let second = plan_typed(&pc, pdb, &observed)?;
         prop_assert!(second.is_empty(), "second plan must be empty, got {:?}", second.steps);
+        // Another spec: the same steps (SpecChanged, deletions) both ways.
+        plan_typed(&cluster(other_replicas, "2w", remote_writes, !thanos, backup), pdb, &observed)?;
     }
 
     #[test]
@@ -118,5 +160,59 @@ proptest! {
             let deletes_pdb = plan.steps.iter().any(|s| matches!(s, Step::Delete { key } if key.kind == "PodDisruptionBudget"));
             prop_assert!(deletes_pdb, "{:?}", plan.steps);
         }
+    }
+
+    #[test]
+    fn an_edited_field_is_drift_of_that_field_on_both_paths(
+        replicas in 1..4i32,
+        thanos: bool,
+        backup: bool,
+        pick in any::<prop::sample::Index>(),
+        salt in 0..1000u32,
+    ) {
+        let pc = cluster(replicas, "15d", 1, thanos, backup);
+        let created = plan_typed(&pc, PdbApi::V1, &BTreeMap::new())?;
+        let mut observed = applied(&created.steps, salt);
+        // Edit one leaf the operator set (not its own hash, not apiVersion, which is never compared).
+        let mut candidates = Vec::new();
+        for (key, served) in &observed {
+            let Some(Step::Apply { manifest, .. }) = created.steps.iter().find(|s| s.key() == key) else { continue };
+            let mut paths = Vec::new();
+            leaves(manifest, "", &mut paths);
+            candidates.extend(
+                paths
+                    .into_iter()
+                    .filter(|p| !p.contains("applied-hash") && p != "/apiVersion" && served.pointer(p).is_some())
+                    .map(|p| (key.clone(), p)),
+            );
+        }
+        let (key, pointer) = pick.get(&candidates).clone();
+        let leaf = observed.get_mut(&key).and_then(|o| o.pointer_mut(&pointer)).expect("leaf exists");
+        *leaf = match leaf.take() {
+            Value::Bool(b) => json!(!b),
+            Value::Number(n) => json!(n.as_f64().unwrap_or(0.0) + 7.0),
+            other => json!(format!("{}-edited", other.as_str().unwrap_or("x"))),
+        };
+        let plan = plan_typed(&pc, PdbApi::V1, &observed)?;
+        prop_assert_eq!(plan.steps.len(), 1, "{:?}", plan.steps);
+        let Step::Apply { key: applied_key, reason: ApplyReason::Drift { field }, .. } = &plan.steps[0] else {
+            return Err(TestCaseError::fail(format!("not drift: {:?}", plan.steps)));
+        };
+        prop_assert_eq!(applied_key, &key);
+        let expected = pointer.trim_start_matches('/').split('/').fold(String::new(), |mut out, segment| {
+            let segment = segment.replace("~1", "/").replace("~0", "~");
+            if segment.parse::<usize>().is_ok() {
+                out.push('[');
+                out.push_str(&segment);
+                out.push(']');
+            } else {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&segment);
+            }
+            out
+        });
+        prop_assert_eq!(field, &expected);
     }
 }

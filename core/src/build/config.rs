@@ -219,7 +219,10 @@ pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> R
 /// Renders `prometheus.yml` and the inline scrape configs file for files under `paths`.
 pub fn build_config_files(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<ConfigFiles> {
     let config = build_prometheus_config(ctx, paths)?;
-    let prometheus_yml = to_yaml(&config)?;
+    let prometheus_yml = match plain_yaml(&config) {
+        Some(yaml) => yaml,
+        None => to_yaml(&config)?,
+    };
     let inline_scrape_configs_yml = match scrape_source(ctx)? {
         Some(ScrapeSource::Inline(entries)) => Some(to_yaml(&ScrapeConfigFile { scrape_configs: &entries })?),
         _ => None,
@@ -392,6 +395,120 @@ fn check_secret_key(field: &str, key: &str) -> Result<()> {
     }
 }
 
+/// `prometheus.yml` written directly, byte for byte what [`to_yaml`] writes, when every string in it is one
+/// serde_yaml writes unquoted (see [`is_plain`]); `None` otherwise, and the caller uses serde_yaml. Rendering runs
+/// on every reconcile, and serde_yaml's emitter cost more than the rest of the ConfigMap.
+fn plain_yaml(config: &PrometheusConfig) -> Option<String> {
+    // Destructured in full, so that a new field does not go unwritten.
+    let PrometheusConfig { global, scrape_configs, scrape_config_files, remote_write } = config;
+    let GlobalConfig { scrape_interval, evaluation_interval, external_labels } = global;
+    let mut out = String::with_capacity(512);
+    let o = &mut out;
+    yaml_line(o, "", "global", None)?;
+    yaml_line(o, "  ", "scrape_interval", Some(scrape_interval))?;
+    yaml_line(o, "  ", "evaluation_interval", Some(evaluation_interval))?;
+    if !external_labels.is_empty() {
+        yaml_line(o, "  ", "external_labels", None)?;
+        for (name, value) in external_labels {
+            // Keys are simple keys: no flow indicators, at most 128 characters.
+            if name.len() > 128 || name.contains(['{', '}']) || !is_plain(name) {
+                return None;
+            }
+            yaml_line(o, "    ", name, Some(value))?;
+        }
+    }
+    if scrape_configs.is_empty() {
+        return None;
+    }
+    yaml_line(o, "", "scrape_configs", None)?;
+    for StaticScrapeConfig { job_name, static_configs } in scrape_configs {
+        yaml_line(o, "- ", "job_name", Some(job_name))?;
+        if static_configs.is_empty() {
+            return None;
+        }
+        yaml_line(o, "  ", "static_configs", None)?;
+        for StaticTargets { targets } in static_configs {
+            if targets.is_empty() {
+                return None;
+            }
+            yaml_line(o, "  - ", "targets", None)?;
+            for target in targets {
+                yaml_item(o, "    ", target)?;
+            }
+        }
+    }
+    if !scrape_config_files.is_empty() {
+        yaml_line(o, "", "scrape_config_files", None)?;
+        for file in scrape_config_files {
+            yaml_item(o, "", file)?;
+        }
+    }
+    if !remote_write.is_empty() {
+        yaml_line(o, "", "remote_write", None)?;
+        for RemoteWriteConfig { url, name, basic_auth, authorization } in remote_write {
+            yaml_line(o, "- ", "url", Some(url))?;
+            if let Some(name) = name {
+                yaml_line(o, "  ", "name", Some(name))?;
+            }
+            if let Some(BasicAuthConfig { username_file, password_file }) = basic_auth {
+                yaml_line(o, "  ", "basic_auth", None)?;
+                yaml_line(o, "    ", "username_file", Some(username_file))?;
+                yaml_line(o, "    ", "password_file", Some(password_file))?;
+            }
+            if let Some(AuthorizationConfig { credentials_file }) = authorization {
+                yaml_line(o, "  ", "authorization", None)?;
+                yaml_line(o, "    ", "credentials_file", Some(credentials_file))?;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `<indent><key>:` and, with a value, ` <value>`, then a newline; `None` if the value is not [plain](is_plain).
+fn yaml_line(out: &mut String, indent: &str, key: &str, value: Option<&str>) -> Option<()> {
+    out.push_str(indent);
+    out.push_str(key);
+    out.push(':');
+    if let Some(value) = value {
+        if !is_plain(value) {
+            return None;
+        }
+        out.push(' ');
+        out.push_str(value);
+    }
+    out.push('\n');
+    Some(())
+}
+
+/// `<indent>- <value>` and a newline; `None` if the value is not [plain](is_plain).
+fn yaml_item(out: &mut String, indent: &str, value: &str) -> Option<()> {
+    if !is_plain(value) {
+        return None;
+    }
+    out.push_str(indent);
+    out.push_str("- ");
+    out.push_str(value);
+    out.push('\n');
+    Some(())
+}
+
+/// Whether serde_yaml surely writes `s` as a plain (unquoted) scalar in block context: it has only letters,
+/// digits and `._/:${}@=+%~-`, does not end with `:`, is not a YAML boolean or null, and starts with a letter,
+/// `/`, `$`, `_`, or a digit other than 0 when something in it cannot be part of a number (`30s`, not `1e3`).
+/// Conservative: some strings serde_yaml also writes plain are refused.
+fn is_plain(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let first_ok = match bytes.first() {
+        Some(b) if b.is_ascii_alphabetic() || matches!(b, b'/' | b'$' | b'_') => true,
+        Some(b'1'..=b'9') => bytes.iter().any(|b| !b"0123456789.eE+-".contains(b)),
+        _ => false,
+    };
+    first_ok
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._/:${}@=+%~-".contains(b))
+        && !s.ends_with(':')
+        && !matches!(s, "true" | "True" | "TRUE" | "false" | "False" | "FALSE" | "null" | "Null" | "NULL")
+}
+
 fn to_yaml<T: Serialize>(value: &T) -> Result<String> {
     serde_yaml::to_string(value)
         .map_err(|e| Error::Serialize { kind: "prometheus configuration", reason: e.to_string() })
@@ -426,6 +543,70 @@ mod tests {
         assert!(parse_inline("- static_configs: []\n").is_err());
         assert!(parse_inline("- 1\n").is_err());
         assert!(parse_inline("[").is_err());
+    }
+
+    fn config(strings: &[String], labels: BTreeMap<String, String>, auth: u8) -> PrometheusConfig {
+        let s = |i: usize| strings[i % strings.len()].clone();
+        PrometheusConfig {
+            global: GlobalConfig { scrape_interval: s(0), evaluation_interval: s(1), external_labels: labels },
+            scrape_configs: vec![StaticScrapeConfig {
+                job_name: s(2),
+                static_configs: vec![StaticTargets { targets: vec![s(3), s(4)] }],
+            }],
+            scrape_config_files: if auth.is_multiple_of(2) { vec![s(5)] } else { vec![] },
+            remote_write: vec![RemoteWriteConfig {
+                url: s(6),
+                name: (!auth.is_multiple_of(3)).then(|| s(7)),
+                basic_auth: (auth % 3 == 1).then(|| BasicAuthConfig { username_file: s(8), password_file: s(9) }),
+                authorization: (auth % 3 == 2).then(|| AuthorizationConfig { credentials_file: s(10) }),
+            }],
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_direct_yaml_is_what_serde_yaml_writes_or_nothing(
+            strings in proptest::collection::vec(
+                proptest::string::string_regex("[a-zA-Z0-9 ._/:$#{}@=+%~,&*!?'\"-]{0,12}|true|NULL|~|0x1f|\\.inf|1e3|012|\\$\\{POD_NAME\\}")
+                    .expect("valid regex"),
+                11,
+            ),
+            labels in proptest::collection::btree_map("[a-zA-Z_{:][a-zA-Z0-9_:]{0,8}|true|null", "[a-z$0-9:{} -]{0,8}", 0..4),
+            auth in 0..6u8,
+        ) {
+            let config = config(&strings, labels, auth);
+            let serde = to_yaml(&config).expect("serializes");
+            if let Some(direct) = plain_yaml(&config) {
+                proptest::prop_assert_eq!(direct, serde);
+            }
+        }
+
+        #[test]
+        fn plain_strings_are_written_unquoted_by_serde_yaml(
+            s in "[a-zA-Z/$~0-9._][a-zA-Z0-9 ._/:$#{}@=+%~,&*!?'\"-]{0,20}|true|Null|FALSE|inf|nan|y|no|on|a:|a:b|a-b:",
+        ) {
+            if is_plain(&s) {
+                let value = serde_yaml::to_string(&BTreeMap::from([("k", s.as_str())])).expect("serializes");
+                proptest::prop_assert_eq!(value, format!("k: {s}\n"));
+                if !s.contains(['{', '}']) {
+                    let key = serde_yaml::to_string(&BTreeMap::from([(s.as_str(), "v")])).expect("serializes");
+                    proptest::prop_assert_eq!(key, format!("{s}: v\n"));
+                }
+            }
+        }
+
+        #[test]
+        fn plain_configs_are_written_directly(
+            strings in proptest::collection::vec("([a-z]|[1-9][0-9]*[g-z])[a-zA-Z0-9._/:${}-]{0,30}[a-z0-9]", 11),
+            labels in proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,20}", "[a-z$_][a-z0-9.${}-]{0,20}", 0..4),
+            auth in 0..6u8,
+        ) {
+            proptest::prop_assume!(strings.iter().all(|s| is_plain(s)));
+            let config = config(&strings, labels, auth);
+            proptest::prop_assume!(config.global.external_labels.keys().all(|k| is_plain(k)));
+            proptest::prop_assume!(config.global.external_labels.values().all(|v| is_plain(v)));
+            proptest::prop_assert_eq!(plain_yaml(&config), Some(to_yaml(&config).expect("serializes")));
+        }
     }
 
     #[test]

@@ -102,25 +102,91 @@ pub struct DesiredObjects {
 }
 
 impl DesiredObjects {
-    /// The objects as the JSON manifests the adapter applies, in apply order (ConfigMap, Service,
-    /// PodDisruptionBudget, StatefulSet), each with `apiVersion` and `kind`. The PodDisruptionBudget gets the
-    /// `apiVersion` of `settings.pdb_api`; its spec is the same in both versions.
-    pub fn manifests(&self, settings: &BuildSettings) -> Result<Vec<serde_json::Value>> {
-        let mut out = vec![to_json(&self.config_map, "ConfigMap")?, to_json(&self.service, "Service")?];
+    /// The objects in apply order: ConfigMap, Service, PodDisruptionBudget, StatefulSet.
+    pub fn objects(&self, settings: &BuildSettings) -> Vec<DesiredObject<'_>> {
+        let mut out = vec![DesiredObject::ConfigMap(&self.config_map), DesiredObject::Service(&self.service)];
         if let Some(pdb) = &self.pod_disruption_budget {
-            let mut value = to_json(pdb, "PodDisruptionBudget")?;
-            if let Some(obj) = value.as_object_mut() {
-                obj.insert("apiVersion".to_owned(), serde_json::Value::from(settings.pdb_api.api_version()));
-            }
-            out.push(value);
+            out.push(DesiredObject::PodDisruptionBudget(pdb, settings.pdb_api));
         }
-        out.push(to_json(&self.stateful_set, "StatefulSet")?);
-        Ok(out)
+        out.push(DesiredObject::StatefulSet(&self.stateful_set));
+        out
+    }
+
+    /// The objects as the JSON manifests the adapter applies, in apply order (see [`objects`](Self::objects)),
+    /// each with `apiVersion` and `kind`. The PodDisruptionBudget gets the `apiVersion` of `settings.pdb_api`;
+    /// its spec is the same in both versions.
+    pub fn manifests(&self, settings: &BuildSettings) -> Result<Vec<serde_json::Value>> {
+        self.objects(settings).iter().map(DesiredObject::to_manifest).collect()
     }
 }
 
-fn to_json<T: serde::Serialize>(object: &T, kind: &'static str) -> Result<serde_json::Value> {
-    serde_json::to_value(object).map_err(|e| Error::Serialize { kind, reason: e.to_string() })
+/// One object of [`DesiredObjects`], borrowed. Serializes as the typed object (a PodDisruptionBudget with the
+/// `policy/v1` `apiVersion` of its type; [`to_manifest`](Self::to_manifest) and
+/// [`api_version`](Self::api_version) give the one it is applied under).
+#[derive(Debug, Clone, Copy)]
+pub enum DesiredObject<'a> {
+    /// The ConfigMap.
+    ConfigMap(&'a ConfigMap),
+    /// The Service.
+    Service(&'a Service),
+    /// The StatefulSet.
+    StatefulSet(&'a StatefulSet),
+    /// The PodDisruptionBudget and the API it is applied under.
+    PodDisruptionBudget(&'a PodDisruptionBudget, PdbApi),
+}
+
+impl DesiredObject<'_> {
+    /// The `apiVersion` the object is applied under.
+    pub fn api_version(&self) -> &'static str {
+        match self {
+            DesiredObject::ConfigMap(_) => <ConfigMap as k8s_openapi::Resource>::API_VERSION,
+            DesiredObject::Service(_) => <Service as k8s_openapi::Resource>::API_VERSION,
+            DesiredObject::StatefulSet(_) => <StatefulSet as k8s_openapi::Resource>::API_VERSION,
+            DesiredObject::PodDisruptionBudget(_, api) => api.api_version(),
+        }
+    }
+
+    /// The `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DesiredObject::ConfigMap(_) => <ConfigMap as k8s_openapi::Resource>::KIND,
+            DesiredObject::Service(_) => <Service as k8s_openapi::Resource>::KIND,
+            DesiredObject::StatefulSet(_) => <StatefulSet as k8s_openapi::Resource>::KIND,
+            DesiredObject::PodDisruptionBudget(..) => <PodDisruptionBudget as k8s_openapi::Resource>::KIND,
+        }
+    }
+
+    /// `metadata.name`.
+    pub fn name(&self) -> Option<&str> {
+        let metadata = match self {
+            DesiredObject::ConfigMap(o) => &o.metadata,
+            DesiredObject::Service(o) => &o.metadata,
+            DesiredObject::StatefulSet(o) => &o.metadata,
+            DesiredObject::PodDisruptionBudget(o, _) => &o.metadata,
+        };
+        metadata.name.as_deref()
+    }
+
+    /// The JSON manifest the adapter applies, with `apiVersion` and `kind`.
+    pub fn to_manifest(&self) -> Result<serde_json::Value> {
+        let mut value =
+            serde_json::to_value(self).map_err(|e| Error::Serialize { kind: self.kind(), reason: e.to_string() })?;
+        if let (DesiredObject::PodDisruptionBudget(..), Some(obj)) = (self, value.as_object_mut()) {
+            obj.insert("apiVersion".to_owned(), serde_json::Value::from(self.api_version()));
+        }
+        Ok(value)
+    }
+}
+
+impl serde::Serialize for DesiredObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            DesiredObject::ConfigMap(o) => o.serialize(serializer),
+            DesiredObject::Service(o) => o.serialize(serializer),
+            DesiredObject::StatefulSet(o) => o.serialize(serializer),
+            DesiredObject::PodDisruptionBudget(o, _) => o.serialize(serializer),
+        }
+    }
 }
 
 /// Why a cluster could not be rendered. Each variant names the field at fault and how to fix it.

@@ -1,0 +1,276 @@
+//! A serde [`Serializer`] that turns any `Serialize` value into the events of the JSON value
+//! `serde_json::to_value` would build (scalars, begin and end of arrays and objects, object keys), without
+//! building it. The plan hashes and compares typed objects through it, so that an unchanged child costs no JSON
+//! tree. Pure: no I/O.
+//!
+//! The events follow `serde_json::to_value` exactly: `None` and unit are `null`, enum variants are objects
+//! `{variant: value}` (unit variants are strings), bytes are arrays of numbers, non-finite floats are `null`,
+//! object keys are strings (numbers and booleans as keys are written out). Object entries come in the order the
+//! type serializes them, not sorted: consumers must not depend on the order of keys.
+
+use serde::ser::{self, Serialize, Serializer};
+use serde_json::Value;
+
+/// A scalar: a string is borrowed, anything else is a `Value` without heap data (null, bool, number).
+pub(crate) enum Scalar<'a> {
+    /// A string.
+    Str(&'a str),
+    /// `null`, a boolean or a number.
+    Other(Value),
+}
+
+/// Why a walk stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The consumer has its answer (a difference was found).
+    Done,
+    /// The value cannot be walked like `serde_json::to_value` would convert it (for example a 128-bit number out
+    /// of range, a key that is not a string, or a `Serialize` error); the caller falls back to the JSON value.
+    Unsupported,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stop::Done => "walk stopped",
+            Stop::Unsupported => "value cannot be walked as JSON",
+        })
+    }
+}
+
+impl std::error::Error for Stop {}
+
+impl ser::Error for Stop {
+    fn custom<T: std::fmt::Display>(_msg: T) -> Self {
+        Stop::Unsupported
+    }
+}
+
+/// What consumes the events. Every value is either one `scalar`, or `begin_seq` ... `end`, or `begin_map`
+/// (`key` value)* `end`.
+pub(crate) trait Sink {
+    /// A scalar value.
+    fn scalar(&mut self, value: Scalar<'_>) -> Result<(), Stop>;
+    /// An array starts; `len` is its length when the type knows it.
+    fn begin_seq(&mut self, len: Option<usize>) -> Result<(), Stop>;
+    /// An object starts.
+    fn begin_map(&mut self) -> Result<(), Stop>;
+    /// The key of the next object entry; its value follows.
+    fn key(&mut self, key: &str) -> Result<(), Stop>;
+    /// The innermost array or object ends.
+    fn end(&mut self) -> Result<(), Stop>;
+}
+
+/// Walks `value` into `sink`.
+pub(crate) fn walk<T: Serialize + ?Sized, S: Sink>(value: &T, sink: &mut S) -> Result<(), Stop> {
+    value.serialize(Events(sink))
+}
+
+/// The serializer: forwards to the sink. Compound serializers are the same type.
+pub(crate) struct Events<'s, S>(&'s mut S);
+
+impl<S: Sink> Events<'_, S> {
+    fn other(self, value: Value) -> Result<(), Stop> {
+        self.0.scalar(Scalar::Other(value))
+    }
+
+    /// `{variant: ` — the caller writes the value and the closing `end`.
+    fn open_variant(&mut self, variant: &str) -> Result<(), Stop> {
+        self.0.begin_map()?;
+        self.0.key(variant)
+    }
+}
+
+/// Scalars without heap data, as `serde_json::Value::from` converts them (non-finite floats become `null`).
+macro_rules! scalars {
+    ($($method:ident: $ty:ty),*) => {
+        $(fn $method(self, v: $ty) -> Result<(), Stop> {
+            self.other(Value::from(v))
+        })*
+    };
+}
+
+impl<S: Sink> Serializer for Events<'_, S> {
+    type Ok = ();
+    type Error = Stop;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    scalars!(
+        serialize_bool: bool,
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_f32: f32,
+        serialize_f64: f64
+    );
+    fn serialize_i128(self, v: i128) -> Result<(), Stop> {
+        match (u64::try_from(v), i64::try_from(v)) {
+            (Ok(u), _) => self.other(Value::from(u)),
+            (_, Ok(i)) => self.other(Value::from(i)),
+            _ => Err(Stop::Unsupported),
+        }
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), Stop> {
+        u64::try_from(v).map_err(|_| Stop::Unsupported).and_then(|u| self.other(Value::from(u)))
+    }
+    fn serialize_char(self, v: char) -> Result<(), Stop> {
+        self.0.scalar(Scalar::Str(v.encode_utf8(&mut [0; 4])))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), Stop> {
+        self.0.scalar(Scalar::Str(v))
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Stop> {
+        self.0.begin_seq(Some(v.len()))?;
+        for b in v {
+            self.0.scalar(Scalar::Other(Value::from(*b)))?;
+        }
+        self.0.end()
+    }
+    fn serialize_none(self) -> Result<(), Stop> {
+        self.other(Value::Null)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Stop> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), Stop> {
+        self.other(Value::Null)
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Stop> {
+        self.other(Value::Null)
+    }
+    fn serialize_unit_variant(self, _name: &'static str, _index: u32, variant: &'static str) -> Result<(), Stop> {
+        self.0.scalar(Scalar::Str(variant))
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _name: &'static str, value: &T) -> Result<(), Stop> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        mut self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Stop> {
+        self.open_variant(variant)?;
+        value.serialize(Events(&mut *self.0))?;
+        self.0.end()
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self, Stop> {
+        self.0.begin_seq(len)?;
+        Ok(self)
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Self, Stop> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(self, _name: &'static str, len: usize) -> Result<Self, Stop> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        mut self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self, Stop> {
+        self.open_variant(variant)?;
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self, Stop> {
+        self.0.begin_map()?;
+        Ok(self)
+    }
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Self, Stop> {
+        self.serialize_map(None)
+    }
+    fn serialize_struct_variant(
+        mut self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Self, Stop> {
+        self.open_variant(variant)?;
+        self.serialize_map(None)
+    }
+}
+
+/// The array-like compound serializers: each item is a value; `end` closes `$closing` containers (a tuple
+/// variant is an array inside its `{variant: ...}` object).
+macro_rules! array_like {
+    ($trait:ident, $method:ident, $closing:literal) => {
+        impl<S: Sink> ser::$trait for Events<'_, S> {
+            type Ok = ();
+            type Error = Stop;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Stop> {
+                value.serialize(Events(&mut *self.0))
+            }
+            fn end(self) -> Result<(), Stop> {
+                for _ in 0..$closing {
+                    self.0.end()?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+array_like!(SerializeSeq, serialize_element, 1);
+array_like!(SerializeTuple, serialize_element, 1);
+array_like!(SerializeTupleStruct, serialize_field, 1);
+array_like!(SerializeTupleVariant, serialize_field, 2);
+
+impl<S: Sink> ser::SerializeMap for Events<'_, S> {
+    type Ok = ();
+    type Error = Stop;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Stop> {
+        // Keys are rare next to fields (labels, annotations, resource maps); converting them like serde_json does
+        // is simpler than a second serializer.
+        match serde_json::to_value(key).map_err(|_| Stop::Unsupported)? {
+            Value::String(s) => self.0.key(&s),
+            Value::Number(n) => self.0.key(&n.to_string()),
+            Value::Bool(b) => self.0.key(if b { "true" } else { "false" }),
+            _ => Err(Stop::Unsupported),
+        }
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Stop> {
+        value.serialize(Events(&mut *self.0))
+    }
+    fn end(self) -> Result<(), Stop> {
+        self.0.end()
+    }
+}
+
+/// The struct-like compound serializers: fields are object entries; `end` closes `$closing` containers (a
+/// struct variant is an object inside its `{variant: ...}` object).
+macro_rules! struct_like {
+    ($trait:ident, $closing:literal) => {
+        impl<S: Sink> ser::$trait for Events<'_, S> {
+            type Ok = ();
+            type Error = Stop;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Stop> {
+                self.0.key(key)?;
+                value.serialize(Events(&mut *self.0))
+            }
+            fn end(self) -> Result<(), Stop> {
+                for _ in 0..$closing {
+                    self.0.end()?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+struct_like!(SerializeStruct, 1);
+struct_like!(SerializeStructVariant, 2);
