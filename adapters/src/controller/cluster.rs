@@ -32,7 +32,7 @@ use serde_json::json;
 use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels, ports, reasons};
 use tsdb_operator_core::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
 use tsdb_operator_core::events::Action as Did;
-use tsdb_operator_core::plan::{ApplyReason, ChildKey, Step, plan_owned_children};
+use tsdb_operator_core::plan::{ApplyReason, ChildKey, Step, plan_objects};
 use tsdb_operator_core::status::{Problem, StatusInput, build_status};
 use tsdb_operator_core::{build, secrets, validate};
 
@@ -316,8 +316,9 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
     }
 
     // build + plan
-    let desired = match build::build(pc, &ctx.settings).and_then(|d| d.manifests(&ctx.settings)) {
-        Ok(d) => d,
+    // Hashed and compared as typed objects; only the objects to apply become JSON.
+    let plan = match build::build(pc, &ctx.settings).and_then(|d| plan_objects(&d, &ctx.settings, &observed)) {
+        Ok(plan) => plan,
         Err(e) => {
             let message = format!("{e}");
             let status = compute_status(pc, sts.as_ref(), &pods, Some(message.clone()), &[]);
@@ -327,7 +328,6 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
             return Ok(Action::await_change());
         }
     };
-    let plan = plan_owned_children(desired, &observed);
 
     // apply: independent children at once, in dependency stages (configuration and Service, then the
     // StatefulSet and its budget, then deletions), so the pods never start before their ConfigMap exists.
