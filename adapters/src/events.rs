@@ -81,11 +81,6 @@ impl EventBus {
         Actor::Operator { identity: self.identity.clone() }
     }
 
-    /// Kubernetes Events dropped because the recording queues were full.
-    pub fn dropped_kubernetes_events(&self) -> u64 {
-        self.recorder.as_ref().map_or(0, |r| r.dropped.load(Ordering::Relaxed))
-    }
-
     /// Publishes `action` about the object `reference`, caused by `actor`, without waiting: subscribers get it at
     /// once, the Kubernetes Event is queued for a recording task. Failing to record it is logged, never returned:
     /// it must not fail the reconcile.

@@ -8,7 +8,9 @@
 //! 3. `observe`: the children by name, the referenced Secrets by name, the pods by label.
 //! 4. `paused`: status only, with the `Paused` condition.
 //! 5. `build` and `plan` in the core; each step is executed with server-side apply (one field manager).
-//! 6. `status`: written through the status subresource with server-side apply, only when it changed.
+//! 6. `status`: written through the status subresource, only when it changed: a JSON patch of this controller's
+//!    fields and condition types, guarded by the resourceVersion (a write that lost to another writer is retried
+//!    at once, see [`Error::Stale`]).
 //!
 //! # Guarantees
 //! - Idle clusters cost reads only: no write happens unless the plan or the status changed.

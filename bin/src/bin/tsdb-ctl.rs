@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
 use tsdb_operator_core::crd::PrometheusCluster;
-use tsdb_operator_core::plan::{ChildKey, Step, plan_children};
+use tsdb_operator_core::plan::{ChildKey, Step, plan_objects};
 use tsdb_operator_core::validate;
 
 #[path = "../store_args.rs"]
@@ -202,10 +202,10 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
             continue;
         }
         pc.metadata.namespace.get_or_insert_with(|| "default".to_owned());
-        let desired = build::build(&pc, settings)
-            .and_then(|d| d.manifests(settings))
+        // The operator's own planner, so the dry run names the same steps and reasons.
+        let plan = build::build(&pc, settings)
+            .and_then(|d| plan_objects(&d, settings, &observed_for(&pc, &observed_docs)))
             .with_context(|| format!("{}: failed to render", id(&pc)))?;
-        let plan = plan_children(&desired, &observed_for(&pc, &observed_docs));
         writeln!(out, "# tsdb-ctl plan: PrometheusCluster {}: {} step(s)", id(&pc), plan.steps.len())?;
         for (i, step) in plan.steps.iter().enumerate() {
             let line = match step {
