@@ -28,7 +28,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -170,10 +171,12 @@ pub enum Error {
     WriteStatus(#[source] kube::Error),
 }
 
-/// Runs the scheduler until `shutdown` resolves.
+/// Runs the scheduler until `shutdown` resolves. `clusters` is the cluster controller's store (filled by its
+/// watch): a pass reads it instead of listing every cluster from the API server.
 pub async fn run(
     ctx: Arc<Context>,
     config: BackupConfig,
+    clusters: Store<PrometheusCluster>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let metrics = BackupMetrics::register(&ctx);
@@ -182,21 +185,18 @@ pub async fn run(
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => return,
+        ready = clusters.wait_until_ready() => if ready.is_err() { return },
+    }
     tracing::info!(tick = ?config.tick, "backup scheduler started");
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {}
         }
-        let clusters = match ctx.api::<PrometheusCluster>().list(&ListParams::default()).await {
-            Ok(list) => list.items,
-            Err(e) => {
-                tracing::warn!(error = %e, "backup scheduler: failed to list PrometheusClusters");
-                continue;
-            }
-        };
         let mut seen = BTreeSet::new();
-        for pc in clusters {
+        for pc in clusters.state() {
             let (Some(ns), name) = (pc.namespace(), pc.name_any()) else { continue };
             // A backup that was running when backups were disabled is still followed to its end.
             let running = pc.status.as_ref().and_then(|s| s.backup.as_ref()).is_some_and(|b| b.running.is_some());

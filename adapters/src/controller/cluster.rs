@@ -94,13 +94,18 @@ impl Error {
 
 /// Runs the controller until `shutdown` resolves.
 ///
-/// Memory: the only cache is the store of PrometheusClusters, kept without `managedFields`. Owned kinds are watched
-/// for their metadata only (the reconcile reads the children it needs by name) and with the `managed-by` label, so
-/// memory does not grow with unrelated objects or with the size of the children.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
-    let (store, writer) = reflector::store::<PrometheusCluster>();
-    let clusters = watcher(ctx.api::<PrometheusCluster>(), watcher::Config::default()).modify(strip_managed_fields);
+/// Memory: the only cache is the store of PrometheusClusters behind `writer`, kept without `managedFields`; the
+/// healer and the backup scheduler read the same store (`writer.as_reader()`), so the operator holds each cluster
+/// once. Owned kinds are watched for their metadata only (the reconcile reads the children it needs by name) and
+/// with the `managed-by` label, so memory does not grow with unrelated objects or with the size of the children.
+pub async fn run(
+    ctx: Arc<Context>,
+    writer: reflector::store::Writer<PrometheusCluster>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let owned = super::watch_config().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
+    let store = writer.as_reader();
+    let clusters = watcher(ctx.api::<PrometheusCluster>(), super::watch_config()).modify(strip_managed_fields);
     let clusters = reflector::reflector(writer, clusters).applied_objects();
     // Each watch backs off and recovers on its own; errors are logged here and never reach the controller, which
     // would pause all its watches together after an error of any of them (after an API-server restart every watch

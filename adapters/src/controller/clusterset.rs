@@ -19,7 +19,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tsdb_operator_core::clusterset::{OverlayDecision, build_set_status, decide_overlay, select_members};
@@ -73,10 +72,10 @@ impl Error {
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<PrometheusClusterSet>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(Api::<PrometheusClusterSet>::all(client.clone()), super::watch_config());
     let sets = controller.store();
     controller
-        .watches(Api::<PrometheusCluster>::all(client), watcher::Config::default(), move |_pc| {
+        .watches(Api::<PrometheusCluster>::all(client), super::watch_config(), move |_pc| {
             sets.state().iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect::<Vec<_>>()
         })
         .trigger_backoff(super::watch_backoff())

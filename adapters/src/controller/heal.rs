@@ -3,7 +3,8 @@
 //! Kubernetes API (watches, eviction, status) and HTTP probes.
 //!
 //! # Flow (every tick, one second)
-//! 1. PrometheusClusters and their pods come from watches (reflector stores): no periodic LIST. Pods are those
+//! 1. PrometheusClusters and their pods come from watches (reflector stores; the clusters from the cluster
+//!    controller's store): no periodic LIST. Pods are those
 //!    labelled `app.kubernetes.io/name=prometheus`, `app.kubernetes.io/managed-by=tsdb-operator`, with the
 //!    cluster's `app.kubernetes.io/instance` and owned by the cluster's StatefulSet.
 //! 2. Each cluster whose `probeInterval` has passed has its running pods probed at their pod IP, at most
@@ -124,21 +125,19 @@ enum Removal {
     Gone,
 }
 
-/// Runs the healer until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, config: HealerConfig, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let (clusters, cluster_writer) = reflector::store::<PrometheusCluster>();
+/// Runs the healer until `shutdown` resolves. `clusters` is the cluster controller's store (filled by its watch).
+pub async fn run(
+    ctx: Arc<Context>,
+    config: HealerConfig,
+    clusters: Store<PrometheusCluster>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let cluster_watch = reflector::reflector(
-        cluster_writer,
-        watcher(ctx.api::<PrometheusCluster>(), watcher::Config::default()).modify(strip_managed_fields),
-    )
-    .backoff(super::watch_backoff())
-    .for_each(|_| std::future::ready(()));
     let selector =
         format!("{}={},{}={}", labels::NAME, labels::NAME_VALUE, labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
     let pod_watch = reflector::reflector(
         pod_writer,
-        watcher(ctx.api::<Pod>(), watcher::Config::default().labels(&selector)).modify(|pod: &mut Pod| {
+        watcher(ctx.api::<Pod>(), super::watch_config().labels(&selector)).modify(|pod: &mut Pod| {
             // The healer reads the pods' metadata and status only.
             strip_managed_fields(pod);
             pod.spec = None;
@@ -162,7 +161,6 @@ pub async fn run(ctx: Arc<Context>, config: HealerConfig, shutdown: impl Future<
         }
     };
     tokio::select! {
-        () = cluster_watch => tracing::warn!("PrometheusCluster watch ended"),
         () = pod_watch => tracing::warn!("pod watch ended"),
         () = main => {}
         () = shutdown => {}

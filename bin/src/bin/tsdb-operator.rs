@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use kube::runtime::reflector;
 use tokio::sync::watch;
 use tsdb_operator_adapters::controller::{self, Context};
 use tsdb_operator_adapters::events::EventBus;
@@ -14,9 +15,15 @@ use tsdb_operator_adapters::kube::discovery;
 use tsdb_operator_adapters::metrics::Metrics;
 use tsdb_operator_adapters::{agent, leader};
 use tsdb_operator_core::build::BuildSettings;
+use tsdb_operator_core::crd::PrometheusCluster;
 
 #[path = "../store_args.rs"]
 mod store_args;
+
+/// jemalloc, with background threads that return freed pages to the system (after its 10 s decay), keeps the
+/// resident memory close to the live heap; glibc's per-thread arenas held on to ~40 MiB at 1,000 clusters.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(name = "tsdb-operator", version, about = "Kubernetes operator for Prometheus clusters")]
@@ -251,18 +258,24 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     let run_controllers = move |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| {
         let backup_config = backup_config.clone();
         async move {
-            let healer =
-                Box::pin(controller::heal::run(ctx.clone(), controller::heal::HealerConfig::default(), until(&stop)));
+            // One store of PrometheusClusters, filled by the cluster controller's watch, read by all three.
+            let (clusters, writer) = reflector::store::<PrometheusCluster>();
+            let healer = Box::pin(controller::heal::run(
+                ctx.clone(),
+                controller::heal::HealerConfig::default(),
+                clusters.clone(),
+                until(&stop),
+            ));
             let backups = async {
                 if enable_backup {
-                    controller::backup::run(ctx.clone(), backup_config, until(&stop)).await;
+                    controller::backup::run(ctx.clone(), backup_config, clusters, until(&stop)).await;
                 }
             };
             if ctx.namespace.is_some() {
-                tokio::join!(controller::cluster::run(ctx.clone(), until(&stop)), healer, backups);
+                tokio::join!(controller::cluster::run(ctx.clone(), writer, until(&stop)), healer, backups);
             } else {
                 tokio::join!(
-                    controller::cluster::run(ctx.clone(), until(&stop)),
+                    controller::cluster::run(ctx.clone(), writer, until(&stop)),
                     controller::clusterset::run(ctx.clone(), until(&stop)),
                     healer,
                     backups,
