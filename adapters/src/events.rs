@@ -87,11 +87,16 @@ impl EventBus {
     pub fn publish(&self, reference: &ObjectReference, actor: Actor, action: Action) {
         tracing::info!(namespace = ?reference.namespace, name = ?reference.name, reason = action.reason(), "{}", action.message());
         if let Some(recorder) = &self.recorder {
+            let message = action.message();
+            // kube's recorder (like client-go's events.k8s.io recorder) folds events with the same type, reason,
+            // action and object into one series that keeps the first note: "created ConfigMap/x (x4)" would hide
+            // the Service and the StatefulSet, "phase is Provisioning (x2)" the change to Active. With the message
+            // as the action (at most 128 bytes), only identical events form a series, as with core/v1 events.
             let event = Event {
                 type_: if action.is_warning() { EventType::Warning } else { EventType::Normal },
                 reason: action.reason().to_owned(),
-                note: Some(truncate(&action.message(), 1000)),
-                action: action.reason().to_owned(),
+                note: Some(truncate(&message, 1000)),
+                action: truncate(&message, 125),
                 secondary: None,
             };
             let mut hasher = std::hash::DefaultHasher::new();

@@ -66,6 +66,16 @@ async fn cluster_becomes_active_scrapes_itself_and_scales() -> Result<()> {
         Api::<k8s_openapi::api::events::v1::Event>::namespaced(client(), &ns).list(&ListParams::default()).await?;
     let reasons: BTreeSet<String> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
     assert!(reasons.contains("Created") && reasons.contains("PhaseChanged"), "event reasons: {reasons:?}");
+    // One event per child and per phase, not one series that keeps only the first note.
+    let notes: BTreeSet<String> = events.items.iter().filter_map(|e| e.note.clone()).collect();
+    for note in [
+        "created ConfigMap/demo-config",
+        "created Service/demo",
+        "created StatefulSet/demo",
+        "phase changed from Provisioning to Active",
+    ] {
+        assert!(notes.contains(note), "no event {note:?} in {notes:?}");
+    }
 
     // The real Prometheus scrapes itself: `up` is 1 when queried through the pod IP.
     let first = pods(&ns, "demo").await?;
