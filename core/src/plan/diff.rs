@@ -113,10 +113,10 @@ impl<'a> DiffSink<'a> {
 
 impl Sink for DiffSink<'_> {
     fn scalar(&mut self, value: Scalar<'_>) -> Result<(), Stop> {
-        let same = match (self.target()?, &value) {
+        let same = match (self.target()?, value) {
             (Target::Ignored, _) => true,
             (Target::Missing { at }, _) => {
-                let empty = match &value {
+                let empty = match value {
                     Scalar::Str(s) => s.is_empty(),
                     Scalar::Other(v) => is_empty(v),
                 };

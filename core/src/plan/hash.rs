@@ -44,6 +44,17 @@ pub(crate) fn to_hex(hash: u128) -> String {
     format!("{hash:032x}")
 }
 
+/// Whether `text` is `hash` as [`to_hex`] writes it, without writing it.
+pub(crate) fn is_hex_of(text: &str, hash: u128) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let text = text.as_bytes();
+    text.len() == 32
+        && text
+            .chunks_exact(2)
+            .zip(hash.to_be_bytes())
+            .all(|(pair, byte)| pair == [DIGITS[usize::from(byte >> 4)], DIGITS[usize::from(byte & 0xf)]])
+}
+
 /// The hash of a manifest (see the module documentation).
 pub(crate) fn of_value(manifest: &Value) -> u128 {
     let Value::Object(root) = manifest else { return value_hash(manifest) };
@@ -205,7 +216,7 @@ impl Sink for HashSink<'_> {
         let hash = match value {
             _ if root_api_version => string_hash(self.api_version),
             Scalar::Str(s) => string_hash(s),
-            Scalar::Other(v) => scalar_hash(&v),
+            Scalar::Other(v) => scalar_hash(v),
         };
         self.done(hash);
         Ok(())
@@ -243,5 +254,22 @@ impl Sink for HashSink<'_> {
         };
         self.done(hash);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_compared_exactly_as_it_is_written() {
+        for hash in [0, 1, 0xabcd, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+            let hex = to_hex(hash);
+            assert!(is_hex_of(&hex, hash), "{hex}");
+            assert!(!is_hex_of(&hex.to_uppercase(), hash) || hex == hex.to_uppercase());
+            assert!(!is_hex_of(&hex[1..], hash));
+            assert!(!is_hex_of(&format!("{hex}0"), hash));
+            assert!(!is_hex_of(&hex, hash ^ 1));
+        }
     }
 }
