@@ -272,4 +272,30 @@ mod tests {
             assert!(!is_hex_of(&hex, hash ^ 1));
         }
     }
+
+    #[test]
+    fn values_moved_between_keys_or_across_the_key_boundary_change_the_hash() {
+        use serde_json::json;
+        let hash = |v: Value| of_value(&v);
+        assert_ne!(hash(json!({"a": "x", "b": "y"})), hash(json!({"a": "y", "b": "x"})));
+        assert_ne!(hash(json!({"ab": "c"})), hash(json!({"a": "bc"})));
+        assert_ne!(hash(json!({"a": "1"})), hash(json!({"a": 1})));
+        assert_ne!(hash(json!({"a": {}})), hash(json!({"a": []})));
+        assert_ne!(hash(json!({"a": [1, 2]})), hash(json!({"a": [2, 1]})));
+        assert_eq!(hash(json!({"a": 1, "b": [true, null]})), hash(json!({"b": [true, null], "a": 1})));
+    }
+
+    /// The hash is stored on every child and compared on every resync: a change of this value is a change of the
+    /// construction (see the module documentation), which applies every child once after an upgrade.
+    #[test]
+    fn the_hash_of_a_manifest_is_stable() {
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "demo-config", "labels": {"app.kubernetes.io/name": "prometheus"},
+                "annotations": {APPLIED_HASH: "ignored"}},
+            "data": {"prometheus.yml": "global:\n  scrape_interval: 30s\n"},
+            "numbers": [0, -1, 1.5, u64::MAX, true, null, "", [], {}],
+        });
+        assert_eq!(to_hex(of_value(&manifest)), "3cb62482ba70b09c06bf139d96fd97fd");
+    }
 }
