@@ -17,6 +17,7 @@
 //!   the server defaulted (`plan_is_idempotent_*` tests and the proptest in `core/tests/plan_props.rs`).
 //! - Deterministic order: ConfigMap, Service, StatefulSet, PodDisruptionBudget, then deletions.
 
+mod check;
 mod diff;
 mod events;
 mod hash;
@@ -241,26 +242,32 @@ fn decide(manifest: Value, current: Option<&Value>) -> Option<(ApplyReason, Valu
 
 /// [`decide`] for a typed object, converting it into a manifest only when it must be applied. Falls back to
 /// the manifest when the typed object cannot be walked like its JSON value.
+///
+/// One walk hashes the object and, when the observed copy carries an applied hash, checks it for drift at the
+/// same time (see [`check::HashAndDiff`]); the steady state needs nothing else.
 fn decide_typed(object: DesiredObject<'_>, current: Option<&Value>) -> build::Result<Option<(ApplyReason, Value)>> {
-    let mut hasher = hash::HashSink::new(object.api_version());
-    let hash = match events::walk(&object, &mut hasher) {
-        Ok(()) => hasher.finish().map(hash::to_hex),
-        Err(_) => None,
+    let observed_hash = current.and_then(applied_hash).and_then(Value::as_str);
+    let diff = current.filter(|_| observed_hash.is_some()).map(diff::DiffSink::new);
+    let mut sink = check::HashAndDiff::new(hash::HashSink::new(object.api_version()), diff);
+    let (hash, drifted) = match events::walk(&object, &mut sink) {
+        Ok(()) => sink.finish(),
+        Err(_) => (None, false),
     };
     let Some(hash) = hash else { return Ok(decide(stamp_owned(object.to_manifest()?), current)) };
-    let manifest = |hash: String| object.to_manifest().map(|m| stamp_with(m, hash));
+    let manifest = |hash: u128| object.to_manifest().map(|m| stamp_with(m, hash::to_hex(hash)));
     let reason = match current {
         None => ApplyReason::Create,
-        Some(current) if applied_hash(current).and_then(Value::as_str) == Some(hash.as_str()) => {
-            match events::walk(&object, &mut diff::DiffSink::new(current)) {
-                Ok(()) => return Ok(None),
-                Err(events::Stop::Done) => {
-                    // Walk again to name the field; differences are rare.
-                    let mut differ = diff::DiffSink::with_path(current);
-                    let _ = events::walk(&object, &mut differ);
+        Some(current) if observed_hash.is_some_and(|h| hash::is_hex_of(h, hash)) => {
+            if !drifted {
+                return Ok(None);
+            }
+            // Walk again to name the field; differences are rare.
+            let mut differ = diff::DiffSink::with_path(current);
+            match events::walk(&object, &mut differ) {
+                Err(events::Stop::Unsupported) => return Ok(decide(manifest(hash)?, Some(current))),
+                Ok(()) | Err(events::Stop::Done) => {
                     ApplyReason::Drift { field: differ.finish().unwrap_or_else(|| ".".to_owned()) }
                 }
-                Err(events::Stop::Unsupported) => return Ok(decide(manifest(hash)?, Some(current))),
             }
         }
         Some(_) => ApplyReason::SpecChanged,

@@ -233,7 +233,7 @@ pub fn build_config_files(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result
 /// Renders the ConfigMap `<name>-config` with the files for the pod's paths.
 pub fn build_config_map(ctx: &BuildContext<'_>) -> Result<ConfigMap> {
     let files = build_config_files(ctx, &ConfigPaths::default())?;
-    let mut data = BTreeMap::from([(CONFIG_KEY.to_owned(), files.prometheus_yml)]);
+    let mut data = super::map([(CONFIG_KEY.to_owned(), files.prometheus_yml)]);
     if let Some(inline) = files.inline_scrape_configs_yml {
         data.insert(INLINE_SCRAPE_KEY.to_owned(), inline);
     }

@@ -394,14 +394,16 @@ impl<'a> BuildContext<'a> {
 
     /// Labels of every child object: the seed's selector labels plus `app.kubernetes.io/managed-by`.
     pub fn common_labels(&self) -> BTreeMap<String, String> {
-        let mut out = self.selector_labels();
-        out.insert(labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned());
-        out
+        map([
+            (labels::NAME.to_owned(), labels::NAME_VALUE.to_owned()),
+            (labels::INSTANCE.to_owned(), self.name.to_owned()),
+            (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+        ])
     }
 
     /// The seed's pod selector: `app.kubernetes.io/name: prometheus`, `app.kubernetes.io/instance: <name>`.
     pub fn selector_labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        map([
             (labels::NAME.to_owned(), labels::NAME_VALUE.to_owned()),
             (labels::INSTANCE.to_owned(), self.name.to_owned()),
         ])
@@ -433,7 +435,7 @@ impl<'a> BuildContext<'a> {
 
     /// Name of the ConfigMap: `<name>-config`.
     pub fn config_map_name(&self) -> String {
-        format!("{}-config", self.name)
+        concat(&[self.name, "-config"])
     }
 }
 
@@ -450,6 +452,33 @@ pub fn build(cluster: &PrometheusCluster, settings: &BuildSettings) -> Result<De
         stateful_set: statefulset::build_statefulset(&ctx)?,
         pod_disruption_budget: pdb::build_pdb(&ctx),
     })
+}
+
+/// The strings joined, allocated once at their exact length (`format!` guesses the capacity and may grow).
+pub(crate) fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
+}
+
+/// `prefix` followed by `port` in decimal.
+pub(crate) fn with_port(prefix: &str, port: i32) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(prefix.len() + 11);
+    out.push_str(prefix);
+    let _ = write!(out, "{port}");
+    out
+}
+
+/// A map of a few entries, inserted one by one: cheaper than `BTreeMap::from`, which sorts and bulk-builds.
+pub(crate) fn map<K: Ord, V, const N: usize>(entries: [(K, V); N]) -> BTreeMap<K, V> {
+    let mut out = BTreeMap::new();
+    for (key, value) in entries {
+        out.insert(key, value);
+    }
+    out
 }
 
 fn non_empty(s: &str) -> Option<&str> {

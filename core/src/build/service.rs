@@ -14,8 +14,9 @@ use crate::constants::ports;
 
 /// Renders the headless Service `<name>`.
 pub fn build_service(ctx: &BuildContext<'_>) -> Service {
-    let mut service_ports =
-        vec![port(ports::PROMETHEUS_NAME, ports::PROMETHEUS), port(ports::AGENT_NAME, ports::AGENT)];
+    let mut service_ports = Vec::with_capacity(4);
+    service_ports.push(port(ports::PROMETHEUS_NAME, ports::PROMETHEUS));
+    service_ports.push(port(ports::AGENT_NAME, ports::AGENT));
     if ctx.thanos_enabled() {
         service_ports.push(port(THANOS_GRPC_NAME, ports::THANOS_GRPC));
         service_ports.push(port(THANOS_HTTP_NAME, ports::THANOS_HTTP));

@@ -18,7 +18,6 @@
 //! The pod template carries no hash of the configuration: the agent hot-reloads it, and a changing template
 //! annotation would roll every pod on each config change.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
@@ -34,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{self, POD_NAME_ENV};
 use super::service::{THANOS_GRPC_NAME, THANOS_HTTP_NAME};
-use super::{BuildContext, Result, check_duration, check_secret_name, is_dns1123_label, version};
+use super::{BuildContext, Result, check_duration, check_secret_name, concat, is_dns1123_label, version, with_port};
 use crate::constants::{containers, paths, ports, volumes};
 
 /// Grace period of the pods: Prometheus flushes its head block and WAL on shutdown, which can take minutes on
@@ -67,12 +66,21 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
         check_secret_name("spec.thanos.objectStorageConfigSecretRef.name".to_owned(), objstore)?;
     }
 
-    let mut pod_containers = vec![prometheus_container(ctx, startup_budget), agent_container(ctx)];
+    let mut pod_containers = Vec::with_capacity(3);
+    pod_containers.push(prometheus_container(ctx, startup_budget));
+    pod_containers.push(agent_container(ctx));
     if ctx.thanos_enabled() {
         pod_containers.push(thanos_container(ctx));
     }
 
-    let init_containers = super::backup::restore_init_container(ctx, agent_container(ctx)).map(|c| vec![c]);
+    // The restore container is based on the agent's; only rendered with `spec.restore`.
+    let init_containers = ctx
+        .cluster
+        .spec
+        .restore
+        .as_ref()
+        .and_then(|_| super::backup::restore_init_container(ctx, agent_container(ctx)))
+        .map(|c| vec![c]);
     let pod_spec = PodSpec {
         init_containers,
         containers: pod_containers,
@@ -102,7 +110,7 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(ctx.common_labels()),
-                    annotations: Some(BTreeMap::from([(
+                    annotations: Some(super::map([(
                         "kubectl.kubernetes.io/default-container".to_owned(),
                         containers::PROMETHEUS.to_owned(),
                     )])),
@@ -123,13 +131,12 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
 /// (3.x always expands external labels).
 pub fn prometheus_args(ctx: &BuildContext<'_>) -> Vec<String> {
     let spec = &ctx.cluster.spec;
-    let mut args = vec![
-        format!("--config.file={}", paths::CONFIG_FILE),
-        format!("--storage.tsdb.path={}", paths::DATA_DIR),
-        format!("--storage.tsdb.retention.time={}", ctx.retention),
-    ];
+    let mut args = Vec::with_capacity(9);
+    args.push(concat(&["--config.file=", paths::CONFIG_FILE]));
+    args.push(concat(&["--storage.tsdb.path=", paths::DATA_DIR]));
+    args.push(concat(&["--storage.tsdb.retention.time=", ctx.retention]));
     if let Some(size) = spec.retention_size.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        args.push(format!("--storage.tsdb.retention.size={size}"));
+        args.push(concat(&["--storage.tsdb.retention.size=", size]));
     }
     args.push("--web.enable-lifecycle".to_owned());
     if spec.backup.enabled {
@@ -149,7 +156,7 @@ pub fn prometheus_args(ctx: &BuildContext<'_>) -> Vec<String> {
 /// shortened name with a hash of the Secret name (Secret names may have dots and 253 characters, volume names
 /// may not).
 pub fn remote_write_volume_name(secret: &str) -> String {
-    let plain = format!("{}{secret}", volumes::REMOTE_WRITE_SECRET_PREFIX);
+    let plain = concat(&[volumes::REMOTE_WRITE_SECRET_PREFIX, secret]);
     if is_dns1123_label(&plain) {
         return plain;
     }
@@ -173,12 +180,15 @@ fn fnv1a32(s: &str) -> u32 {
 }
 
 fn prometheus_container(ctx: &BuildContext<'_>, startup_budget: std::time::Duration) -> Container {
-    let mut mounts = vec![mount(DATA_VOLUME, paths::DATA_DIR, false), mount(volumes::CONFIG, paths::CONFIG_DIR, true)];
+    let secrets = config::remote_write_secrets(ctx);
+    let mut mounts = Vec::with_capacity(3 + secrets.len());
+    mounts.push(mount(DATA_VOLUME, paths::DATA_DIR, false));
+    mounts.push(mount(volumes::CONFIG, paths::CONFIG_DIR, true));
     if config::extra_scrape_secret(ctx).is_some() {
         mounts.push(mount(volumes::EXTRA_SCRAPE_SECRET, paths::EXTRA_SECRET_DIR, true));
     }
-    for secret in config::remote_write_secrets(ctx) {
-        mounts.push(mount(&remote_write_volume_name(&secret), &format!("{}/{secret}", paths::SECRETS_DIR), true));
+    for secret in &secrets {
+        mounts.push(mount(&remote_write_volume_name(secret), &concat(&[paths::SECRETS_DIR, "/", secret]), true));
     }
     let startup_failures = startup_failure_threshold(startup_budget);
     Container {
@@ -215,20 +225,20 @@ fn agent_container(ctx: &BuildContext<'_>) -> Container {
         image: Some(ctx.settings.agent_image.clone()),
         args: Some(vec![
             "agent".to_owned(),
-            format!("--config-dir={}", paths::CONFIG_DIR),
-            format!("--prometheus-url=http://127.0.0.1:{}", ports::PROMETHEUS),
-            format!("--listen=0.0.0.0:{}", ports::AGENT),
+            concat(&["--config-dir=", paths::CONFIG_DIR]),
+            with_port("--prometheus-url=http://127.0.0.1:", ports::PROMETHEUS),
+            with_port("--listen=0.0.0.0:", ports::AGENT),
         ]),
         env: Some(vec![field_env(POD_NAME_ENV, "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")]),
         ports: Some(vec![container_port(ports::AGENT_NAME, ports::AGENT)]),
         // Liveness only: the agent must not take Prometheus out of the Service when it has a problem.
         liveness_probe: Some(http_probe("/healthz", ports::AGENT_NAME, 10, 3)),
         resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
+            requests: Some(super::map([
                 ("cpu".to_owned(), Quantity("10m".to_owned())),
                 ("memory".to_owned(), Quantity("32Mi".to_owned())),
             ])),
-            limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("128Mi".to_owned()))])),
+            limits: Some(super::map([("memory".to_owned(), Quantity("128Mi".to_owned()))])),
             ..ResourceRequirements::default()
         }),
         volume_mounts: Some(
@@ -245,16 +255,16 @@ fn agent_container(ctx: &BuildContext<'_>) -> Container {
 
 fn thanos_container(ctx: &BuildContext<'_>) -> Container {
     let objstore = thanos_objstore_secret(ctx);
-    let mut args = vec![
-        "sidecar".to_owned(),
-        format!("--tsdb.path={}", paths::DATA_DIR),
-        format!("--prometheus.url=http://127.0.0.1:{}", ports::PROMETHEUS),
-        format!("--http-address=0.0.0.0:{}", ports::THANOS_HTTP),
-        format!("--grpc-address=0.0.0.0:{}", ports::THANOS_GRPC),
-    ];
-    let mut mounts = vec![mount(DATA_VOLUME, paths::DATA_DIR, false)];
+    let mut args = Vec::with_capacity(6);
+    args.push("sidecar".to_owned());
+    args.push(concat(&["--tsdb.path=", paths::DATA_DIR]));
+    args.push(with_port("--prometheus.url=http://127.0.0.1:", ports::PROMETHEUS));
+    args.push(with_port("--http-address=0.0.0.0:", ports::THANOS_HTTP));
+    args.push(with_port("--grpc-address=0.0.0.0:", ports::THANOS_GRPC));
+    let mut mounts = Vec::with_capacity(2);
+    mounts.push(mount(DATA_VOLUME, paths::DATA_DIR, false));
     if objstore.is_some() {
-        args.push(format!("--objstore.config-file={}/{OBJSTORE_KEY}", paths::THANOS_OBJSTORE_DIR));
+        args.push(concat(&["--objstore.config-file=", paths::THANOS_OBJSTORE_DIR, "/", OBJSTORE_KEY]));
         mounts.push(mount(volumes::THANOS_OBJSTORE, paths::THANOS_OBJSTORE_DIR, true));
     }
     Container {
@@ -277,13 +287,15 @@ fn thanos_container(ctx: &BuildContext<'_>) -> Container {
 pub const OBJSTORE_KEY: &str = "objstore.yml";
 
 fn pod_volumes(ctx: &BuildContext<'_>) -> Vec<Volume> {
-    let mut out = vec![Volume {
+    let secrets = config::remote_write_secrets(ctx);
+    let mut out = Vec::with_capacity(6 + secrets.len());
+    out.push(Volume {
         name: volumes::CONFIG.to_owned(),
         config_map: Some(ConfigMapVolumeSource { name: ctx.config_map_name(), ..ConfigMapVolumeSource::default() }),
         ..Volume::default()
-    }];
-    for secret in config::remote_write_secrets(ctx) {
-        out.push(secret_volume(&remote_write_volume_name(&secret), &secret));
+    });
+    for secret in &secrets {
+        out.push(secret_volume(&remote_write_volume_name(secret), secret));
     }
     if let Some((secret, _key)) = config::extra_scrape_secret(ctx) {
         out.push(secret_volume(volumes::EXTRA_SCRAPE_SECRET, secret));
@@ -324,7 +336,7 @@ fn data_claim_template(ctx: &BuildContext<'_>) -> PersistentVolumeClaim {
             access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
             storage_class_name: ctx.cluster.spec.storage.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(ctx.storage_size.to_owned()))])),
+                requests: Some(super::map([("storage".to_owned(), Quantity(ctx.storage_size.to_owned()))])),
                 limits: None,
             }),
             ..PersistentVolumeClaimSpec::default()

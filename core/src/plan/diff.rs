@@ -111,12 +111,21 @@ impl<'a> DiffSink<'a> {
     }
 }
 
+/// `observed[key]`. Small objects (most of a manifest) are scanned comparing lengths first, which rejects most
+/// keys without comparing their bytes; a map search compares the bytes of every key it passes.
+fn lookup<'a>(observed: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if observed.len() > 16 {
+        return observed.get(key);
+    }
+    observed.iter().find_map(|(k, v)| (k.len() == key.len() && k.as_bytes() == key.as_bytes()).then_some(v))
+}
+
 impl Sink for DiffSink<'_> {
     fn scalar(&mut self, value: Scalar<'_>) -> Result<(), Stop> {
-        let same = match (self.target()?, &value) {
+        let same = match (self.target()?, value) {
             (Target::Ignored, _) => true,
             (Target::Missing { at }, _) => {
-                let empty = match &value {
+                let empty = match value {
                     Scalar::Str(s) => s.is_empty(),
                     Scalar::Other(v) => is_empty(v),
                 };
@@ -172,7 +181,7 @@ impl Sink for DiffSink<'_> {
         self.next = match target {
             Target::Present(Value::Object(_)) if depth == 1 && key == "apiVersion" => Target::Ignored,
             Target::Present(Value::Object(observed)) => {
-                observed.get(key).map_or(Target::Missing { at: self.path.len() }, Target::Present)
+                lookup(observed, key).map_or(Target::Missing { at: self.path.len() }, Target::Present)
             }
             Target::Ignored | Target::Present(_) => Target::Ignored,
             Target::Missing { at } => Target::Missing { at },

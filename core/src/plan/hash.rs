@@ -44,6 +44,17 @@ pub(crate) fn to_hex(hash: u128) -> String {
     format!("{hash:032x}")
 }
 
+/// Whether `text` is `hash` as [`to_hex`] writes it, without writing it.
+pub(crate) fn is_hex_of(text: &str, hash: u128) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let text = text.as_bytes();
+    text.len() == 32
+        && text
+            .chunks_exact(2)
+            .zip(hash.to_be_bytes())
+            .all(|(pair, byte)| pair == [DIGITS[usize::from(byte >> 4)], DIGITS[usize::from(byte & 0xf)]])
+}
+
 /// The hash of a manifest (see the module documentation).
 pub(crate) fn of_value(manifest: &Value) -> u128 {
     let Value::Object(root) = manifest else { return value_hash(manifest) };
@@ -205,7 +216,7 @@ impl Sink for HashSink<'_> {
         let hash = match value {
             _ if root_api_version => string_hash(self.api_version),
             Scalar::Str(s) => string_hash(s),
-            Scalar::Other(v) => scalar_hash(&v),
+            Scalar::Other(v) => scalar_hash(v),
         };
         self.done(hash);
         Ok(())
@@ -243,5 +254,48 @@ impl Sink for HashSink<'_> {
         };
         self.done(hash);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_compared_exactly_as_it_is_written() {
+        for hash in [0, 1, 0xabcd, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+            let hex = to_hex(hash);
+            assert!(is_hex_of(&hex, hash), "{hex}");
+            assert!(!is_hex_of(&hex.to_uppercase(), hash) || hex == hex.to_uppercase());
+            assert!(!is_hex_of(&hex[1..], hash));
+            assert!(!is_hex_of(&format!("{hex}0"), hash));
+            assert!(!is_hex_of(&hex, hash ^ 1));
+        }
+    }
+
+    #[test]
+    fn values_moved_between_keys_or_across_the_key_boundary_change_the_hash() {
+        use serde_json::json;
+        let hash = |v: Value| of_value(&v);
+        assert_ne!(hash(json!({"a": "x", "b": "y"})), hash(json!({"a": "y", "b": "x"})));
+        assert_ne!(hash(json!({"ab": "c"})), hash(json!({"a": "bc"})));
+        assert_ne!(hash(json!({"a": "1"})), hash(json!({"a": 1})));
+        assert_ne!(hash(json!({"a": {}})), hash(json!({"a": []})));
+        assert_ne!(hash(json!({"a": [1, 2]})), hash(json!({"a": [2, 1]})));
+        assert_eq!(hash(json!({"a": 1, "b": [true, null]})), hash(json!({"b": [true, null], "a": 1})));
+    }
+
+    /// The hash is stored on every child and compared on every resync: a change of this value is a change of the
+    /// construction (see the module documentation), which applies every child once after an upgrade.
+    #[test]
+    fn the_hash_of_a_manifest_is_stable() {
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "demo-config", "labels": {"app.kubernetes.io/name": "prometheus"},
+                "annotations": {APPLIED_HASH: "ignored"}},
+            "data": {"prometheus.yml": "global:\n  scrape_interval: 30s\n"},
+            "numbers": [0, -1, 1.5, u64::MAX, true, null, "", [], {}],
+        });
+        assert_eq!(to_hex(of_value(&manifest)), "3cb62482ba70b09c06bf139d96fd97fd");
     }
 }
