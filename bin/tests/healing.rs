@@ -126,9 +126,11 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let ns = namespace("heal-wal").await;
     let op = Operator::start(Some(&ns), &[])?;
-    // 200 copies of Prometheus' own metrics every second (127.0.0.x all reach the pod's own loopback): about
-    // 100k series, so that replaying the WAL after a restart takes seconds, during which /-/ready answers 503.
-    let targets: Vec<String> = (1..=200).map(|i| format!("\"127.0.0.{i}:9090\"")).collect();
+    // 400 copies of Prometheus' own metrics every second (127.0.0.x and 127.0.1.x all reach the pod's own
+    // loopback): about 200k series, so that replaying the WAL after a restart takes seconds, during which /-/ready
+    // answers 503. With half of that and 100 s of samples the replay took 1.4 s on a fast machine: one probe.
+    let targets: Vec<String> =
+        (0..400).map(|i| format!("\"127.0.{}.{}:9090\"", i / 200, i % 200 + 1)).collect();
     let extra = format!(
         "  additionalScrapeConfigs:\n    inline: |\n      - job_name: load\n        scrape_interval: 1s\n        \
          static_configs:\n          - targets: [{}]\n",
@@ -139,18 +141,18 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     let pod = Api::<Pod>::namespaced(client(), &ns).get("wal-0").await?;
     let uid = pod.metadata.uid.clone().context("uid")?;
     let ip = pod_ip(&pod).context("pod IP")?;
-    eventually("90k head series", Duration::from_mins(3), || {
+    eventually("180k head series", Duration::from_mins(3), || {
         let ip = ip.clone();
         async move {
             let v =
                 prom_get(&ip, "/api/v1/query?query=prometheus_tsdb_head_series%7Bjob%3D%22prometheus%22%7D").await?;
             let n: f64 = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-            Ok((n >= 90_000.0).then_some(()))
+            Ok((n >= 180_000.0).then_some(()))
         }
     })
     .await?;
-    // Let the WAL grow for a while.
-    tokio::time::sleep(Duration::from_secs(100)).await;
+    // Let the WAL grow for a while (about 30M samples).
+    tokio::time::sleep(Duration::from_secs(150)).await;
 
     let failed_probes = |text: &str| {
         metric(text, "tsdb_operator_heal_probes_total{result=\"not_ready\"}")
