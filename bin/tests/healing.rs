@@ -129,8 +129,7 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     // 400 copies of Prometheus' own metrics every second (127.0.0.x and 127.0.1.x all reach the pod's own
     // loopback): about 200k series, so that replaying the WAL after a restart takes seconds, during which /-/ready
     // answers 503. With half of that and 100 s of samples the replay took 1.4 s on a fast machine: one probe.
-    let targets: Vec<String> =
-        (0..400).map(|i| format!("\"127.0.{}.{}:9090\"", i / 200, i % 200 + 1)).collect();
+    let targets: Vec<String> = (0..400).map(|i| format!("\"127.0.{}.{}:9090\"", i / 200, i % 200 + 1)).collect();
     let extra = format!(
         "  additionalScrapeConfigs:\n    inline: |\n      - job_name: load\n        scrape_interval: 1s\n        \
          static_configs:\n          - targets: [{}]\n",
