@@ -5,28 +5,14 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use tsdb_operator_benches::{applied, typical_cluster};
 use tsdb_operator_core::build::{self, BuildSettings};
-use tsdb_operator_core::crd::PrometheusCluster;
-use tsdb_operator_core::plan::{Step, plan_children, plan_objects, plan_owned_children};
-
-fn typical() -> PrometheusCluster {
-    let text = include_str!("../../fixtures/clusters/typical.yaml");
-    serde_yaml::from_str(text).expect("fixture parses")
-}
+use tsdb_operator_core::plan::{plan_objects, plan_owned_children};
 
 fn bench(c: &mut Criterion) {
-    let pc = typical();
+    let pc = typical_cluster();
     let settings = BuildSettings::default();
-    let desired = build::build(&pc, &settings).and_then(|d| d.manifests(&settings)).expect("builds");
-    // What the server holds after the first apply: the steady state the operator sees on every resync.
-    let observed: BTreeMap<_, _> = plan_children(&desired, &BTreeMap::new())
-        .steps
-        .into_iter()
-        .filter_map(|s| match s {
-            Step::Apply { key, manifest, .. } => Some((key, manifest)),
-            Step::Delete { .. } => None,
-        })
-        .collect();
+    let observed = applied(&pc, &settings);
     let objects = build::build(&pc, &settings).expect("builds");
 
     let mut group = c.benchmark_group("typical_cluster");

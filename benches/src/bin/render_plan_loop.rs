@@ -1,30 +1,20 @@
 //! The steady state of `benches/benches/render_plan.rs` in a plain loop, for counting instructions:
-//! `valgrind --tool=callgrind target/release/examples/render_plan_loop 1000` (argument: iterations; `render` as a
+//! `valgrind --tool=callgrind target/release/render_plan_loop 1000` (argument: iterations; `render` as a
 //! second argument renders only).
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 
+use tsdb_operator_benches::{applied, typical_cluster};
 use tsdb_operator_core::build::{self, BuildSettings};
-use tsdb_operator_core::crd::PrometheusCluster;
-use tsdb_operator_core::plan::{Step, plan_children, plan_objects};
+use tsdb_operator_core::plan::plan_objects;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let iterations: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let render_only = args.next().as_deref() == Some("render");
-    let pc: PrometheusCluster =
-        serde_yaml::from_str(include_str!("../../fixtures/clusters/typical.yaml")).expect("fixture parses");
+    let pc = typical_cluster();
     let settings = BuildSettings::default();
-    let desired = build::build(&pc, &settings).and_then(|d| d.manifests(&settings)).expect("builds");
-    let observed: BTreeMap<_, _> = plan_children(&desired, &BTreeMap::new())
-        .steps
-        .into_iter()
-        .filter_map(|s| match s {
-            Step::Apply { key, manifest, .. } => Some((key, manifest)),
-            Step::Delete { .. } => None,
-        })
-        .collect();
+    let observed = applied(&pc, &settings);
     for _ in 0..iterations {
         let desired = build::build(black_box(&pc), &settings).expect("builds");
         if render_only {
