@@ -381,9 +381,21 @@ impl Supervised {
         }
     }
 
-    /// Freezes the program with SIGSTOP (it keeps its sockets open but answers nothing).
+    /// Freezes the program with SIGSTOP (it keeps its sockets open but answers nothing). Returns once every
+    /// thread of the program is stopped (signal delivery to a busy thread is asynchronous), so a request sent
+    /// afterwards can never be answered; fails if that takes more than 5 seconds.
     pub fn freeze(&self) -> Result<()> {
-        self.signal(Signal::SIGSTOP)
+        self.signal(Signal::SIGSTOP)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if all_threads_stopped(self.pid.as_raw()) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{} (pid {}) did not stop within 5 s of SIGSTOP", self.name, self.pid());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Resumes a frozen program with SIGCONT.
@@ -439,6 +451,22 @@ impl Drop for Supervised {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Whether every thread of process `pid` is in the stopped state (`T` in `/proc/PID/task/TID/stat`).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = fs::read_to_string(task.path().join("stat")) else { return false };
+        // The state follows the command name, which is in parentheses and may itself contain ") ".
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if state != Some('T') {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// Polls `child` until it exits or `timeout` passes.
