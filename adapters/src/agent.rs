@@ -1,7 +1,12 @@
 //! The agent sidecar (`tsdb-operator agent`), replacing the seed's configmap-reload image: it watches the mounted
 //! configuration and asks its local Prometheus to reload when it changes, and reports the outcome on
 //! `GET /status` (JSON) and `/metrics` so the operator can show reload failures. Prometheus keeps its old
-//! configuration when a reload fails. I/O: the file system, HTTP to Prometheus on localhost, a listener.
+//! configuration when a reload fails. It also serves the pod's Prometheus port in front of Prometheus, which
+//! listens on the loopback address only (see [`crate::web_proxy`]). I/O: the file system, HTTP to Prometheus on
+//! localhost, two listeners.
+//!
+//! Both listeners are bounded ([`crate::http::serve_bounded`]): connections, header read time, and on the agent's
+//! own port a 30 s request timeout. If either server stops, the agent exits, so the kubelet restarts it.
 //!
 //! # Flow
 //! Every `poll` interval the agent hashes the regular files of the config directory (following the kubelet's
@@ -52,9 +57,14 @@ pub struct AgentConfig {
     pub poll: Duration,
     /// Where to serve `/status`, `/metrics` and `/healthz`.
     pub listen: SocketAddr,
+    /// Where to serve Prometheus' web API in front of `prometheus_url` (the pod's port 9090); `None`: not served.
+    pub proxy_listen: Option<SocketAddr>,
     /// Backup endpoints (`/backup`); see [`crate::backup::agent`].
     pub backup: Option<crate::backup::agent::BackupAgentConfig>,
 }
+
+/// Reloads by result (`tsdb_operator_agent_reload_total`).
+type ReloadCounter = Family<Vec<(String, String)>, Counter>;
 
 #[derive(Clone)]
 struct Shared {
@@ -115,19 +125,33 @@ pub async fn reload(client: &reqwest::Client, prometheus_url: &str) -> Result<()
     Err(last)
 }
 
-/// Runs the agent until `shutdown` resolves.
+/// Limits of the agent's own port (status, metrics, backup requests from the operator).
+const AGENT_LIMITS: crate::http::Limits =
+    crate::http::Limits { max_connections: 64, header_read_timeout: Duration::from_secs(10) };
+
+/// Limits of the Prometheus port (queries from users, Grafana, federation, scrapes).
+const PROXY_LIMITS: crate::http::Limits =
+    crate::http::Limits { max_connections: 512, header_read_timeout: Duration::from_secs(10) };
+
+/// Runs the agent until `shutdown` resolves; an error if one of its servers fails.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut registry = Registry::default();
-    let reloads = Family::<Vec<(String, String)>, Counter>::default();
+    let reloads = ReloadCounter::default();
     let last_ok = Gauge::<i64>::default();
+    let refused = crate::web_proxy::RefusedCounter::default();
     registry.register("tsdb_operator_agent_reload", "Configuration reloads by result", reloads.clone());
     registry.register(
         "tsdb_operator_agent_config_last_reload_successful",
         "1 when the last configuration reload succeeded",
         last_ok.clone(),
+    );
+    registry.register(
+        "tsdb_operator_agent_proxy_refused",
+        "Requests to the Prometheus port refused by reason (admin_api, lifecycle, non_canonical_path)",
+        refused.clone(),
     );
     last_ok.set(1);
     let initial = hash_config_dir(&config.config_dir).unwrap_or_default();
@@ -148,63 +172,93 @@ pub async fn run(
         Some(backup) => app.merge(crate::backup::agent::BackupAgent::new(backup).router()),
         None => app,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(listen = %config.listen, dir = %config.config_dir.display(), "agent started");
+    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        Duration::from_secs(30),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(async move {
-        let mut rx = stop_rx;
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    servers.spawn(crate::http::serve_bounded(listener, app, AGENT_LIMITS, stopped()));
+    if let Some(addr) = config.proxy_listen {
+        let proxy = crate::web_proxy::router(&config.prometheus_url, refused).map_err(std::io::Error::other)?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        servers.spawn(crate::http::serve_bounded(listener, proxy, PROXY_LIMITS, stopped()));
+        tracing::info!(listen = %addr, prometheus = %config.prometheus_url, "serving the Prometheus port");
+    }
+    tracing::info!(listen = %config.listen, dir = %config.config_dir.display(), "agent started");
 
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(std::io::Error::other)?;
     let mut seen = initial;
     let mut tick = tokio::time::interval(config.poll);
     tokio::pin!(shutdown);
-    loop {
+    let outcome = loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break Ok(()),
+            ended = servers.join_next() => {
+                let error = match ended {
+                    Some(Ok(Err(e))) => e,
+                    Some(Err(e)) => std::io::Error::other(e),
+                    Some(Ok(Ok(()))) | None => std::io::Error::other("a server stopped"),
+                };
+                tracing::error!(error = %error, "an agent server stopped; exiting");
+                break Err(error);
+            }
             _ = tick.tick() => {}
         }
-        let hash = match hash_config_dir(&config.config_dir) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the config directory");
-                continue;
-            }
-        };
-        if hash == seen {
-            continue;
-        }
-        tracing::info!(old = %seen, new = %hash, "configuration changed; reloading Prometheus");
-        let result = reload(&client, &config.prometheus_url).await;
-        let mut status = shared.status.write().await;
-        status.reloads += 1;
-        status.config_hash.clone_from(&hash);
-        match result {
-            Ok(()) => {
-                status.last_reload_successful = true;
-                status.last_reload_error = None;
-                last_ok.set(1);
-                reloads.get_or_create(&vec![("result".to_owned(), "success".to_owned())]).inc();
-                tracing::info!("Prometheus reloaded its configuration");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Prometheus rejected the new configuration; it keeps the old one");
-                status.last_reload_successful = false;
-                status.last_reload_error = Some(e);
-                last_ok.set(0);
-                reloads.get_or_create(&vec![("result".to_owned(), "error".to_owned())]).inc();
-            }
-        }
-        seen = hash;
-    }
+        check_config(&config, &client, &shared, &mut seen, (&reloads, &last_ok)).await;
+    };
     let _ = stop_tx.send(true);
-    let _ = server.await;
-    Ok(())
+    while servers.join_next().await.is_some() {}
+    outcome
+}
+
+/// One poll: reloads Prometheus when the configuration changed, and records the outcome.
+async fn check_config(
+    config: &AgentConfig,
+    client: &reqwest::Client,
+    shared: &Shared,
+    seen: &mut String,
+    (reloads, last_ok): (&ReloadCounter, &Gauge<i64>),
+) {
+    let hash = match hash_config_dir(&config.config_dir) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the config directory");
+            return;
+        }
+    };
+    if hash == *seen {
+        return;
+    }
+    tracing::info!(old = %seen, new = %hash, "configuration changed; reloading Prometheus");
+    let result = reload(client, &config.prometheus_url).await;
+    let mut status = shared.status.write().await;
+    status.reloads += 1;
+    status.config_hash.clone_from(&hash);
+    match result {
+        Ok(()) => {
+            status.last_reload_successful = true;
+            status.last_reload_error = None;
+            last_ok.set(1);
+            reloads.get_or_create(&vec![("result".to_owned(), "success".to_owned())]).inc();
+            tracing::info!("Prometheus reloaded its configuration");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Prometheus rejected the new configuration; it keeps the old one");
+            status.last_reload_successful = false;
+            status.last_reload_error = Some(e);
+            last_ok.set(0);
+            reloads.get_or_create(&vec![("result".to_owned(), "error".to_owned())]).inc();
+        }
+    }
+    *seen = hash;
 }
 
 /// Reads an agent's status at `http://<pod_ip>:<port>/status` (the operator's side of the protocol).

@@ -5,7 +5,7 @@
 //! ```text
 //!  watch ──► controller::cluster::reconcile
 //!              ├─ kube::children::observe_*      (reads by name / label)
-//!              ├─ core: validate, build, plan, status
+//!              ├─ core: decide::decide_cluster (validate, build, plan, status, events, next check)
 //!              ├─ kube::children::execute_step   (server-side apply, one field manager)
 //!              └─ events::EventBus::publish      (Kubernetes Events + subscribers such as the audit log)
 //! ```
@@ -19,3 +19,16 @@ pub mod kube;
 pub mod leader;
 pub mod metrics;
 pub mod prober;
+pub mod web_proxy;
+
+/// Renders an error with its sources, for logs and conditions.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

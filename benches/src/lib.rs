@@ -28,7 +28,24 @@ pub fn applied(pc: &PrometheusCluster, settings: &BuildSettings) -> BTreeMap<Chi
         .into_iter()
         .filter_map(|s| match s {
             Step::Apply { key, manifest, .. } => Some((key, manifest)),
-            Step::Delete { .. } => None,
+            Step::Delete { .. } | Step::Resize { .. } | Step::Orphan { .. } => None,
         })
         .collect()
+}
+
+/// The operator binary for a harness: `given` (by default `target/release/tsdb-operator`), else the debug build,
+/// as an absolute path.
+pub fn operator_binary(given: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let path = if given.exists() { given } else { std::path::Path::new("target/debug/tsdb-operator") };
+    std::fs::canonicalize(path).context("build the operator first: cargo build --release --bins")
+}
+
+/// Resident set size of `pid` now and at its peak (`VmRSS`, `VmHWM` from `/proc`), in KiB.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }

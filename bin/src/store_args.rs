@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use tsdb_operator_adapters::backup::catalogue::list_backups;
+use tsdb_operator_adapters::backup::catalogue::{list_backups, list_cluster_backups};
 use tsdb_operator_adapters::backup::store::{self, Credentials, Store, Tuning};
 use tsdb_operator_core::backup::manifest::Layout;
 use tsdb_operator_core::backup::protocol::{DEFAULT_REGION, StoreLocation};
@@ -80,15 +80,17 @@ pub async fn find_backup(store: &Store, args: &StoreArgs, which: &BackupArgs) ->
             .with_context(|| format!("{key} is not a manifest key (<root>/backups/<id>/manifest.json)"))?;
         return Ok((layout, id.to_owned()));
     }
-    let scope = match &which.cluster {
+    // With --cluster, only that cluster's own backups: not those of another cluster whose root is nested in it.
+    let (scope, entries) = match &which.cluster {
         Some(c) => {
             let (ns, name) =
                 c.split_once('/').with_context(|| format!("--cluster {c:?}: write it as NAMESPACE/NAME"))?;
-            Layout::new(&args.prefix, ns, name).root().to_owned()
+            let layout = Layout::new(&args.prefix, ns, name);
+            let entries = list_cluster_backups(store, &layout).await?;
+            (layout.root().to_owned(), entries)
         }
-        None => args.prefix.clone(),
+        None => (args.prefix.clone(), list_backups(store, &args.prefix).await?),
     };
-    let entries = list_backups(store, &scope).await?;
     let found =
         entries.iter().filter(|e| e.manifest.is_ok()).find(|e| which.backup.as_deref().is_none_or(|id| e.id() == id));
     match found {

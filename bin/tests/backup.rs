@@ -26,6 +26,46 @@ const READY: Duration = Duration::from_mins(3);
 const SERIES: u64 = 2000;
 const SAMPLES: u64 = 120;
 
+/// From outside the pod (this test runs in the host's network namespace, the pod in its own): the admin and
+/// lifecycle APIs are refused on the Prometheus port in every spelling, Prometheus' own loopback listener is not
+/// reachable, and queries and federation work. Prometheus is still up afterwards.
+async fn admin_and_lifecycle_apis_are_refused_from_outside(pod_ip: &str) -> Result<()> {
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let base = format!("http://{pod_ip}:9090");
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/v1/admin/tsdb/snapshot"),
+        (reqwest::Method::PUT, "/api/v1/admin/tsdb/snapshot"),
+        (reqwest::Method::POST, "/api/v1/admin/tsdb/delete_series?match[]=up"),
+        (reqwest::Method::POST, "/api/v1/admin/tsdb/clean_tombstones"),
+        (reqwest::Method::POST, "/-/quit"),
+        (reqwest::Method::PUT, "/-/quit"),
+        (reqwest::Method::POST, "/-/reload"),
+        (reqwest::Method::POST, "//api/v1/admin/tsdb/snapshot"),
+        (reqwest::Method::POST, "/api/v1/%61dmin/tsdb/snapshot"),
+        (reqwest::Method::POST, "/api/v1/query/../admin/tsdb/snapshot"),
+    ] {
+        let status = http.request(method.clone(), format!("{base}{path}")).send().await?.status();
+        ensure!(status == reqwest::StatusCode::FORBIDDEN, "{method} {path} from outside the pod: {status}");
+    }
+    let direct =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((pod_ip.parse::<IpAddr>()?, 9089)))
+            .await;
+    ensure!(!matches!(direct, Ok(Ok(_))), "Prometheus' own port 9089 is reachable from outside the pod");
+    // Federation (the pod may not have scraped itself yet).
+    eventually("federation to return the up series", Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), format!("{base}/federate?match[]=up"));
+        async move {
+            let resp = http.get(url).send().await?;
+            ensure!(resp.status().is_success(), "federation: {}", resp.status());
+            Ok(resp.text().await?.contains("up{").then_some(()))
+        }
+    })
+    .await?;
+    let ready = http.get(format!("{base}/-/ready")).send().await?.status();
+    ensure!(ready.is_success(), "Prometheus is still ready after the refused /-/quit: {ready}");
+    Ok(())
+}
+
 /// The known series, checked by count, sample count and sum of values at `end + 1`.
 async fn known_data(addr: &str, end: u64) -> Result<(u64, u64, u64)> {
     let scalar = |v: serde_json::Value| -> Result<u64> {
@@ -78,6 +118,7 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     })
     .await?;
     eprintln!("src restored from the seed: (series, samples, sum) = {got:?}");
+    admin_and_lifecycle_apis_are_refused_from_outside(&src_ip).await?;
 
     // 2. Two backups of src; the second reuses the persistent blocks.
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -15,6 +15,7 @@ use support::backup::*;
 use support::*;
 use tokio::sync::OnceCell;
 use tsdb_operator_adapters::backup::store::Store;
+use tsdb_operator_core::backup::from_time;
 use tsdb_operator_core::backup::manifest::Layout;
 use tsdb_operator_core::crd::Phase;
 
@@ -227,5 +228,78 @@ async fn a_restarted_operator_follows_the_running_backup_and_records_it_once() -
     let needle = format!("tsdb_operator_backup_total{{namespace=\"{}\",cluster=\"src\",result=\"success\"}} 1", w.ns);
     ensure!(metrics.contains(&needle), "metrics lack {needle}");
     ensure!(!metrics.contains("result=\"error\""), "a failure was counted");
+    Ok(())
+}
+
+/// Fault row 22: the S3 credentials Secret rotated between backups. Wrong credentials fail the next backup with
+/// `StorageFailed` and the S3 server's refusal in the message, and nothing retries on its own meanwhile; the
+/// Secret put right is used by the next backup, with no restart of the pod, its containers or the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_s3_credentials_apply_to_the_next_backup_without_a_restart() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+    let mut env = BackupEnv::start("s3-rotate", &OPERATOR_ARGS).await?;
+    let ns = env.ns.clone();
+    apply_cluster(&ns, &env.cluster_yaml("src", Some(json!({})), None)).await?;
+    wait_phase(&ns, "src", Phase::Active, 1, READY).await?;
+    let pod_before = pods(&ns, "src").await?.remove(0);
+    successful_backup(&ns, "src", "first").await?;
+
+    let secrets: Api<Secret> = Api::namespaced(client(), &ns);
+    let set_secret_key = |key: String| {
+        let secrets = secrets.clone();
+        async move {
+            let patch = json!({"stringData": {"AWS_SECRET_ACCESS_KEY": key}});
+            secrets.patch("s3-creds", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            anyhow::Ok(())
+        }
+    };
+    set_secret_key("not-the-secret-key".to_owned()).await?;
+    // The kubelet refreshes the mounted Secret on its own schedule: ask until a backup sees the new key.
+    let mut attempt = 0;
+    let failed = eventually("a backup to fail with the wrong key", Duration::from_mins(2), || {
+        attempt += 1;
+        let (ns, token) = (ns.clone(), format!("wrong-{attempt}"));
+        async move {
+            let b = backup_now(&ns, "src", &token).await?;
+            let failed_last = b.last_failed_backup_time.as_ref().map(from_time)
+                > b.last_successful_backup_time.as_ref().map(from_time);
+            Ok(failed_last.then_some(b))
+        }
+    })
+    .await?;
+    let error = failed.last_backup_error.clone().unwrap_or_default();
+    eprintln!("wrong S3 key: {error}");
+    let healthy = condition(&ns, "src", "BackupHealthy").await?.context("BackupHealthy")?;
+    ensure!(healthy.status == "False" && healthy.reason == "StorageFailed", "{healthy:?}");
+    ensure!(!error.is_empty(), "the failure says why");
+    // Nothing retries on its own: no traffic to S3 for 15 s without a request.
+    let bytes = env.fwd.upstream_bytes();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    ensure!(env.fwd.upstream_bytes() == bytes, "no request to S3 while no backup is asked for");
+
+    set_secret_key(env.s3.secret_key().to_owned()).await?;
+    let mut attempt = 0;
+    eventually("a backup to succeed with the key put right", Duration::from_mins(2), || {
+        attempt += 1;
+        let (ns, token) = (ns.clone(), format!("fixed-{attempt}"));
+        async move {
+            let b = backup_now(&ns, "src", &token).await?;
+            let succeeded_last = b.last_successful_backup_time.as_ref().map(from_time)
+                >= b.last_failed_backup_time.as_ref().map(from_time)
+                && b.last_request.as_deref() == Some(token.as_str());
+            Ok(succeeded_last.then_some(()))
+        }
+    })
+    .await?;
+    let healthy = condition(&ns, "src", "BackupHealthy").await?.context("BackupHealthy")?;
+    ensure!(healthy.status == "True", "{healthy:?}");
+    let pod_after = pods(&ns, "src").await?.remove(0);
+    ensure!(pod_after.metadata.uid == pod_before.metadata.uid, "the pod was not replaced");
+    let restarts: i32 =
+        pod_after.status.and_then(|s| s.container_statuses).map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum());
+    ensure!(restarts == 0, "no container restarted");
+    ensure!(env.op.process.is_running(), "the operator was not restarted");
     Ok(())
 }

@@ -97,3 +97,94 @@ fn plan_against_the_observed_state_lists_only_what_changes() {
     assert!(steps.contains(&("delete".into(), "PodDisruptionBudget".into())), "{steps:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A step as `tsdb-ctl plan --output steps` prints it: action, kind, name, reason.
+type PlannedStep = (String, String, String, String);
+
+/// The exit code, steps and stderr of `tsdb-ctl plan --output steps` for `file`.
+fn planned_steps(file: &str, extra: &[&str]) -> (Option<i32>, Vec<PlannedStep>, String) {
+    let mut args = vec!["plan", "-f", file, "--output", "steps"];
+    args.extend_from_slice(extra);
+    let out = ctl(&args);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let steps = documents(&text)
+        .first()
+        .and_then(|d| d.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let field = |f: &str| s[f].as_str().unwrap().to_owned();
+            (field("action"), field("kind"), field("name"), field("reason"))
+        })
+        .collect();
+    (out.status.code(), steps, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn plan_gives_the_operators_decision_for_every_fixture() {
+    use tsdb_operator_core::build::{BuildSettings, PdbApi};
+    use tsdb_operator_core::decide::{ClusterObservation, decide_cluster};
+    use tsdb_operator_core::plan::Step;
+    let settings =
+        BuildSettings { agent_image: "example.org/agent:test".into(), pdb_api: PdbApi::V1, ..BuildSettings::default() };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/clusters");
+    let mut compared = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut pc: tsdb_operator_core::crd::PrometheusCluster =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        pc.metadata.namespace.get_or_insert_with(|| "default".into());
+        let children = std::collections::BTreeMap::new();
+        let decision =
+            decide_cluster(&ClusterObservation::of(&pc, &children), &settings, k8s_openapi::jiff::Timestamp::now());
+        let expected: Vec<PlannedStep> = decision
+            .steps()
+            .map(|s| {
+                let (action, reason) = match s {
+                    Step::Apply { reason, .. } => ("apply", reason.to_string()),
+                    Step::Delete { .. } => ("delete", "NotDesired".to_owned()),
+                    Step::Resize { size, .. } => ("resize", format!("storage request {size}")),
+                    Step::Orphan { .. } => ("orphan", "VolumeClaimTemplateChanged".to_owned()),
+                };
+                (action.to_owned(), s.key().kind.clone(), s.key().name.clone(), reason)
+            })
+            .collect();
+        let (code, steps, stderr) =
+            planned_steps(path.to_str().unwrap(), &["--agent-image", "example.org/agent:test", "--pdb-api", "v1"]);
+        assert_eq!(code, Some(0), "{}: {stderr}", path.display());
+        assert!(!steps.is_empty(), "{}: a new cluster has steps", path.display());
+        assert_eq!(steps, expected, "{}", path.display());
+        compared += 1;
+    }
+    assert!(compared >= 5, "every fixture was compared");
+}
+
+#[test]
+fn plan_says_when_the_operator_would_do_nothing_paused_or_name_conflict() {
+    let dir = std::env::temp_dir().join(format!("tsdb-ctl-nothing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/clusters/typical.yaml")).unwrap();
+    let paused = dir.join("paused.yaml");
+    std::fs::write(&paused, text.replace("spec:\n", "spec:\n  paused: true\n")).unwrap();
+    let out = ctl(&["plan", "-f", paused.to_str().unwrap()]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("monitoring/prod: paused (spec.paused is true), nothing to do"), "{stdout}");
+    assert!(documents(&stdout).is_empty(), "no object to apply: {stdout}");
+
+    // A Service named like the cluster that another controller owns.
+    let observed = dir.join("observed.yaml");
+    std::fs::write(
+        &observed,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: prod\n  namespace: monitoring\n  ownerReferences:\n  \
+         - {apiVersion: apps/v1, kind: Deployment, name: web, uid: u1, controller: true}\n",
+    )
+    .unwrap();
+    let out = ctl(&["plan", "-f", "fixtures/clusters/typical.yaml", "--observed", observed.to_str().unwrap()]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "a conflict fails the dry run: {stdout}");
+    assert!(stdout.contains("name conflict, nothing to do: Service prod exists but is not owned"), "{stdout}");
+    assert!(documents(&stdout).is_empty(), "no object to apply: {stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,4 +1,4 @@
-//! PrometheusClusterSet against the real control plane (the seed's scenarios, C.4): label selector, namespace
+//! PrometheusClusterSet against the real control plane (the seed's scenarios): label selector, namespace
 //! selector, backup-template overlay, opt-out, member wins, sorted members and phase counts, changes reflected
 //! within seconds, and deleting a set leaves members untouched. No kubelet: members stay Provisioning.
 

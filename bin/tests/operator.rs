@@ -4,14 +4,14 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::*;
 use tsdb_operator_core::crd::{Phase, PrometheusCluster};
@@ -138,6 +138,10 @@ async fn config_change_reaches_running_prometheus_without_restart() -> Result<()
     wait_phase(&ns, "cfg", Phase::Active, 1, READY).await?;
     let before = pods(&ns, "cfg").await?.remove(0);
     let ip = before.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+    // Restarts before the change (a container restarted under load while starting) are not the change's doing:
+    // compare counts, and Prometheus' own start time, before and after.
+    let started = prom_get(&ip, "/api/v1/status/runtimeinfo").await?["data"]["startTime"].clone();
+    assert!(started.is_string(), "Prometheus reports its start time: {started}");
 
     set_spec(&ns, "cfg", json!({"remoteWrite": [{"url": "http://127.0.0.1:1/api/v1/write", "name": "sink"}]})).await?;
     eventually("the running Prometheus to load the remote_write config", Duration::from_mins(2), || {
@@ -150,30 +154,58 @@ async fn config_change_reaches_running_prometheus_without_restart() -> Result<()
     .await?;
     let after = pods(&ns, "cfg").await?.remove(0);
     assert_eq!(before.metadata.uid, after.metadata.uid, "the pod was not replaced");
-    let restarts: i32 = after
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum());
-    assert_eq!(restarts, 0, "no container restarted");
+    let restarted_since = prom_get(&ip, "/api/v1/status/runtimeinfo").await?["data"]["startTime"].clone();
+    let events = Api::<Event>::namespaced(client(), &ns)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={}", after.name_any())))
+        .await?
+        .items
+        .into_iter()
+        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect::<Vec<_>>();
+    assert_eq!(started, restarted_since, "the Prometheus process was not restarted; pod events: {events:#?}");
+    assert_eq!(restart_counts(&before), restart_counts(&after), "no container restarted; pod events: {events:#?}");
     Ok(())
 }
 
+/// Restart count of each container of a pod, by name.
+fn restart_counts(pod: &Pod) -> BTreeMap<String, i32> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| (c.name.clone(), c.restart_count)).collect())
+        .unwrap_or_default()
+}
+
+/// Deletion never waits for the operator: the finalizer v1.0.0 added is removed from live objects, and with the
+/// operator stopped a cluster, a paused cluster and then their namespace are deleted, children included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_cluster_removes_it_and_its_children() -> Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
     let ns = namespace("delete").await;
-    let _op = Operator::start(Some(&ns), &[])?;
-    apply_cluster(&ns, &cluster_yaml("gone", 1)).await?;
+    let mut op = Operator::start(Some(&ns), &[])?;
+    // As v1.0.0 left it: with the finalizer.
+    let legacy = cluster_yaml("gone", 1)
+        .replace("  name: gone\n", "  name: gone\n  finalizers: [observability.merlionos.org/finalizer]\n");
+    apply_cluster(&ns, &legacy).await?;
+    apply_cluster(&ns, &format!("{}  paused: true\n", cluster_yaml("held", 1))).await?;
     eventually("the StatefulSet", Duration::from_mins(1), || async { sts(&ns, "gone").await }).await?;
     let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
-    eventually("the finalizer", Duration::from_secs(30), || async {
+    eventually("the legacy finalizer to be removed", Duration::from_secs(30), || async {
         let pc = api.get("gone").await?;
-        let finalizers = pc.metadata.finalizers.unwrap_or_default();
-        Ok(finalizers.contains(&"observability.merlionos.org/finalizer".to_owned()).then_some(()))
+        Ok(pc.metadata.finalizers.unwrap_or_default().is_empty().then_some(()))
     })
     .await?;
+    eventually("the paused cluster to be reported", Duration::from_secs(30), || async {
+        let pc = api.get("held").await?;
+        Ok(condition(&pc, "Paused").is_some_and(|c| c.status == "True").then_some(()))
+    })
+    .await?;
+    assert!(api.get("held").await?.metadata.finalizers.unwrap_or_default().is_empty(), "no finalizer on a paused one");
+
+    // The operator is down from here on.
+    op.process.kill()?;
     api.delete("gone", &DeleteParams::default()).await?;
-    eventually("the PrometheusCluster to be gone", Duration::from_mins(1), || async {
+    eventually("the PrometheusCluster to be gone without the operator", Duration::from_secs(30), || async {
         Ok(api.get_opt("gone").await?.is_none().then_some(()))
     })
     .await?;
@@ -182,6 +214,12 @@ async fn deleting_a_cluster_removes_it_and_its_children() -> Result<()> {
         let cm_gone = Api::<ConfigMap>::namespaced(client(), &ns).get_opt("gone-config").await?.is_none();
         let svc_gone = Api::<Service>::namespaced(client(), &ns).get_opt("gone").await?.is_none();
         Ok((sts_gone && cm_gone && svc_gone).then_some(()))
+    })
+    .await?;
+    let namespaces: Api<Namespace> = Api::all(client());
+    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    eventually("the namespace, with the paused cluster, to be gone", Duration::from_mins(3), || async {
+        Ok(namespaces.get_opt(&ns).await?.is_none().then_some(()))
     })
     .await?;
     Ok(())
@@ -251,23 +289,34 @@ async fn operator_killed_mid_reconcile_converges_without_duplicates() -> Result<
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standby_takes_over_when_the_leader_dies_or_steps_down() -> Result<()> {
-    let ns = namespace("leader").await;
-    let lease = format!("--leader-election-id=tsdb-{ns}");
-    let lease_ns = format!("--leader-election-namespace={ns}");
-    let elect = ["--leader-elect", lease.as_str(), lease_ns.as_str(), "--leader-election-lease-seconds=6"];
-    let mut a = Operator::start(Some(&ns), &elect)?;
+/// Two operators competing for a 6 s Lease in `ns` (the second starts 2 s after the first), and the cluster `name`
+/// with its StatefulSet created by the leader. Returns the leader, the standby and the election arguments.
+async fn elected_pair(ns: &str, name: &str) -> Result<(Operator, Operator, Vec<String>)> {
+    let elect = vec![
+        "--leader-elect".to_owned(),
+        format!("--leader-election-id=tsdb-{ns}"),
+        format!("--leader-election-namespace={ns}"),
+        "--leader-election-lease-seconds=6".to_owned(),
+    ];
+    let args: Vec<&str> = elect.iter().map(String::as_str).collect();
+    let a = Operator::start(Some(ns), &args)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut b = Operator::start(Some(&ns), &elect)?;
-    apply_cluster(&ns, &cluster_yaml("l", 1)).await?;
-    eventually("the StatefulSet", Duration::from_mins(1), || async { sts(&ns, "l").await }).await?;
-
+    let b = Operator::start(Some(ns), &args)?;
+    apply_cluster(ns, &cluster_yaml(name, 1)).await?;
+    eventually("the StatefulSet", Duration::from_mins(1), || async { sts(ns, name).await }).await?;
     // Exactly one of them is the leader.
     let leader_of = |text: &str| text.lines().any(|l| l.starts_with("tsdb_operator_leader ") && l.ends_with(" 1"));
     let (a_leads, b_leads) = (leader_of(&a.metrics().await?), leader_of(&b.metrics().await?));
     assert!(a_leads ^ b_leads, "exactly one leader (a: {a_leads}, b: {b_leads})");
-    let (leader, standby) = if a_leads { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    Ok(if a_leads { (a, b, elect) } else { (b, a, elect) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_leader_dies_or_steps_down() -> Result<()> {
+    let ns = namespace("leader").await;
+    let (mut leader, mut standby, elect) = elected_pair(&ns, "l").await?;
+    let (leader, standby) = (&mut leader, &mut standby);
+    let leader_of = |text: &str| text.lines().any(|l| l.starts_with("tsdb_operator_leader ") && l.ends_with(" 1"));
 
     // SIGTERM releases the lease: the standby acts within seconds.
     leader.process.stop()?;
@@ -281,6 +330,7 @@ async fn standby_takes_over_when_the_leader_dies_or_steps_down() -> Result<()> {
     assert!(leader_of(&standby.metrics().await?));
 
     // A leader killed with SIGKILL cannot release the lease: a new standby takes over once it expires.
+    let elect: Vec<&str> = elect.iter().map(String::as_str).collect();
     let mut c = Operator::start(Some(&ns), &elect)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     standby.process.kill()?;
@@ -295,6 +345,60 @@ async fn standby_takes_over_when_the_leader_dies_or_steps_down() -> Result<()> {
     eprintln!("takeover after SIGKILL took {:?} (lease 6 s)", t.elapsed());
     assert!(leader_of(&c.metrics().await?));
     c.process.stop()?;
+    Ok(())
+}
+
+/// Writes (other than to its Lease) of the operator process `pid`, told apart by the User-Agent it sends.
+fn writes_of_process(pid: u32) -> Result<Vec<String>> {
+    let tag = format!("-{pid})");
+    Ok(env()
+        .cp
+        .audit_writes_by(tsdb_operator_testenv::controlplane::ADMIN_USER)?
+        .into_iter()
+        .filter(|w| w.user_agent.contains(&tag))
+        .filter(|w| w.object_ref.as_ref().is_none_or(|o| o.resource != "leases"))
+        .map(|w| w.to_string())
+        .collect())
+}
+
+/// Fault row 9: a leader stopped (SIGSTOP) for longer than its Lease, as in a long pause, makes no write when it
+/// resumes, although work for it piled up meanwhile (a changed spec): its writes are fenced by the Lease, on the
+/// monotonic clock, before the watchdog even notices. The standby took over and carried out the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_past_its_lease_writes_nothing_when_it_resumes() -> Result<()> {
+    let ns = namespace("stale").await;
+    let (leader, standby, _) = elected_pair(&ns, "s").await?;
+    let leader_of = |text: &str| text.lines().any(|l| l.starts_with("tsdb_operator_leader ") && l.ends_with(" 1"));
+    let pid = leader.process.pid();
+    assert!(!writes_of_process(pid)?.is_empty(), "the leader's writes are told apart by its User-Agent");
+
+    leader.process.freeze()?;
+    let stopped = async {
+        // The standby takes the expired Lease and carries out a change made meanwhile.
+        set_spec(&ns, "s", json!({"replicas": 2})).await?;
+        eventually("the standby to apply the change", Duration::from_secs(45), || async {
+            Ok((sts(&ns, "s").await?.and_then(|s| s.spec).and_then(|s| s.replicas) == Some(2)).then_some(()))
+        })
+        .await?;
+        // More work for the stopped leader to find when it resumes.
+        set_spec(&ns, "s", json!({"replicas": 1, "retention": "2d"})).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        writes_of_process(pid)
+    }
+    .await;
+    leader.process.thaw()?;
+    let before = stopped?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let after = writes_of_process(pid)?;
+    let late: Vec<&String> = after.iter().skip(before.len()).collect();
+    assert!(late.is_empty(), "the resumed stale leader wrote after its Lease expired: {late:#?}");
+    assert!(leader_of(&standby.metrics().await?), "the standby leads");
+    eventually(
+        "the standby to apply the change made while the leader was stopped",
+        Duration::from_secs(30),
+        || async { Ok((sts(&ns, "s").await?.and_then(|s| s.spec).and_then(|s| s.replicas) == Some(1)).then_some(())) },
+    )
+    .await?;
     Ok(())
 }
 
@@ -464,4 +568,192 @@ fn operator_sts_writes(ns: &str) -> Result<usize> {
         .filter_map(|w| w.object_ref.as_ref())
         .filter(|o| o.resource == "statefulsets" && o.subresource.is_empty() && o.namespace == ns)
         .count())
+}
+
+/// Sets the schema of `spec.replicas` in the live PrometheusCluster CRD; returns the schema it had.
+async fn set_replicas_schema(schema: serde_json::Value) -> Result<serde_json::Value> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client());
+    let name = "prometheusclusters.observability.merlionos.org";
+    let mut crd = serde_json::to_value(crds.get(name).await?)?;
+    let slot = crd
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/replicas")
+        .ok_or_else(|| anyhow::anyhow!("no spec.replicas in the CRD schema"))?;
+    let before = std::mem::replace(slot, schema);
+    crds.replace(name, &kube::api::PostParams::default(), &serde_json::from_value(crd)?).await?;
+    Ok(before)
+}
+
+/// Issue 11, defect 1: an object the schema let through but the operator cannot read (here `replicas: 3000000000`,
+/// admitted while the CRD had no maximum, as v1.0.0's CRD did) is reported as Failed naming the field, and stops
+/// nothing: not the running operator, and not one restarted with the object already stored (its first LIST).
+/// Hostile objects are refused by the schema itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_object_stops_no_other_cluster_also_after_a_restart() -> Result<()> {
+    let ns = namespace("unreadable").await;
+    let mut op = Operator::start(Some(&ns), &[])?;
+    apply_cluster(&ns, &cluster_yaml("before", 1)).await?;
+
+    // The schema of v1.0.0 (no maximum) admits the value; the bounded one is put back at once.
+    let bounded = set_replicas_schema(json!({"type": "integer", "format": "int32"})).await?;
+    let created = async {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client(), &ns, &kube::api::ApiResource::erase::<PrometheusCluster>(&()));
+        let bad: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusCluster",
+            "metadata": {"name": "huge"}, "spec": {"replicas": 3_000_000_000_u64, "storage": {"size": "1Gi"}},
+        }))?;
+        api.create(&kube::api::PostParams::default(), &bad).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    set_replicas_schema(bounded.clone()).await?;
+    created?;
+    assert!(bounded["maximum"].is_number(), "the installed CRD bounds spec.replicas: {bounded}");
+
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client(), &ns, &kube::api::ApiResource::erase::<PrometheusCluster>(&()));
+    let failed_naming_the_field = || async {
+        let obj = raw.get("huge").await?;
+        let status = &obj.data["status"];
+        let degraded = status["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded"));
+        let message = degraded.and_then(|c| c["message"].as_str()).unwrap_or_default().to_owned();
+        Ok((status["phase"] == "Failed" && message.contains("spec.replicas")).then_some(message))
+    };
+    let message =
+        eventually("the unreadable cluster to be Failed naming spec.replicas", Duration::from_mins(1), || {
+            failed_naming_the_field()
+        })
+        .await?;
+    eprintln!("unreadable object reported as: {message}");
+    wait_phase(&ns, "before", Phase::Active, 1, READY).await?;
+
+    // A restart: the first LIST now holds the unreadable object.
+    op.process.kill()?;
+    let _op = Operator::start(Some(&ns), &[])?;
+    apply_cluster(&ns, &cluster_yaml("after", 1)).await?;
+    wait_phase(&ns, "after", Phase::Active, 1, READY).await?;
+    eventually("the unreadable cluster still Failed after the restart", Duration::from_secs(30), || {
+        failed_naming_the_field()
+    })
+    .await?;
+    assert!(sts(&ns, "huge").await?.is_none(), "nothing is created for an unreadable object");
+
+    // Hostile objects never get in: the API server refuses them with the field.
+    let hostile = [
+        ("spec.replicas", json!({"replicas": 3_000_000_000_u64})),
+        ("spec.replicas", json!({"replicas": -1})),
+        ("spec.retention", json!({"retention": format!("{}d", "9".repeat(100_000))})),
+        ("spec.image", json!({"image": "x".repeat(1 << 20)})),
+        (
+            "spec.externalLabels",
+            json!({"externalLabels": (0..10_000).map(|i| (format!("l{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+        ),
+        ("spec.backup.retention.keepLast", json!({"backup": {"retention": {"keepLast": 1_000_000_000}}})),
+    ];
+    for (field, spec) in hostile {
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusCluster",
+            "metadata": {"name": "hostile"}, "spec": spec,
+        }))?;
+        match raw.create(&kube::api::PostParams::default(), &obj).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{field}: {e:?}");
+                assert!(e.message.contains(field), "{field}: the refusal names the field: {}", e.message);
+            }
+            other => panic!("{field}: a hostile object was admitted: {:?}", other.map(|o| o.metadata.name)),
+        }
+    }
+    // Deep nesting in an unknown field is pruned by the structural schema; the object reconciles.
+    let mut deep = json!("leaf");
+    for _ in 0..200 {
+        deep = json!({ "a": deep });
+    }
+    let nested: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusCluster",
+        "metadata": {"name": "nested"}, "spec": {"replicas": 1, "storage": {"size": "1Gi"}, "unknown": deep},
+    }))?;
+    raw.create(&kube::api::PostParams::default(), &nested).await?;
+    assert!(raw.get("nested").await?.data["spec"].get("unknown").is_none(), "the unknown field was pruned");
+    wait_phase(&ns, "nested", Phase::Active, 1, READY).await?;
+    Ok(())
+}
+
+/// Issue 11, defect 3: growing `spec.storage.size` expands the claims in place (StorageClass with
+/// `allowVolumeExpansion`) and carries the size into the StatefulSet without replacing the pod; shrinking is
+/// refused with a condition naming the field, while a scale made afterwards still happens, and the status never
+/// says the cluster matches the spec while the change is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_grows_in_place_and_a_refused_shrink_blocks_nothing_else() -> Result<()> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let ns = namespace("storage").await;
+    let _op = Operator::start(Some(&ns), &[])?;
+    let class_name = format!("{ns}-expandable");
+    let class: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": class_name},
+        "provisioner": tsdb_operator_testenv::kubelet::PROVISIONER,
+        "allowVolumeExpansion": true,
+        "volumeBindingMode": "Immediate",
+    }))?;
+    let classes: Api<StorageClass> = Api::all(client());
+    classes.create(&kube::api::PostParams::default(), &class).await?;
+    let yaml = cluster_yaml("vol", 1)
+        .replace("    size: 1Gi\n", &format!("    size: 1Gi\n    storageClassName: {class_name}\n"));
+    apply_cluster(&ns, &yaml).await?;
+    wait_phase(&ns, "vol", Phase::Active, 1, READY).await?;
+    let pod_uid = pods(&ns, "vol").await?.remove(0).metadata.uid;
+
+    let result = async {
+        set_spec(&ns, "vol", json!({"storage": {"size": "2Gi", "storageClassName": class_name}})).await?;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client(), &ns);
+        eventually("the claim to be expanded to 2Gi", Duration::from_mins(1), || async {
+            let pvc = claims.get("data-vol-0").await?;
+            let capacity = pvc.status.and_then(|s| s.capacity).and_then(|c| c.get("storage").cloned());
+            Ok((capacity.map(|q| q.0).as_deref() == Some("2Gi")).then_some(()))
+        })
+        .await?;
+        eventually("the StatefulSet template to say 2Gi", Duration::from_mins(1), || async {
+            let template = sts(&ns, "vol").await?.and_then(|s| s.spec).and_then(|s| s.volume_claim_templates);
+            let size = template
+                .and_then(|t| t.into_iter().next())
+                .and_then(|t| t.spec)
+                .and_then(|s| s.resources)
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("storage").cloned());
+            Ok((size.map(|q| q.0).as_deref() == Some("2Gi")).then_some(()))
+        })
+        .await?;
+        let api: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
+        eventually("Progressing=False Reconciled after the resize", Duration::from_mins(1), || async {
+            let pc = api.get("vol").await?;
+            Ok(condition(&pc, "Progressing").is_some_and(|c| c.reason == "Reconciled").then_some(()))
+        })
+        .await?;
+        assert_eq!(pods(&ns, "vol").await?.remove(0).metadata.uid, pod_uid, "the pod was not replaced by the resize");
+
+        // Shrinking is refused; a scale made afterwards still happens.
+        set_spec(&ns, "vol", json!({"storage": {"size": "1Gi", "storageClassName": class_name}})).await?;
+        let refused =
+            eventually("the shrink to be refused naming spec.storage.size", Duration::from_mins(1), || async {
+                let pc = api.get("vol").await?;
+                Ok(condition(&pc, "Progressing")
+                    .filter(|c| c.reason == "StorageChangeRefused" && c.message.contains("spec.storage.size"))
+                    .map(|c| c.message))
+            })
+            .await?;
+        eprintln!("shrink refused: {refused}");
+        set_spec(&ns, "vol", json!({"replicas": 2})).await?;
+        // Degraded, not Active: the cluster does not match its spec while the shrink is refused.
+        wait_phase(&ns, "vol", Phase::Degraded, 2, READY).await?;
+        let pc = api.get("vol").await?;
+        let progressing = condition(&pc, "Progressing").expect("Progressing");
+        assert_ne!(progressing.reason, "Reconciled", "a refused change never reads as matching the spec");
+        let degraded = condition(&pc, "Degraded").expect("Degraded");
+        assert!(degraded.status == "True" && degraded.message.contains("spec.storage.size"), "{degraded:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = classes.delete(&class_name, &DeleteParams::default()).await;
+    result
 }

@@ -1,4 +1,4 @@
-//! ClusterSet logic with the seed's semantics (C.4): member selection by cluster and namespace labels, the
+//! ClusterSet logic with the seed's semantics: member selection by cluster and namespace labels, the
 //! backup-template overlay (opt-out annotation, member wins), sorted members and the per-phase count. Pure.
 //!
 //! # Flow
@@ -28,14 +28,14 @@ use crate::status::merge_conditions;
 /// The result is sorted by namespace, then name.
 pub fn select_members<'a>(
     set: &PrometheusClusterSet,
-    clusters: &'a [PrometheusCluster],
+    clusters: impl IntoIterator<Item = &'a PrometheusCluster>,
     namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> Vec<&'a PrometheusCluster> {
     let ns_selector = set.spec.namespace_selector.as_ref();
     let filter_namespaces = !selector::is_empty(ns_selector);
     let empty = BTreeMap::new();
     let mut members: Vec<&PrometheusCluster> = clusters
-        .iter()
+        .into_iter()
         .filter(|pc| {
             if !filter_namespaces {
                 return true;
@@ -75,7 +75,7 @@ pub enum OverlayDecision {
     UpToDate,
 }
 
-/// Decides the backup overlay of `set` on `member` (C.4 step 4), in the seed's order: no template, opt-out,
+/// Decides the backup overlay of `set` on `member` in the seed's order: no template, opt-out,
 /// member wins, else replace the backup spec wholesale with the template and force `enabled`.
 ///
 /// A member that a set overlaid before has `enabled: true`, so it counts as "member wins" afterwards, exactly as

@@ -70,10 +70,14 @@ pub mod volumes {
 
 /// Ports.
 pub mod ports {
-    /// Prometheus HTTP port.
+    /// Prometheus' web port as the pod serves it (seed): the agent listens here and forwards to Prometheus
+    /// everything but the admin and lifecycle APIs (see [`crate::web`]).
     pub const PROMETHEUS: i32 = 9090;
     /// Name of the Prometheus port.
     pub const PROMETHEUS_NAME: &str = "http";
+    /// Where Prometheus itself listens: on the pod's loopback address only, so its admin and lifecycle APIs are
+    /// reachable from inside the pod only (the agent's backups and reloads).
+    pub const PROMETHEUS_LOCAL: i32 = 9089;
     /// Agent HTTP port (metrics, health, backup requests).
     pub const AGENT: i32 = 9091;
     /// Name of the agent port.
@@ -158,4 +162,15 @@ pub mod reasons {
     pub const MOST_PODS_FAILING: &str = "MostPodsFailing";
     /// `spec.selfHealing.enabled` is false.
     pub const HEALING_DISABLED: &str = "HealingDisabled";
+    /// A storage change that cannot be carried out (shrinking, another class, no expansion support).
+    pub const STORAGE_CHANGE_REFUSED: &str = "StorageChangeRefused";
+    /// Volume claims are being expanded.
+    pub const RESIZING_VOLUMES: &str = "ResizingVolumes";
+    /// An object with a child's name exists and belongs to someone else.
+    pub const NAME_CONFLICT: &str = "NameConflict";
+    /// An apply of a child failed; the operator retries it.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// A reconcile failed before anything could be applied (a read refused by RBAC, the API server unreachable);
+    /// the operator retries it.
+    pub const RECONCILE_FAILED: &str = "ReconcileFailed";
 }

@@ -121,6 +121,13 @@ pub enum Action {
         /// What happened.
         message: String,
     },
+    /// Retention after a backup left something alone that it would otherwise have deleted, and why.
+    RetentionHeld {
+        /// The backup after which retention ran.
+        id: String,
+        /// What was held back and why, with what to do.
+        held: String,
+    },
 }
 
 impl Action {
@@ -144,6 +151,7 @@ impl Action {
             Action::BackupStarted { .. } => "BackupStarted",
             Action::BackupSucceeded { .. } => "BackupSucceeded",
             Action::BackupFailed { .. } => "BackupFailed",
+            Action::RetentionHeld { .. } => "RetentionHeld",
         }
     }
 
@@ -156,6 +164,7 @@ impl Action {
                 | Action::FailoverTriggered { .. }
                 | Action::HealingSuspended { .. }
                 | Action::BackupFailed { .. }
+                | Action::RetentionHeld { .. }
         )
     }
 
@@ -184,6 +193,7 @@ impl Action {
                 format!("backup {id} completed: {total_bytes} bytes, {uploaded_bytes} uploaded")
             }
             Action::BackupFailed { id, reason, message } => format!("backup {id} failed ({reason}): {message}"),
+            Action::RetentionHeld { id, held } => format!("retention after backup {id} held back: {held}"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Step `plan`: desired child objects vs what the server holds → an ordered list of [`Step`]s. Pure: no I/O.
 //!
 //! # Flow
-//! 1. [`stamp`] adds the [`APPLIED_HASH`](crate::constants::annotations::APPLIED_HASH) annotation to each desired
+//! 1. [`stamp`] adds the [`APPLIED_HASH`] annotation to each desired
 //!    manifest: a stable hash (XXH3-128, see [`manifest_hash`]) of the manifest as the operator means to apply it.
 //! 2. [`plan_children`] compares each desired manifest with the observed object of the same kind and name:
 //!    - missing → `Apply` (reason `Create`);
@@ -30,7 +30,9 @@ use serde_json::Value;
 
 use crate::build::{self, BuildSettings, DesiredObject, DesiredObjects};
 use crate::constants::annotations::APPLIED_HASH;
+use crate::crd::PrometheusCluster;
 use crate::quantity;
+use crate::storage::{self, ObservedStorage, StorageDecision};
 
 /// Identifies a child object inside the cluster's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -130,13 +132,27 @@ pub enum Step {
         /// The object.
         key: ChildKey,
     },
+    /// Set a data volume claim's `spec.resources.requests.storage`; the storage provider grows the volume in
+    /// place (see [`crate::storage`]).
+    Resize {
+        /// The PersistentVolumeClaim.
+        key: ChildKey,
+        /// The new size.
+        size: String,
+    },
+    /// Delete the StatefulSet with `propagationPolicy: Orphan`: its pods keep running, and the next pass creates
+    /// it again with a claim template that could not be updated in place (see [`crate::storage`]).
+    Orphan {
+        /// The StatefulSet.
+        key: ChildKey,
+    },
 }
 
 impl Step {
     /// The object the step is about.
     pub fn key(&self) -> &ChildKey {
         match self {
-            Step::Apply { key, .. } | Step::Delete { key } => key,
+            Step::Apply { key, .. } | Step::Delete { key } | Step::Resize { key, .. } | Step::Orphan { key } => key,
         }
     }
 }
@@ -226,6 +242,49 @@ pub fn plan_objects(
         })
         .collect();
     plan_wanted(wanted, observed, decide_typed)
+}
+
+/// [`plan_objects`] for a cluster, with what its storage change means for the volumes that exist
+/// ([`storage::decide_storage`]): the StatefulSet is rendered with the claim template that can be applied, claims
+/// to grow come first as [`Step::Resize`], and a StatefulSet whose template must change is deleted with its pods
+/// orphaned ([`Step::Orphan`]) instead of applied; while an observed StatefulSet is being deleted it is not
+/// applied either (the next pass creates it).
+pub fn plan_cluster(
+    cluster: &PrometheusCluster,
+    settings: &BuildSettings,
+    observed: &BTreeMap<ChildKey, Value>,
+    storage: &ObservedStorage<'_>,
+) -> build::Result<(Plan, StorageDecision)> {
+    let decision = storage::decide_storage(&cluster.spec.storage, storage);
+    let desired = if decision.render == cluster.spec.storage {
+        build::build(cluster, settings)?
+    } else {
+        let mut adjusted = cluster.clone();
+        adjusted.spec.storage = decision.render.clone();
+        build::build(&adjusted, settings)?
+    };
+    let mut plan = plan_objects(&desired, settings, observed)?;
+    let sts_key = |k: &ChildKey| k.kind == "StatefulSet";
+    let terminating = observed
+        .iter()
+        .any(|(k, v)| sts_key(k) && v.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()));
+    if terminating || decision.recreate {
+        let position = plan.steps.iter().position(|s| matches!(s, Step::Apply { key, .. } if sts_key(key)));
+        plan.steps.retain(|s| !matches!(s, Step::Apply { key, .. } if sts_key(key)));
+        if decision.recreate
+            && !terminating
+            && let Some(key) = observed.keys().find(|k| sts_key(k))
+        {
+            let at = position.unwrap_or(plan.steps.len()).min(plan.steps.len());
+            plan.steps.insert(at, Step::Orphan { key: key.clone() });
+        }
+    }
+    let resizes = decision.resize.iter().map(|r| Step::Resize {
+        key: ChildKey { api_version: "v1".to_owned(), kind: "PersistentVolumeClaim".to_owned(), name: r.name.clone() },
+        size: r.size.clone(),
+    });
+    plan.steps.splice(0..0, resizes);
+    Ok((plan, decision))
 }
 
 /// Why `manifest` (stamped) must be applied over `current`, if it must.

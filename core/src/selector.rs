@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-/// Whether `labels` match `selector`. `None` and an empty selector match everything, as in the seed (C.4).
+/// Whether `labels` match `selector`. `None` and an empty selector match everything, as in the seed.
 /// An expression with an unknown operator matches nothing (validation rejects such selectors up front).
 pub fn matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
     let Some(selector) = selector else { return true };

@@ -1,6 +1,6 @@
 //! Step `status`: phase and conditions of a PrometheusCluster from what was observed. Pure: `now` is an argument.
 //!
-//! # Phases (the seed's semantics, C.3, plus `Failed` and `Degraded`)
+//! # Phases (the seed's semantics, plus `Failed` and `Degraded`)
 //! - `Failed`: the spec is invalid, or no replica is ready and a problem explains why (missing Secret, containers
 //!   that cannot start).
 //! - `Degraded`: replicas run, but a problem is reported (missing Secret, failing container, rejected config).
@@ -44,6 +44,11 @@ pub struct StatusInput<'a> {
     pub invalid_spec: Option<String>,
     /// Problems found while observing (missing Secrets, config reload failures).
     pub problems: &'a [Problem],
+    /// Parts of the spec that were not carried out (a refused storage change, a failed apply): shown in `Degraded`
+    /// like any problem, and `Progressing` never says the cluster matches the spec while there is one.
+    pub unapplied: &'a [Problem],
+    /// Volume claims still being expanded by the storage provider.
+    pub resizing: &'a [String],
     /// The current time.
     pub now: Timestamp,
 }
@@ -87,6 +92,32 @@ pub fn observe_pod_problems(pods: &[Pod]) -> Vec<Problem> {
     out
 }
 
+/// The `Progressing` condition: what is under way, what was refused, or that the cluster matches the spec.
+fn progressing_condition(input: &StatusInput<'_>, reason: Option<&str>, ready: i32, desired: i32) -> Condition {
+    match reason {
+        Some(reason) => {
+            new_condition(conditions::PROGRESSING, true, reason, progressing_message(reason, ready, desired))
+        }
+        None if input.invalid_spec.is_none() && !input.unapplied.is_empty() => {
+            let first = &input.unapplied[0];
+            let message = input.unapplied.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
+            new_condition(conditions::PROGRESSING, false, &first.reason, format!("not carried out: {message}"))
+        }
+        None if !input.resizing.is_empty() => new_condition(
+            conditions::PROGRESSING,
+            true,
+            reasons::RESIZING_VOLUMES,
+            format!("expanding volume claims: {}", input.resizing.join(", ")),
+        ),
+        None => new_condition(
+            conditions::PROGRESSING,
+            false,
+            reasons::RECONCILED,
+            "the cluster matches the spec".to_owned(),
+        ),
+    }
+}
+
 /// Computes the new status. The seed fields the status step does not own (`lastBackupTime`,
 /// `lastFailoverTime`) and conditions owned by other controllers (`BackupHealthy`) are carried over.
 pub fn build_status(input: &StatusInput<'_>) -> PrometheusClusterStatus {
@@ -105,7 +136,8 @@ pub fn build_status(input: &StatusInput<'_>) -> PrometheusClusterStatus {
         _ => false,
     };
 
-    let mut problems: Vec<Problem> = input.problems.to_vec();
+    let mut problems: Vec<Problem> = input.unapplied.to_vec();
+    problems.extend(input.problems.iter().cloned());
     problems.extend(observe_pod_problems(input.pods));
 
     let (phase, progressing_reason) = if let Some(msg) = &input.invalid_spec {
@@ -152,17 +184,7 @@ pub fn build_status(input: &StatusInput<'_>) -> PrometheusClusterStatus {
             format!("{ready}/{desired} replicas are ready"),
         )
     });
-    conds.push(match progressing_reason {
-        Some(reason) => {
-            new_condition(conditions::PROGRESSING, true, reason, progressing_message(reason, ready, desired))
-        }
-        None => new_condition(
-            conditions::PROGRESSING,
-            false,
-            reasons::RECONCILED,
-            "the cluster matches the spec".to_owned(),
-        ),
-    });
+    conds.push(progressing_condition(input, progressing_reason, ready, desired));
     conds.push(match problems.first() {
         Some(p) => {
             let message = problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
@@ -248,6 +270,47 @@ pub fn merge_conditions(
     out
 }
 
+/// The status after a reconcile failed with `error` (already rendered with its causes) before it could say
+/// anything else: the previous status, with `Progressing=False` and `Degraded=True` carrying
+/// [`reasons::RECONCILE_FAILED`] and the error, and an `Active` phase turned `Degraded`, so the status never goes on
+/// saying the cluster matches the spec. Unchanged when the previous status already reports this error (in either
+/// reason, so a failed apply that was reported with [`reasons::APPLY_FAILED`] is not written twice).
+pub fn build_failure_status(
+    previous: Option<&PrometheusClusterStatus>,
+    generation: Option<i64>,
+    error: &str,
+    now: Timestamp,
+) -> PrometheusClusterStatus {
+    let previous = previous.cloned().unwrap_or_default();
+    let reported = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::PROGRESSING && c.status == "False" && c.message.contains(error));
+    if reported {
+        return previous;
+    }
+    let message = format!("not carried out: {error}");
+    let ours = [conditions::PROGRESSING, conditions::DEGRADED];
+    let mut conditions: Vec<Condition> =
+        previous.conditions.iter().filter(|c| !ours.contains(&c.type_.as_str())).cloned().collect();
+    let new = merge_conditions(
+        &previous.conditions,
+        vec![
+            new_condition(conditions::PROGRESSING, false, reasons::RECONCILE_FAILED, message.clone()),
+            new_condition(conditions::DEGRADED, true, reasons::RECONCILE_FAILED, message),
+        ],
+        generation,
+        now,
+    );
+    conditions.extend(new);
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let phase = match previous.phase {
+        Some(Phase::Active) | None => Some(Phase::Degraded),
+        other => other,
+    };
+    PrometheusClusterStatus { phase, conditions, ..previous }
+}
+
 /// Whether two statuses differ in anything but `lastTransitionTime` values that were kept; used to skip writes
 /// that would change nothing.
 pub fn status_changed(old: Option<&PrometheusClusterStatus>, new: &PrometheusClusterStatus) -> bool {
@@ -295,12 +358,90 @@ mod tests {
             pods,
             invalid_spec: None,
             problems: &[],
+            unapplied: &[],
+            resizing: &[],
             now: now(),
         })
     }
 
     fn condition<'a>(s: &'a PrometheusClusterStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn a_failed_reconcile_is_reported_once_and_never_reads_as_matching_the_spec() {
+        let t = |s| Timestamp::from_second(s).unwrap();
+        let previous = PrometheusClusterStatus {
+            phase: Some(Phase::Active),
+            conditions: merge_conditions(
+                &[],
+                vec![
+                    new_condition(conditions::PROGRESSING, false, reasons::RECONCILED, "matches".to_owned()),
+                    new_condition(conditions::AVAILABLE, true, "Ready", "1/1".to_owned()),
+                ],
+                Some(1),
+                t(100),
+            ),
+            ..PrometheusClusterStatus::default()
+        };
+        let error = "storageclasses.storage.k8s.io \"fast\" is forbidden";
+        let failed = build_failure_status(Some(&previous), Some(2), error, t(200));
+        assert_eq!(failed.phase, Some(Phase::Degraded));
+        let progressing = failed.conditions.iter().find(|c| c.type_ == conditions::PROGRESSING).unwrap();
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", reasons::RECONCILE_FAILED));
+        assert!(progressing.message.contains(error));
+        let degraded = failed.conditions.iter().find(|c| c.type_ == conditions::DEGRADED).unwrap();
+        assert_eq!((degraded.status.as_str(), degraded.last_transition_time.0), ("True", t(200)));
+        let available = failed.conditions.iter().find(|c| c.type_ == conditions::AVAILABLE).unwrap();
+        assert_eq!(available.last_transition_time.0, t(100), "other conditions are kept as they were");
+        // The same error again: nothing to write.
+        assert_eq!(build_failure_status(Some(&failed), Some(2), error, t(300)), failed);
+    }
+
+    #[test]
+    fn a_refused_change_never_reads_as_matching_the_spec() {
+        let pc = cluster(2, None);
+        let refused = [Problem {
+            reason: reasons::STORAGE_CHANGE_REFUSED.to_owned(),
+            message: "spec.storage.size: cannot shrink the volumes from 30Gi to 20Gi".to_owned(),
+        }];
+        let s = build_status(&StatusInput {
+            cluster: &pc,
+            stateful_set: Some(&sts(2, 2, 2, 2)),
+            pods: &[],
+            invalid_spec: None,
+            problems: &[],
+            unapplied: &refused,
+            resizing: &[],
+            now: now(),
+        });
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let progressing = condition(&s, conditions::PROGRESSING);
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "StorageChangeRefused"));
+        assert_eq!(
+            progressing.message,
+            "not carried out: spec.storage.size: cannot shrink the volumes from 30Gi to 20Gi"
+        );
+        assert_eq!(condition(&s, conditions::DEGRADED).reason, "StorageChangeRefused");
+    }
+
+    #[test]
+    fn claims_being_expanded_show_as_progressing() {
+        let pc = cluster(2, None);
+        let resizing = ["data-demo-0".to_owned()];
+        let s = build_status(&StatusInput {
+            cluster: &pc,
+            stateful_set: Some(&sts(2, 2, 2, 2)),
+            pods: &[],
+            invalid_spec: None,
+            problems: &[],
+            unapplied: &[],
+            resizing: &resizing,
+            now: now(),
+        });
+        let progressing = condition(&s, conditions::PROGRESSING);
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "ResizingVolumes"));
+        assert_eq!(progressing.message, "expanding volume claims: data-demo-0");
     }
 
     #[test]
@@ -354,6 +495,8 @@ mod tests {
             pods: &[],
             invalid_spec: Some("spec.replicas: Invalid value: 0: must be >= 1".into()),
             problems: &[],
+            unapplied: &[],
+            resizing: &[],
             now: now(),
         });
         assert_eq!(s.phase, Some(Phase::Failed));
@@ -401,6 +544,8 @@ mod tests {
             pods: &[],
             invalid_spec: None,
             problems: &[],
+            unapplied: &[],
+            resizing: &[],
             now: Timestamp::from_second(1_900_000_000).unwrap(),
         });
         assert_eq!(first, later, "an unchanged cluster must produce an identical status (no write)");

@@ -9,7 +9,7 @@
 //!
 //! # Guarantees
 //! - Every error is reported at once, in spec order; validation never stops at the first problem.
-//! - Every message of the Go seed's webhook is kept word for word (spec C.7).
+//! - Every message of the Go seed's webhook is kept word for word (docs/seed-compatibility.md).
 //! - It never panics, whatever the input (checked by property tests with arbitrary strings).
 
 pub mod bytes;
@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ListMeta, Status, StatusCause, StatusDetails};
 
 use crate::constants::GROUP;
-use crate::crd::cluster::{DEFAULT_IMAGE, DEFAULT_REPLICA_LABEL};
+use crate::crd::cluster::{DEFAULT_IMAGE, DEFAULT_REPLICA_LABEL, limits};
 use crate::crd::{
     AdditionalScrapeConfigs, BackupSpec, PrometheusClusterSetSpec, PrometheusClusterSpec, RemoteWriteSpec,
     SelfHealingSpec,
@@ -313,6 +313,15 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
     let mut errs = Vec::new();
     if spec.replicas < 1 {
         errs.push(FieldError::invalid_value("spec.replicas", BadValue::Int(spec.replicas.into()), "must be >= 1"));
+    } else if spec.replicas > limits::MAX_REPLICAS {
+        errs.push(FieldError::invalid_value(
+            "spec.replicas",
+            BadValue::Int(spec.replicas.into()),
+            format!(
+                "must be <= {}: every replica holds all the data; split the targets across clusters instead",
+                limits::MAX_REPLICAS
+            ),
+        ));
     }
     check_image(&mut errs, "spec.image", &spec.image, DEFAULT_IMAGE);
     check_retention(&mut errs, spec);
@@ -569,6 +578,14 @@ fn check_backup(errs: &mut Vec<FieldError>, field: &str, backup: &BackupSpec, bu
                 BadValue::Int(keep.into()),
                 "must be >= 1: the newest backup is always kept; remove keepLast to keep every backup",
             ));
+        } else if let Some(keep) = retention.keep_last
+            && keep > limits::MAX_KEEP_LAST
+        {
+            errs.push(FieldError::invalid_value(
+                format!("{field}.retention.keepLast"),
+                BadValue::Int(keep.into()),
+                format!("must be <= {}: remove keepLast to keep every backup", limits::MAX_KEEP_LAST),
+            ));
         }
         if let Some(max_age) = &retention.max_age {
             check_duration(errs, &format!("{field}.retention.maxAge"), max_age, false, "30d");
@@ -823,6 +840,15 @@ fn check_self_healing(errs: &mut Vec<FieldError>, healing: &SelfHealingSpec) {
             BadValue::Int(healing.failure_threshold.into()),
             "must be >= 1: the number of failed probes in a row before a replica is replaced",
         ));
+    } else if healing.failure_threshold > limits::MAX_FAILURE_THRESHOLD {
+        errs.push(FieldError::invalid_value(
+            format!("{FIELD}.failureThreshold"),
+            BadValue::Int(healing.failure_threshold.into()),
+            format!(
+                "must be <= {}: set selfHealing.enabled to false to never replace replicas",
+                limits::MAX_FAILURE_THRESHOLD
+            ),
+        ));
     }
     check_duration(errs, &format!("{FIELD}.startupBudget"), &healing.startup_budget, false, "15m");
     check_duration(errs, &format!("{FIELD}.cooldown"), &healing.cooldown, true, "5m");
@@ -926,6 +952,19 @@ mod tests {
         assert_eq!(errors(&s), ["spec.replicas: Invalid value: 0: must be >= 1"]);
         s.replicas = i32::MIN;
         assert_eq!(errors(&s), ["spec.replicas: Invalid value: -2147483648: must be >= 1"]);
+    }
+
+    #[test]
+    fn replicas_above_the_crd_maximum_are_rejected_with_the_bound() {
+        let mut s = spec();
+        s.replicas = limits::MAX_REPLICAS;
+        assert!(errors(&s).is_empty());
+        s.replicas = i32::MAX;
+        assert_eq!(
+            errors(&s),
+            ["spec.replicas: Invalid value: 2147483647: must be <= 100: every replica holds all the data; split the \
+              targets across clusters instead"]
+        );
     }
 
     #[test]

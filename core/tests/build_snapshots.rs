@@ -1,39 +1,10 @@
 //! Snapshots of every rendered object for every cluster fixture (`fixtures/clusters/*.yaml`), stored in
 //! `snapshots/build/` and reviewed like code; and the error of every invalid fixture (`fixtures/clusters-invalid/`).
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{fixtures, settings};
 use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
-use tsdb_operator_core::crd::PrometheusCluster;
-
-/// A fixed agent image, so that snapshots do not change with the crate version.
-fn settings() -> BuildSettings {
-    BuildSettings {
-        agent_image: "ghcr.io/merlionos/tsdb-operator:snapshot".to_owned(),
-        pdb_api: PdbApi::V1,
-        ..BuildSettings::default()
-    }
-}
-
-fn fixtures(dir: &str) -> Vec<(String, PrometheusCluster)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures").join(dir);
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("the fixtures directory exists")
-        .map(|entry| entry.expect("a readable directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no fixtures in {}", dir.display());
-    paths
-        .into_iter()
-        .map(|p| {
-            let name = p.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let text = std::fs::read_to_string(&p).expect("a readable fixture");
-            let cluster = serde_yaml::from_str(&text).expect("a fixture that parses as a PrometheusCluster");
-            (name, cluster)
-        })
-        .collect()
-}
 
 #[test]
 fn every_fixture_renders_the_reviewed_objects() {

@@ -69,7 +69,7 @@ fn applied(steps: &[Step], salt: u32) -> BTreeMap<ChildKey, Value> {
                 served["status"] = json!({"observedGeneration": 1});
                 Some((key.clone(), served))
             }
-            Step::Delete { .. } => None,
+            Step::Delete { .. } | Step::Resize { .. } | Step::Orphan { .. } => None,
         })
         .collect()
 }

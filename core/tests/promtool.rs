@@ -12,6 +12,8 @@
 // a clock (start-up deadline) and stop loudly on any failure of its own plumbing.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -50,20 +52,7 @@ fn binary(tool: &str, major: u32) -> PathBuf {
 }
 
 fn fixtures() -> Vec<(String, PrometheusCluster)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/clusters");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            (name, serde_yaml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap())
-        })
-        .collect()
+    common::fixtures("clusters")
 }
 
 fn fixture(name: &str) -> PrometheusCluster {
@@ -201,10 +190,18 @@ fn run_real_prometheus(major: u32, image: &str, ip: &str) {
         major == 2,
         "the expand flag is for 2.x only: {rendered:?}"
     );
+    assert!(
+        rendered.iter().any(|a| a == "--web.listen-address=127.0.0.1:9089"),
+        "Prometheus listens on the loopback address only: {rendered:?}"
+    );
     let addr = free_port(ip);
-    let mut args: Vec<String> = rendered
+    // The rendered flags with the paths and the listen address of this test (the flag may not be repeated).
+    let args: Vec<String> = rendered
         .into_iter()
         .map(|a| {
+            if a.starts_with("--web.listen-address=") {
+                return format!("--web.listen-address={addr}");
+            }
             a.replace(&format!("--config.file={}", paths::CONFIG_FILE), &format!("--config.file={config_file}"))
                 .replace(
                     &format!("--storage.tsdb.path={}", paths::DATA_DIR),
@@ -212,7 +209,6 @@ fn run_real_prometheus(major: u32, image: &str, ip: &str) {
                 )
         })
         .collect();
-    args.push(format!("--web.listen-address={addr}"));
 
     let log_path = format!("{}/prometheus.log", dir.path());
     let log = std::fs::File::create(&log_path).unwrap();

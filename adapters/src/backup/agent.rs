@@ -9,7 +9,8 @@
 //!
 //! Every request needs `Authorization: Bearer <token>`, the token in the mounted per-cluster Secret (read at each
 //! request, so a rotated token applies at once). Without a token file the endpoints answer 503: backups are
-//! never served unauthenticated.
+//! never served unauthenticated. The token is checked before anything else, the request body included (a layer
+//! in front of the routes), and bodies are limited to [`MAX_REQUEST_BODY`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ use tokio::sync::Mutex;
 use tsdb_operator_core::backup::protocol::{BEARER, BackupRequest, JobStatus, TOKEN_KEY};
 
 use super::take::{Progress, TakeConfig, take_backup};
+
+/// Largest `POST /backup` body (a request names a store and an id: a few hundred bytes).
+pub const MAX_REQUEST_BODY: usize = 64 << 10;
 
 /// Finished jobs kept for `GET /backup`.
 const HISTORY: usize = 20;
@@ -63,9 +67,14 @@ impl BackupAgent {
         Self { config: Arc::new(config), jobs: Arc::default() }
     }
 
-    /// The routes (`/backup`, `/backup/{id}`).
+    /// The routes (`/backup`, `/backup/{id}`), behind the token check and the body limit.
     pub fn router(self) -> Router {
-        Router::new().route("/backup", get(list).post(start)).route("/backup/{id}", get(one)).with_state(self)
+        Router::new()
+            .route("/backup", get(list).post(start))
+            .route("/backup/{id}", get(one))
+            .route_layer(axum::middleware::from_fn_with_state(self.clone(), require_token))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
+            .with_state(self)
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
@@ -88,6 +97,18 @@ impl BackupAgent {
     }
 }
 
+/// Refuses a request without the right bearer token before its body is read.
+async fn require_token(
+    State(agent): State<BackupAgent>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match agent.authorize(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => *refused,
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -96,10 +117,7 @@ fn with_progress(job: &JobStatus, progress: &Progress) -> JobStatus {
     JobStatus { uploaded_bytes: progress.uploaded.load(Ordering::Relaxed), ..job.clone() }
 }
 
-async fn start(State(agent): State<BackupAgent>, headers: HeaderMap, Json(req): Json<BackupRequest>) -> Response {
-    if let Err(r) = agent.authorize(&headers) {
-        return *r;
-    }
+async fn start(State(agent): State<BackupAgent>, Json(req): Json<BackupRequest>) -> Response {
     let mut jobs = agent.jobs.lock().await;
     if let Some((job, progress)) = &jobs.running {
         return (StatusCode::CONFLICT, Json(with_progress(job, progress))).into_response();
@@ -126,10 +144,7 @@ async fn start(State(agent): State<BackupAgent>, headers: HeaderMap, Json(req): 
     (StatusCode::ACCEPTED, Json(job)).into_response()
 }
 
-async fn list(State(agent): State<BackupAgent>, headers: HeaderMap) -> Response {
-    if let Err(r) = agent.authorize(&headers) {
-        return *r;
-    }
+async fn list(State(agent): State<BackupAgent>) -> Response {
     let jobs = agent.jobs.lock().await;
     let mut out: Vec<JobStatus> = jobs.finished.values().cloned().collect();
     if let Some((job, progress)) = &jobs.running {
@@ -138,10 +153,7 @@ async fn list(State(agent): State<BackupAgent>, headers: HeaderMap) -> Response 
     Json(out).into_response()
 }
 
-async fn one(State(agent): State<BackupAgent>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = agent.authorize(&headers) {
-        return *r;
-    }
+async fn one(State(agent): State<BackupAgent>, Path(id): Path<String>) -> Response {
     let jobs = agent.jobs.lock().await;
     if let Some((job, progress)) = jobs.running.as_ref().filter(|(j, _)| j.id == id) {
         return Json(with_progress(job, progress)).into_response();
@@ -155,6 +167,41 @@ async fn one(State(agent): State<BackupAgent>, headers: HeaderMap, Path(id): Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_token_is_checked_before_the_body_is_read() {
+        use tower::ServiceExt as _;
+        let dir = std::env::temp_dir().join(format!("tsdb-agent-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("token")).unwrap();
+        std::fs::write(dir.join("token").join(TOKEN_KEY), "s3cret\n").unwrap();
+        let agent = BackupAgent::new(BackupAgentConfig {
+            take: TakeConfig {
+                prometheus_url: "http://127.0.0.1:1".to_owned(),
+                data_dir: dir.join("data"),
+                credentials_dir: dir.join("credentials"),
+                tuning: super::super::store::Tuning::default(),
+            },
+            token_dir: dir.join("token"),
+        });
+        let app = agent.router();
+        let send = |auth: Option<&str>, body: Vec<u8>| {
+            let mut req = axum::http::Request::builder().method("POST").uri("/backup");
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            let req = req.header("content-type", "application/json").body(axum::body::Body::from(body)).unwrap();
+            app.clone().oneshot(req)
+        };
+        // Garbage, and a body over the limit: without the token both are 401, not a parse error.
+        assert_eq!(send(None, b"{not json".to_vec()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        let huge = vec![b'x'; MAX_REQUEST_BODY * 4];
+        assert_eq!(send(Some("Bearer wrong"), huge.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        // With the token, the same bodies reach the parser and the limit.
+        assert_eq!(send(Some("Bearer s3cret"), b"{not json".to_vec()).await.unwrap().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(send(Some("Bearer s3cret"), huge).await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn tokens_compare_in_constant_time_and_exactly() {

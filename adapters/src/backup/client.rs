@@ -28,6 +28,13 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the agent refused the bearer token (401 or 403): the token may have been rotated.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Error::Status { code: 401 | 403, .. })
+    }
+}
+
 /// Starts a backup. `Ok(Err(job))` when another job is running (HTTP 409): the running job.
 pub async fn start_backup(
     http: &reqwest::Client,

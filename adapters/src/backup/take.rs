@@ -64,7 +64,7 @@ impl Failure {
 
     fn store(e: &store::Error) -> Self {
         let reason = if e.is_storage() { FailureReason::StorageFailed } else { FailureReason::ReadFailed };
-        Self { reason, message: crate::controller::cluster::error_chain(e) }
+        Self { reason, message: crate::error_chain(e) }
     }
 }
 
@@ -183,7 +183,8 @@ async fn run(
 
     // 1. What is stored already.
     let (manifests, objects) = cluster_state(&store, &layout).await.map_err(|e| Failure::store(&e))?;
-    if manifests.iter().any(|m| m.id == req.id) {
+    // An unreadable manifest with that id (a newer format, a damaged file) is never overwritten either.
+    if manifests.iter().any(|m| m.id == req.id) || manifests.unreadable.iter().any(|u| u.id == req.id) {
         return Err(Failure::new(FailureReason::Rejected, format!("backup {} already exists", req.id)));
     }
     let present: BTreeMap<&str, u64> = objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
@@ -224,6 +225,10 @@ async fn run(
     match cluster_state(&store, &layout).await {
         Ok((manifests, objects)) => {
             let plan = plan_retention(&manifests, &objects, &req.retention, Utc::now());
+            for held in &plan.held {
+                tracing::warn!(id = %req.id, "retention held back: {}", held.describe());
+            }
+            job.retention_held = plan.held.iter().map(tsdb_operator_core::backup::retention::Held::describe).collect();
             let mut failed = None;
             for id in &plan.delete_backups {
                 if let Err(e) = store.delete(&layout.full(&Layout::manifest_key(id))).await {
@@ -240,20 +245,14 @@ async fn run(
             }
             if let Some(e) = failed {
                 job.reason = Some(FailureReason::RetentionFailed);
-                job.message = Some(format!(
-                    "the backup completed, but retention failed: {}",
-                    crate::controller::cluster::error_chain(&e)
-                ));
+                job.message = Some(format!("the backup completed, but retention failed: {}", crate::error_chain(&e)));
             } else if !plan.delete_backups.is_empty() || !plan.delete_objects.is_empty() {
                 tracing::info!(backups = ?plan.delete_backups, objects = plan.delete_objects.len(), freed = plan.freed_bytes, grace, "retention applied");
             }
         }
         Err(e) => {
             job.reason = Some(FailureReason::RetentionFailed);
-            job.message = Some(format!(
-                "the backup completed, but retention failed: {}",
-                crate::controller::cluster::error_chain(&e)
-            ));
+            job.message = Some(format!("the backup completed, but retention failed: {}", crate::error_chain(&e)));
         }
     }
     Ok(())

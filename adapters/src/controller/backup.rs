@@ -3,13 +3,17 @@
 //! API and HTTP to the agents.
 //!
 //! # Flow (every tick, for every PrometheusCluster with `spec.backup.enabled`)
-//! 1. Make sure the agent token Secret `<name>-agent-token` exists (random token, owned by the cluster).
+//! 1. Make sure the agent token Secret `<name>-agent-token` exists (random token, owned by the cluster). A Secret
+//!    of that name the cluster does not own (by ownerReference UID) is neither used nor replaced: the pass stops
+//!    and `BackupHealthy=False` (`TokenSecretNotOwned`) names the Secret and the fix.
 //! 2. If `status.backup.running` names a job, read it from that pod's agent; when it finished, write the outcome
 //!    (`status.backup`, `status.lastBackupTime`, the `BackupHealthy` condition), count it in
 //!    `tsdb_operator_backup_total{result}` and publish an event. A job its agent no longer knows (the agent
 //!    restarted) or whose pod is gone is a failure (`AgentLost`).
 //! 3. Otherwise `decide_backup` (schedule, one catch-up, jitter, suspend, the `backup-now` annotation); to run,
-//!    pick the first ready replica, `POST /backup` to its agent and record the job as running.
+//!    pick the first ready replica, `POST /backup` to its agent and record the job as running. Only pods whose
+//!    controller is the cluster's own StatefulSet (name and UID, the StatefulSet controlled by the cluster) are
+//!    ever sent the token, for starting and for following a job.
 //!
 //! # Guarantees
 //! - At most one backup per cluster is in flight: the running job is recorded in the status before anything
@@ -20,12 +24,15 @@
 //! - A cluster whose backup is disabled, or that is deleted, is never backed up again; a backup running when
 //!   backups were disabled is still followed and recorded.
 //! - The operator never reads bucket credentials: the agent reads them from its mounted Secret.
+//! - A rotated agent token is picked up without a restart: the token is cached, and when an agent refuses it
+//!   (401/403) the Secret is read again and the call retried once with the new token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, PostParams};
@@ -37,11 +44,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::json;
 use tsdb_operator_core::backup::decide::{DecideInput, Decision, decide_backup};
+use tsdb_operator_core::backup::follow::{FollowInput, JobAnswer, follow_job, implied_condition, start_failed};
 use tsdb_operator_core::backup::manifest::SourceCluster;
-use tsdb_operator_core::backup::protocol::{BackupDefaults, BackupRequest, FailureReason, TOKEN_KEY, resolve_store};
+use tsdb_operator_core::backup::protocol::{BackupDefaults, BackupRequest, TOKEN_KEY, resolve_store};
 use tsdb_operator_core::backup::retention::RetentionPolicy;
 use tsdb_operator_core::backup::status::{
-    Outcome, backup_condition, merge_backup_condition, status_finished, status_skipped, status_started,
+    Outcome, REASON_TOKEN_SECRET_NOT_OWNED, backup_condition, merge_backup_condition, status_finished, status_skipped,
+    status_started, token_secret_conflict_condition,
 };
 use tsdb_operator_core::backup::{backup_id, from_time};
 use tsdb_operator_core::build::backup::agent_token_secret;
@@ -77,9 +86,6 @@ impl Default for BackupConfig {
         }
     }
 }
-
-/// Polls of a running job that may fail in a row before it counts as lost.
-const MAX_POLL_FAILURES: u32 = 5;
 
 /// Labels of the per-cluster backup gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,6 +153,7 @@ impl BackupMetrics {
 /// What the scheduler remembers between ticks (only caches: the truth is in the status).
 #[derive(Default)]
 struct Memory {
+    /// The agent token of each cluster, as last read from its Secret; read again when an agent refuses it.
     tokens: BTreeMap<String, String>,
     poll_failures: BTreeMap<String, u32>,
 }
@@ -163,9 +170,23 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A Secret with the agent token Secret's name exists and is not owned by the cluster.
+    #[error(
+        "failed to prepare the agent token: Secret {name} exists and is not owned by PrometheusCluster {cluster}; \
+         rename or delete that Secret and the operator creates its own"
+    )]
+    TokenSecretNotOwned {
+        /// The Secret.
+        name: String,
+        /// The cluster.
+        cluster: String,
+    },
     /// Listing pods failed.
     #[error("failed to list the pods")]
     Pods(#[source] kube::Error),
+    /// Reading the cluster's StatefulSet failed.
+    #[error("failed to read the StatefulSet")]
+    StatefulSet(#[source] kube::Error),
     /// Writing the status failed.
     #[error("failed to write the backup status")]
     WriteStatus(#[source] kube::Error),
@@ -205,7 +226,7 @@ pub async fn run(
             }
             seen.insert((ns.clone(), name.clone()));
             if let Err(e) = pass(&ctx, &config, &metrics, &mut memory, &pc, &ns).await {
-                tracing::warn!(namespace = %ns, name = %name, error = %super::cluster::error_chain(&e), "backup pass failed");
+                tracing::warn!(namespace = %ns, name = %name, error = %crate::error_chain(&e), "backup pass failed");
             }
         }
         for (ns, name) in known.difference(&seen) {
@@ -219,59 +240,157 @@ pub async fn run(
     tracing::info!("backup scheduler stopped");
 }
 
-async fn token(ctx: &Context, memory: &mut Memory, pc: &PrometheusCluster, ns: &str) -> Result<String, Error> {
-    let key = format!("{ns}/{}", pc.name_any());
-    if let Some(t) = memory.tokens.get(&key) {
-        return Ok(t.clone());
-    }
+/// Reads the agent token from the Secret `<name>-agent-token`, creating the Secret (random token, owned by the
+/// cluster) when it does not exist or holds no token. A Secret of that name the cluster does not own is left
+/// alone: [`Error::TokenSecretNotOwned`], and the `BackupHealthy` condition says what to do.
+async fn read_token(ctx: &Context, pc: &PrometheusCluster, ns: &str) -> Result<String, Error> {
     let name = agent_token_secret(&pc.name_any());
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let err = |source| Error::Token { name: name.clone(), source };
     let existing = api.get_opt(&name).await.map_err(err)?;
-    #[allow(clippy::single_match_else)] // the None arm creates the Secret
-    let token = match existing
+    let replace = match token_action(existing.as_ref(), &pc.uid().unwrap_or_default()) {
+        TokenAction::Use(token) => return Ok(token),
+        TokenAction::Refuse => {
+            report_token_conflict(ctx, pc, &name).await;
+            return Err(Error::TokenSecretNotOwned { name, cluster: pc.name_any() });
+        }
+        TokenAction::Create => false,
+        TokenAction::Replace => true,
+    };
+    let token = crate::backup::store::hex(&rand::random::<[u8; 32]>());
+    let owner = pc.controller_owner_ref(&()).map(|mut o| {
+        o.controller = Some(false);
+        o
+    });
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            // A replace fails (and is retried at the next pass) if the Secret changed since it was read.
+            "resourceVersion": existing.as_ref().and_then(|s| s.metadata.resource_version.clone()),
+            "labels": {
+                labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+                labels::INSTANCE: pc.name_any(),
+            },
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
+        "type": "Opaque",
+        "stringData": { TOKEN_KEY: token },
+    }))
+    .unwrap_or_default();
+    if replace {
+        // Only ever a Secret this cluster owns (`token_action`).
+        api.replace(&name, &PostParams::default(), &secret).await.map_err(err)?;
+    } else {
+        // On 409 another writer made it first: read theirs (and check its owner) next time.
+        api.create(&PostParams::default(), &secret).await.map_err(err)?;
+    }
+    Ok(token)
+}
+
+/// Sets `BackupHealthy=False` (`TokenSecretNotOwned`) unless it already says so; a failed write is logged (the
+/// error returned to the pass names the Secret anyway).
+async fn report_token_conflict(ctx: &Context, pc: &PrometheusCluster, secret: &str) {
+    let present = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));
+    if present.is_some_and(|c| c.reason == REASON_TOKEN_SECRET_NOT_OWNED) {
+        return;
+    }
+    let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
+    let condition = token_conflict_condition(pc, secret);
+    if let Err(e) = write_status(ctx, pc, &previous, None, Some(condition)).await {
+        tracing::warn!(error = %crate::error_chain(&e), "failed to report the agent token Secret conflict");
+    }
+}
+
+/// The cluster's StatefulSet, whose pods alone may receive the agent token.
+async fn statefulset(ctx: &Context, ns: &str, name: &str) -> Result<Option<StatefulSet>, Error> {
+    Api::<StatefulSet>::namespaced(ctx.client.clone(), ns).get_opt(name).await.map_err(Error::StatefulSet)
+}
+
+/// What to do with the agent token Secret as found.
+#[derive(Debug, PartialEq, Eq)]
+enum TokenAction {
+    /// Use its token.
+    Use(String),
+    /// It does not exist: create it.
+    Create,
+    /// It is this cluster's but holds no token: replace it.
+    Replace,
+    /// It exists and is not this cluster's: leave it alone.
+    Refuse,
+}
+
+/// What to do with the agent token Secret as found. A Secret of that name that no ownerReference ties to this
+/// cluster (by UID) is someone else's: its `token` may be any credential (a ServiceAccount token Secret has that
+/// key too), so it is neither sent to a pod nor overwritten.
+fn token_action(existing: Option<&Secret>, cluster_uid: &str) -> TokenAction {
+    let Some(secret) = existing else { return TokenAction::Create };
+    let owned = !cluster_uid.is_empty() && secret.owner_references().iter().any(|o| o.uid == cluster_uid);
+    if !owned {
+        return TokenAction::Refuse;
+    }
+    let token = secret
+        .data
         .as_ref()
-        .and_then(|s| s.data.as_ref())
         .and_then(|d| d.get(TOKEN_KEY))
         .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
-        .filter(|t| !t.is_empty())
-    {
-        Some(t) => t,
-        None => {
-            let token = crate::backup::store::hex(&rand::random::<[u8; 32]>());
-            let owner = pc.controller_owner_ref(&()).map(|mut o| {
-                o.controller = Some(false);
-                o
-            });
-            let secret: Secret = serde_json::from_value(json!({
-                "metadata": {
-                    "name": name,
-                    "namespace": ns,
-                    "labels": {
-                        labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
-                        labels::INSTANCE: pc.name_any(),
-                    },
-                    "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
-                },
-                "type": "Opaque",
-                "stringData": { TOKEN_KEY: token },
-            }))
-            .unwrap_or_default();
-            if existing.is_some() {
-                api.replace(&name, &PostParams::default(), &secret).await.map_err(err)?;
-            } else {
-                match api.create(&PostParams::default(), &secret).await {
-                    Ok(_) => {}
-                    // Another writer made it first; read theirs next time.
-                    Err(kube::Error::Api(e)) if e.code == 409 => return Err(err(kube::Error::Api(e))),
-                    Err(e) => return Err(err(e)),
-                }
-            }
-            token
-        }
+        .filter(|t| !t.is_empty());
+    token.map_or(TokenAction::Replace, TokenAction::Use)
+}
+
+/// The pods the agent token may be sent to: those whose controller is the cluster's StatefulSet `sts`, by name
+/// and UID, when `sts` itself is controlled by the cluster. The label selector alone would also match any pod
+/// someone labelled like the cluster's.
+fn member_pods<'a>(pods: &'a [Pod], sts: Option<&StatefulSet>, cluster_uid: &str) -> Vec<&'a Pod> {
+    let Some(sts) = sts else { return Vec::new() };
+    let controlled_by = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+                         kind: &str,
+                         name: Option<&str>,
+                         uid: &str| {
+        !uid.is_empty()
+            && refs.iter().any(|o| {
+                o.controller == Some(true) && o.kind == kind && o.uid == uid && name.is_none_or(|n| o.name == n)
+            })
     };
-    memory.tokens.insert(key, token.clone());
-    Ok(token)
+    if !controlled_by(sts.owner_references(), PrometheusCluster::kind(&()).as_ref(), None, cluster_uid) {
+        return Vec::new();
+    }
+    let (sts_name, sts_uid) = (sts.name_any(), sts.uid().unwrap_or_default());
+    pods.iter().filter(|p| controlled_by(p.owner_references(), "StatefulSet", Some(&sts_name), &sts_uid)).collect()
+}
+
+/// Calls an agent with the cached token, or with one read from the Secret when none is cached; returns the token
+/// used and the agent's answer. When the agent refuses a cached token (401, 403: the Secret was rotated), the
+/// Secret is read again and the call retried once with the new token.
+///
+/// Plain closures returning futures rather than async closures: the scheduler's future must be `Send`.
+async fn call_with_token<T, R, RF, C, CF>(
+    cached: Option<String>,
+    read: R,
+    call: C,
+) -> Result<(String, Result<T, client::Error>), Error>
+where
+    R: Fn() -> RF,
+    RF: Future<Output = Result<String, Error>>,
+    C: Fn(String) -> CF,
+    CF: Future<Output = Result<T, client::Error>>,
+{
+    let Some(cached) = cached else {
+        let token = read().await?;
+        let answer = call(token.clone()).await;
+        return Ok((token, answer));
+    };
+    let answer = call(cached.clone()).await;
+    if !answer.as_ref().is_err_and(client::Error::is_refused) {
+        return Ok((cached, answer));
+    }
+    let token = read().await?;
+    if token == cached {
+        return Ok((cached, answer));
+    }
+    tracing::info!("the agent refused the cached token; retrying with the token read from the Secret again");
+    let answer = call(token.clone()).await;
+    Ok((token, answer))
 }
 
 fn pod_ip(pod: &Pod) -> Option<&str> {
@@ -297,7 +416,12 @@ async fn pass(
 ) -> Result<(), Error> {
     let name = pc.name_any();
     let key = format!("{ns}/{name}");
-    let token = token(ctx, memory, pc, ns).await?;
+    let uid = pc.uid().unwrap_or_default();
+    // The Secret exists before a backup is due, so the pods have it mounted by then.
+    if !memory.tokens.contains_key(&key) {
+        let token = read_token(ctx, pc, ns).await?;
+        memory.tokens.insert(key.clone(), token);
+    }
     let pods = crate::kube::children::observe_pods(&ctx.client, ns, &name).await.map_err(|e| match e {
         crate::kube::children::Error::ListPods(e) => Error::Pods(e),
         other => Error::Pods(kube::Error::Service(Box::new(other))),
@@ -305,55 +429,66 @@ async fn pass(
     let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
     let now = Utc::now();
     let present = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));
-    if let Some(implied) = implied_condition(pc, &previous)
-        && present.is_none_or(|c| c.status != implied.status || c.reason != implied.reason)
-    {
-        return write_status(ctx, pc, &previous, None, Some(implied)).await;
+    match implied_condition(present, &previous, pc.metadata.generation) {
+        Some(implied) if present.is_none_or(|c| c.status != implied.status || c.reason != implied.reason) => {
+            return write_status(ctx, pc, &previous, None, Some(implied)).await;
+        }
+        // The token Secret conflict is resolved and no backup finished yet: no condition to show.
+        None if present.is_some_and(|c| c.reason == REASON_TOKEN_SECRET_NOT_OWNED) => {
+            let none = Some(Vec::new());
+            return super::patch_owned_status(
+                ctx,
+                pc,
+                BACKUP_FIELD_MANAGER,
+                Vec::new(),
+                &[conditions::BACKUP_HEALTHY],
+                none,
+            )
+            .await
+            .map_err(Error::WriteStatus);
+        }
+        _ => {}
     }
 
     if let Some(running) = &previous.running {
-        let pod = pods.iter().find(|p| p.name_any() == running.pod);
-        let started = from_time(&running.start_time);
-        let outcome = match pod.and_then(pod_ip) {
-            None => Some(Outcome::Failed {
-                reason: FailureReason::AgentLost,
-                message: format!("pod {} that was taking the backup is gone", running.pod),
-            }),
-            Some(ip) => match client::job(&ctx.http, ip, ports::AGENT, &token, &running.id).await {
-                Ok(Some(job)) => {
-                    memory.poll_failures.remove(&key);
-                    match Outcome::of_job(&job) {
-                        Some(o) => Some(o),
-                        None if (now - started).to_std().unwrap_or_default() > config.max_duration => {
-                            Some(Outcome::Failed {
-                                reason: FailureReason::AgentLost,
-                                message: format!("the backup ran longer than {:?}; given up", config.max_duration),
-                            })
-                        }
-                        None => None,
-                    }
-                }
-                Ok(None) => Some(Outcome::Failed {
-                    reason: FailureReason::AgentLost,
-                    message: format!(
-                        "the agent of {} no longer knows backup {} (it restarted); no manifest was written by this run",
-                        running.pod, running.id
-                    ),
-                }),
-                Err(e) => {
-                    let failures = memory.poll_failures.entry(key.clone()).or_default();
-                    *failures += 1;
-                    tracing::debug!(%key, error = %e, failures = *failures, "cannot read the backup job");
-                    (*failures >= MAX_POLL_FAILURES).then(|| Outcome::Failed {
-                        reason: FailureReason::AgentLost,
-                        message: format!("the agent of {} cannot be reached: {e}", running.pod),
-                    })
-                }
-            },
+        let sts = statefulset(ctx, ns, &name).await?;
+        let members = member_pods(&pods, sts.as_ref(), &uid);
+        let pod = members.into_iter().find(|p| p.name_any() == running.pod);
+        let polled = match pod.and_then(pod_ip) {
+            None => None,
+            Some(ip) => {
+                let call =
+                    |token: String| async move { client::job(&ctx.http, ip, ports::AGENT, &token, &running.id).await };
+                let cached = memory.tokens.get(&key).cloned();
+                Some(remember(memory, &key, call_with_token(cached, || read_token(ctx, pc, ns), call).await)?)
+            }
         };
-        if let Some(outcome) = outcome {
+        let answer = match &polled {
+            None => JobAnswer::PodGone,
+            Some(Ok(Some(job))) => JobAnswer::Job(job),
+            Some(Ok(None)) => JobAnswer::Unknown,
+            Some(Err(e)) => JobAnswer::Unreachable { error: e.to_string() },
+        };
+        let decision = follow_job(&FollowInput {
+            running,
+            cluster: &name,
+            answer,
+            poll_failures: memory.poll_failures.get(&key).copied().unwrap_or_default(),
+            now,
+            max_duration: config.max_duration,
+        });
+        if decision.poll_failures > 0 {
+            tracing::debug!(%key, failures = decision.poll_failures, "cannot read the backup job");
+            memory.poll_failures.insert(key.clone(), decision.poll_failures);
+        } else {
             memory.poll_failures.remove(&key);
-            finish(ctx, metrics, pc, ns, &previous, &running.id, started, &outcome).await?;
+        }
+        let (reference, actor) = (pc.object_ref(&()), ctx.events.operator_actor());
+        for event in decision.events {
+            ctx.events.publish(&reference, actor.clone(), event);
+        }
+        if let Some(outcome) = decision.outcome {
+            finish(ctx, metrics, pc, ns, &previous, &running.id, from_time(&running.start_time), &outcome).await?;
         }
         return Ok(());
     }
@@ -367,7 +502,6 @@ async fn pass(
     let anchor = previous.last_schedule_time.as_ref().map_or(created, from_time);
     let max_jitter =
         spec.jitter.as_deref().and_then(|j| tsdb_operator_core::duration::parse(j).ok()).unwrap_or_default();
-    let uid = pc.uid().unwrap_or_default();
     let requested = pc.annotations().get(annotations::BACKUP_NOW).map(String::as_str);
     let decision = decide_backup(&DecideInput {
         now,
@@ -389,10 +523,12 @@ async fn pass(
         }
         Decision::Run(trigger) => trigger,
     };
-    let mut ready: Vec<&Pod> = pods.iter().filter(|p| is_ready(p)).collect();
+    // The token goes only to a pod of the cluster's own StatefulSet, never to any pod that carries its labels.
+    let sts = statefulset(ctx, ns, &name).await?;
+    let mut ready: Vec<&Pod> = member_pods(&pods, sts.as_ref(), &uid).into_iter().filter(|p| is_ready(p)).collect();
     ready.sort_by_key(|p| p.name_any());
     let Some(pod) = ready.first() else {
-        tracing::debug!(%key, "a backup is due but no replica is ready; waiting");
+        tracing::debug!(%key, "a backup is due but no replica of the cluster's StatefulSet is ready; waiting");
         return Ok(());
     };
     let id = backup_id(now);
@@ -408,7 +544,11 @@ async fn pass(
     let ip = pod_ip(pod).unwrap_or_default();
     let reference = pc.object_ref(&());
     let actor = ctx.events.operator_actor();
-    match client::start_backup(&ctx.http, ip, ports::AGENT, &token, &request).await {
+    let request = &request;
+    let call = |token: String| async move { client::start_backup(&ctx.http, ip, ports::AGENT, &token, request).await };
+    let cached = memory.tokens.get(&key).cloned();
+    let answer = remember(memory, &key, call_with_token(cached, || read_token(ctx, pc, ns), call).await)?;
+    match answer {
         Ok(started) => {
             // 409: the agent is busy with a job this operator did not record (it restarted): follow that one.
             let job_id = started.map_or_else(|running| running.id, |job| job.id);
@@ -422,16 +562,31 @@ async fn pass(
             );
         }
         Err(e) => {
-            let reason = match &e {
-                client::Error::Status { code: 401 | 403 | 503, .. } => FailureReason::Rejected,
-                _ => FailureReason::AgentLost,
+            let code = match &e {
+                client::Error::Status { code, .. } => Some(*code),
+                client::Error::Unreachable { .. } => None,
             };
-            let outcome = Outcome::Failed { reason, message: e.to_string() };
+            let outcome = start_failed(code, e.to_string());
             let status = status_started(&previous, &id, &pod.name_any(), &trigger, now);
             finish(ctx, metrics, pc, ns, &status, &id, now, &outcome).await?;
         }
     }
     Ok(())
+}
+
+/// Caches the token an agent call used (the one read again after a refusal, if any); forgets the cached token
+/// when reading the Secret failed, so that the next pass reads it (and reports a conflict) before anything else.
+fn remember<T>(memory: &mut Memory, key: &str, result: Result<(String, T), Error>) -> Result<T, Error> {
+    match result {
+        Ok((token, answer)) => {
+            memory.tokens.insert(key.to_owned(), token);
+            Ok(answer)
+        }
+        Err(e) => {
+            memory.tokens.remove(key);
+            Err(e)
+        }
+    }
 }
 
 fn retention_policy(pc: &PrometheusCluster, config: &BackupConfig) -> RetentionPolicy {
@@ -444,6 +599,8 @@ fn retention_policy(pc: &PrometheusCluster, config: &BackupConfig) -> RetentionP
             .and_then(|a| tsdb_operator_core::duration::parse(a).ok())
             .map(|d| d.as_secs()),
         grace_seconds: config.gc_grace.as_secs(),
+        // Retention prunes only this cluster's backups: not those of an earlier cluster of the same name.
+        cluster_uid: pc.uid().unwrap_or_default(),
     }
 }
 
@@ -535,39 +692,130 @@ async fn write_status(
     .map_err(Error::WriteStatus)
 }
 
-/// The `BackupHealthy` condition that `status.backup` implies (the last outcome), if any backup finished.
-fn implied_condition(pc: &PrometheusCluster, b: &BackupStatus) -> Option<Condition> {
-    let ok = b.last_successful_backup_time.as_ref().map(from_time);
-    let failed = b.last_failed_backup_time.as_ref().map(from_time);
-    let outcome = match (ok, failed) {
-        (None, None) => return None,
-        (Some(o), Some(f)) if f > o => failed_outcome(b),
-        (None, Some(_)) => failed_outcome(b),
-        _ => Outcome::Succeeded {
-            id: b.last_backup_id.clone().unwrap_or_default(),
-            total_bytes: b.last_backup_bytes.and_then(|v| u64::try_from(v).ok()).unwrap_or_default(),
-            uploaded_bytes: b.last_backup_uploaded_bytes.and_then(|v| u64::try_from(v).ok()).unwrap_or_default(),
-        },
-    };
-    let when = ok.max(failed).unwrap_or_default();
-    let old = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));
-    Some(merge_backup_condition(old, backup_condition(&outcome, pc.metadata.generation, when)))
+/// The `BackupHealthy` condition while the agent token Secret's name is taken by a Secret the cluster does not own.
+fn token_conflict_condition(pc: &PrometheusCluster, secret: &str) -> Condition {
+    token_secret_conflict_condition(secret, &pc.name_any(), pc.metadata.generation, Utc::now())
 }
 
-fn failed_outcome(b: &BackupStatus) -> Outcome {
-    let error = b.last_backup_error.clone().unwrap_or_default();
-    let (reason, message) = error.split_once(": ").unwrap_or(("StorageFailed", error.as_str()));
-    let reason = [
-        FailureReason::SnapshotFailed,
-        FailureReason::StorageFailed,
-        FailureReason::ReadFailed,
-        FailureReason::RetentionFailed,
-        FailureReason::AgentLost,
-        FailureReason::OperatorRestarted,
-        FailureReason::Rejected,
-    ]
-    .into_iter()
-    .find(|r| r.as_str() == reason)
-    .unwrap_or(FailureReason::StorageFailed);
-    Outcome::Failed { reason, message: message.to_owned() }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsdb_operator_core::crd::PrometheusClusterSpec;
+
+    fn cluster(uid: &str) -> PrometheusCluster {
+        let mut pc = PrometheusCluster::new("demo", PrometheusClusterSpec::default());
+        pc.metadata.namespace = Some("ns".to_owned());
+        pc.metadata.uid = Some(uid.to_owned());
+        pc
+    }
+
+    fn secret(owner_uid: Option<&str>, token: Option<&str>) -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "demo-agent-token",
+                "ownerReferences": owner_uid.map(|uid| vec![json!({
+                    "apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusCluster", "name": "demo",
+                    "uid": uid, "controller": false
+                })]),
+            },
+            "data": token.map(|t| json!({ TOKEN_KEY: k8s_openapi::ByteString(t.as_bytes().to_vec()) })),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_secret_this_cluster_does_not_own_is_never_used_or_replaced() {
+        assert_eq!(token_action(None, "uid-1"), TokenAction::Create);
+        assert_eq!(token_action(Some(&secret(Some("uid-1"), Some("t0k"))), "uid-1"), TokenAction::Use("t0k".into()));
+        assert_eq!(token_action(Some(&secret(Some("uid-1"), None)), "uid-1"), TokenAction::Replace);
+        for foreign in [secret(None, None), secret(None, Some("t0k")), secret(Some("uid-of-another"), None)] {
+            assert_eq!(token_action(Some(&foreign), "uid-1"), TokenAction::Refuse, "{foreign:?}");
+        }
+        let condition = token_conflict_condition(&cluster("uid-1"), "demo-agent-token");
+        assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", REASON_TOKEN_SECRET_NOT_OWNED));
+        assert!(condition.message.contains("Secret demo-agent-token"), "{}", condition.message);
+    }
+
+    fn pod(name: &str, owner: Option<(&str, &str, bool)>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name,
+                "ownerReferences": owner.map(|(name, uid, controller)| vec![json!({
+                    "apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": uid, "controller": controller
+                })]),
+            },
+        }))
+        .unwrap()
+    }
+
+    fn statefulset(owner_uid: &str) -> StatefulSet {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "demo", "uid": "sts-uid",
+                "ownerReferences": [{
+                    "apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusCluster", "name": "demo",
+                    "uid": owner_uid, "controller": true
+                }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_token_goes_only_to_pods_of_the_clusters_own_statefulset() {
+        let pods = [
+            pod("demo-0", Some(("demo", "sts-uid", true))),
+            pod("demo-1", None),
+            pod("demo-2", Some(("demo", "uid-of-an-older-statefulset", true))),
+            pod("demo-3", Some(("other", "sts-uid", true))),
+            pod("demo-4", Some(("demo", "sts-uid", false))),
+        ];
+        let names = |v: Vec<&Pod>| v.into_iter().map(ResourceExt::name_any).collect::<Vec<_>>();
+        assert_eq!(names(member_pods(&pods, Some(&statefulset("uid-1")), "uid-1")), ["demo-0"]);
+        assert!(member_pods(&pods, Some(&statefulset("uid-of-another")), "uid-1").is_empty());
+        assert!(member_pods(&pods, None, "uid-1").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_read_again_from_the_secret_and_retried_once() {
+        let reads = std::sync::atomic::AtomicU32::new(0);
+        let calls = std::sync::Mutex::new(Vec::new());
+        let read = || async {
+            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok("rotated".to_owned())
+        };
+        let call = |token: String| {
+            calls.lock().unwrap().push(token.clone());
+            async move {
+                if token == "rotated" {
+                    Ok("started")
+                } else {
+                    Err(client::Error::Status { url: "http://pod/backup".into(), code: 401, body: String::new() })
+                }
+            }
+        };
+        let (token, answer) = call_with_token(Some("stale".into()), read, call).await.unwrap();
+        assert_eq!((token.as_str(), answer.unwrap()), ("rotated", "started"));
+        assert_eq!(*calls.lock().unwrap(), ["stale", "rotated"]);
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        // A token read just now and refused is not read again; other errors are not retried.
+        calls.lock().unwrap().clear();
+        let (_, answer) = call_with_token(None, || async { Ok("wrong".to_owned()) }, call).await.unwrap();
+        assert!(answer.is_err());
+        assert_eq!(*calls.lock().unwrap(), ["wrong"]);
+        let unreachable = |_: String| async {
+            Err::<(), _>(client::Error::Status { url: "http://pod/backup".into(), code: 500, body: String::new() })
+        };
+        let (token, answer) = call_with_token(Some("stale".into()), read, unreachable).await.unwrap();
+        assert_eq!(token, "stale");
+        assert!(answer.is_err());
+    }
+
+    #[test]
+    fn retention_prunes_only_the_backups_of_this_cluster_uid() {
+        let policy = retention_policy(&cluster("uid-1"), &BackupConfig::default());
+        assert_eq!(policy.cluster_uid, "uid-1");
+        assert_eq!(policy.grace_seconds, 3600);
+    }
 }

@@ -1,16 +1,19 @@
 //! The `prometheuscluster` controller. I/O: the Kubernetes API.
 //!
 //! # Flow (one reconcile)
-//! 1. The finalizer `observability.merlionos.org/finalizer` is added right after the children are applied (it only
-//!    guards the operator's own cleanup; children go by garbage collection); on deletion, [`cleanup`] runs.
-//! 2. `validate`: an invalid spec that the API server admitted gets phase `Failed` with the field errors in the
-//!    `Degraded` condition; nothing is changed.
-//! 3. `observe`: the children by name, the referenced Secrets by name, the pods by label.
-//! 4. `paused`: status only, with the `Paused` condition.
-//! 5. `build` and `plan` in the core; each step is executed with server-side apply (one field manager).
-//! 6. `status`: written through the status subresource, only when it changed: a JSON patch of this controller's
-//!    fields and condition types, guarded by the resourceVersion (a write that lost to another writer is retried
-//!    at once, see [`Error::Stale`]).
+//! 1. `observe`: the objects with the children's names (owned or not), the Secrets the spec refers to
+//!    ([`decide::secrets_to_read`]), the pods and data volume claims by label, the claims' StorageClass, and the
+//!    agents' reload reports, all at once.
+//! 2. `decide`: one call of [`decide::decide_cluster`] in the core (validate, ownership, pause, build, plan,
+//!    status, events, next check).
+//! 3. `carry out`: the decision's stages with server-side apply (one field manager), a stage's steps at once; the
+//!    legacy finalizer `observability.merlionos.org/finalizer` (v1.0.0 added it) removed where found; the status
+//!    written through the status subresource only when it changed, as a JSON patch of this controller's fields
+//!    and condition types guarded by the resourceVersion (a write that lost to another writer is retried at once,
+//!    see [`Error::Stale`]); then the events.
+//!
+//! Deletion: no finalizer holds it up; children go by garbage collection, and the operator's own cleanup (metric
+//! series, an event) runs on the watch's delete event.
 //!
 //! # Guarantees
 //! - Idle clusters cost reads only: no write happens unless the plan or the status changed.
@@ -24,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -33,13 +36,14 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels, ports, reasons};
 use tsdb_operator_core::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
+use tsdb_operator_core::decide::{self, ClusterDecision, ClusterObservation, Next};
 use tsdb_operator_core::events::Action as Did;
-use tsdb_operator_core::plan::{ApplyReason, ChildKey, Step, plan_objects};
-use tsdb_operator_core::status::{Problem, StatusInput, build_status};
-use tsdb_operator_core::{build, secrets, validate};
+use tsdb_operator_core::status::{self, Problem};
+use tsdb_operator_core::storage;
 
 use super::{Context, now, strip_managed_fields};
-use crate::kube::children;
+use crate::error_chain;
+use crate::kube::{children, decode};
 
 /// Name of the controller (seed).
 pub const CONTROLLER: &str = "prometheuscluster";
@@ -65,9 +69,6 @@ pub enum Error {
     /// Writing the status failed.
     #[error("failed to write the status")]
     WriteStatus(#[source] kube::Error),
-    /// Adding the finalizer failed.
-    #[error("failed to add the finalizer")]
-    AddFinalizer(#[source] kube::Error),
     /// Removing the finalizer failed.
     #[error("failed to remove the finalizer")]
     RemoveFinalizer(#[source] kube::Error),
@@ -85,7 +86,6 @@ impl Error {
             Error::Children(e) => e.category(),
             Error::ReadSecret { .. } => "ReadSecret",
             Error::WriteStatus(_) => "WriteStatus",
-            Error::AddFinalizer(_) => "AddFinalizer",
             Error::RemoveFinalizer(_) => "RemoveFinalizer",
             Error::Stale => "Conflict",
         }
@@ -105,12 +105,34 @@ pub async fn run(
 ) {
     let owned = super::watch_config().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
     let store = writer.as_reader();
-    let clusters = watcher(ctx.api::<PrometheusCluster>(), super::watch_config()).modify(strip_managed_fields);
+    // Decoded one object at a time: an object the operator cannot read is reported in its own status and never
+    // stops the others (a typed watch fails whole LIST pages).
+    let (unreadable_tx, unreadable_rx) = tokio::sync::mpsc::unbounded_channel();
+    let on_delete = ctx.clone();
+    let clusters = watcher(cluster_objects(&ctx), super::watch_config())
+        .filter_map(move |event| {
+            let tx = unreadable_tx.clone();
+            std::future::ready(match event {
+                Ok(event) => decode::decode_event(event, &mut |bad| {
+                    let _ = tx.send(bad);
+                })
+                .map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        })
+        .inspect(move |event| {
+            // The object is gone: the operator's own cleanup, with no finalizer holding the deletion up.
+            if let Ok(watcher::Event::Delete(pc)) = event {
+                cleanup(pc, &on_delete);
+            }
+        })
+        .modify(strip_managed_fields);
     let clusters = reflector::reflector(writer, clusters).applied_objects();
+    let reporter = report_unreadable(ctx.clone(), unreadable_rx);
     // Each watch backs off and recovers on its own; errors are logged here and never reach the controller, which
     // would pause all its watches together after an error of any of them (after an API-server restart every watch
     // must relist once, and those pauses added up to 10 s).
-    Controller::for_stream(recovering(clusters), store)
+    let controller = Controller::for_stream(recovering(clusters), store)
         .owns_stream(recovering(owned_metadata::<StatefulSet>(&ctx, &owned)))
         .owns_stream(recovering(owned_metadata::<Service>(&ctx, &owned)))
         .owns_stream(recovering(owned_metadata::<ConfigMap>(&ctx, &owned)))
@@ -121,8 +143,52 @@ pub async fn run(
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile failed");
             }
-        })
-        .await;
+        });
+    // The reporter ends when the watch (and with it the sender) is dropped.
+    tokio::join!(controller, reporter);
+}
+
+/// PrometheusClusters as dynamic objects, in the watched namespace or all namespaces.
+fn cluster_objects(ctx: &Context) -> Api<DynamicObject> {
+    let ar = ApiResource::erase::<PrometheusCluster>(&());
+    match &ctx.namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
+        None => Api::all_with(ctx.client.clone(), &ar),
+    }
+}
+
+/// Says in the status of each object the operator cannot read why, once per change (the status write is skipped
+/// when the status already says so), and lets such an object be deleted: its finalizer is removed as for any other.
+async fn report_unreadable(
+    ctx: Arc<Context>,
+    mut unreadable: tokio::sync::mpsc::UnboundedReceiver<decode::Unreadable>,
+) {
+    while let Some(bad) = unreadable.recv().await {
+        let pc = &bad.object;
+        let (ns, name) = (pc.namespace().unwrap_or_default(), pc.name_any());
+        let result = if pc.metadata.deletion_timestamp.is_some() {
+            finalize(&Api::namespaced(ctx.client.clone(), &ns), pc).await.map(|_| ())
+        } else {
+            let decision = decide::decide_unreadable(pc, bad.message(), now());
+            if decision.status_changed {
+                tracing::warn!(
+                    namespace = ns,
+                    name,
+                    field = bad.field,
+                    reason = bad.reason,
+                    "cannot read the PrometheusCluster; reported in its status"
+                );
+            }
+            let api = Api::namespaced(ctx.client.clone(), &ns);
+            carry_out(&ctx, &api, pc, &decision, &ClusterObservation::of(pc, &BTreeMap::new()))
+                .await
+                .map(|()| ctx.metrics.set_phase(&ns, &name, decision.phase()))
+        };
+        if let Err(e) = result {
+            // The object's next watch event (or the relist after an outage) brings it back.
+            tracing::warn!(namespace = ns, name, error = %error_chain(&e), "failed to report an unreadable PrometheusCluster");
+        }
+    }
 }
 
 /// Changes to the metadata of owned objects of kind `K` (metadata-only watch).
@@ -168,35 +234,54 @@ pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<
     let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<PrometheusCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let result = if pc.metadata.deletion_timestamp.is_some() {
-        finalize(&api, &pc, &ctx).await
+        finalize(&api, &pc).await
     } else {
-        apply(&pc, &ctx, &api).await
+        Box::pin(apply(&pc, &ctx, &api)).await
     };
     ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::category));
     if result.is_ok() {
         ctx.backoff.success(&key);
     }
+    if let Err(e) = &result
+        && pc.metadata.deletion_timestamp.is_none()
+        && !matches!(e, Error::Stale | Error::WriteStatus(_) | Error::MissingNamespace)
+    {
+        report_failure(&ctx, &pc, e).await;
+    }
     result
 }
 
-/// Adds the finalizer to a live object, after the children were applied, instead of in a reconcile of its own
-/// (kube's `finalizer` helper would add it and wait for the watch event of its own patch, one round trip later).
-/// A JSON patch that first tests the finalizer list it was computed from: a finalizer another controller added
-/// meanwhile makes it fail (and the reconcile is retried), while status writes by self-healing or backups do not.
-/// Returns the object as the server holds it after the patch (its resourceVersion guards the status write that
-/// follows), or `None` when the finalizer was already there.
-async fn ensure_finalizer(
+/// Says in the status that the reconcile failed and why (a read refused by RBAC names the resource and verb), so
+/// the status never goes on saying the cluster matches its spec. Best effort: the reconcile is retried anyway.
+async fn report_failure(ctx: &Context, pc: &PrometheusCluster, error: &Error) {
+    let status = status::build_failure_status(pc.status.as_ref(), pc.metadata.generation, &error_chain(error), now());
+    match write_status(ctx, pc, &status).await {
+        Ok(_) => {
+            let phase = status.phase.unwrap_or(Phase::Degraded);
+            ctx.metrics.set_phase(&pc.namespace().unwrap_or_default(), &pc.name_any(), phase);
+        }
+        Err(e) => tracing::debug!(error = %error_chain(&e), "failed to report the failed reconcile in the status"),
+    }
+}
+
+/// Removes the finalizer `observability.merlionos.org/finalizer` from a live object that carries it (set by
+/// v1.0.0 or by earlier versions of this operator). The operator no longer adds it: it guarded only the operator's
+/// own cleanup (metric series, an event), which now runs on the watch's delete event, while it blocked the deletion
+/// of the object, and of its namespace, for as long as the operator was down or uninstalled. The JSON patch tests
+/// the finalizer list first, so a finalizer another controller added meanwhile is never dropped. Returns the object
+/// as the server holds it after the patch (its resourceVersion guards the status write that follows), or `None`
+/// when there was nothing to remove.
+async fn drop_legacy_finalizer(
     api: &Api<PrometheusCluster>,
     pc: &PrometheusCluster,
 ) -> Result<Option<PrometheusCluster>, Error> {
-    if pc.finalizers().iter().any(|f| f == FINALIZER) {
+    if !pc.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(None);
     }
-    let mut finalizers = pc.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_owned());
+    let rest: Vec<String> = pc.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     let patch =
-        finalizer_patch(pc.finalizers(), &finalizers).map_err(|e| Error::AddFinalizer(kube::Error::SerdeError(e)))?;
-    let updated = api.patch(&pc.name_any(), &PatchParams::default(), &patch).await.map_err(Error::AddFinalizer)?;
+        finalizer_patch(pc.finalizers(), &rest).map_err(|e| Error::RemoveFinalizer(kube::Error::SerdeError(e)))?;
+    let updated = api.patch(&pc.name_any(), &PatchParams::default(), &patch).await.map_err(Error::RemoveFinalizer)?;
     Ok(Some(updated))
 }
 
@@ -214,20 +299,13 @@ fn finalizer_patch(current: &[String], new: &[String]) -> Result<Patch<()>, serd
     Ok(Patch::Json(serde_json::from_value(ops)?))
 }
 
-/// Deletion: run [`cleanup`] and remove the finalizer (idempotent; nothing to do when it is already gone).
-/// The removal tests the finalizer list first, so it never drops a finalizer another controller added meanwhile.
-async fn finalize(api: &Api<PrometheusCluster>, pc: &PrometheusCluster, ctx: &Context) -> Result<Action, Error> {
-    if !pc.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Action::await_change());
-    }
-    cleanup(pc, ctx);
-    let rest: Vec<String> = pc.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    let patch =
-        finalizer_patch(pc.finalizers(), &rest).map_err(|e| Error::RemoveFinalizer(kube::Error::SerdeError(e)))?;
-    match api.patch(&pc.name_any(), &PatchParams::default(), &patch).await {
+/// Deletion: removes the legacy finalizer if the object still carries one (idempotent); the cleanup runs when the
+/// object is gone ([`cleanup`], on the watch's delete event).
+async fn finalize(api: &Api<PrometheusCluster>, pc: &PrometheusCluster) -> Result<Action, Error> {
+    match drop_legacy_finalizer(api, pc).await {
         Ok(_) => Ok(Action::await_change()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
-        Err(e) => Err(Error::RemoveFinalizer(e)),
+        Err(Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => Ok(Action::await_change()),
+        Err(e) => Err(e),
     }
 }
 
@@ -249,233 +327,97 @@ pub fn error_policy(pc: Arc<PrometheusCluster>, error: &Error, ctx: Arc<Context>
     Action::requeue(delay)
 }
 
-/// Renders an error with its sources, for logs and conditions.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
+/// Observes the cluster, asks the core once ([`decide::decide_cluster`]) and carries the decision out.
 async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluster>) -> Result<Action, Error> {
     let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
     let name = pc.name_any();
-    let uid = pc.uid().unwrap_or_default();
+
+    // observe: the reads are independent and sent at once.
+    let pdb_version = ctx.settings.pdb_api.api_version();
+    let secret_names = decide::secrets_to_read(pc);
+    let (children, secrets, pods, claims) = tokio::join!(
+        children::observe_children(&ctx.client, &ns, &name, pdb_version),
+        observe_secrets(ctx, &ns, &secret_names),
+        children::observe_pods(&ctx.client, &ns, &name),
+        children::observe_claims(&ctx.client, &ns, &name),
+    );
+    let (children, secrets, pods, claims) = (children?, secrets?, pods?, claims?);
+    let class = storage::class_to_check(&pc.spec.storage, &claims);
+    let (class_allows_expansion, agent_problems) = tokio::join!(
+        async {
+            match &class {
+                Some(class) => children::observe_class_expansion(&ctx.client, class).await,
+                None => Ok(None),
+            }
+        },
+        observe_reload_problems(ctx, &pods),
+    );
+    let observation = ClusterObservation {
+        cluster: pc,
+        children: &children,
+        pods: &pods,
+        claims: &claims,
+        class_allows_expansion: class_allows_expansion?,
+        secrets: Some(&secrets),
+        agent_problems: &agent_problems,
+    };
+
+    // decide
+    let decision = decide::decide_cluster(&observation, &ctx.settings, now());
+
+    // carry out
+    carry_out(ctx, api, pc, &decision, &observation).await?;
+    ctx.metrics.set_phase(&ns, &name, decision.phase());
+    Ok(match decision.next {
+        Next::AwaitChange => Action::await_change(),
+        Next::After(delay) => Action::requeue(delay),
+    })
+}
+
+/// Carries out a decision: the stages in order (a stage's steps at once, its events after they succeeded), the
+/// legacy finalizer, the status, then the decision's events.
+async fn carry_out(
+    ctx: &Context,
+    api: &Api<PrometheusCluster>,
+    pc: &PrometheusCluster,
+    decision: &ClusterDecision,
+    observation: &ClusterObservation<'_>,
+) -> Result<(), Error> {
+    let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
     let reference = pc.object_ref(&());
     let actor = ctx.events.operator_actor();
-
-    // validate
-    if let Err(errors) = validate::validate_cluster(&pc.spec) {
-        let updated = ensure_finalizer(api, pc).await?;
-        let pc = updated.as_ref().unwrap_or(pc);
-        let message = errors.to_string();
-        let status = compute_status(pc, None, &[], Some(message.clone()), &[]);
-        if write_status(ctx, pc, &status).await? {
-            ctx.events.publish(&reference, actor, Did::Rejected { reason: message });
-        }
-        return Ok(Action::await_change());
-    }
-
-    // observe
-    let pdb_version = ctx.settings.pdb_api.api_version();
-    // The reads are independent: children, referenced Secrets and pods are read at once.
-    let (observed, secret_problems, pods) = tokio::join!(
-        children::observe_children(&ctx.client, &ns, &name, &uid, pdb_version),
-        observe_secret_problems(ctx, &ns, pc),
-        children::observe_pods(&ctx.client, &ns, &name),
-    );
-    let observed = match observed {
-        Ok(o) => o,
-        Err(e @ children::Error::NotOwned { .. }) => {
-            let problem = Problem { reason: "NameConflict".into(), message: e.to_string() };
-            let status = compute_status(pc, None, &[], None, &[problem]);
-            write_status(ctx, pc, &status).await?;
-            return Ok(Action::requeue(Duration::from_mins(1)));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut problems = secret_problems?;
-    let pods = pods?;
-    let sts: Option<StatefulSet> = observed
-        .iter()
-        .find(|(k, _)| k.kind == "StatefulSet")
-        .and_then(|(_, v)| serde_json::from_value(v.clone()).ok());
-
-    if pc.spec.paused {
-        let updated = ensure_finalizer(api, pc).await?;
-        let pc = updated.as_ref().unwrap_or(pc);
-        problems.extend(observe_reload_problems(ctx, &pods).await);
-        let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
-        let was_paused = pc
-            .status
-            .as_ref()
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == conditions::PAUSED && c.status == "True"));
-        write_status(ctx, pc, &status).await?;
-        if !was_paused {
-            ctx.events.publish(&reference, actor, Did::Paused);
-        }
-        ctx.metrics.set_phase(&ns, &name, status.phase.unwrap_or(Phase::Provisioning));
-        return Ok(Action::await_change());
-    }
-
-    // build + plan
-    // Hashed and compared as typed objects; only the objects to apply become JSON.
-    let plan = match build::build(pc, &ctx.settings).and_then(|d| plan_objects(&d, &ctx.settings, &observed)) {
-        Ok(plan) => plan,
-        Err(e) => {
-            let message = format!("{e}");
-            let status = compute_status(pc, sts.as_ref(), &pods, Some(message.clone()), &[]);
-            if write_status(ctx, pc, &status).await? {
-                ctx.events.publish(&reference, actor, Did::Rejected { reason: message });
+    for stage in &decision.stages {
+        let done = futures::future::try_join_all(
+            stage.steps.iter().map(|step| children::execute_step(&ctx.client, &ns, step)),
+        )
+        .await;
+        if let Err(e) = done {
+            // Say so in the status before retrying: it must never keep saying the cluster matches the spec.
+            let status = decision.status_after_failure(observation, &error_chain(&e));
+            if let Err(write) = write_status(ctx, pc, &status).await {
+                tracing::debug!(error = %error_chain(&write), "failed to report the failed apply in the status");
             }
-            return Ok(Action::await_change());
+            return Err(e.into());
         }
-    };
-
-    // apply: independent children at once, in dependency stages (configuration and Service, then the
-    // StatefulSet and its budget, then deletions), so the pods never start before their ConfigMap exists.
-    for stage in stages(&plan.steps) {
-        futures::future::try_join_all(stage.iter().map(|step| children::execute_step(&ctx.client, &ns, step))).await?;
-        for step in stage {
-            for action in describe_step(step, sts.as_ref()) {
-                ctx.events.publish(&reference, actor.clone(), action);
-            }
+        for event in &stage.events {
+            ctx.events.publish(&reference, actor.clone(), event.clone());
         }
     }
-    // The finalizer only guards the operator's own cleanup (metric series, an event); children are garbage
-    // collected through their ownerReferences whether it is there or not. Adding it after the children keeps it
-    // off the path from a new cluster to its objects.
-    let updated = ensure_finalizer(api, pc).await?;
+    // Children are garbage collected through their ownerReferences; no finalizer holds up a deletion.
+    let updated = if decision.remove_legacy_finalizer { drop_legacy_finalizer(api, pc).await? } else { None };
     let pc = updated.as_ref().unwrap_or(pc);
-
-    // status
-    let sts = if plan.steps.iter().any(|s| s.key().kind == "StatefulSet") {
-        // Read back what the server now holds, so the phase reflects the change (Scaling, rolling).
-        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.get_opt(&name).await.map_err(|e| {
-            Error::Children(children::Error::Read { kind: "StatefulSet".into(), name: name.clone(), source: e })
-        })?
-    } else {
-        sts
-    };
-    // After the apply: the agents' answers only matter for the status.
-    problems.extend(observe_reload_problems(ctx, &pods).await);
-    problems.sort_by(|a, b| a.message.cmp(&b.message));
-    let status = compute_status(pc, sts.as_ref(), &pods, None, &problems);
-    let old_phase = pc.status.as_ref().and_then(|s| s.phase);
-    write_status(ctx, pc, &status).await?;
-    if old_phase != status.phase
-        && let Some(new) = status.phase
-    {
-        let from = old_phase.map(|p| p.as_str().to_owned()).unwrap_or_default();
-        ctx.events.publish(&reference, actor, Did::PhaseChanged { from, to: new.as_str().to_owned() });
+    if decision.status_changed {
+        write_status(ctx, pc, &decision.status).await?;
     }
-    let phase = status.phase.unwrap_or(Phase::Provisioning);
-    ctx.metrics.set_phase(&ns, &name, phase);
-    let pods_running = pods.iter().any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
-    Ok(next_check(phase, &plan, &observed, pods_running, !problems.is_empty()))
-}
-
-/// Groups consecutive steps that may run at once: ConfigMaps, Secrets and Services; then StatefulSets and
-/// PodDisruptionBudgets; then deletions. The plan is already in that order.
-fn stages(steps: &[Step]) -> Vec<&[Step]> {
-    let stage_of = |s: &Step| match s {
-        Step::Delete { .. } => 2,
-        Step::Apply { key, .. } if matches!(key.kind.as_str(), "ConfigMap" | "Secret" | "Service") => 0,
-        Step::Apply { .. } => 1,
-    };
-    steps.chunk_by(|a, b| stage_of(a) == stage_of(b)).collect()
-}
-
-/// When to look again, beyond the watch events (the cluster, its StatefulSet, Service and ConfigMap) that
-/// already bring every change of phase:
-/// - in 10 s while a problem is shown (a Secret created later sends no event this controller watches), and for
-///   two minutes after a configuration change while pods run (the agent reports whether Prometheus accepted it
-///   only after the kubelet updated the mounted files, and no watch event says when that happened);
-/// - in 5 minutes when Active with nothing to do (reads only; a safety net);
-/// - in 1 minute otherwise (pods starting or Pending: their progress arrives as StatefulSet status events, so
-///   a thousand clusters waiting for nodes do not cost a hundred reads a second).
-fn next_check(
-    phase: Phase,
-    plan: &tsdb_operator_core::plan::Plan,
-    observed: &BTreeMap<ChildKey, serde_json::Value>,
-    pods_running: bool,
-    has_problems: bool,
-) -> Action {
-    let config_changed_recently = plan.steps.iter().any(|s| s.key().kind == "ConfigMap")
-        || observed
-            .iter()
-            .find(|(k, _)| k.kind == "ConfigMap")
-            .and_then(|(_, cm)| last_applied_at(cm))
-            .is_some_and(|t| now().duration_since(t).as_secs() < 120);
-    if has_problems || (config_changed_recently && pods_running) {
-        return Action::requeue(Duration::from_secs(10));
+    for event in &decision.events {
+        ctx.events.publish(&reference, actor.clone(), event.clone());
     }
-    match phase {
-        Phase::Active if plan.is_empty() => Action::requeue(Duration::from_mins(5)),
-        _ => Action::requeue(Duration::from_mins(1)),
-    }
-}
-
-/// When the operator's field manager last applied `object`, from its managedFields.
-fn last_applied_at(object: &serde_json::Value) -> Option<jiff::Timestamp> {
-    object
-        .pointer("/metadata/managedFields")?
-        .as_array()?
-        .iter()
-        .filter(|m| m["manager"] == FIELD_MANAGER && m["operation"] == "Apply")
-        .filter_map(|m| m["time"].as_str()?.parse::<jiff::Timestamp>().ok())
-        .max()
-}
-
-/// The events a step stands for.
-fn describe_step(step: &Step, before: Option<&StatefulSet>) -> Vec<Did> {
-    match step {
-        Step::Delete { key } => vec![Did::Deleted { object: key.to_string() }],
-        Step::Apply { key, reason: ApplyReason::Create, .. } => vec![Did::Created { object: key.to_string() }],
-        Step::Apply { key, reason: ApplyReason::Drift { field }, .. } => {
-            vec![Did::Reverted { object: format!("{key} (field {field})") }]
-        }
-        Step::Apply { key, reason: ApplyReason::SpecChanged, manifest } => {
-            let mut out = Vec::new();
-            if key.kind == "StatefulSet"
-                && let Some(before) = before
-            {
-                let old_replicas = before.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let new_replicas = manifest.pointer("/spec/replicas").and_then(serde_json::Value::as_i64).unwrap_or(1);
-                let new_replicas = i32::try_from(new_replicas).unwrap_or(i32::MAX);
-                if old_replicas != new_replicas {
-                    out.push(Did::Scaled { from: old_replicas, to: new_replicas });
-                }
-                let image_of = |v: &serde_json::Value| {
-                    v.pointer("/spec/template/spec/containers")
-                        .and_then(|c| c.as_array())
-                        .and_then(|c| c.iter().find(|c| c["name"] == "prometheus"))
-                        .and_then(|c| c["image"].as_str().map(str::to_owned))
-                };
-                let old_image = serde_json::to_value(before).ok().as_ref().and_then(image_of);
-                let new_image = image_of(manifest);
-                if let (Some(from), Some(to)) = (old_image, new_image)
-                    && from != to
-                {
-                    out.push(Did::Upgraded { from, to });
-                }
-            }
-            if out.is_empty() {
-                out.push(Did::Updated { object: key.to_string() });
-            }
-            out
-        }
-    }
+    Ok(())
 }
 
 /// Asks the agent of each running pod whether Prometheus accepted the current configuration. An agent that
 /// cannot be reached says nothing (self-healing judges reachability, not this).
-async fn observe_reload_problems(ctx: &Context, pods: &[k8s_openapi::api::core::v1::Pod]) -> Vec<Problem> {
+async fn observe_reload_problems(ctx: &Context, pods: &[Pod]) -> Vec<Problem> {
     let asks = pods.iter().filter_map(|pod| {
         let status = pod.status.as_ref()?;
         let ip = status.pod_ip.clone()?;
@@ -494,15 +436,16 @@ async fn observe_reload_problems(ctx: &Context, pods: &[k8s_openapi::api::core::
     futures::future::join_all(asks).await.into_iter().flatten().collect()
 }
 
-async fn observe_secret_problems(ctx: &Context, ns: &str, pc: &PrometheusCluster) -> Result<Vec<Problem>, Error> {
-    let needs = secrets::required_secrets(&pc.spec);
-    if needs.is_empty() {
-        return Ok(Vec::new());
-    }
+/// The keys of each Secret in `names` that exists.
+async fn observe_secrets(
+    ctx: &Context,
+    ns: &str,
+    names: &BTreeSet<String>,
+) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for name in secrets::secret_names(&needs) {
-        let secret = api.get_opt(&name).await.map_err(|source| Error::ReadSecret { name: name.clone(), source })?;
+    let mut found = BTreeMap::new();
+    for name in names {
+        let secret = api.get_opt(name).await.map_err(|source| Error::ReadSecret { name: name.clone(), source })?;
         if let Some(s) = secret {
             let keys = s
                 .data
@@ -510,20 +453,10 @@ async fn observe_secret_problems(ctx: &Context, ns: &str, pc: &PrometheusCluster
                 .flat_map(|d| d.keys().cloned())
                 .chain(s.string_data.iter().flat_map(|d| d.keys().cloned()))
                 .collect();
-            found.insert(name, keys);
+            found.insert(name.clone(), keys);
         }
     }
-    Ok(secrets::missing_secret_problems(&needs, &found))
-}
-
-fn compute_status(
-    pc: &PrometheusCluster,
-    sts: Option<&StatefulSet>,
-    pods: &[k8s_openapi::api::core::v1::Pod],
-    invalid_spec: Option<String>,
-    problems: &[Problem],
-) -> PrometheusClusterStatus {
-    build_status(&StatusInput { cluster: pc, stateful_set: sts, pods, invalid_spec, problems, now: now() })
+    Ok(found)
 }
 
 /// Writes `status` when it differs from the object's; returns whether it wrote.
@@ -571,41 +504,6 @@ fn cleanup(pc: &PrometheusCluster, ctx: &Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tsdb_operator_core::plan::ChildKey;
-
-    #[test]
-    fn replica_and_image_changes_are_described_as_scale_and_upgrade() {
-        let before: StatefulSet = serde_json::from_value(json!({
-            "metadata": {"name": "demo"},
-            "spec": {"replicas": 1, "serviceName": "demo", "selector": {},
-                "template": {"spec": {"containers": [{"name": "prometheus", "image": "prom/prometheus:v2.53.3"}]}}}
-        }))
-        .unwrap();
-        let manifest = json!({"spec": {"replicas": 3,
-            "template": {"spec": {"containers": [{"name": "prometheus", "image": "prom/prometheus:v3.5.0"}]}}}});
-        let key = ChildKey { api_version: "apps/v1".into(), kind: "StatefulSet".into(), name: "demo".into() };
-        let did = describe_step(&Step::Apply { key, reason: ApplyReason::SpecChanged, manifest }, Some(&before));
-        assert_eq!(
-            did,
-            [
-                Did::Scaled { from: 1, to: 3 },
-                Did::Upgraded { from: "prom/prometheus:v2.53.3".into(), to: "prom/prometheus:v3.5.0".into() }
-            ]
-        );
-    }
-
-    #[test]
-    fn independent_children_are_applied_in_stages() {
-        let apply = |kind: &str| Step::Apply {
-            key: ChildKey { api_version: "v1".into(), kind: kind.into(), name: "demo".into() },
-            reason: ApplyReason::Create,
-            manifest: json!({}),
-        };
-        let delete = Step::Delete { key: ChildKey { api_version: "v1".into(), kind: "X".into(), name: "d".into() } };
-        let steps = [apply("ConfigMap"), apply("Service"), apply("StatefulSet"), apply("PodDisruptionBudget"), delete];
-        let sizes: Vec<usize> = stages(&steps).iter().map(|s| s.len()).collect();
-        assert_eq!(sizes, [2, 2, 1]);
-    }
 
     #[test]
     fn error_chain_includes_sources() {

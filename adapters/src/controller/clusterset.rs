@@ -1,13 +1,16 @@
-//! The `prometheusclusterset` controller: membership, backup-template overlay and status (seed semantics, C.4).
+//! The `prometheusclusterset` controller: membership, backup-template overlay and status (the seed's semantics).
 //! I/O: the Kubernetes API.
 //!
 //! # Flow
-//! 1. List PrometheusClusters in all namespaces (and Namespaces when the set has a namespace selector).
+//! 1. Read the PrometheusClusters from the operator's one store (filled by the cluster controller's watch, which
+//!    reads each object on its own, so an unreadable cluster never stops the sets), and list Namespaces (metadata
+//!    only) when the set has a namespace selector.
 //! 2. `select_members` and `decide_overlay` in the core; overlays are written with an optimistic-concurrency
 //!    replace of the member (a conflict is retried), and a `BackupOverlaid` event is published on the member.
 //! 3. `build_set_status`; written with server-side apply on the status subresource when it changed.
 //!
-//! Any PrometheusCluster change enqueues every set, so membership and phases are reflected within seconds.
+//! Any PrometheusCluster change (a metadata-only watch, which always decodes) enqueues every set, so membership
+//! and phases are reflected within seconds.
 //! Deleting a set leaves its members untouched.
 
 use std::collections::BTreeMap;
@@ -17,8 +20,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tsdb_operator_core::clusterset::{OverlayDecision, build_set_status, decide_overlay, select_members};
@@ -69,19 +74,38 @@ impl Error {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+/// What a set reconcile reads: the shared context and the operator's store of PrometheusClusters.
+pub struct SetContext {
+    /// The controllers' shared context.
+    pub ctx: Arc<Context>,
+    /// Every PrometheusCluster the operator could read.
+    pub clusters: Store<PrometheusCluster>,
+}
+
+/// Runs the controller until `shutdown` resolves. `clusters` is the store the cluster controller fills; sets are
+/// reconciled once it holds its first complete list.
+pub async fn run(
+    ctx: Arc<Context>,
+    clusters: Store<PrometheusCluster>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    if clusters.wait_until_ready().await.is_err() {
+        return;
+    }
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<PrometheusClusterSet>::all(client.clone()), super::watch_config());
     let sets = controller.store();
+    let cluster_changes =
+        watcher(Api::<PartialObjectMeta<PrometheusCluster>>::all(client), super::watch_config()).touched_objects();
+    let concurrency = ctx.concurrency;
     controller
-        .watches(Api::<PrometheusCluster>::all(client), super::watch_config(), move |_pc| {
+        .watches_stream(cluster_changes, move |_pc| {
             sets.state().iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect::<Vec<_>>()
         })
         .trigger_backoff(super::watch_backoff())
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, Arc::new(SetContext { ctx, clusters }))
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "set reconcile failed");
@@ -91,10 +115,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
 }
 
 /// One reconcile of one set.
-#[tracing::instrument(skip(set, ctx), fields(name = set.name_any()))]
-pub async fn reconcile(set: Arc<PrometheusClusterSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[tracing::instrument(skip(set, sctx), fields(name = set.name_any()))]
+pub async fn reconcile(set: Arc<PrometheusClusterSet>, sctx: Arc<SetContext>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&set, &ctx).await;
+    let ctx = &sctx.ctx;
+    let result = reconcile_inner(&set, ctx, &sctx.clusters).await;
     ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::category));
     if result.is_ok() {
         ctx.backoff.success(&format!("set/{}", set.name_any()));
@@ -102,22 +127,34 @@ pub async fn reconcile(set: Arc<PrometheusClusterSet>, ctx: Arc<Context>) -> Res
     result
 }
 
-async fn reconcile_inner(set: &PrometheusClusterSet, ctx: &Context) -> Result<Action, Error> {
-    let clusters_api: Api<PrometheusCluster> = Api::all(ctx.client.clone());
-    let clusters = clusters_api
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::List { what: "PrometheusClusters", source })?;
+async fn reconcile_inner(
+    set: &PrometheusClusterSet,
+    ctx: &Context,
+    clusters: &Store<PrometheusCluster>,
+) -> Result<Action, Error> {
+    let clusters = clusters.state();
     let mut namespace_labels = BTreeMap::new();
     if !selector::is_empty(set.spec.namespace_selector.as_ref()) {
-        let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
-        let namespaces =
-            ns_api.list(&ListParams::default()).await.map_err(|source| Error::List { what: "Namespaces", source })?;
-        for ns in namespaces {
-            namespace_labels.insert(ns.name_any(), ns.metadata.labels.unwrap_or_default());
+        let ns_api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
+        let lp = ListParams::default().limit(super::LIST_PAGE_SIZE);
+        let mut continue_token: Option<String> = None;
+        // Bounded: a page per LIST_PAGE_SIZE namespaces, and at most 1,000 pages.
+        for _ in 0..1_000 {
+            let lp = match &continue_token {
+                Some(token) => lp.clone().continue_token(token),
+                None => lp.clone(),
+            };
+            let page = ns_api.list_metadata(&lp).await.map_err(|source| Error::List { what: "Namespaces", source })?;
+            for ns in page.items {
+                namespace_labels.insert(ns.name_any(), ns.metadata.labels.unwrap_or_default());
+            }
+            continue_token = page.metadata.continue_.filter(|t| !t.is_empty());
+            if continue_token.is_none() {
+                break;
+            }
         }
     }
-    let members = select_members(set, &clusters.items, &namespace_labels);
+    let members = select_members(set, clusters.iter().map(AsRef::as_ref), &namespace_labels);
 
     for member in &members {
         if let OverlayDecision::Apply { backup, set_name } = decide_overlay(set, member) {
@@ -161,9 +198,9 @@ async fn reconcile_inner(set: &PrometheusClusterSet, ctx: &Context) -> Result<Ac
 
 /// Retry with per-object exponential backoff.
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
-pub fn error_policy(set: Arc<PrometheusClusterSet>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff.failure(&format!("set/{}", set.name_any()));
-    tracing::warn!(name = set.name_any(), category = error.category(), error = %super::cluster::error_chain(error),
+pub fn error_policy(set: Arc<PrometheusClusterSet>, error: &Error, sctx: Arc<SetContext>) -> Action {
+    let delay = sctx.ctx.backoff.failure(&format!("set/{}", set.name_any()));
+    tracing::warn!(name = set.name_any(), category = error.category(), error = %crate::error_chain(error),
         retry_in = ?delay, "set reconcile failed");
     Action::requeue(delay)
 }

@@ -336,13 +336,13 @@ async fn act(
                 tracing::info!(cluster = %key, pod = %r.pod, %why, "eviction refused by a PodDisruptionBudget; waiting");
             }
             Ok(Removal::Gone) => tracing::info!(cluster = %key, pod = %r.pod, "pod already gone or replaced"),
-            Err(e) => tracing::warn!(cluster = %key, pod = %r.pod, error = %super::cluster::error_chain(&e),
+            Err(e) => tracing::warn!(cluster = %key, pod = %r.pod, error = %crate::error_chain(&e),
                 "failed to replace a stuck replica"),
         },
     }
 
     if let Err(e) = write_status(ctx, pc, decision, replaced.as_ref(), state.last_failover.get(key).copied()).await {
-        tracing::warn!(cluster = %key, error = %super::cluster::error_chain(&e), "failed to write healing status");
+        tracing::warn!(cluster = %key, error = %crate::error_chain(&e), "failed to write healing status");
     }
 }
 

@@ -6,13 +6,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tsdb_operator_core::constants::{FIELD_MANAGER, labels};
 use tsdb_operator_core::plan::{ChildKey, Step};
+use tsdb_operator_core::storage::{ObservedClaim, is_data_claim_of};
 
 /// Why talking to the API server about children failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,17 +48,21 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// An object with a child's name exists but is not owned by this cluster.
-    #[error("{kind} {name} exists but is not owned by this PrometheusCluster; rename the cluster or remove the object")]
-    NotOwned {
-        /// Kind of the object.
-        kind: String,
-        /// Its name.
-        name: String,
-    },
     /// Listing pods failed.
     #[error("failed to list pods")]
     ListPods(#[source] kube::Error),
+    /// Listing the data volume claims failed.
+    #[error("failed to list the data volume claims")]
+    ListClaims(#[source] kube::Error),
+    /// Reading the claims' StorageClass failed.
+    #[error("failed to read StorageClass {name}")]
+    ReadStorageClass {
+        /// The class.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -66,8 +72,9 @@ impl Error {
             Error::Read { .. } => "ReadChild",
             Error::Apply { .. } => "ApplyChild",
             Error::Delete { .. } => "DeleteChild",
-            Error::NotOwned { .. } => "NameConflict",
             Error::ListPods(_) => "ListPods",
+            Error::ListClaims(_) => "ListClaims",
+            Error::ReadStorageClass { .. } => "ReadStorageClass",
         }
     }
 }
@@ -78,11 +85,12 @@ fn child_kinds(cluster: &str, pdb_api_version: &str) -> Vec<(ApiResource, String
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
     };
     let (pdb_group, pdb_version) = pdb_api_version.split_once('/').unwrap_or(("policy", "v1"));
+    let [config, main] = tsdb_operator_core::decide::child_names(cluster);
     vec![
-        (ar("", "v1", "ConfigMap", "configmaps"), format!("{cluster}-config")),
-        (ar("", "v1", "Service", "services"), cluster.to_owned()),
-        (ar("apps", "v1", "StatefulSet", "statefulsets"), cluster.to_owned()),
-        (ar(pdb_group, pdb_version, "PodDisruptionBudget", "poddisruptionbudgets"), cluster.to_owned()),
+        (ar("", "v1", "ConfigMap", "configmaps"), config),
+        (ar("", "v1", "Service", "services"), main.clone()),
+        (ar("apps", "v1", "StatefulSet", "statefulsets"), main.clone()),
+        (ar(pdb_group, pdb_version, "PodDisruptionBudget", "poddisruptionbudgets"), main),
     ]
 }
 
@@ -92,13 +100,12 @@ fn resource_for(key: &ChildKey) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, &key.kind), &plural)
 }
 
-/// Reads the children of cluster `name` (uid `uid`) in `namespace`. Objects owned by the cluster are returned as
-/// JSON keyed by kind and name; an object with a child's name that the cluster does not own is an error.
+/// Reads the objects that carry the names of cluster `name`'s children in `namespace`, as JSON keyed by kind and
+/// name, owned by the cluster or not (the core judges ownership).
 pub async fn observe_children(
     client: &Client,
     namespace: &str,
     name: &str,
-    uid: &str,
     pdb_api_version: &str,
 ) -> Result<BTreeMap<ChildKey, Value>, Error> {
     // The reads are independent: send them at once.
@@ -110,10 +117,6 @@ pub async fn observe_children(
             source,
         })?;
         let Some(obj) = obj else { return Ok(None) };
-        let owned = obj.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true));
-        if !owned {
-            return Err(Error::NotOwned { kind: ar.kind.clone(), name: child_name });
-        }
         let key = ChildKey { api_version: ar.api_version.clone(), kind: ar.kind.clone(), name: child_name };
         let mut value = serde_json::to_value(&obj).unwrap_or(Value::Null);
         if let Some(map) = value.as_object_mut() {
@@ -135,6 +138,38 @@ pub async fn observe_pods(client: &Client, namespace: &str, name: &str) -> Resul
     Ok(list.items)
 }
 
+/// Lists the data volume claims of cluster `name` (`data-<name>-<ordinal>`, labelled like its pods).
+pub async fn observe_claims(client: &Client, namespace: &str, name: &str) -> Result<Vec<ObservedClaim>, Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let lp =
+        ListParams::default().labels(&format!("{}={name},{}={}", labels::INSTANCE, labels::NAME, labels::NAME_VALUE));
+    let list = api.list(&lp).await.map_err(Error::ListClaims)?;
+    let storage = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+        m.and_then(|m| m.get("storage")).map(|q| q.0.clone())
+    };
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|c| is_data_claim_of(name, &c.name_any()))
+        .map(|c| {
+            let spec = c.spec.as_ref();
+            ObservedClaim {
+                name: c.name_any(),
+                storage_class_name: spec.and_then(|s| s.storage_class_name.clone()),
+                requested: storage(spec.and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref())),
+                capacity: storage(c.status.as_ref().and_then(|s| s.capacity.as_ref())),
+            }
+        })
+        .collect())
+}
+
+/// `allowVolumeExpansion` of StorageClass `name`; `None` when the class does not exist.
+pub async fn observe_class_expansion(client: &Client, name: &str) -> Result<Option<bool>, Error> {
+    let api: Api<StorageClass> = Api::all(client.clone());
+    let class = api.get_opt(name).await.map_err(|source| Error::ReadStorageClass { name: name.to_owned(), source })?;
+    Ok(class.map(|c| c.allow_volume_expansion == Some(true)))
+}
+
 /// Executes one step: server-side apply (forced, one field manager) or a background delete. A delete of an object
 /// that is already gone succeeds.
 pub async fn execute_step(client: &Client, namespace: &str, step: &Step) -> Result<(), Error> {
@@ -145,13 +180,26 @@ pub async fn execute_step(client: &Client, namespace: &str, step: &Step) -> Resu
                 .await
                 .map_err(|source| Error::Apply { key: key.clone(), source })?;
         }
-        Step::Delete { key } => {
+        Step::Delete { key } | Step::Orphan { key } => {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource_for(key));
-            match api.delete(&key.name, &DeleteParams::background()).await {
+            let params = if matches!(step, Step::Orphan { .. }) {
+                DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..DeleteParams::default() }
+            } else {
+                DeleteParams::background()
+            };
+            match api.delete(&key.name, &params).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(source) => return Err(Error::Delete { key: key.clone(), source }),
             }
+        }
+        Step::Resize { key, size } => {
+            // A merge patch of the request only: the claim stays the StatefulSet controller's object.
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+            let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
+            api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| Error::Apply { key: key.clone(), source })?;
         }
     }
     Ok(())

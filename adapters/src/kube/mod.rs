@@ -2,4 +2,5 @@
 //! server-side apply under one field manager. I/O: the Kubernetes API.
 
 pub mod children;
+pub mod decode;
 pub mod discovery;

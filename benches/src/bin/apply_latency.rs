@@ -132,10 +132,7 @@ async fn main() -> Result<()> {
             _ => {}
         }
     }
-    if !operator.exists() {
-        operator = PathBuf::from("target/debug/tsdb-operator");
-    }
-    let operator = std::fs::canonicalize(&operator).context("build the operator first: cargo build --bins")?;
+    let operator = tsdb_operator_benches::operator_binary(&operator)?;
     let cp = ControlPlane::start()?;
     cp.install_project_crds().await?;
     let client = cp.client();

@@ -54,11 +54,7 @@ fn options() -> Result<Options> {
             other => bail!("unknown option {other}"),
         }
     }
-    if !o.operator.exists() {
-        o.operator = PathBuf::from("target/debug/tsdb-operator");
-    }
-    o.operator =
-        std::fs::canonicalize(&o.operator).context("build the operator first: cargo build --release --bins")?;
+    o.operator = tsdb_operator_benches::operator_binary(&o.operator)?;
     Ok(o)
 }
 
@@ -72,20 +68,11 @@ fn cluster(name: &str) -> PrometheusCluster {
     .expect("valid cluster")
 }
 
-/// Resident set size now and at its peak (`VmRSS`, `VmHWM`), in KiB.
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// Samples the resident set size of `pid` every 250 ms into `current`/`peak` until the task is aborted.
 fn sample_rss(pid: u32, current: Arc<AtomicU64>, peak: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            if let Some((rss, hwm)) = rss_kib(pid) {
+            if let Some((rss, hwm)) = tsdb_operator_benches::rss_kib(pid) {
                 current.store(rss, Ordering::Relaxed);
                 peak.fetch_max(hwm, Ordering::Relaxed);
             }

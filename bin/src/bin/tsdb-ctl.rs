@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
 use tsdb_operator_core::crd::PrometheusCluster;
-use tsdb_operator_core::plan::{ChildKey, Step, plan_objects};
+use tsdb_operator_core::decide::{self, ClusterObservation, Outcome};
+use tsdb_operator_core::plan::{ChildKey, Step};
+use tsdb_operator_core::storage::{self, ObservedClaim};
 use tsdb_operator_core::validate;
 
 #[path = "../store_args.rs"]
@@ -171,7 +173,7 @@ fn cmd_validate(file: &Path) -> Result<ExitCode> {
 fn observed_for(pc: &PrometheusCluster, observed: &[Value]) -> BTreeMap<ChildKey, Value> {
     let name = pc.metadata.name.clone().unwrap_or_default();
     let ns = pc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let child_names = [format!("{name}-config"), name.clone()];
+    let child_names = decide::child_names(&name);
     observed
         .iter()
         .filter(|o| o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default") == ns)
@@ -185,44 +187,120 @@ fn observed_for(pc: &PrometheusCluster, observed: &[Value]) -> BTreeMap<ChildKey
         .collect()
 }
 
+/// The cluster's data volume claims among the observed documents.
+fn observed_claims(pc: &PrometheusCluster, observed: &[Value]) -> Vec<ObservedClaim> {
+    let name = pc.metadata.name.clone().unwrap_or_default();
+    let ns = pc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    observed
+        .iter()
+        .filter(|o| o.get("kind").and_then(Value::as_str) == Some("PersistentVolumeClaim"))
+        .filter(|o| o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default") == ns)
+        .filter_map(|o| {
+            let claim = text(o, "/metadata/name")?;
+            storage::is_data_claim_of(&name, &claim).then(|| ObservedClaim {
+                name: claim,
+                storage_class_name: text(o, "/spec/storageClassName"),
+                requested: text(o, "/spec/resources/requests/storage"),
+                capacity: text(o, "/status/capacity/storage"),
+            })
+        })
+        .collect()
+}
+
+/// `allowVolumeExpansion` of StorageClass `class` among the observed documents; `None` when it is not there.
+fn class_expansion(class: &str, observed: &[Value]) -> Option<bool> {
+    observed
+        .iter()
+        .find(|o| {
+            o.get("kind").and_then(Value::as_str) == Some("StorageClass")
+                && o.pointer("/metadata/name").and_then(Value::as_str) == Some(class)
+        })
+        .map(|o| o.get("allowVolumeExpansion").and_then(Value::as_bool) == Some(true))
+}
+
+/// The dry run: the operator's own decision ([`decide::decide_cluster`]) for each cluster in `file`, against the
+/// observed objects in `observed` (Secrets and pods are not observed, so no problem is reported for them).
 fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &BuildSettings) -> Result<ExitCode> {
     let observed_docs = match observed {
         Some(p) => documents(&read_input(p)?, p)?,
         None => Vec::new(),
     };
+    let now = k8s_openapi::jiff::Timestamp::now();
     let mut out = String::new();
-    let mut invalid = false;
+    let mut failed = false;
     let mut steps_out = Vec::new();
     for mut pc in clusters(file)? {
-        if let Err(errors) = validate::validate_cluster(&pc.spec) {
-            invalid = true;
-            for e in &errors {
-                eprintln!("{}: {e}", id(&pc));
-            }
-            continue;
-        }
         pc.metadata.namespace.get_or_insert_with(|| "default".to_owned());
-        // The operator's own planner, so the dry run names the same steps and reasons.
-        let plan = build::build(&pc, settings)
-            .and_then(|d| plan_objects(&d, settings, &observed_for(&pc, &observed_docs)))
-            .with_context(|| format!("{}: failed to render", id(&pc)))?;
-        writeln!(out, "# tsdb-ctl plan: PrometheusCluster {}: {} step(s)", id(&pc), plan.steps.len())?;
-        for (i, step) in plan.steps.iter().enumerate() {
-            let line = match step {
-                Step::Apply { key, reason, .. } => format!("apply {key} ({reason})"),
-                Step::Delete { key } => format!("delete {key}"),
+        let children = observed_for(&pc, &observed_docs);
+        let claims = observed_claims(&pc, &observed_docs);
+        let class_allows_expansion = storage::class_to_check(&pc.spec.storage, &claims)
+            .and_then(|class| class_expansion(&class, &observed_docs));
+        let observation = ClusterObservation {
+            cluster: &pc,
+            children: &children,
+            pods: &[],
+            claims: &claims,
+            class_allows_expansion,
+            secrets: None,
+            agent_problems: &[],
+        };
+        let decision = decide::decide_cluster(&observation, settings, now);
+        let steps: Vec<&Step> = decision.steps().collect();
+        match &decision.outcome {
+            Outcome::Rejected { message } => {
+                failed = true;
+                eprintln!("{}: {message}", id(&pc));
+                continue;
+            }
+            Outcome::NameConflict { message } => {
+                failed = true;
+                writeln!(
+                    out,
+                    "# tsdb-ctl plan: PrometheusCluster {}: name conflict, nothing to do: {message}",
+                    id(&pc)
+                )?;
+                continue;
+            }
+            Outcome::Paused => {
+                writeln!(
+                    out,
+                    "# tsdb-ctl plan: PrometheusCluster {}: paused (spec.paused is true), nothing to do",
+                    id(&pc)
+                )?;
+                continue;
+            }
+            Outcome::Reconcile => {}
+        }
+        writeln!(out, "# tsdb-ctl plan: PrometheusCluster {}: {} step(s)", id(&pc), steps.len())?;
+        if let Some(c) = decision.status.conditions.iter().find(|c| {
+            c.type_ == tsdb_operator_core::constants::conditions::PROGRESSING
+                && c.status == "False"
+                && c.reason != tsdb_operator_core::constants::reasons::RECONCILED
+        }) {
+            writeln!(out, "# {}: {}", c.reason, c.message)?;
+        }
+        for (i, step) in steps.iter().enumerate() {
+            let (action, reason) = match step {
+                Step::Apply { reason, .. } => ("apply", reason.to_string()),
+                Step::Delete { .. } => ("delete", "NotDesired".to_owned()),
+                Step::Resize { size, .. } => ("resize", format!("storage request {size}")),
+                Step::Orphan { .. } => ("orphan", "VolumeClaimTemplateChanged".to_owned()),
             };
-            writeln!(out, "# step {}: {line}", i + 1)?;
+            writeln!(out, "# step {}: {action} {} ({reason})", i + 1, step.key())?;
             steps_out.push(serde_json::json!({
                 "cluster": id(&pc),
-                "action": match step { Step::Apply { .. } => "apply", Step::Delete { .. } => "delete" },
+                "action": action,
                 "apiVersion": step.key().api_version,
                 "kind": step.key().kind,
                 "name": step.key().name,
-                "reason": match step { Step::Apply { reason, .. } => reason.to_string(), Step::Delete { .. } => "NotDesired".into() },
+                "reason": reason,
             }));
         }
-        for step in &plan.steps {
+        for event in decision.stages.iter().flat_map(|s| &s.events).chain(&decision.events) {
+            writeln!(out, "# event {}: {}", event.reason(), event.message())?;
+        }
+        for step in &steps {
             if let Step::Apply { manifest, .. } = step {
                 let mut m = manifest.clone();
                 if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -238,7 +316,7 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
         Output::Manifests => print!("{out}"),
         Output::Steps => print!("{}", serde_yaml::to_string(&steps_out)?),
     }
-    Ok(if invalid { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn mib(bytes: u64) -> String {
@@ -252,14 +330,14 @@ async fn cmd_backup(command: BackupCommand) -> Result<ExitCode> {
     match command {
         BackupCommand::List { store: args, cluster, limit } => {
             let store = args.open()?;
-            let scope = match &cluster {
+            let entries = match &cluster {
                 Some(c) => {
                     let (ns, name) = c.split_once('/').context("--cluster: write it as NAMESPACE/NAME")?;
-                    tsdb_operator_core::backup::manifest::Layout::new(&args.prefix, ns, name).root().to_owned()
+                    let layout = tsdb_operator_core::backup::manifest::Layout::new(&args.prefix, ns, name);
+                    catalogue::list_cluster_backups(&store, &layout).await?
                 }
-                None => args.prefix.clone(),
+                None => catalogue::list_backups(&store, &args.prefix).await?,
             };
-            let entries = catalogue::list_backups(&store, &scope).await?;
             for e in entries.iter().take(limit.unwrap_or(usize::MAX)) {
                 match &e.manifest {
                     Ok(m) => println!(

@@ -141,6 +141,10 @@ struct AgentArgs {
     /// Address of /status, /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9091")]
     listen: SocketAddr,
+    /// Address where the agent serves Prometheus' web API in front of --prometheus-url, refusing the admin and
+    /// lifecycle APIs (HOST:PORT, :PORT, or 0 for off).
+    #[arg(long, default_value = "0")]
+    proxy_listen: String,
     /// Seconds between checks for a changed configuration.
     #[arg(long, default_value_t = 2)]
     poll_seconds: u64,
@@ -200,25 +204,37 @@ fn until(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + 
     }
 }
 
-async fn client_from(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
-    let config = match kubeconfig {
+async fn config_from(kubeconfig: Option<&PathBuf>) -> Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
         }
         None => kube::Config::infer().await.context("failed to find a Kubernetes configuration")?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
+}
+
+/// The operator's clients: one for everything, whose writes pass only while `fence` allows them, and one without
+/// the fence for the leader election. Both name this process in their User-Agent, so the API server's audit log
+/// tells the replicas apart.
+fn clients(mut config: kube::Config, identity: &str, fence: leader::Fence) -> Result<(kube::Client, kube::Client)> {
+    let agent = format!("tsdb-operator/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    let agent = ::http::HeaderValue::from_str(&agent).context("the identity is not a valid header value")?;
+    config.headers.push((::http::header::USER_AGENT, agent));
+    let election = kube::Client::try_from(config.clone())?;
+    let fenced = kube::client::ClientBuilder::try_from(config)?.with_layer(&leader::FenceLayer(fence)).build();
+    Ok((fenced, election))
 }
 
 async fn run_operator(args: OperatorArgs) -> Result<()> {
-    let client = client_from(args.kubeconfig.as_ref()).await?;
     let shutdown = shutdown_signal()?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
     });
     let identity = format!("{identity}-{}", std::process::id());
+    let fence = if args.leader_elect { leader::Fence::closed() } else { leader::Fence::open() };
+    let (client, election_client) = clients(config_from(args.kubeconfig.as_ref()).await?, &identity, fence.clone())?;
     let pdb_api =
         discovery::discover_pdb_api(&client).await.context("failed to discover the PodDisruptionBudget API")?;
     let backup_defaults = tsdb_operator_core::backup::protocol::BackupDefaults {
@@ -260,6 +276,7 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         async move {
             // One store of PrometheusClusters, filled by the cluster controller's watch, read by all three.
             let (clusters, writer) = reflector::store::<PrometheusCluster>();
+            let clusters_for_sets = clusters.clone();
             let healer = Box::pin(controller::heal::run(
                 ctx.clone(),
                 controller::heal::HealerConfig::default(),
@@ -276,7 +293,7 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
             } else {
                 tokio::join!(
                     controller::cluster::run(ctx.clone(), writer, until(&stop)),
-                    controller::clusterset::run(ctx.clone(), until(&stop)),
+                    controller::clusterset::run(ctx.clone(), clusters_for_sets, until(&stop)),
                     healer,
                     backups,
                 );
@@ -285,14 +302,14 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     };
 
     let exit_code = if args.leader_elect {
-        run_with_election(&args, client.clone(), &identity, &health, &metrics, &shutdown, || {
+        run_with_election(&args, (election_client, fence), &identity, &health, &metrics, &shutdown, || {
             let (stop_tx, stop_rx) = watch::channel(false);
             (stop_tx, tokio::spawn(run_controllers(ctx.clone(), stop_rx)))
         })
         .await?
     } else {
         health.set_ready(true);
-        run_controllers(ctx.clone(), shutdown.clone()).await;
+        Box::pin(run_controllers(ctx.clone(), shutdown.clone())).await;
         0
     };
     for s in servers {
@@ -308,7 +325,7 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
 /// code: 1 when the Lease was lost, 0 on a shutdown signal.
 async fn run_with_election(
     args: &OperatorArgs,
-    client: kube::Client,
+    (client, fence): (kube::Client, leader::Fence),
     identity: &str,
     health: &Health,
     metrics: &Metrics,
@@ -317,6 +334,7 @@ async fn run_with_election(
 ) -> Result<i32> {
     let mut election = leader::start(
         client,
+        fence,
         &args.leader_election_namespace,
         &args.leader_election_id,
         identity,
@@ -368,6 +386,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
             prometheus_url: args.prometheus_url,
             poll: Duration::from_secs(args.poll_seconds.max(1)),
             listen: args.listen,
+            proxy_listen: parse_addr(&args.proxy_listen)?,
             backup: Some(backup),
         },
         until(&shutdown),
@@ -380,7 +399,8 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
 /// over; verified file by file before anything appears in the data directory.
 async fn run_restore(args: RestoreArgs) -> Result<()> {
     use tsdb_operator_adapters::backup::restore;
-    if let Some(entry) = restore::non_empty_entry(&args.dest)? {
+    // An interrupted restore is undone here and runs again: its blocks are not data of the volume's own.
+    if let Some(entry) = restore::existing_data(&args.dest)? {
         tracing::info!(dest = %args.dest.display(), %entry, "the data directory already holds data; nothing to restore");
         return Ok(());
     }

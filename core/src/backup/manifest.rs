@@ -255,7 +255,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout under `<prefix>/<namespace>/<cluster>` (an empty prefix leaves no leading `/`, C.14.11).
+    /// The layout under `<prefix>/<namespace>/<cluster>` (an empty prefix leaves no leading `/`).
     pub fn new(prefix: &str, namespace: &str, cluster: &str) -> Self {
         let mut parts: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
         parts.push(namespace);
@@ -313,21 +313,42 @@ impl Layout {
         check_id(id).ok().map(|()| id)
     }
 
-    /// What a relative key is.
+    /// What a relative key is. Only the exact shapes this operator writes are recognised; anything else is
+    /// [`KeyKind::Other`] and never touched:
+    /// - `blocks/<ULID>/index` and `blocks/<ULID>/chunks/<file>`,
+    /// - `backups/<id>/manifest.json`,
+    /// - `backups/<id>/files/<ULID>/<file>` and `backups/<id>/files/<ULID>/<dir>/<file>`.
+    ///
+    /// A cluster root nested under this one (another cluster's prefix can be anything, `<this root>/backups/x`
+    /// included) puts at least `<namespace>/<name>/` and a folder of its own between this root and its objects,
+    /// so none of its keys has one of these shapes: this root's retention never deletes them.
     pub fn classify(relative: &str) -> KeyKind<'_> {
         if let Some(rest) = relative.strip_prefix(BLOCKS_DIR).and_then(|r| r.strip_prefix('/')) {
             return match rest.split_once('/') {
-                Some((ulid, _)) if is_ulid(ulid) => KeyKind::Block { ulid },
+                Some((ulid, path)) if is_ulid(ulid) && is_immutable(path) => KeyKind::Block { ulid },
                 _ => KeyKind::Other,
             };
         }
-        if let Some(rest) = relative.strip_prefix(BACKUPS_DIR).and_then(|r| r.strip_prefix('/'))
-            && let Some((id, file)) = rest.split_once('/')
-            && check_id(id).is_ok()
-        {
-            return if file == MANIFEST_FILE { KeyKind::Manifest { id } } else { KeyKind::BackupFile { id } };
+        let Some((id, file)) = relative
+            .strip_prefix(BACKUPS_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(id, _)| check_id(id).is_ok())
+        else {
+            return KeyKind::Other;
+        };
+        if file == MANIFEST_FILE {
+            return KeyKind::Manifest { id };
         }
-        KeyKind::Other
+        let in_block = file.strip_prefix("files/").and_then(|f| f.split_once('/'));
+        match in_block {
+            Some((ulid, path))
+                if is_ulid(ulid) && path.split('/').count() <= 2 && check_relative_path(path).is_ok() =>
+            {
+                KeyKind::BackupFile { id }
+            }
+            _ => KeyKind::Other,
+        }
     }
 }
 
@@ -344,7 +365,7 @@ pub enum KeyKind<'a> {
         /// The backup.
         id: &'a str,
     },
-    /// Another object in a backup's folder.
+    /// A block file stored with one backup (`backups/<id>/files/<ULID>/...`).
     BackupFile {
         /// The backup.
         id: &'a str,
@@ -430,7 +451,9 @@ mod tests {
         assert_eq!((root.root(), id), ("p/ns/demo", "X"));
         assert_eq!(Layout::classify(&Layout::block_file_key(ULID, "index")), KeyKind::Block { ulid: ULID });
         assert_eq!(Layout::classify("backups/X/manifest.json"), KeyKind::Manifest { id: "X" });
-        assert_eq!(Layout::classify("backups/X/files/a"), KeyKind::BackupFile { id: "X" });
+        assert_eq!(Layout::classify(&Layout::backup_file_key("X", ULID, "meta.json")), KeyKind::BackupFile { id: "X" });
+        assert_eq!(Layout::classify("backups/X/files/a"), KeyKind::Other);
+        assert_eq!(Layout::classify(&format!("blocks/{ULID}/other")), KeyKind::Other);
         assert_eq!(Layout::classify("something/else"), KeyKind::Other);
     }
 

@@ -22,11 +22,14 @@
 //! # Guarantees
 //! - A manifest is only ever written after every object it references was uploaded, so listing manifests never
 //!   shows a partial backup.
-//! - Retention never deletes the newest complete backup and never deletes an object a kept backup references.
+//! - Retention never deletes the newest complete backup and never deletes an object a kept backup references; it
+//!   prunes only backups of the current cluster UID, holds garbage collection back while any manifest is
+//!   unreadable, and ignores objects of other clusters' roots nested under its own (see [`retention`]).
 //! - Every manifest path is checked ([`manifest::Manifest::check`]) before a restore writes anything: no absolute
 //!   paths, no `..`, keys only inside the cluster's prefix.
 
 pub mod decide;
+pub mod follow;
 pub mod manifest;
 pub mod protocol;
 pub mod restore;

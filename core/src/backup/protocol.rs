@@ -162,6 +162,21 @@ impl FailureReason {
             FailureReason::Rejected => "Rejected",
         }
     }
+
+    /// The reason [`Self::as_str`] wrote; `None` for any other text.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            FailureReason::SnapshotFailed,
+            FailureReason::StorageFailed,
+            FailureReason::ReadFailed,
+            FailureReason::RetentionFailed,
+            FailureReason::AgentLost,
+            FailureReason::OperatorRestarted,
+            FailureReason::Rejected,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
 }
 
 /// A backup job as the agent reports it (`GET /backup/<id>`).
@@ -198,6 +213,10 @@ pub struct JobStatus {
     /// Backups deleted by retention afterwards.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted_backups: Vec<String>,
+    /// What retention left alone afterwards and why, one line each (a manifest it cannot read holds back all
+    /// garbage collection, another cluster's backups, a manifest dated in the future).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention_held: Vec<String>,
     /// Milliseconds the snapshot API call took.
     #[serde(default)]
     pub snapshot_millis: u64,
@@ -218,6 +237,7 @@ impl JobStatus {
             total_bytes: 0,
             uploaded_bytes: 0,
             deleted_backups: Vec::new(),
+            retention_held: Vec::new(),
             snapshot_millis: 0,
         }
     }

@@ -12,6 +12,9 @@ use crate::crd::{BackupStatus, RunningBackup};
 
 /// Reason of a True `BackupHealthy` condition.
 pub const REASON_SUCCEEDED: &str = "BackupSucceeded";
+/// Reason of a False `BackupHealthy` condition while a Secret the cluster does not own has the agent token
+/// Secret's name (`<name>-agent-token`): no backup runs until it is renamed or deleted.
+pub const REASON_TOKEN_SECRET_NOT_OWNED: &str = "TokenSecretNotOwned";
 
 /// The status after a backup started.
 pub fn status_started(
@@ -100,6 +103,28 @@ pub fn status_finished(previous: &BackupStatus, outcome: &Outcome, now: DateTime
         }
     }
     s
+}
+
+/// The `BackupHealthy` condition while the agent token Secret `secret` exists but is not owned by the cluster
+/// `cluster`: the operator neither uses nor replaces it, so no backup runs.
+pub fn token_secret_conflict_condition(
+    secret: &str,
+    cluster: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
+    Condition {
+        type_: conditions::BACKUP_HEALTHY.to_owned(),
+        status: "False".to_owned(),
+        reason: REASON_TOKEN_SECRET_NOT_OWNED.to_owned(),
+        message: format!(
+            "failed to prepare the agent token: Secret {secret} exists and is not owned by PrometheusCluster \
+             {cluster}, so it is neither used nor replaced; rename or delete that Secret and the operator creates \
+             its own"
+        ),
+        observed_generation: generation,
+        last_transition_time: to_time(now),
+    }
 }
 
 /// The `BackupHealthy` condition for an outcome (its transition time is merged by the caller).

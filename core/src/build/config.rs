@@ -1,12 +1,12 @@
 //! Part of the **build** step: renders `prometheus.yml` (and the inline additional scrape configs) from a serde
 //! model, and the ConfigMap `<name>-config` that holds them. Pure: no I/O.
 //!
-//! The layout follows the seed (C.2): `global`, `scrape_configs` (the self-scrape job), `scrape_config_files`,
+//! The layout follows the seed's: `global`, `scrape_configs` (the self-scrape job), `scrape_config_files`,
 //! `remote_write`. Its defects are fixed:
 //! - the replica external label is `${POD_NAME}`, which Prometheus really expands per pod (the seed's
-//!   `${POD_NAME:-unknown}` names a variable that does not exist and expands to nothing, C.14.1);
+//!   `${POD_NAME:-unknown}` names a variable that does not exist and expands to nothing; docs/seed-compatibility.md);
 //! - bearer tokens use `authorization.credentials_file` (the documented form in 2.x and 3.x) and every secret file
-//!   points under [`paths::SECRETS_DIR`], where the StatefulSet really mounts those Secrets (C.14.6);
+//!   points under [`paths::SECRETS_DIR`], where the StatefulSet really mounts those Secrets (the seed did not);
 //! - scrape and evaluation intervals and external labels come from the spec; `$` in spec label values stays
 //!   literal.
 //!

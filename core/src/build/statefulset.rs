@@ -4,12 +4,17 @@
 //! - `prometheus`: Prometheus with the flags its version needs (see [`prometheus_args`]) and three probes
 //!   (see [`STARTUP_PROBE_PERIOD_SECONDS`] for why the startup probe is on `/-/ready`);
 //! - `agent`: the operator binary as a sidecar (`tsdb-operator agent`, flags `--config-dir`, `--prometheus-url`,
-//!   `--listen`); it replaces the seed's configmap-reload (hot-reloads the config through `/-/reload`) and serves
-//!   `/status`, `/metrics` and `/healthz` on port 9091; it also mounts the data volume for snapshots;
+//!   `--listen`, `--proxy-listen`); it replaces the seed's configmap-reload (hot-reloads the config through
+//!   `/-/reload`), serves `/status`, `/metrics` and `/healthz` on port 9091, and mounts the data volume for
+//!   snapshots. It also serves the pod's Prometheus port 9090: Prometheus itself listens on `127.0.0.1:9089` only
+//!   and the agent forwards everything but the admin and lifecycle APIs (see [`crate::web`]), so those are
+//!   reachable from inside the pod only. The Prometheus container's probes go through the same port (the kubelet
+//!   cannot reach a loopback address), so the agent's liveness probe is the faster of the two: a hung agent is
+//!   restarted before Prometheus' own liveness probe could fail on its account;
 //! - `thanos-sidecar`: only with `spec.thanos.enabled`, as in the seed.
 //!
 //! Volumes: the ConfigMap at [`paths::CONFIG_DIR`] (read-only, never nested with secrets), one volume per distinct
-//! remote write Secret at `<SECRETS_DIR>/<secret>` (the seed never mounted them, C.14.6), the additional scrape
+//! remote write Secret at `<SECRETS_DIR>/<secret>` (the seed never mounted them; docs/seed-compatibility.md), the additional scrape
 //! configs Secret, the Thanos object storage Secret, and the `data` claim template.
 //!
 //! Only fields a 1.20 API server knows are set: no `minReadySeconds`, `persistentVolumeClaimRetentionPolicy`,
@@ -85,7 +90,7 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
         init_containers,
         containers: pod_containers,
         volumes: Some(pod_volumes(ctx)),
-        security_context: Some(spec.security_context.clone().unwrap_or_else(default_pod_security_context)),
+        security_context: Some(pod_security_context(spec.security_context.as_ref())),
         affinity: affinity(ctx),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
@@ -125,19 +130,21 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
     })
 }
 
-/// The Prometheus command line, in this order: config file, data path, retention time (and size), lifecycle API,
-/// admin API only with backups (snapshots need it; it stays off otherwise, C.14.11), 2h blocks with Thanos (so
+/// The Prometheus command line, in this order: config file, data path, retention time (and size), the loopback
+/// listen address (the agent serves the pod's port, see [`crate::web`]), lifecycle API,
+/// admin API only with backups (snapshots need it; it stays off otherwise), 2h blocks with Thanos (so
 /// the sidecar uploads every block), and `--enable-feature=expand-external-labels` for 2.x and unknown versions
 /// (3.x always expands external labels).
 pub fn prometheus_args(ctx: &BuildContext<'_>) -> Vec<String> {
     let spec = &ctx.cluster.spec;
-    let mut args = Vec::with_capacity(9);
+    let mut args = Vec::with_capacity(10);
     args.push(concat(&["--config.file=", paths::CONFIG_FILE]));
     args.push(concat(&["--storage.tsdb.path=", paths::DATA_DIR]));
     args.push(concat(&["--storage.tsdb.retention.time=", ctx.retention]));
     if let Some(size) = spec.retention_size.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         args.push(concat(&["--storage.tsdb.retention.size=", size]));
     }
+    args.push(with_port("--web.listen-address=127.0.0.1:", ports::PROMETHEUS_LOCAL));
     args.push("--web.enable-lifecycle".to_owned());
     if spec.backup.enabled {
         args.push("--web.enable-admin-api".to_owned());
@@ -196,15 +203,16 @@ fn prometheus_container(ctx: &BuildContext<'_>, startup_budget: std::time::Durat
         image: Some(ctx.image.to_owned()),
         args: Some(prometheus_args(ctx)),
         env: Some(vec![field_env(POD_NAME_ENV, "metadata.name")]),
-        ports: Some(vec![container_port(ports::PROMETHEUS_NAME, ports::PROMETHEUS)]),
+        // No port: Prometheus listens on the loopback address; the agent serves the pod's port, and the probes
+        // go there by number (a named port would have to be this container's).
         startup_probe: Some(http_probe(
             "/-/ready",
-            ports::PROMETHEUS_NAME,
+            IntOrString::Int(ports::PROMETHEUS),
             STARTUP_PROBE_PERIOD_SECONDS,
             startup_failures,
         )),
-        readiness_probe: Some(http_probe("/-/ready", ports::PROMETHEUS_NAME, 5, 3)),
-        liveness_probe: Some(http_probe("/-/healthy", ports::PROMETHEUS_NAME, 5, 6)),
+        readiness_probe: Some(http_probe("/-/ready", IntOrString::Int(ports::PROMETHEUS), 5, 3)),
+        liveness_probe: Some(http_probe("/-/healthy", IntOrString::Int(ports::PROMETHEUS), 5, 6)),
         resources: ctx.cluster.spec.resources.clone(),
         volume_mounts: Some(mounts),
         security_context: Some(container_security_context()),
@@ -226,13 +234,18 @@ fn agent_container(ctx: &BuildContext<'_>) -> Container {
         args: Some(vec![
             "agent".to_owned(),
             concat(&["--config-dir=", paths::CONFIG_DIR]),
-            with_port("--prometheus-url=http://127.0.0.1:", ports::PROMETHEUS),
+            with_port("--prometheus-url=http://127.0.0.1:", ports::PROMETHEUS_LOCAL),
             with_port("--listen=0.0.0.0:", ports::AGENT),
+            with_port("--proxy-listen=0.0.0.0:", ports::PROMETHEUS),
         ]),
         env: Some(vec![field_env(POD_NAME_ENV, "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")]),
-        ports: Some(vec![container_port(ports::AGENT_NAME, ports::AGENT)]),
-        // Liveness only: the agent must not take Prometheus out of the Service when it has a problem.
-        liveness_probe: Some(http_probe("/healthz", ports::AGENT_NAME, 10, 3)),
+        ports: Some(vec![
+            container_port(ports::PROMETHEUS_NAME, ports::PROMETHEUS),
+            container_port(ports::AGENT_NAME, ports::AGENT),
+        ]),
+        // Liveness only, and faster than Prometheus' (5 s x 6): Prometheus' probes pass through the agent, so a
+        // hung agent must be restarted before it could get Prometheus restarted.
+        liveness_probe: Some(http_probe("/healthz", IntOrString::String(ports::AGENT_NAME.to_owned()), 5, 3)),
         resources: Some(ResourceRequirements {
             requests: Some(super::map([
                 ("cpu".to_owned(), Quantity("10m".to_owned())),
@@ -258,7 +271,7 @@ fn thanos_container(ctx: &BuildContext<'_>) -> Container {
     let mut args = Vec::with_capacity(6);
     args.push("sidecar".to_owned());
     args.push(concat(&["--tsdb.path=", paths::DATA_DIR]));
-    args.push(with_port("--prometheus.url=http://127.0.0.1:", ports::PROMETHEUS));
+    args.push(with_port("--prometheus.url=http://127.0.0.1:", ports::PROMETHEUS_LOCAL));
     args.push(with_port("--http-address=0.0.0.0:", ports::THANOS_HTTP));
     args.push(with_port("--grpc-address=0.0.0.0:", ports::THANOS_GRPC));
     let mut mounts = Vec::with_capacity(2);
@@ -275,7 +288,7 @@ fn thanos_container(ctx: &BuildContext<'_>) -> Container {
             container_port(THANOS_HTTP_NAME, ports::THANOS_HTTP),
             container_port(THANOS_GRPC_NAME, ports::THANOS_GRPC),
         ]),
-        readiness_probe: Some(http_probe("/-/ready", THANOS_HTTP_NAME, 5, 3)),
+        readiness_probe: Some(http_probe("/-/ready", IntOrString::String(THANOS_HTTP_NAME.to_owned()), 5, 3)),
         volume_mounts: Some(mounts),
         security_context: Some(container_security_context()),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
@@ -373,6 +386,24 @@ fn affinity(ctx: &BuildContext<'_>) -> Option<Affinity> {
     })
 }
 
+/// The pod security context: `spec.securityContext` merged field by field over the defaults (non-root `nobody`,
+/// fsGroup 65534, RuntimeDefault seccomp). A field the user sets wins, even where it weakens a default
+/// (`runAsNonRoot: false`, another seccomp profile); a field the user leaves unset keeps its default, so setting
+/// `runAsUser` alone does not drop `runAsNonRoot` or the seccomp profile.
+pub fn pod_security_context(user: Option<&PodSecurityContext>) -> PodSecurityContext {
+    let defaults = default_pod_security_context();
+    let Some(user) = user else { return defaults };
+    PodSecurityContext {
+        run_as_non_root: user.run_as_non_root.or(defaults.run_as_non_root),
+        run_as_user: user.run_as_user.or(defaults.run_as_user),
+        run_as_group: user.run_as_group.or(defaults.run_as_group),
+        fs_group: user.fs_group.or(defaults.fs_group),
+        seccomp_profile: user.seccomp_profile.clone().or(defaults.seccomp_profile),
+        // The defaults set nothing else: every other field is the user's.
+        ..user.clone()
+    }
+}
+
 fn default_pod_security_context() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
@@ -425,11 +456,11 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-fn http_probe(path: &str, port: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+fn http_probe(path: &str, port: IntOrString, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String(port.to_owned()),
+            port,
             scheme: Some("HTTP".to_owned()),
             ..HTTPGetAction::default()
         }),
@@ -452,6 +483,38 @@ mod tests {
         assert_eq!(startup_failure_threshold(secs(16)), 4);
         assert_eq!(startup_failure_threshold(secs(0)), 1);
         assert_eq!(startup_failure_threshold(secs(u64::MAX / 2000)), i32::MAX);
+    }
+
+    #[test]
+    fn a_user_security_context_is_merged_over_the_defaults_field_by_field() {
+        assert_eq!(pod_security_context(None), default_pod_security_context());
+        let user = PodSecurityContext {
+            run_as_user: Some(1000),
+            fs_group: Some(2000),
+            supplemental_groups: Some(vec![3000]),
+            ..PodSecurityContext::default()
+        };
+        let merged = pod_security_context(Some(&user));
+        assert_eq!(merged.run_as_user, Some(1000));
+        assert_eq!(merged.fs_group, Some(2000));
+        assert_eq!(merged.supplemental_groups, Some(vec![3000]));
+        // Not set by the user: the hardened defaults stay.
+        assert_eq!(merged.run_as_non_root, Some(true));
+        assert_eq!(merged.run_as_group, Some(NOBODY));
+        assert_eq!(merged.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"));
+
+        // Set explicitly: the user wins, even where it weakens the defaults.
+        let user = PodSecurityContext {
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            seccomp_profile: Some(SeccompProfile { type_: "Unconfined".to_owned(), localhost_profile: None }),
+            ..PodSecurityContext::default()
+        };
+        let merged = pod_security_context(Some(&user));
+        assert_eq!(merged.run_as_non_root, Some(false));
+        assert_eq!(merged.run_as_user, Some(0));
+        assert_eq!(merged.seccomp_profile.map(|p| p.type_), Some("Unconfined".to_owned()));
+        assert_eq!(merged.fs_group, Some(NOBODY));
     }
 
     #[test]

@@ -27,6 +27,34 @@ pub const DEFAULT_INTERVAL: &str = "30s";
 /// Name of the external label that tells replicas apart.
 pub const DEFAULT_REPLICA_LABEL: &str = "replica";
 
+/// Upper bounds of the spec, in the CRD schema (the API server rejects what exceeds them) and in validation.
+/// Each is far above any sane value; they exist so that nothing the API server accepts overflows the types the
+/// operator reads the spec into, or makes it render objects the API server would refuse.
+pub mod limits {
+    /// `spec.replicas`: Prometheus replicas of one cluster (each holds all the data; shard across clusters).
+    pub const MAX_REPLICAS: i32 = 100;
+    /// `spec.backup.retention.keepLast`.
+    pub const MAX_KEEP_LAST: i32 = 10_000;
+    /// `spec.selfHealing.failureThreshold`.
+    pub const MAX_FAILURE_THRESHOLD: i32 = 1_000;
+    /// Durations, sizes and other short scalars written as strings (`15d`, `50GB`, `0 */6 * * *`).
+    pub const MAX_SHORT: u32 = 64;
+    /// Kubernetes object names (DNS-1123 subdomains).
+    pub const MAX_NAME: u32 = 253;
+    /// Image references.
+    pub const MAX_IMAGE: u32 = 1_024;
+    /// URLs and object-storage key prefixes.
+    pub const MAX_URL: u32 = 2_048;
+    /// Inline scrape configurations (the whole object must stay under etcd's 1.5 MiB request limit).
+    pub const MAX_INLINE_CONFIG: u32 = 262_144;
+    /// Label maps (`externalLabels`, `nodeSelector`).
+    pub const MAX_LABELS: u32 = 64;
+    /// Label values.
+    pub const MAX_LABEL_VALUE: u32 = 1_024;
+    /// Lists (`remoteWrite`, `tolerations`).
+    pub const MAX_ITEMS: u32 = 64;
+}
+
 /// Desired state of a Prometheus cluster.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -47,21 +75,23 @@ pub struct PrometheusClusterSpec {
     /// Number of Prometheus replicas. With more than one, replicas are spread across nodes, protected by a
     /// PodDisruptionBudget and told apart by the replica external label.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = limits::MAX_REPLICAS))]
     pub replicas: i32,
 
     /// Prometheus container image. Prometheus 2.x (2.53 and later) and 3.x are supported.
     #[serde(default = "default_image")]
+    #[schemars(length(max = limits::MAX_IMAGE))]
     pub image: String,
 
     /// How long to keep samples (`--storage.tsdb.retention.time`), for example `15d`.
     #[serde(default = "default_retention")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d|w|y)$"))]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d|w|y)$"), length(max = limits::MAX_SHORT))]
     pub retention: String,
 
     /// Maximum bytes of storage blocks to keep (`--storage.tsdb.retention.size`), for example `50GB`.
     /// The oldest blocks go first. Empty means no size limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub retention_size: Option<String>,
 
     /// Persistent storage of each replica.
@@ -78,6 +108,7 @@ pub struct PrometheusClusterSpec {
 
     /// Remote write endpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_ITEMS))]
     pub remote_write: Vec<RemoteWriteSpec>,
 
     /// Thanos sidecar that uploads blocks and serves the Store API.
@@ -95,30 +126,34 @@ pub struct PrometheusClusterSpec {
 
     /// Interval between scrapes (`global.scrape_interval`).
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = r"^(([0-9]+)(ms|s|m|h|d|w|y))+$"))]
+    #[schemars(regex(pattern = r"^(([0-9]+)(ms|s|m|h|d|w|y))+$"), length(max = limits::MAX_SHORT))]
     pub scrape_interval: String,
 
     /// Interval between rule evaluations (`global.evaluation_interval`).
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = r"^(([0-9]+)(ms|s|m|h|d|w|y))+$"))]
+    #[schemars(regex(pattern = r"^(([0-9]+)(ms|s|m|h|d|w|y))+$"), length(max = limits::MAX_SHORT))]
     pub evaluation_interval: String,
 
     /// Labels added to every series and alert this cluster sends out (`global.external_labels`).
     /// The operator adds `cluster` and the replica label itself when replicas > 1 or Thanos is on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::MAX_LABELS), inner(length(max = limits::MAX_LABEL_VALUE)))]
     pub external_labels: BTreeMap<String, String>,
 
     /// Name of the external label that holds the pod name, so that replicas can be told apart
     /// (by Thanos or a remote-write receiver deduplicating them). Default `replica`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_NAME))]
     pub replica_external_label_name: Option<String>,
 
     /// Node labels the pods must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::MAX_LABELS), inner(length(max = limits::MAX_LABEL_VALUE)))]
     pub node_selector: BTreeMap<String, String>,
 
     /// Tolerations of the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_ITEMS))]
     pub tolerations: Vec<Toleration>,
 
     /// Affinity of the pods. When unset and replicas > 1, the operator adds a soft anti-affinity that spreads
@@ -126,13 +161,16 @@ pub struct PrometheusClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 
-    /// Pod security context. When unset, pods run as the non-root `nobody` user (65534) with
-    /// `fsGroup` 65534 and the RuntimeDefault seccomp profile.
+    /// Pod security context, merged field by field over the defaults: pods run as the non-root `nobody` user
+    /// (runAsUser and runAsGroup 65534, runAsNonRoot true) with `fsGroup` 65534 and the RuntimeDefault seccomp
+    /// profile. Each field set here replaces its default; fields left unset keep theirs (set runAsNonRoot or
+    /// seccompProfile explicitly to change them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
 
     /// Priority class of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_NAME))]
     pub priority_class_name: Option<String>,
 
     /// Self-healing of stuck replicas. The defaults never touch a replica that is starting or replaying its WAL.
@@ -144,12 +182,43 @@ pub struct PrometheusClusterSpec {
     pub restore: Option<RestoreSpec>,
 }
 
+impl Default for PrometheusClusterSpec {
+    /// The spec of an object that sets nothing: every field at its documented default.
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            image: default_image(),
+            retention: default_retention(),
+            retention_size: None,
+            storage: StorageSpec::default(),
+            resources: None,
+            backup: BackupSpec::default(),
+            remote_write: Vec::new(),
+            thanos: ThanosSpec::default(),
+            additional_scrape_configs: None,
+            paused: false,
+            scrape_interval: default_interval(),
+            evaluation_interval: default_interval(),
+            external_labels: BTreeMap::new(),
+            replica_external_label_name: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            security_context: None,
+            priority_class_name: None,
+            self_healing: SelfHealingSpec::default(),
+            restore: None,
+        }
+    }
+}
+
 /// Persistent storage of each replica.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// StorageClass of the data volume claims; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_NAME))]
     pub storage_class_name: Option<String>,
 
     /// Size of each replica's data volume.
@@ -173,24 +242,29 @@ pub struct BackupSpec {
 
     /// Bucket the backups go to. Required when backups are enabled.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_NAME))]
     pub bucket: String,
 
     /// Region of the bucket; the operator-wide `--s3-region` when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub region: String,
 
     /// S3-compatible endpoint URL (MinIO, Ceph, ...); path-style addressing is used when set.
     /// The operator-wide `--s3-endpoint` when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_URL))]
     pub endpoint: String,
 
     /// Key prefix of this cluster's backups inside the bucket.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_URL))]
     pub prefix: String,
 
     /// When to take a backup: a 5-field cron expression (`0 */6 * * *`) or a descriptor (`@daily`, `@every 6h`),
     /// evaluated in UTC.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub schedule: String,
 
     /// Secret with the keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` used for this cluster's bucket.
@@ -209,6 +283,7 @@ pub struct BackupSpec {
     /// the cluster's UID, so that many clusters on one schedule do not start at once. Capped at half the time
     /// between two slots. No jitter when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub jitter: Option<String>,
 
     /// What to do when the operator was down at one or more scheduled times: `CatchUpOnce` (default) runs one
@@ -235,6 +310,7 @@ pub enum MissedRunPolicy {
 pub struct RestoreSpec {
     /// The backup to restore (its id, such as `20260413T001900Z`); the newest complete backup when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub backup_id: Option<String>,
 
     /// Where the backup is.
@@ -247,26 +323,30 @@ pub struct RestoreSpec {
 pub struct RestoreSource {
     /// Namespace of the cluster that made the backup; this cluster's namespace when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_NAME))]
     pub namespace: String,
 
     /// Name of the cluster that made the backup.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = limits::MAX_NAME))]
     pub cluster: String,
 
     /// Bucket of the backup.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = limits::MAX_NAME))]
     pub bucket: String,
 
     /// Key prefix the source cluster used (`spec.backup.prefix`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_URL))]
     pub prefix: String,
 
     /// S3-compatible endpoint URL; the operator-wide `--s3-endpoint` when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_URL))]
     pub endpoint: String,
 
     /// Region of the bucket; the operator-wide `--s3-region` when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub region: String,
 
     /// Secret with the keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` for the bucket.
@@ -280,11 +360,12 @@ pub struct RestoreSource {
 pub struct BackupRetentionSpec {
     /// Keep at most this many complete backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = limits::MAX_KEEP_LAST))]
     pub keep_last: Option<i32>,
 
     /// Remove complete backups older than this duration (for example `30d`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub max_age: Option<String>,
 }
 
@@ -293,11 +374,12 @@ pub struct BackupRetentionSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RemoteWriteSpec {
     /// URL of the endpoint to send samples to.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = limits::MAX_URL))]
     pub url: String,
 
     /// Name of the queue, unique within the cluster.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::MAX_NAME))]
     pub name: String,
 
     /// Secret with the keys `username` and `password` for HTTP basic auth. It is mounted into the pods.
@@ -319,6 +401,7 @@ pub struct ThanosSpec {
 
     /// Thanos image.
     #[serde(default = "default_thanos_image")]
+    #[schemars(length(max = limits::MAX_IMAGE))]
     pub image: String,
 
     /// Secret with the key `objstore.yml` that configures block upload.
@@ -338,6 +421,7 @@ impl Default for ThanosSpec {
 pub struct AdditionalScrapeConfigs {
     /// A YAML list of `scrape_config` entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_INLINE_CONFIG))]
     pub inline: Option<String>,
 
     /// A key of a Secret holding a file with a top-level `scrape_configs:` list.
@@ -357,20 +441,23 @@ pub struct SelfHealingSpec {
 
     /// Time between probes of each replica.
     #[serde(default = "default_probe_interval")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub probe_interval: String,
 
     /// Consecutive failed probes before a replica counts as stuck.
     #[serde(default = "default_failure_threshold")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = limits::MAX_FAILURE_THRESHOLD))]
     pub failure_threshold: i32,
 
     /// How long a starting replica may take to become ready (WAL replay). Also the length of the
     /// pod's startup probe.
     #[serde(default = "default_startup_budget")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub startup_budget: String,
 
     /// Minimum time between two replacements in this cluster.
     #[serde(default = "default_cooldown")]
+    #[schemars(length(max = limits::MAX_SHORT))]
     pub cooldown: String,
 }
 
@@ -547,4 +634,15 @@ fn default_cooldown() -> String {
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_spec_is_what_an_empty_spec_decodes_to() {
+        let decoded: PrometheusClusterSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(decoded, PrometheusClusterSpec::default());
+    }
 }

@@ -511,6 +511,7 @@ async fn run(builder: KubeletBuilder, ready: oneshot::Sender<Result<Ready>>, sto
         )),
         tokio::spawn(pv::run_provisioner(client.clone(), state_dir.clone(), nodes.clone())),
         tokio::spawn(pv::run_reclaimer(client.clone(), state_dir.clone())),
+        tokio::spawn(pv::run_resizer(client.clone())),
     ];
     tracing::info!(?nodes, subnet = %format!("10.213.{index}.0/24"), state_dir = %state_dir.display(), "process kubelet ready");
     let _ = ready.send(Ok(Ready {

@@ -11,6 +11,10 @@
 //!   then binds the claim to it.
 //! - PVs this provisioner created (annotation `pv.kubernetes.io/provisioned-by`) that are `Released` or
 //!   `Failed` are deleted with their directory, as a dynamic provisioner does.
+//! - A bound claim whose request differs from its capacity is expanded, as the external resizer and the kubelet
+//!   do together for a volume that needs no file system step: the PV's `spec.capacity` and then the claim's
+//!   `status.capacity` take the new size. The API server has already checked that the claim's StorageClass has
+//!   `allowVolumeExpansion` and that the request grew (shrinking is refused there).
 //!
 //! # Guarantees
 //! The directory of a bound PV outlives pods, so data survives pod deletion and rescheduling.
@@ -26,7 +30,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
@@ -205,9 +209,73 @@ pub(crate) async fn run_reclaimer(client: Client, state_dir: PathBuf) {
     }
 }
 
+/// The size a bound claim is to be expanded to: its request, when that differs from its capacity. Pure.
+pub(crate) fn decide_resize(pvc: &PersistentVolumeClaim) -> Option<String> {
+    let status = pvc.status.as_ref()?;
+    if status.phase.as_deref() != Some("Bound") {
+        return None;
+    }
+    let requested = pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage")?;
+    let capacity = status.capacity.as_ref().and_then(|c| c.get("storage"));
+    // The API server keeps quantities in canonical form, so equal sizes are equal strings.
+    (capacity != Some(requested)).then(|| requested.0.clone())
+}
+
+/// Expands bound claims of this provisioner's volumes whose request grew; runs until aborted.
+pub(crate) async fn run_resizer(client: Client) {
+    let pvcs: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let mut stream = watcher::watcher(pvcs, watcher::Config::default()).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        let Ok(Event::Apply(pvc) | Event::InitApply(pvc)) = event else {
+            continue;
+        };
+        let Some(size) = decide_resize(&pvc) else { continue };
+        if let Err(err) = expand(&client, &pvc, &size).await {
+            tracing::warn!(pvc = %pvc.name_any(), error = %err, "expanding failed");
+        }
+    }
+}
+
+async fn expand(client: &Client, pvc: &PersistentVolumeClaim, size: &str) -> Result<(), kube::Error> {
+    let Some(volume) = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()) else { return Ok(()) };
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let Some(pv) = pvs.get_opt(&volume).await? else { return Ok(()) };
+    if pv.annotations().get("pv.kubernetes.io/provisioned-by").map(String::as_str) != Some(PROVISIONER) {
+        return Ok(());
+    }
+    let params = PatchParams::default();
+    pvs.patch(&volume, &params, &Patch::Merge(serde_json::json!({"spec": {"capacity": {"storage": size}}}))).await?;
+    let ns = pvc.namespace().unwrap_or_default();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .patch_status(
+            &pvc.name_any(),
+            &params,
+            &Patch::Merge(serde_json::json!({"status": {"capacity": {"storage": size}, "conditions": null}})),
+        )
+        .await?;
+    tracing::info!(pvc = %pvc.name_any(), pv = %volume, %size, "expanded");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bound_claims_are_expanded_to_their_request_and_others_are_left_alone() {
+        let claim = |phase: &str, requested: &str, capacity: Option<&str>| -> PersistentVolumeClaim {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "data-a-0", "namespace": "ns"},
+                "spec": {"resources": {"requests": {"storage": requested}}, "volumeName": "pvc-1"},
+                "status": {"phase": phase, "capacity": capacity.map(|c| serde_json::json!({"storage": c}))},
+            }))
+            .unwrap()
+        };
+        assert_eq!(decide_resize(&claim("Bound", "2Gi", Some("1Gi"))), Some("2Gi".to_owned()));
+        assert_eq!(decide_resize(&claim("Bound", "2Gi", None)), Some("2Gi".to_owned()));
+        assert_eq!(decide_resize(&claim("Bound", "2Gi", Some("2Gi"))), None);
+        assert_eq!(decide_resize(&claim("Pending", "2Gi", Some("1Gi"))), None);
+    }
 
     fn claim(class: Option<&str>) -> PersistentVolumeClaim {
         serde_json::from_value(serde_json::json!({
