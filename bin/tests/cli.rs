@@ -188,3 +188,51 @@ fn plan_says_when_the_operator_would_do_nothing_paused_or_name_conflict() {
     assert!(documents(&stdout).is_empty(), "no object to apply: {stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn operator(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tsdb-operator"))
+        .args(args)
+        .env_remove("TSDB_AUDIT_DSN")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("tsdb-operator runs")
+}
+
+#[test]
+fn the_operator_takes_the_seed_flags_and_refuses_features_it_lacks_by_name() {
+    // Accepted: the run gets as far as reading the (missing) kubeconfig.
+    let kubeconfig = "--kubeconfig=/nonexistent/tsdb-operator-test/kubeconfig";
+    let out = operator(&[
+        "-leader-elect=true",
+        "--enable-ha=false",
+        "--enable-backup",
+        "--metrics-secure=false",
+        "--zap-log-level=debug",
+        "--zap-encoder=json",
+        kubeconfig,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("failed to read kubeconfig"), "{stderr}");
+
+    // Turned on, a missing feature stops the operator at once with the flag and the fix.
+    for (flag, shown) in [
+        ("--enable-webhook", "--enable-webhook=true"),
+        ("--enable-api=True", "--enable-api=true"),
+        ("--metrics-secure", "--metrics-secure=true"),
+        ("--audit-dsn=postgres://audit@127.0.0.1/audit", "--audit-dsn"),
+    ] {
+        let out = operator(&[flag, kubeconfig]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(stderr.contains(shown) && stderr.contains("remove the flag"), "{flag}: {stderr}");
+        assert!(!stderr.contains("kubeconfig"), "{flag}: refused before connecting: {stderr}");
+    }
+
+    // As in Go, a bare boolean does not take the next argument, and a wrong spelling says which are right.
+    let out = operator(&["--leader-elect", "false", kubeconfig]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = operator(&["--enable-ha=yes", kubeconfig]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use true or false"));
+}

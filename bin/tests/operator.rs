@@ -757,3 +757,43 @@ async fn storage_grows_in_place_and_a_refused_shrink_blocks_nothing_else() -> Re
     let _ = classes.delete(&class_name, &DeleteParams::default()).await;
     result
 }
+
+/// The Go operator's Deployment arguments (Go flag syntax, zap flags, features off) run this operator: a cluster
+/// becomes Active, `--enable-ha=false` keeps self-healing from probing at all, and the log has no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_deployment_arguments_run_the_operator_with_plain_logs() -> Result<()> {
+    let ns = namespace("seedflags").await;
+    let op = Operator::start(
+        Some(&ns),
+        &[
+            "-enable-ha=false",
+            "--enable-backup",
+            "--metrics-secure=false",
+            "--enable-http2=false",
+            "--enable-webhook=false",
+            "--enable-api=false",
+            "--api-address=:8080",
+            "--webhook-cert-path=/tmp/k8s-webhook-server/serving-certs",
+            "--zap-devel=false",
+            "--zap-encoder=console",
+            "--zap-stacktrace-level=error",
+            "--zap-time-encoding=rfc3339",
+        ],
+    )?;
+    let healing = "  selfHealing:\n    probeInterval: 1s\n";
+    apply_cluster(&ns, &format!("{}{healing}", cluster_yaml("seed", 1))).await?;
+    wait_phase(&ns, "seed", Phase::Active, 1, READY).await?;
+    // Probes every second would have counted by now with self-healing on.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let metrics = op.metrics().await?;
+    let probes: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tsdb_operator_heal_probes_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(probes < 0.5, "--enable-ha=false: no replica is probed, saw {probes}");
+    let log = std::fs::read_to_string(op.process.log_path())?;
+    assert!(log.contains("--enable-ha=false"), "the operator says self-healing is off:\n{log}");
+    assert!(!log.contains('\u{1b}'), "a log that is not a terminal has no colour codes:\n{log}");
+    Ok(())
+}

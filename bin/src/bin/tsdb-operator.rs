@@ -17,6 +17,8 @@ use tsdb_operator_adapters::{agent, leader};
 use tsdb_operator_core::build::BuildSettings;
 use tsdb_operator_core::crd::PrometheusCluster;
 
+#[path = "../seed_flags.rs"]
+mod seed_flags;
 #[path = "../store_args.rs"]
 mod store_args;
 
@@ -36,6 +38,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
     /// Run the operator (the default when no subcommand is given).
     Operator(OperatorArgs),
@@ -57,7 +60,8 @@ struct OperatorArgs {
     #[arg(long, default_value = ":8081")]
     health_probe_bind_address: String,
     /// Elect a leader with a Lease so that only one replica acts.
-    #[arg(long, default_value_t = false)]
+    #[arg(long, value_parser = seed_flags::go_bool, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     leader_elect: bool,
     /// Name of the leader Lease.
     #[arg(long, default_value = leader::LEASE_NAME)]
@@ -84,7 +88,8 @@ struct OperatorArgs {
     #[arg(long, env = "TSDB_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// Run the backup scheduler.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, value_parser = seed_flags::go_bool, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     enable_backup: bool,
     /// S3 endpoint used by clusters whose spec.backup.endpoint is empty.
     #[arg(long, default_value = "")]
@@ -101,6 +106,8 @@ struct OperatorArgs {
     /// Objects that no backup references are deleted only when older than this (Prometheus duration).
     #[arg(long, default_value = "1h")]
     backup_gc_grace: String,
+    #[command(flatten)]
+    seed: seed_flags::SeedFlags,
 }
 
 #[derive(Args)]
@@ -162,11 +169,17 @@ struct AgentArgs {
     log_format: String,
 }
 
-fn init_tracing(format: &str) {
+/// Logs to stderr: `RUST_LOG` or the flags' filter; colours only on a terminal, so `kubectl logs` and log files
+/// show plain lines.
+fn init_tracing(settings: &seed_flags::LogSettings) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if settings.format == "json" {
         builder.json().init();
     } else {
         builder.init();
@@ -228,6 +241,10 @@ fn clients(mut config: kube::Config, identity: &str, fence: leader::Fence) -> Re
 }
 
 async fn run_operator(args: OperatorArgs) -> Result<()> {
+    args.seed.refuse_unavailable(parse_addr(&args.metrics_bind_address)?.is_some())?;
+    if args.seed.enable_http2 {
+        tracing::warn!("--enable-http2=true: the operator's servers speak HTTP/1.1 only");
+    }
     let shutdown = shutdown_signal()?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
@@ -250,6 +267,10 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         ..controller::backup::BackupConfig::default()
     };
     let enable_backup = args.enable_backup;
+    let enable_healing = args.seed.enable_ha;
+    if !enable_healing {
+        tracing::warn!("--enable-ha=false: self-healing is off for every cluster, whatever its spec.selfHealing says");
+    }
     let settings = BuildSettings { agent_image: args.agent_image.clone(), pdb_api, backup: backup_defaults };
     let metrics = Metrics::new();
     let health = Health::default();
@@ -277,12 +298,14 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
             // One store of PrometheusClusters, filled by the cluster controller's watch, read by all three.
             let (clusters, writer) = reflector::store::<PrometheusCluster>();
             let clusters_for_sets = clusters.clone();
-            let healer = Box::pin(controller::heal::run(
-                ctx.clone(),
-                controller::heal::HealerConfig::default(),
-                clusters.clone(),
-                until(&stop),
-            ));
+            let healer = {
+                let (ctx, clusters, stop) = (ctx.clone(), clusters.clone(), until(&stop));
+                Box::pin(async move {
+                    if enable_healing {
+                        controller::heal::run(ctx, controller::heal::HealerConfig::default(), clusters, stop).await;
+                    }
+                })
+            };
             let backups = async {
                 if enable_backup {
                     controller::backup::run(ctx.clone(), backup_config, clusters, until(&stop)).await;
@@ -431,26 +454,30 @@ async fn run_restore(args: RestoreArgs) -> Result<()> {
 async fn main() -> Result<()> {
     // object_store brings aws-lc-rs next to kube's ring: pick one for rustls, or kube's TLS setup panics.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(seed_flags::normalize_go_args(std::env::args_os()));
+    let plain = |format: &str| seed_flags::LogSettings {
+        format: format.to_owned(),
+        filter: seed_flags::DEFAULT_FILTER.to_owned(),
+    };
     match cli.command {
         Some(Command::Crd) => {
             print!("{}", tsdb_operator_core::crd::crds_yaml()?);
             Ok(())
         }
         Some(Command::Agent(AgentCli { command: Some(AgentCommand::Restore(args)), .. })) => {
-            init_tracing("text");
+            init_tracing(&plain("text"));
             run_restore(args).await
         }
         Some(Command::Agent(AgentCli { command: None, run })) => {
-            init_tracing(&run.log_format);
+            init_tracing(&plain(&run.log_format));
             run_agent(run).await
         }
         Some(Command::Operator(args)) => {
-            init_tracing(&args.log_format);
+            init_tracing(&args.seed.log_settings(&args.log_format));
             Box::pin(run_operator(args)).await
         }
         None => {
-            init_tracing(&cli.operator.log_format);
+            init_tracing(&cli.operator.seed.log_settings(&cli.operator.log_format));
             Box::pin(run_operator(cli.operator)).await
         }
     }

@@ -1,0 +1,319 @@
+//! The Go tsdb-operator's manager flags, so that its Deployments run this operator unchanged: Go's flag syntax
+//! (`-flag`, `--flag`, `--flag=true`, bare booleans that never take the next argument, `strconv.ParseBool`
+//! spellings), controller-runtime's zap logging flags, and the flags of features this version does not have yet,
+//! which are accepted when off and refused with a message naming the flag when turned on.
+
+use clap::{ArgAction, Args};
+
+/// Go's `strconv.ParseBool`: `1 t T TRUE true True` and `0 f F FALSE false False`.
+pub fn go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean: use true or false (or 1, t, T, TRUE, True, 0, f, F, FALSE, False)")),
+    }
+}
+
+/// Rewrites Go's single-dash long flags (`-leader-elect`, `-zap-log-level=debug`) into `--` form. Other
+/// arguments, values such as `-1` included, are kept as they are.
+pub fn normalize_go_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|arg| {
+            let Some(s) = arg.to_str() else { return arg };
+            let name = s.strip_prefix('-').filter(|rest| !rest.starts_with('-')).map(|r| r.split('=').next());
+            match name.flatten() {
+                Some(name)
+                    if name.len() > 1
+                        && name.starts_with(|c: char| c.is_ascii_lowercase())
+                        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+                {
+                    format!("-{s}").into()
+                }
+                _ => arg,
+            }
+        })
+        .collect()
+}
+
+/// The seed's flags beyond the ones this operator had, and controller-runtime's zap flags.
+#[derive(Args, Clone, Debug)]
+#[allow(clippy::struct_excessive_bools)] // the seed's flags are booleans, one field each
+pub struct SeedFlags {
+    /// Serve /metrics over HTTPS with authentication (the seed's default is true). Not available in this version:
+    /// `true` is refused while the metrics endpoint is on.
+    #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub metrics_secure: bool,
+    /// Directory of the metrics server's certificate (used with --metrics-secure).
+    #[arg(long, default_value = "")]
+    pub metrics_cert_path: String,
+    /// File name of the metrics certificate in --metrics-cert-path.
+    #[arg(long, default_value = "tls.crt")]
+    pub metrics_cert_name: String,
+    /// File name of the metrics key in --metrics-cert-path.
+    #[arg(long, default_value = "tls.key")]
+    pub metrics_cert_key: String,
+    /// Allow HTTP/2 on the operator's servers. They speak HTTP/1.1 only, which is what `false` (the seed's
+    /// default) asks for; `true` is accepted with a warning.
+    #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub enable_http2: bool,
+    /// Self-healing of stuck replicas, operator-wide; `false` turns it off for every cluster whatever its
+    /// `spec.selfHealing` says.
+    #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "true", action = ArgAction::Set)]
+    pub enable_ha: bool,
+    /// The admission webhook. Not available in this version: `true` is refused.
+    #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub enable_webhook: bool,
+    /// Directory of the webhook server's certificate.
+    #[arg(long, default_value = "")]
+    pub webhook_cert_path: String,
+    /// File name of the webhook certificate.
+    #[arg(long, default_value = "tls.crt")]
+    pub webhook_cert_name: String,
+    /// File name of the webhook key.
+    #[arg(long, default_value = "tls.key")]
+    pub webhook_cert_key: String,
+    /// The REST API (the seed's default is true). Not available in this version: `true` is refused.
+    #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub enable_api: bool,
+    /// Address of the REST API.
+    #[arg(long, default_value = ":8080")]
+    pub api_address: String,
+    /// Directory of the REST API's TLS certificate.
+    #[arg(long, default_value = "")]
+    pub api_tls_cert_dir: String,
+    /// Namespace of the REST API's objects.
+    #[arg(long, default_value = "default")]
+    pub api_namespace: String,
+    /// Database of the audit trail. Not available in this version: a non-empty value is refused.
+    #[arg(long, env = "TSDB_AUDIT_DSN", default_value = "", hide_env_values = true)]
+    pub audit_dsn: String,
+    /// Days audit records are kept (0: forever).
+    #[arg(long, default_value_t = 0)]
+    pub audit_retention_days: u32,
+    /// controller-runtime's development mode: text logs at debug level.
+    #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub zap_devel: bool,
+    /// Log encoding: `json` or `console` (text); overrides --log-format.
+    #[arg(long, value_parser = ["json", "console"])]
+    pub zap_encoder: Option<String>,
+    /// Log level: debug, info, error, panic, or a verbosity number (1: debug, 2 or more: trace). `RUST_LOG`
+    /// overrides it.
+    #[arg(long, value_parser = zap_level)]
+    pub zap_log_level: Option<String>,
+    /// Accepted for compatibility; log lines carry their error's causes instead of stack traces.
+    #[arg(long, value_parser = ["info", "error", "panic"])]
+    pub zap_stacktrace_level: Option<String>,
+    /// Accepted for compatibility; text and JSON logs carry RFC 3339 times.
+    #[arg(long, value_parser = ["epoch", "millis", "nano", "iso8601", "rfc3339", "rfc3339nano"])]
+    pub zap_time_encoding: Option<String>,
+}
+
+/// Log settings from the flags: the format and the default filter (`RUST_LOG` overrides it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing `EnvFilter` directive.
+    pub filter: String,
+}
+
+/// The quiet default: the operator at info, its libraries at warn.
+pub const DEFAULT_FILTER: &str = "info,kube=warn,hyper=warn";
+
+/// `--zap-log-level`: a level name or a verbosity number.
+fn zap_level(s: &str) -> Result<String, String> {
+    match s {
+        "debug" | "info" | "error" | "panic" => Ok(s.to_owned()),
+        _ if s.parse::<u8>().is_ok() => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not a level: use debug, info, error, panic or a verbosity number such as 2")),
+    }
+}
+
+impl SeedFlags {
+    /// Refuses the flags of features this version does not have, naming the flag and the fix.
+    ///
+    /// # Errors
+    /// When such a feature is turned on.
+    pub fn refuse_unavailable(&self, metrics_on: bool) -> anyhow::Result<()> {
+        let unavailable = |flag: &str, what: &str| {
+            anyhow::anyhow!(
+                "{flag}: {what} is not available in this version of tsdb-operator; remove the flag or set it to \
+                 false (see docs/operator.md, Flags)"
+            )
+        };
+        if self.metrics_secure && metrics_on {
+            return Err(unavailable("--metrics-secure=true", "serving metrics over HTTPS with authentication"));
+        }
+        if self.enable_webhook {
+            return Err(unavailable("--enable-webhook=true", "the admission webhook"));
+        }
+        if self.enable_api {
+            return Err(unavailable("--enable-api=true", "the REST API"));
+        }
+        if !self.audit_dsn.is_empty() {
+            return Err(anyhow::anyhow!(
+                "--audit-dsn (or $TSDB_AUDIT_DSN): the audit trail is not available in this version of \
+                 tsdb-operator; remove the flag and unset the variable (see docs/operator.md, Flags)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The log settings, from `--log-format` and the zap flags (which win).
+    pub fn log_settings(&self, log_format: &str) -> LogSettings {
+        let format = match self.zap_encoder.as_deref() {
+            Some("json") => "json",
+            Some(_) => "text",
+            None if self.zap_devel => "text",
+            None => log_format,
+        };
+        let level = self.zap_log_level.as_deref().or(self.zap_devel.then_some("debug"));
+        let filter = match level {
+            None | Some("info" | "0") => DEFAULT_FILTER,
+            Some("debug" | "1") => "debug,kube=info,hyper=info,h2=info,tower=info,rustls=info",
+            Some("error" | "panic") => "error",
+            Some(_) => "trace,hyper=debug,h2=debug,rustls=debug",
+        };
+        LogSettings { format: format.to_owned(), filter: filter.to_owned() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Probe {
+        #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              default_value = "false", action = ArgAction::Set)]
+        leader_elect: bool,
+        #[arg(long, default_value = ":8081")]
+        health_probe_bind_address: String,
+        #[command(flatten)]
+        seed: SeedFlags,
+        #[arg(long, default_value = "text")]
+        log_format: String,
+    }
+
+    fn parse(args: &[&str]) -> Result<Probe, clap::Error> {
+        let args = std::iter::once("tsdb-operator").chain(args.iter().copied()).map(std::ffi::OsString::from);
+        Probe::try_parse_from(normalize_go_args(args))
+    }
+
+    #[test]
+    fn go_boolean_spellings_and_bare_flags_parse() {
+        for (args, want) in [
+            (&["--leader-elect"][..], true),
+            (&["--leader-elect=true"], true),
+            (&["--leader-elect=1"], true),
+            (&["--leader-elect=True"], true),
+            (&["--leader-elect=false"], false),
+            (&["--leader-elect=F"], false),
+            (&["-leader-elect"], true),
+            (&["-leader-elect=0"], false),
+            (&[], false),
+        ] {
+            assert_eq!(parse(args).unwrap().leader_elect, want, "{args:?}");
+        }
+        assert!(parse(&[]).unwrap().seed.enable_ha, "--enable-ha defaults to true like the seed's");
+        assert!(!parse(&["--enable-ha=false"]).unwrap().seed.enable_ha);
+    }
+
+    #[test]
+    fn a_bare_boolean_never_takes_the_next_argument() {
+        // Go: `--leader-elect false` is a bare flag followed by a positional argument, which the manager refuses.
+        assert!(parse(&["--leader-elect", "false"]).is_err());
+        let p = parse(&["--leader-elect", "--health-probe-bind-address", ":9000"]).unwrap();
+        assert!(p.leader_elect);
+        assert_eq!(p.health_probe_bind_address, ":9000");
+    }
+
+    #[test]
+    fn a_bad_boolean_names_the_accepted_spellings() {
+        let err = parse(&["--enable-ha=yes"]).unwrap_err().to_string();
+        assert!(err.contains("--enable-ha") && err.contains("use true or false"), "{err}");
+    }
+
+    #[test]
+    fn single_dash_long_flags_become_double_dash_and_values_are_kept() {
+        let out = normalize_go_args(
+            ["tsdb-operator", "-zap-log-level=debug", "-h", "--x", "-1", "-audit-retention-days", "7"]
+                .map(std::ffi::OsString::from),
+        );
+        let out: Vec<_> = out.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(out, ["tsdb-operator", "--zap-log-level=debug", "-h", "--x", "-1", "--audit-retention-days", "7"]);
+    }
+
+    #[test]
+    fn the_seed_deployment_arguments_are_accepted() {
+        // The arguments the Go operator's chart and kubebuilder manifests pass (`--enable-backup` is one of the
+        // operator's own flags, tested with them).
+        let p = parse(&[
+            "--leader-elect=true",
+            "--health-probe-bind-address=:8081",
+            "--metrics-secure=false",
+            "--enable-ha=true",
+            "--enable-webhook=false",
+            "--enable-api=false",
+            "--api-address=:8080",
+            "--api-namespace=monitoring",
+            "--audit-retention-days=30",
+            "--webhook-cert-path=/tmp/k8s-webhook-server/serving-certs",
+            "--metrics-cert-path=/tmp/k8s-metrics-server/metrics-certs",
+            "--enable-http2=false",
+            "--zap-devel=false",
+            "--zap-encoder=json",
+            "--zap-log-level=info",
+            "--zap-stacktrace-level=error",
+            "--zap-time-encoding=iso8601",
+        ])
+        .unwrap();
+        assert!(p.leader_elect && p.seed.enable_ha);
+        assert_eq!(p.seed.api_namespace, "monitoring");
+        p.seed.refuse_unavailable(true).unwrap();
+        assert_eq!(
+            p.seed.log_settings(&p.log_format),
+            LogSettings { format: "json".into(), filter: DEFAULT_FILTER.into() }
+        );
+    }
+
+    #[test]
+    fn features_this_version_lacks_are_refused_by_name_when_turned_on() {
+        for (args, flag) in [
+            (&["--enable-webhook"][..], "--enable-webhook=true"),
+            (&["--enable-api=true"], "--enable-api=true"),
+            (&["--metrics-secure"], "--metrics-secure=true"),
+            (&["--audit-dsn=postgres://audit@db/audit"], "--audit-dsn"),
+        ] {
+            let err = parse(args).unwrap().seed.refuse_unavailable(true).unwrap_err().to_string();
+            assert!(err.starts_with(flag) && err.contains("not available in this version"), "{err}");
+        }
+        // Secure metrics only matter while metrics are served.
+        parse(&["--metrics-secure"]).unwrap().seed.refuse_unavailable(false).unwrap();
+    }
+
+    #[test]
+    fn zap_flags_set_the_log_format_and_level() {
+        let settings = |args: &[&str]| {
+            let p = parse(args).unwrap();
+            p.seed.log_settings(&p.log_format)
+        };
+        assert_eq!(settings(&[]), LogSettings { format: "text".into(), filter: DEFAULT_FILTER.into() });
+        assert_eq!(settings(&["--log-format=json"]).format, "json");
+        assert_eq!(settings(&["--log-format=json", "--zap-encoder=console"]).format, "text");
+        assert!(settings(&["--zap-devel"]).filter.starts_with("debug"));
+        assert!(settings(&["--zap-log-level=debug"]).filter.starts_with("debug"));
+        assert!(settings(&["--zap-log-level=3"]).filter.starts_with("trace"));
+        assert_eq!(settings(&["--zap-log-level=error"]).filter, "error");
+        let err = parse(&["--zap-log-level=loud"]).unwrap_err().to_string();
+        assert!(err.contains("--zap-log-level") && err.contains("verbosity number"), "{err}");
+    }
+}
