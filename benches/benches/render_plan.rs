@@ -1,17 +1,14 @@
 //! Render + plan of a typical cluster (2 replicas, remote_write, backup, Thanos: `fixtures/clusters/typical.yaml`)
 //! and the whole resync decision, next to serializing the same objects only (the floor). `cargo bench -p tsdb-operator-benches --bench render_plan`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use k8s_openapi::api::core::v1::Pod;
-use serde_json::{Value, json};
-use tsdb_operator_benches::{applied, typical_cluster};
+use tsdb_operator_benches::{applied, now, settled_observation, typical_cluster};
 use tsdb_operator_core::build::{self, BuildSettings};
-use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_core::decide::{self, ClusterObservation};
-use tsdb_operator_core::plan::{ChildKey, plan_objects, plan_owned_children};
+use tsdb_operator_core::plan::{plan_objects, plan_owned_children};
 
 fn bench(c: &mut Criterion) {
     let pc = typical_cluster();
@@ -73,48 +70,6 @@ fn bench(c: &mut Criterion) {
         });
     });
     group.finish();
-}
-
-fn now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("a timestamp")
-}
-
-type Observed = (BTreeMap<ChildKey, Value>, Vec<Pod>, BTreeMap<String, BTreeSet<String>>);
-
-/// What the operator observes for `pc` once it is settled: its children with a ready StatefulSet, two running
-/// pods and every Secret it refers to; and `pc` with the status the operator wrote.
-fn settled_observation(pc: &PrometheusCluster, settings: &BuildSettings) -> (Observed, PrometheusCluster) {
-    let mut pc = pc.clone();
-    pc.metadata.namespace.get_or_insert_with(|| "default".to_owned());
-    let mut children = applied(&pc, settings);
-    for (key, object) in &mut children {
-        if key.kind == "StatefulSet" {
-            object["metadata"]["generation"] = json!(1);
-            object["status"] =
-                json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2});
-        }
-    }
-    let pods: Vec<Pod> = (0..2)
-        .map(|i| {
-            serde_json::from_value(json!({"metadata": {"name": format!("prod-{i}")}, "status": {"phase": "Running"}}))
-        })
-        .collect::<Result<_, _>>()
-        .expect("pods");
-    let secrets = decide::secrets_to_read(&pc)
-        .into_iter()
-        .map(|s| {
-            let keys = ["username", "password", "token", "objstore.yml", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
-            (s, keys.into_iter().map(str::to_owned).collect())
-        })
-        .collect();
-    let observed = (children, pods, secrets);
-    let status = {
-        let (children, pods, secrets) = &observed;
-        let observation = ClusterObservation { pods, secrets: Some(secrets), ..ClusterObservation::of(&pc, children) };
-        decide::decide_cluster(&observation, settings, now()).status
-    };
-    pc.status = Some(status);
-    (observed, pc)
 }
 
 criterion_group!(benches, bench);

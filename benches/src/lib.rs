@@ -1,10 +1,12 @@
 //! Benchmarks live in `benches/`; harnesses that report numbers in `src/bin/`. Shared inputs here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
 use tsdb_operator_core::build::{self, BuildSettings};
 use tsdb_operator_core::crd::PrometheusCluster;
+use tsdb_operator_core::decide::{self, ClusterObservation};
 use tsdb_operator_core::plan::{ChildKey, Step, plan_children};
 
 /// The typical cluster of the render + plan benchmark (`fixtures/clusters/typical.yaml`: 2 replicas,
@@ -48,4 +50,54 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
         status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The fixed `now` of the decision benchmarks.
+///
+/// # Panics
+/// Never: the timestamp is in range.
+pub fn now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("a timestamp")
+}
+
+/// Children, pods and Secrets (name to keys) observed for a settled cluster.
+pub type Observed = (BTreeMap<ChildKey, Value>, Vec<Pod>, BTreeMap<String, BTreeSet<String>>);
+
+/// What the operator observes for `pc` once it is settled: its children with a ready StatefulSet, two running
+/// pods and every Secret it refers to; and `pc` with the status the operator wrote.
+///
+/// # Panics
+/// When `pc` does not render.
+pub fn settled_observation(pc: &PrometheusCluster, settings: &BuildSettings) -> (Observed, PrometheusCluster) {
+    let mut pc = pc.clone();
+    pc.metadata.namespace.get_or_insert_with(|| "default".to_owned());
+    let mut children = applied(&pc, settings);
+    for (key, object) in &mut children {
+        if key.kind == "StatefulSet" {
+            object["metadata"]["generation"] = json!(1);
+            object["status"] =
+                json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2});
+        }
+    }
+    let pods: Vec<Pod> = (0..2)
+        .map(|i| {
+            serde_json::from_value(json!({"metadata": {"name": format!("prod-{i}")}, "status": {"phase": "Running"}}))
+        })
+        .collect::<Result<_, _>>()
+        .expect("pods");
+    let secrets = decide::secrets_to_read(&pc)
+        .into_iter()
+        .map(|s| {
+            let keys = ["username", "password", "token", "objstore.yml", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+            (s, keys.into_iter().map(str::to_owned).collect())
+        })
+        .collect();
+    let observed = (children, pods, secrets);
+    let status = {
+        let (children, pods, secrets) = &observed;
+        let observation = ClusterObservation { pods, secrets: Some(secrets), ..ClusterObservation::of(&pc, children) };
+        decide::decide_cluster(&observation, settings, now()).status
+    };
+    pc.status = Some(status);
+    (observed, pc)
 }

@@ -231,8 +231,9 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         Err(e) => return d.rejected(e.to_string(), sts.as_ref()),
     };
     let unapplied: Vec<Problem> = storage.refused.iter().cloned().collect();
-    let stages = stages(plan.steps, sts.as_ref());
-    let predicted = predict_stateful_set(sts, stages.iter().flat_map(|s| &s.steps));
+    let observed_sts = observed_stateful_set_json(obs.children);
+    let stages = stages(plan.steps, observed_sts);
+    let predicted = predict_stateful_set(sts, observed_sts, stages.iter().flat_map(|s| &s.steps));
     let status = status::build_status(&StatusInput {
         cluster: pc,
         stateful_set: predicted.as_ref(),
@@ -375,9 +376,25 @@ fn name_conflict(pc: &PrometheusCluster, children: &BTreeMap<ChildKey, Value>) -
     })
 }
 
+fn observed_stateful_set_json(children: &BTreeMap<ChildKey, Value>) -> Option<&Value> {
+    children.iter().find(|(k, _)| k.kind == "StatefulSet").map(|(_, v)| v)
+}
+
+/// The observed StatefulSet with the fields the status reads (generation, `spec.replicas`, `status`) and nothing
+/// else: its pod template is never deserialized.
 fn observed_stateful_set(children: &BTreeMap<ChildKey, Value>) -> Option<StatefulSet> {
+    use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
     use serde::Deserialize as _;
-    children.iter().find(|(k, _)| k.kind == "StatefulSet").and_then(|(_, v)| StatefulSet::deserialize(v).ok())
+    let object = observed_stateful_set_json(children)?;
+    let mut sts = StatefulSet::default();
+    sts.metadata.generation = object.pointer("/metadata/generation").and_then(Value::as_i64);
+    let replicas = object.pointer("/spec/replicas").and_then(Value::as_i64);
+    sts.spec = Some(StatefulSetSpec {
+        replicas: replicas.map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
+        ..StatefulSetSpec::default()
+    });
+    sts.status = object.get("status").and_then(|s| StatefulSetStatus::deserialize(s).ok());
+    Some(sts)
 }
 
 /// The StatefulSet as it will be once the steps are applied, for the status: a changed spec bumps the generation
@@ -385,6 +402,7 @@ fn observed_stateful_set(children: &BTreeMap<ChildKey, Value>) -> Option<Statefu
 /// template counts as changed too.
 fn predict_stateful_set<'s>(
     observed: Option<StatefulSet>,
+    observed_json: Option<&Value>,
     mut steps: impl Iterator<Item = &'s Step>,
 ) -> Option<StatefulSet> {
     let mut sts = observed?;
@@ -395,8 +413,8 @@ fn predict_stateful_set<'s>(
     });
     let Some(manifest) = changed else { return Some(sts) };
     let spec_changes = manifest.is_none_or(|m| {
-        let observed_spec = serde_json::to_value(&sts.spec).unwrap_or(Value::Null);
-        !plan::is_subset(&m["spec"], &observed_spec)
+        let observed_spec = observed_json.and_then(|o| o.get("spec")).unwrap_or(&Value::Null);
+        !plan::is_subset(&m["spec"], observed_spec)
     });
     if spec_changes {
         sts.metadata.generation = Some(sts.metadata.generation.unwrap_or(0) + 1);
@@ -412,7 +430,7 @@ fn predict_stateful_set<'s>(
 /// Groups consecutive steps that may run at once: ConfigMaps, Secrets, Services and claim resizes; then
 /// StatefulSets and PodDisruptionBudgets; then a StatefulSet deleted with its pods kept; then deletions. The plan
 /// is already in that order.
-fn stages(steps: Vec<Step>, before: Option<&StatefulSet>) -> Vec<Stage> {
+fn stages(steps: Vec<Step>, before: Option<&Value>) -> Vec<Stage> {
     let stage_of = |s: &Step| match s {
         Step::Delete { .. } => 3,
         Step::Orphan { .. } => 2,
@@ -437,7 +455,7 @@ fn stages(steps: Vec<Step>, before: Option<&StatefulSet>) -> Vec<Stage> {
 }
 
 /// The events a step stands for: a StatefulSet change is described as a scale and an upgrade where it is one.
-fn describe_step(step: &Step, before: Option<&StatefulSet>) -> Vec<Action> {
+fn describe_step(step: &Step, before: Option<&Value>) -> Vec<Action> {
     match step {
         Step::Delete { key } => vec![Action::Deleted { object: key.to_string() }],
         Step::Orphan { key } => {
@@ -455,23 +473,15 @@ fn describe_step(step: &Step, before: Option<&StatefulSet>) -> Vec<Action> {
             if key.kind == "StatefulSet"
                 && let Some(before) = before
             {
-                let old_replicas = before.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let old_replicas = before.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                let old_replicas = i32::try_from(old_replicas).unwrap_or(i32::MAX);
                 let new_replicas = manifest.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
                 let new_replicas = i32::try_from(new_replicas).unwrap_or(i32::MAX);
                 if old_replicas != new_replicas {
                     out.push(Action::Scaled { from: old_replicas, to: new_replicas });
                 }
-                let old_image = before
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.spec.as_ref())
-                    .and_then(|p| p.containers.iter().find(|c| c.name == containers::PROMETHEUS))
-                    .and_then(|c| c.image.clone());
-                let new_image = manifest
-                    .pointer("/spec/template/spec/containers")
-                    .and_then(Value::as_array)
-                    .and_then(|c| c.iter().find(|c| c["name"] == containers::PROMETHEUS))
-                    .and_then(|c| c["image"].as_str().map(str::to_owned));
+                let old_image = prometheus_image(before);
+                let new_image = prometheus_image(manifest);
                 if let (Some(from), Some(to)) = (old_image, new_image)
                     && from != to
                 {
@@ -484,6 +494,16 @@ fn describe_step(step: &Step, before: Option<&StatefulSet>) -> Vec<Action> {
             out
         }
     }
+}
+
+/// The image of the Prometheus container of a StatefulSet given as JSON.
+fn prometheus_image(sts: &Value) -> Option<String> {
+    sts.pointer("/spec/template/spec/containers")?
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == containers::PROMETHEUS)?["image"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// When to look again, beyond the watch events (the cluster, its StatefulSet, Service and ConfigMap) that

@@ -1,23 +1,38 @@
 //! The steady state of `benches/benches/render_plan.rs` in a plain loop, for counting instructions:
-//! `valgrind --tool=callgrind target/release/render_plan_loop 1000` (argument: iterations; `render` as a
-//! second argument renders only).
+//! `valgrind --tool=callgrind target/release/render_plan_loop 1000` (argument: iterations; a second argument
+//! `render` renders only, `decide` takes the cluster controller's whole decision for a settled cluster).
 
 use std::hint::black_box;
 
-use tsdb_operator_benches::{applied, typical_cluster};
+use tsdb_operator_benches::{applied, now, settled_observation, typical_cluster};
 use tsdb_operator_core::build::{self, BuildSettings};
+use tsdb_operator_core::decide::{self, ClusterObservation};
 use tsdb_operator_core::plan::plan_objects;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let iterations: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let render_only = args.next().as_deref() == Some("render");
+    let mode = args.next().unwrap_or_default();
     let pc = typical_cluster();
     let settings = BuildSettings::default();
+    if mode == "decide" {
+        let ((children, pods, secrets), settled) = settled_observation(&pc, &settings);
+        for _ in 0..iterations {
+            let observation = ClusterObservation {
+                pods: &pods,
+                secrets: Some(&secrets),
+                ..ClusterObservation::of(&settled, &children)
+            };
+            let decision = decide::decide_cluster(black_box(&observation), &settings, now());
+            assert!(decision.stages.is_empty() && !decision.status_changed);
+            black_box(decision);
+        }
+        return;
+    }
     let observed = applied(&pc, &settings);
     for _ in 0..iterations {
         let desired = build::build(black_box(&pc), &settings).expect("builds");
-        if render_only {
+        if mode == "render" {
             black_box(desired);
             continue;
         }
