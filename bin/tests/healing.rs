@@ -126,15 +126,16 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let ns = namespace("heal-wal").await;
     let op = Operator::start(Some(&ns), &[])?;
-    // 400 copies of Prometheus' own metrics every 2 s (one target per `copy` label, all on Prometheus' own
-    // loopback listener): about 200k series, so that replaying the WAL after a restart takes seconds, during which
-    // /-/ready answers 503. With half of that and 100 s of samples the replay took 1.4 s on a fast machine: one probe.
-    // Every second was too much for 2 cores: probes through the pod's port timed out for tens of seconds, the
-    // kubelet's too, and the replica was (rightly, by its settings) replaced before the test killed it.
+    // 800 copies of Prometheus' own metrics every 10 s (one target per `copy` label, all on Prometheus' own
+    // loopback listener): about 400k series, so that replaying the WAL after a restart takes seconds, during which
+    // /-/ready answers 503. With 200 copies every 2 s for 100 s the replay took 1.4 s on a fast machine: one probe.
+    // 400 copies every 2 s (100k samples/s) kept both cores of a slower machine busy: probes through the pod's port
+    // timed out for seconds, the kubelet's too, and the replica was (rightly, by its settings) replaced before the
+    // test killed it. Replay time grows with the series more than with the samples, so many series scraped rarely.
     let copies: Vec<String> =
-        (0..400).map(|i| format!("{{targets: [\"127.0.0.1:9089\"], labels: {{copy: \"{i}\"}}}}")).collect();
+        (0..800).map(|i| format!("{{targets: [\"127.0.0.1:9089\"], labels: {{copy: \"{i}\"}}}}")).collect();
     let extra = format!(
-        "  additionalScrapeConfigs:\n    inline: |\n      - job_name: load\n        scrape_interval: 2s\n        \
+        "  additionalScrapeConfigs:\n    inline: |\n      - job_name: load\n        scrape_interval: 10s\n        \
          static_configs: [{}]\n",
         copies.join(", ")
     );
@@ -143,17 +144,17 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     let pod = Api::<Pod>::namespaced(client(), &ns).get("wal-0").await?;
     let uid = pod.metadata.uid.clone().context("uid")?;
     let ip = pod_ip(&pod).context("pod IP")?;
-    eventually("180k head series", Duration::from_mins(3), || {
+    eventually("360k head series", Duration::from_mins(3), || {
         let ip = ip.clone();
         async move {
             let v =
                 prom_get(&ip, "/api/v1/query?query=prometheus_tsdb_head_series%7Bjob%3D%22prometheus%22%7D").await?;
             let n: f64 = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-            Ok((n >= 180_000.0).then_some(()))
+            Ok((n >= 360_000.0).then_some(()))
         }
     })
     .await?;
-    // Let the WAL grow for a while (about 30M samples).
+    // Let the WAL grow for a while (about 6M samples).
     tokio::time::sleep(Duration::from_secs(150)).await;
 
     let failed_probes = |text: &str| {

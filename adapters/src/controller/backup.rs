@@ -56,7 +56,7 @@ use tsdb_operator_core::backup::{backup_id, from_time};
 use tsdb_operator_core::build::backup::agent_token_secret;
 use tsdb_operator_core::constants::{BACKUP_FIELD_MANAGER, annotations, conditions, labels, ports};
 use tsdb_operator_core::crd::{BackupStatus, PrometheusCluster};
-use tsdb_operator_core::events::Action as Did;
+use tsdb_operator_core::events::Action;
 use tsdb_operator_core::schedule::parse_schedule;
 
 use super::Context;
@@ -558,7 +558,7 @@ async fn pass(
             ctx.events.publish(
                 &reference,
                 actor,
-                Did::BackupStarted { id: job_id, pod: pod.name_any(), trigger: trigger.as_str().to_owned() },
+                Action::BackupStarted { id: job_id, pod: pod.name_any(), trigger: trigger.as_str().to_owned() },
             );
         }
         Err(e) => {
@@ -648,13 +648,16 @@ async fn finish(
             }
             tracing::info!(namespace = ns, name = %name, %id, total_bytes, uploaded_bytes, "backup succeeded");
             let action =
-                Did::BackupSucceeded { id: id.clone(), total_bytes: *total_bytes, uploaded_bytes: *uploaded_bytes };
+                Action::BackupSucceeded { id: id.clone(), total_bytes: *total_bytes, uploaded_bytes: *uploaded_bytes };
             ctx.events.publish(&reference, actor, action);
         }
         Outcome::Failed { reason, message } => {
             tracing::warn!(namespace = ns, name = %name, %id, reason = reason.as_str(), %message, "backup failed");
-            let action =
-                Did::BackupFailed { id: id.to_owned(), reason: reason.as_str().to_owned(), message: message.clone() };
+            let action = Action::BackupFailed {
+                id: id.to_owned(),
+                reason: reason.as_str().to_owned(),
+                message: message.clone(),
+            };
             ctx.events.publish(&reference, actor, action);
         }
     }

@@ -30,14 +30,14 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as runtime, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tsdb_operator_core::constants::{FIELD_MANAGER, FINALIZER, conditions, labels, ports, reasons};
 use tsdb_operator_core::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
 use tsdb_operator_core::decide::{self, ClusterDecision, ClusterObservation, Next};
-use tsdb_operator_core::events::Action as Did;
+use tsdb_operator_core::events::Action;
 use tsdb_operator_core::status::{self, Problem};
 use tsdb_operator_core::storage;
 
@@ -228,7 +228,7 @@ fn key_of(pc: &PrometheusCluster) -> String {
 
 /// One reconcile of one PrometheusCluster.
 #[tracing::instrument(skip(pc, ctx), fields(namespace = pc.namespace(), name = pc.name_any()))]
-pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Context>) -> Result<runtime::Action, Error> {
     let started = Instant::now();
     let key = key_of(&pc);
     let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
@@ -301,17 +301,17 @@ fn finalizer_patch(current: &[String], new: &[String]) -> Result<Patch<()>, serd
 
 /// Deletion: removes the legacy finalizer if the object still carries one (idempotent); the cleanup runs when the
 /// object is gone ([`cleanup`], on the watch's delete event).
-async fn finalize(api: &Api<PrometheusCluster>, pc: &PrometheusCluster) -> Result<Action, Error> {
+async fn finalize(api: &Api<PrometheusCluster>, pc: &PrometheusCluster) -> Result<runtime::Action, Error> {
     match drop_legacy_finalizer(api, pc).await {
-        Ok(_) => Ok(Action::await_change()),
-        Err(Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => Ok(Action::await_change()),
+        Ok(_) => Ok(runtime::Action::await_change()),
+        Err(Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => Ok(runtime::Action::await_change()),
         Err(e) => Err(e),
     }
 }
 
 /// Retry with per-object exponential backoff.
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
-pub fn error_policy(pc: Arc<PrometheusCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(pc: Arc<PrometheusCluster>, error: &Error, ctx: Arc<Context>) -> runtime::Action {
     if matches!(error, Error::Stale) {
         // The newer version's watch event normally comes first; this only covers a missed one.
         tracing::debug!(
@@ -319,16 +319,16 @@ pub fn error_policy(pc: Arc<PrometheusCluster>, error: &Error, ctx: Arc<Context>
             name = pc.name_any(),
             "object changed meanwhile; reconciling again"
         );
-        return Action::requeue(Duration::from_millis(500));
+        return runtime::Action::requeue(Duration::from_millis(500));
     }
     let delay = ctx.backoff.failure(&key_of(&pc));
     tracing::warn!(namespace = pc.namespace(), name = pc.name_any(), category = error.category(),
         error = %error_chain(error), retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    runtime::Action::requeue(delay)
 }
 
 /// Observes the cluster, asks the core once ([`decide::decide_cluster`]) and carries the decision out.
-async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluster>) -> Result<Action, Error> {
+async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluster>) -> Result<runtime::Action, Error> {
     let ns = pc.namespace().ok_or(Error::MissingNamespace)?;
     let name = pc.name_any();
 
@@ -369,8 +369,8 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
     carry_out(ctx, api, pc, &decision, &observation).await?;
     ctx.metrics.set_phase(&ns, &name, decision.phase());
     Ok(match decision.next {
-        Next::AwaitChange => Action::await_change(),
-        Next::After(delay) => Action::requeue(delay),
+        Next::AwaitChange => runtime::Action::await_change(),
+        Next::After(delay) => runtime::Action::requeue(delay),
     })
 }
 
@@ -498,7 +498,7 @@ fn cleanup(pc: &PrometheusCluster, ctx: &Context) {
     ctx.metrics.delete_cluster(&ns, &name);
     let reference = pc.object_ref(&());
     // Recording the event never holds up deletion: publishing does not wait for the API server.
-    ctx.events.publish(&reference, ctx.events.operator_actor(), Did::Finalized);
+    ctx.events.publish(&reference, ctx.events.operator_actor(), Action::Finalized);
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as runtime, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -29,7 +29,7 @@ use serde_json::json;
 use tsdb_operator_core::clusterset::{OverlayDecision, build_set_status, decide_overlay, select_members};
 use tsdb_operator_core::constants::{FIELD_MANAGER, annotations};
 use tsdb_operator_core::crd::{PrometheusCluster, PrometheusClusterSet};
-use tsdb_operator_core::events::Action as Did;
+use tsdb_operator_core::events::Action;
 use tsdb_operator_core::selector;
 
 use super::{Context, now};
@@ -116,7 +116,7 @@ pub async fn run(
 
 /// One reconcile of one set.
 #[tracing::instrument(skip(set, sctx), fields(name = set.name_any()))]
-pub async fn reconcile(set: Arc<PrometheusClusterSet>, sctx: Arc<SetContext>) -> Result<Action, Error> {
+pub async fn reconcile(set: Arc<PrometheusClusterSet>, sctx: Arc<SetContext>) -> Result<runtime::Action, Error> {
     let started = Instant::now();
     let ctx = &sctx.ctx;
     let result = reconcile_inner(&set, ctx, &sctx.clusters).await;
@@ -131,7 +131,7 @@ async fn reconcile_inner(
     set: &PrometheusClusterSet,
     ctx: &Context,
     clusters: &Store<PrometheusCluster>,
-) -> Result<Action, Error> {
+) -> Result<runtime::Action, Error> {
     let clusters = clusters.state();
     let mut namespace_labels = BTreeMap::new();
     if !selector::is_empty(set.spec.namespace_selector.as_ref()) {
@@ -175,7 +175,7 @@ async fn reconcile_inner(
             ctx.events.publish(
                 &member.object_ref(&()),
                 ctx.events.operator_actor(),
-                Did::BackupOverlaid { set: set_name },
+                Action::BackupOverlaid { set: set_name },
             );
         }
     }
@@ -193,14 +193,14 @@ async fn reconcile_inner(
             .map_err(Error::WriteStatus)?;
     }
     // Namespace label changes are not watched; a slow resync picks them up.
-    Ok(Action::requeue(Duration::from_mins(2)))
+    Ok(runtime::Action::requeue(Duration::from_mins(2)))
 }
 
 /// Retry with per-object exponential backoff.
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
-pub fn error_policy(set: Arc<PrometheusClusterSet>, error: &Error, sctx: Arc<SetContext>) -> Action {
+pub fn error_policy(set: Arc<PrometheusClusterSet>, error: &Error, sctx: Arc<SetContext>) -> runtime::Action {
     let delay = sctx.ctx.backoff.failure(&format!("set/{}", set.name_any()));
     tracing::warn!(name = set.name_any(), category = error.category(), error = %crate::error_chain(error),
         retry_in = ?delay, "set reconcile failed");
-    Action::requeue(delay)
+    runtime::Action::requeue(delay)
 }

@@ -42,7 +42,7 @@ use serde_json::json;
 use tsdb_operator_core::build::PdbApi;
 use tsdb_operator_core::constants::{conditions, containers, labels, ports};
 use tsdb_operator_core::crd::PrometheusCluster;
-use tsdb_operator_core::events::Action as Did;
+use tsdb_operator_core::events::Action;
 use tsdb_operator_core::heal::{
     ClusterDecision, ClusterKey, ClusterView, HealSettings, Healer, Hold, Outcome, ProbeResult, Replacement,
     ReplicaFacts, build_heal_conditions,
@@ -291,9 +291,9 @@ async fn act(
     match (was_open, breaker) {
         (false, Some(s)) => {
             tracing::warn!(cluster = %key, "{}", s.message());
-            ctx.events.publish(&reference, actor.clone(), Did::HealingSuspended { reason: s.message() });
+            ctx.events.publish(&reference, actor.clone(), Action::HealingSuspended { reason: s.message() });
         }
-        (true, None) => ctx.events.publish(&reference, actor.clone(), Did::HealingResumed),
+        (true, None) => ctx.events.publish(&reference, actor.clone(), Action::HealingResumed),
         _ => {}
     }
     state.breaker_open.insert(key.clone(), breaker.is_some());
@@ -320,7 +320,8 @@ async fn act(
                 state.healer.record_replacement(key, r, now);
                 state.last_failover.insert(key.clone(), now);
                 ctx.metrics.failover_total.get_or_create(&labels).inc();
-                let did = Did::FailoverTriggered { pod: r.pod.clone(), reason: r.reason.clone(), via: via.to_owned() };
+                let did =
+                    Action::FailoverTriggered { pod: r.pod.clone(), reason: r.reason.clone(), via: via.to_owned() };
                 ctx.events.publish(&reference, actor.clone(), did);
                 replaced = Some(r.clone());
             }
