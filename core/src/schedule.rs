@@ -113,6 +113,35 @@ enum Kind {
 
 /// Parses a schedule in the seed's cron dialect (see the module docs).
 pub fn parse_schedule(spec: &str) -> Result<Schedule, ScheduleError> {
+    let kind = match parse_parts(spec)? {
+        Parts::Every(interval) => Kind::Every(interval),
+        Parts::Fields(fields) => fields.into_kind()?,
+    };
+    Ok(Schedule { source: spec.to_owned(), kind })
+}
+
+/// Checks a schedule as [`parse_schedule`] does, with the same errors, without building what computes its runs
+/// (validation takes this: building the `cron` schedules costs several times the parse).
+pub fn check_schedule(spec: &str) -> Result<(), ScheduleError> {
+    parse_parts(spec).map(drop)
+}
+
+/// A parsed expression before it is rendered for the `cron` crate.
+enum Parts {
+    Every(Duration),
+    Fields(Fields),
+}
+
+/// The five fields of a cron expression, checked.
+struct Fields {
+    minute: Selection,
+    hour: Selection,
+    dom: Selection,
+    month: Selection,
+    dow: Selection,
+}
+
+fn parse_parts(spec: &str) -> Result<Parts, ScheduleError> {
     if spec.is_empty() {
         return Err(ScheduleError::Empty);
     }
@@ -127,8 +156,7 @@ pub fn parse_schedule(spec: &str) -> Result<Schedule, ScheduleError> {
             break;
         }
     }
-    let kind = if rest.starts_with('@') { parse_descriptor(rest)? } else { parse_fields(rest)? };
-    Ok(Schedule { source: spec.to_owned(), kind })
+    if rest.starts_with('@') { parse_descriptor(rest) } else { parse_fields(rest).map(Parts::Fields) }
 }
 
 impl FromStr for Schedule {
@@ -201,7 +229,7 @@ fn next_on_grid(after: DateTime<Utc>, anchor: DateTime<Utc>, interval: Duration)
     DateTime::from_timestamp(secs, nanos)
 }
 
-fn parse_descriptor(spec: &str) -> Result<Kind, ScheduleError> {
+fn parse_descriptor(spec: &str) -> Result<Parts, ScheduleError> {
     let fields = match spec {
         "@yearly" | "@annually" => "0 0 1 1 *",
         "@monthly" => "0 0 1 * *",
@@ -219,10 +247,10 @@ fn parse_descriptor(spec: &str) -> Result<Kind, ScheduleError> {
             }
             // Go's cron truncates to whole seconds and runs at least every second.
             let secs = (nanos / 1_000_000_000).max(1);
-            return Ok(Kind::Every(Duration::from_secs(secs)));
+            return Ok(Parts::Every(Duration::from_secs(secs)));
         }
     };
-    parse_fields(fields)
+    parse_fields(fields).map(Parts::Fields)
 }
 
 /// Bounds and names of one cron field.
@@ -261,7 +289,7 @@ impl Selection {
     }
 }
 
-fn parse_fields(spec: &str) -> Result<Kind, ScheduleError> {
+fn parse_fields(spec: &str) -> Result<Fields, ScheduleError> {
     let fields: Vec<&str> = spec.split_whitespace().collect();
     match fields.len() {
         5 => {}
@@ -277,18 +305,25 @@ fn parse_fields(spec: &str) -> Result<Kind, ScheduleError> {
     if !dom.star && dow.star && !fires_in_some_month(&dom, &month) {
         return Err(ScheduleError::NeverFires);
     }
+    Ok(Fields { minute, hour, dom, month, dow })
+}
 
-    // The cron crate wants a seconds field and numbers the days of the week 1 (Sunday) to 7.
-    let (m, h, mon) = (minute.list(0), hour.list(0), month.list(0));
-    let build = |dom: &str, dow: &str| {
-        cron::Schedule::from_str(&format!("0 {m} {h} {dom} {mon} {dow}"))
-            .map(Box::new)
-            .map_err(|e| ScheduleError::Translate { reason: e.to_string() })
-    };
-    if !dom.star && !dow.star {
-        Ok(Kind::Cron { primary: build(&dom.list(0), "*")?, day_of_week: Some(build("*", &dow.list(1))?) })
-    } else {
-        Ok(Kind::Cron { primary: build(&dom.list(0), &dow.list(1))?, day_of_week: None })
+impl Fields {
+    /// Renders the fields for the `cron` crate, which computes the runs.
+    fn into_kind(self) -> Result<Kind, ScheduleError> {
+        let Self { minute, hour, dom, month, dow } = self;
+        // The cron crate wants a seconds field and numbers the days of the week 1 (Sunday) to 7.
+        let (m, h, mon) = (minute.list(0), hour.list(0), month.list(0));
+        let build = |dom: &str, dow: &str| {
+            cron::Schedule::from_str(&format!("0 {m} {h} {dom} {mon} {dow}"))
+                .map(Box::new)
+                .map_err(|e| ScheduleError::Translate { reason: e.to_string() })
+        };
+        if !dom.star && !dow.star {
+            Ok(Kind::Cron { primary: build(&dom.list(0), "*")?, day_of_week: Some(build("*", &dow.list(1))?) })
+        } else {
+            Ok(Kind::Cron { primary: build(&dom.list(0), &dow.list(1))?, day_of_week: None })
+        }
     }
 }
 
@@ -596,6 +631,13 @@ mod tests {
         #[test]
         fn parsing_never_panics(s in "\\PC{0,40}") {
             let _ = parse_schedule(&s);
+        }
+
+        /// Validation's check accepts exactly what the parser accepts, with the same error: no expression passes
+        /// validation and then fails to translate for the scheduler.
+        #[test]
+        fn the_check_agrees_with_the_parser(s in "(CRON_TZ=UTC )?(@every [0-9]{1,3}[smh]|@[a-z]{4,8}|[0-9*?/,\\-a-z]{1,8}( [0-9*?/,\\-a-z]{1,8}){4})") {
+            prop_assert_eq!(check_schedule(&s), parse_schedule(&s).map(drop));
         }
 
         #[test]

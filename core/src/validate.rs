@@ -27,7 +27,7 @@ use crate::crd::{
     AdditionalScrapeConfigs, BackupSpec, PrometheusClusterSetSpec, PrometheusClusterSpec, RemoteWriteSpec,
     SelfHealingSpec,
 };
-use crate::schedule::parse_schedule;
+use crate::schedule::check_schedule;
 
 /// The external label the operator sets to the cluster's name.
 pub const CLUSTER_LABEL: &str = "cluster";
@@ -533,7 +533,7 @@ fn check_backup(errs: &mut Vec<FieldError>, field: &str, backup: &BackupSpec, bu
         ));
     }
     if !backup.schedule.is_empty()
-        && let Err(e) = parse_schedule(&backup.schedule)
+        && let Err(e) = check_schedule(&backup.schedule)
     {
         errs.push(FieldError::invalid(
             format!("{field}.schedule"),
