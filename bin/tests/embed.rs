@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, ensure};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::Value;
-use support::{Operator, control_plane_only, eventually};
+use support::{Operator, control_plane_only, eventually, metric_sum};
 use tsdb_operator_core::build::{BuildSettings, DEFAULT_AGENT_IMAGE, PdbApi};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_core::decide;
@@ -130,11 +130,7 @@ async fn the_embedded_core_reconciles_every_fixture_as_the_operator_would() -> R
     let operator = Operator::start_on(cp, &workdir, None, &["--enable-backup=false"])?;
     eventually("the operator to reconcile every cluster", Duration::from_mins(2), || async {
         let metrics = operator.metrics().await?;
-        let done: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("tsdb_operator_reconcile_total{controller=\"prometheuscluster\"}"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let done = metric_sum(&metrics, "tsdb_operator_reconcile_total{controller=\"prometheuscluster\"}");
         #[allow(clippy::cast_precision_loss)] // a handful of clusters
         let wanted = clusters.len() as f64;
         Ok((done >= wanted).then_some(()))

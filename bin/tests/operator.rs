@@ -786,11 +786,7 @@ async fn the_seed_deployment_arguments_run_the_operator_with_plain_logs() -> Res
     // Probes every second would have counted by now with self-healing on.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let metrics = op.metrics().await?;
-    let probes: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("tsdb_operator_heal_probes_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let probes = metric_sum(&metrics, "tsdb_operator_heal_probes_total");
     assert!(probes < 0.5, "--enable-ha=false: no replica is probed, saw {probes}");
     let log = std::fs::read_to_string(op.process.log_path())?;
     assert!(log.contains("--enable-ha=false"), "the operator says self-healing is off:\n{log}");

@@ -126,6 +126,11 @@ impl Operator {
     }
 }
 
+/// The sum of the values of every metric line that starts with `prefix` (labels included); 0 when none does.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
 /// A fresh namespace.
 pub async fn namespace(prefix: &str) -> String {
     env().cp.namespace(prefix).await
