@@ -19,6 +19,7 @@ pub mod kube;
 pub mod leader;
 pub mod metrics;
 pub mod prober;
+pub mod secure_metrics;
 pub mod web_proxy;
 
 /// Renders an error with its sources, for logs and conditions.

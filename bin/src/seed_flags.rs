@@ -4,6 +4,7 @@
 //! which are accepted when off and refused with a message naming the flag when turned on.
 
 use clap::{ArgAction, Args};
+use tsdb_operator_adapters::secure_metrics::TlsSource;
 
 /// Go's `strconv.ParseBool`: `1 t T TRUE true True` and `0 f F FALSE false False`.
 pub fn go_bool(s: &str) -> Result<bool, String> {
@@ -39,12 +40,13 @@ pub fn normalize_go_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
 #[derive(Args, Clone, Debug)]
 #[allow(clippy::struct_excessive_bools)] // the seed's flags are booleans, one field each
 pub struct SeedFlags {
-    /// Serve /metrics over HTTPS with authentication (the seed's default is true). Not available in this version:
-    /// `true` is refused while the metrics endpoint is on.
+    /// Serve /metrics over HTTPS to callers whose bearer token the API server accepts (TokenReview) and whose user
+    /// may `get` the non-resource URL /metrics (SubjectAccessReview), as the seed does; `false` serves plain HTTP.
     #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", action = ArgAction::Set)]
+          default_value = "true", action = ArgAction::Set)]
     pub metrics_secure: bool,
-    /// Directory of the metrics server's certificate (used with --metrics-secure).
+    /// Directory of the metrics server's certificate and key (with --metrics-secure), re-read when they change;
+    /// empty: a self-signed certificate is generated at start.
     #[arg(long, default_value = "")]
     pub metrics_cert_path: String,
     /// File name of the metrics certificate in --metrics-cert-path.
@@ -140,16 +142,13 @@ impl SeedFlags {
     ///
     /// # Errors
     /// When such a feature is turned on.
-    pub fn refuse_unavailable(&self, metrics_on: bool) -> anyhow::Result<()> {
+    pub fn refuse_unavailable(&self) -> anyhow::Result<()> {
         let unavailable = |flag: &str, what: &str| {
             anyhow::anyhow!(
                 "{flag}: {what} is not available in this version of tsdb-operator; remove the flag or set it to \
                  false (see docs/operator.md, Flags)"
             )
         };
-        if self.metrics_secure && metrics_on {
-            return Err(unavailable("--metrics-secure=true", "serving metrics over HTTPS with authentication"));
-        }
         if self.enable_webhook {
             return Err(unavailable("--enable-webhook=true", "the admission webhook"));
         }
@@ -163,6 +162,17 @@ impl SeedFlags {
             ));
         }
         Ok(())
+    }
+
+    /// Where the secure metrics server's certificate comes from: the files of `--metrics-cert-*` when a path is
+    /// set, else a self-signed certificate for `names`.
+    pub fn metrics_tls(&self, names: Vec<String>) -> TlsSource {
+        if self.metrics_cert_path.is_empty() {
+            TlsSource::SelfSigned(names)
+        } else {
+            let dir = std::path::Path::new(&self.metrics_cert_path);
+            TlsSource::Files { cert: dir.join(&self.metrics_cert_name), key: dir.join(&self.metrics_cert_key) }
+        }
     }
 
     /// The log settings, from `--log-format` and the zap flags (which win).
@@ -278,7 +288,7 @@ mod tests {
         .unwrap();
         assert!(p.leader_elect && p.seed.enable_ha);
         assert_eq!(p.seed.api_namespace, "monitoring");
-        p.seed.refuse_unavailable(true).unwrap();
+        p.seed.refuse_unavailable().unwrap();
         assert_eq!(
             p.seed.log_settings(&p.log_format),
             LogSettings { format: "json".into(), filter: DEFAULT_FILTER.into() }
@@ -290,14 +300,22 @@ mod tests {
         for (args, flag) in [
             (&["--enable-webhook"][..], "--enable-webhook=true"),
             (&["--enable-api=true"], "--enable-api=true"),
-            (&["--metrics-secure"], "--metrics-secure=true"),
             (&["--audit-dsn=postgres://audit@db/audit"], "--audit-dsn"),
         ] {
-            let err = parse(args).unwrap().seed.refuse_unavailable(true).unwrap_err().to_string();
+            let err = parse(args).unwrap().seed.refuse_unavailable().unwrap_err().to_string();
             assert!(err.starts_with(flag) && err.contains("not available in this version"), "{err}");
         }
-        // Secure metrics only matter while metrics are served.
-        parse(&["--metrics-secure"]).unwrap().seed.refuse_unavailable(false).unwrap();
+    }
+
+    #[test]
+    fn metrics_are_secure_by_default_with_a_generated_or_mounted_certificate() {
+        let p = parse(&[]).unwrap();
+        assert!(p.seed.metrics_secure, "the seed's default");
+        assert!(matches!(p.seed.metrics_tls(vec!["a".into()]), TlsSource::SelfSigned(n) if n == ["a"]));
+        let p = parse(&["--metrics-cert-path=/certs", "--metrics-cert-name=c.pem"]).unwrap();
+        let TlsSource::Files { cert, key } = p.seed.metrics_tls(vec![]) else { panic!("files") };
+        assert_eq!((cert.to_str(), key.to_str()), (Some("/certs/c.pem"), Some("/certs/tls.key")));
+        assert!(!parse(&["--metrics-secure=false"]).unwrap().seed.metrics_secure);
     }
 
     #[test]

@@ -219,7 +219,6 @@ fn the_operator_takes_the_seed_flags_and_refuses_features_it_lacks_by_name() {
     for (flag, shown) in [
         ("--enable-webhook", "--enable-webhook=true"),
         ("--enable-api=True", "--enable-api=true"),
-        ("--metrics-secure", "--metrics-secure=true"),
         ("--audit-dsn=postgres://audit@127.0.0.1/audit", "--audit-dsn"),
     ] {
         let out = operator(&[flag, kubeconfig]);

@@ -118,6 +118,7 @@ async fn a_frozen_replica_is_replaced_and_the_cluster_is_active_again() -> Resul
         Ok((condition(&pc, "Healing").map(|c| c.0).as_deref() == Some("False")).then_some(()))
     })
     .await?;
+    release_namespace(&ns).await?;
     Ok(())
 }
 
@@ -144,18 +145,28 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     let pod = Api::<Pod>::namespaced(client(), &ns).get("wal-0").await?;
     let uid = pod.metadata.uid.clone().context("uid")?;
     let ip = pod_ip(&pod).context("pod IP")?;
-    eventually("360k head series", Duration::from_mins(3), || {
+    // Each copy is about 450-500 series depending on what Prometheus has seen so far; the first scrape of every
+    // target creates its series, which takes a while on two busy cores. 300k series are enough for a replay of
+    // seconds. The count seen last is in the error when it never gets there.
+    let head_series = |ip: String| async move {
+        let v = prom_get(&ip, "/api/v1/query?query=prometheus_tsdb_head_series%7Bjob%3D%22prometheus%22%7D").await?;
+        let n: f64 = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        anyhow::Ok(n)
+    };
+    let series_at = Instant::now();
+    eventually("300k head series", Duration::from_mins(5), || {
         let ip = ip.clone();
         async move {
-            let v =
-                prom_get(&ip, "/api/v1/query?query=prometheus_tsdb_head_series%7Bjob%3D%22prometheus%22%7D").await?;
-            let n: f64 = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-            Ok((n >= 360_000.0).then_some(()))
+            let n = head_series(ip).await?;
+            anyhow::ensure!(n >= 300_000.0, "{n} head series");
+            Ok(Some(()))
         }
     })
     .await?;
+    eprintln!("BENCH WAL replay: 300k head series after {:.0}s", series_at.elapsed().as_secs_f64());
     // Let the WAL grow for a while (about 6M samples).
     tokio::time::sleep(Duration::from_secs(150)).await;
+    eprintln!("BENCH WAL replay: {} head series before the kill", head_series(ip.clone()).await?);
 
     let failed_probes = |text: &str| {
         metric(text, "tsdb_operator_heal_probes_total{result=\"not_ready\"}")
@@ -202,6 +213,7 @@ async fn a_replica_replaying_a_large_wal_is_not_replaced() -> Result<()> {
     assert!(metric(&metrics, &counter) < 0.5, "no failover:\n{metrics}");
     assert!(event_reasons(&ns).await?.iter().all(|(r, _)| r != "FailoverTriggered"), "no FailoverTriggered event");
     wait_phase(&ns, "wal", Phase::Active, 1, READY).await?;
+    release_namespace(&ns).await?;
     Ok(())
 }
 
@@ -273,6 +285,7 @@ async fn replicas_cut_off_from_the_operator_are_left_alone_behind_the_circuit_br
     assert!(reasons.contains("HealingSuspended") && reasons.contains("HealingResumed"), "{reasons:?}");
     assert!(!reasons.contains("FailoverTriggered"), "{reasons:?}");
     wait_phase(&ns, "pair", Phase::Active, 2, READY).await?;
+    release_namespace(&ns).await?;
     Ok(())
 }
 
@@ -320,5 +333,6 @@ async fn a_flapping_replica_is_replaced_at_most_once_per_cooldown() -> Result<()
     assert!(f64::from(u32::try_from(seen.len())?) <= failovers + 1.0, "replaced pods {seen:?} vs counter {failovers}");
     assert_eq!(uid_of(&ns, "flap-0").await?, steady, "the steady replica was never replaced");
     wait_phase(&ns, "flap", Phase::Active, 2, READY).await?;
+    release_namespace(&ns).await?;
     Ok(())
 }

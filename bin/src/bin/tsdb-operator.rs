@@ -13,7 +13,7 @@ use tsdb_operator_adapters::events::EventBus;
 use tsdb_operator_adapters::http::{self, Health};
 use tsdb_operator_adapters::kube::discovery;
 use tsdb_operator_adapters::metrics::Metrics;
-use tsdb_operator_adapters::{agent, leader};
+use tsdb_operator_adapters::{agent, leader, secure_metrics};
 use tsdb_operator_core::build::BuildSettings;
 use tsdb_operator_core::crd::PrometheusCluster;
 
@@ -187,6 +187,63 @@ fn init_tracing(settings: &seed_flags::LogSettings) {
 }
 
 /// Parses `:8081`, `0.0.0.0:8081` or `0` (off).
+/// Starts the metrics server (HTTPS behind the API server's authentication unless --metrics-secure=false) and the
+/// plain health server; `review_client` is not fenced, so a standby replica answers too.
+async fn start_servers(
+    (metrics_addr, health_addr): (Option<SocketAddr>, Option<SocketAddr>),
+    seed: &seed_flags::SeedFlags,
+    review_client: &kube::Client,
+    metrics: &Metrics,
+    health: &Health,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let mut servers = Vec::new();
+    match metrics_addr {
+        Some(addr) if seed.metrics_secure => {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            names.extend(hostname());
+            if !addr.ip().is_unspecified() {
+                names.push(addr.ip().to_string());
+            }
+            let tls = secure_metrics::server_config(&seed.metrics_tls(names))
+                .context("cannot serve metrics over HTTPS (--metrics-secure)")?;
+            let review = secure_metrics::CachedReview::new(
+                secure_metrics::KubeAccessReview::new(review_client.clone()),
+                secure_metrics::CacheTtl::default(),
+            );
+            let router = secure_metrics::router(metrics.clone(), std::sync::Arc::new(review));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --metrics-bind-address {addr}"))?;
+            tracing::info!(%addr, "serving metrics over HTTPS to authorised callers");
+            servers.push(tokio::spawn(http::serve_tls(listener, router, METRICS_LIMITS, tls, until(shutdown))));
+        }
+        Some(addr) => {
+            tracing::warn!(%addr, "--metrics-secure=false: serving metrics over plain HTTP to anyone who can connect");
+            servers.push(tokio::spawn(http::serve(
+                addr,
+                http::router(metrics.clone(), health.clone()),
+                until(shutdown),
+            )));
+        }
+        None => {}
+    }
+    if let Some(addr) = health_addr
+        && Some(addr) != metrics_addr
+    {
+        servers.push(tokio::spawn(http::serve(addr, http::router(metrics.clone(), health.clone()), until(shutdown))));
+    }
+    Ok(servers)
+}
+
+/// Bounds of the secure metrics server: scrapers are few.
+const METRICS_LIMITS: http::Limits = http::Limits { max_connections: 32, header_read_timeout: Duration::from_secs(10) };
+
+/// The machine's host name (the pod name in a pod), if it can be read.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
+}
+
 fn parse_addr(s: &str) -> Result<Option<SocketAddr>> {
     if s == "0" || s.is_empty() {
         return Ok(None);
@@ -241,14 +298,22 @@ fn clients(mut config: kube::Config, identity: &str, fence: leader::Fence) -> Re
 }
 
 async fn run_operator(args: OperatorArgs) -> Result<()> {
-    args.seed.refuse_unavailable(parse_addr(&args.metrics_bind_address)?.is_some())?;
+    args.seed.refuse_unavailable()?;
+    let metrics_addr = parse_addr(&args.metrics_bind_address)?;
+    let health_addr = parse_addr(&args.health_probe_bind_address)?;
+    if args.seed.metrics_secure && metrics_addr.is_some() && metrics_addr == health_addr {
+        anyhow::bail!(
+            "--health-probe-bind-address and --metrics-bind-address are both {}: with --metrics-secure the \
+             health endpoints stay plain HTTP on their own address; give them different ports or set \
+             --metrics-secure=false",
+            args.metrics_bind_address
+        );
+    }
     if args.seed.enable_http2 {
         tracing::warn!("--enable-http2=true: the operator's servers speak HTTP/1.1 only");
     }
     let shutdown = shutdown_signal()?;
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
-    });
+    let identity = args.identity.clone().or_else(hostname).unwrap_or_default();
     let identity = format!("{identity}-{}", std::process::id());
     let fence = if args.leader_elect { leader::Fence::closed() } else { leader::Fence::open() };
     let (client, election_client) = clients(config_from(args.kubeconfig.as_ref()).await?, &identity, fence.clone())?;
@@ -281,15 +346,8 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         ..Context::new(client.clone(), settings, metrics.clone(), events)
     });
 
-    let mut servers = Vec::new();
-    if let Some(addr) = parse_addr(&args.metrics_bind_address)? {
-        servers.push(tokio::spawn(http::serve(addr, http::router(metrics.clone(), health.clone()), until(&shutdown))));
-    }
-    if let Some(addr) = parse_addr(&args.health_probe_bind_address)?
-        && Some(addr) != parse_addr(&args.metrics_bind_address)?
-    {
-        servers.push(tokio::spawn(http::serve(addr, http::router(metrics.clone(), health.clone()), until(&shutdown))));
-    }
+    let servers =
+        start_servers((metrics_addr, health_addr), &args.seed, &election_client, &metrics, &health, &shutdown).await?;
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 
     let run_controllers = move |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| {

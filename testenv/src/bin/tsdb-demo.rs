@@ -61,6 +61,9 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         .arg("--kubeconfig")
         .arg(cp.kubeconfig_path())
         .arg("--metrics-bind-address=127.0.0.1:8082")
+        // Plain HTTP on loopback for the local demo; on a cluster, metrics are HTTPS behind the API server's
+        // authentication (docs/operator.md, Metrics).
+        .arg("--metrics-secure=false")
         .arg("--health-probe-bind-address=127.0.0.1:8081")
         .spawn(&workdir)?;
 
