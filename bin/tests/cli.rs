@@ -235,3 +235,49 @@ fn the_operator_takes_the_seed_flags_and_refuses_features_it_lacks_by_name() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("use true or false"));
 }
+
+/// `promtool` of the given Prometheus major version, installed by scripts/install-deps.sh.
+fn promtool(major: u8) -> Command {
+    let var = format!("TSDB_PROMTOOL{major}_BIN");
+    let path = std::env::var(&var).expect("$TSDB_PROMTOOL<major>_BIN is set: source ~/.cache/tsdb-operator/env.sh");
+    let mut cmd = Command::new(path);
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/monitoring"));
+    cmd
+}
+
+#[test]
+fn the_shipped_alerts_load_and_fire_as_their_unit_tests_say_and_every_dashboard_query_parses() {
+    for major in [2, 3] {
+        for args in [&["check", "rules", "alerts.yaml"][..], &["test", "rules", "alerts_test.yaml"]] {
+            let out = promtool(major).args(args).output().unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "promtool {major} {args:?}:\n{text}");
+            assert!(text.contains("SUCCESS"), "promtool {major} {args:?}:\n{text}");
+        }
+    }
+    // Each dashboard query as a recording rule: `promtool check rules` parses it as Prometheus would.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/monitoring/grafana-dashboard.json")).unwrap();
+    let mut rules = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has a query", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            rules.push(serde_json::json!({"record": format!("dashboard:q{}", rules.len()), "expr": expr}));
+        }
+    }
+    let file = std::env::temp_dir().join(format!("tsdb-dashboard-queries-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string()).unwrap();
+    for major in [2, 3] {
+        let out = promtool(major).arg("check").arg("rules").arg(&file).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains(&format!("{} rules found", rules.len())), "{text}");
+    }
+    std::fs::remove_file(&file).unwrap();
+    // A broken query is caught (the check above can fail).
+    let bad = std::env::temp_dir().join(format!("tsdb-dashboard-bad-{}.json", std::process::id()));
+    std::fs::write(&bad, r#"{"groups":[{"name":"d","rules":[{"record":"d:q","expr":"sum by (le (x)"}]}]}"#).unwrap();
+    assert!(!promtool(3).arg("check").arg("rules").arg(&bad).output().unwrap().status.success());
+    std::fs::remove_file(&bad).unwrap();
+}

@@ -215,6 +215,23 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The longest time between two consecutive fire times among the first `fires` after `after` (anchored as in
+    /// [`Schedule::next_after_anchored`]): how old the last backup may be before one was missed. A weekday
+    /// schedule needs `fires` of at least 6 to see its weekend. `None` without two such times.
+    pub fn longest_gap(&self, after: DateTime<Utc>, anchor: DateTime<Utc>, fires: usize) -> Option<Duration> {
+        let mut previous = self.next_after_anchored(after, anchor)?;
+        let mut longest: Option<Duration> = None;
+        for _ in 1..fires.max(2) {
+            let Some(next) = self.next_after_anchored(previous, anchor) else { break };
+            let gap = (next - previous).to_std().ok()?;
+            longest = Some(longest.map_or(gap, |l| l.max(gap)));
+            previous = next;
+        }
+        longest
+    }
+}
+
 fn nanos_of(t: DateTime<Utc>) -> i128 {
     i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos())
 }
@@ -589,6 +606,21 @@ mod tests {
         for (spec, message) in cases {
             assert_eq!(parse_schedule(spec).unwrap_err().to_string(), message, "{spec:?}");
         }
+    }
+
+    #[test]
+    fn the_longest_gap_sees_weekends_and_every_intervals() {
+        let weekdays = parse_schedule("0 2 * * 1-5").unwrap();
+        // Wednesday 2026-12-02: the next 8 fires run Thu, Fri, Mon... and the weekend gap is 3 days.
+        let gap = weekdays.longest_gap(at(2026, 12, 2, 12, 0), DateTime::<Utc>::UNIX_EPOCH, 8).unwrap();
+        assert_eq!(gap, Duration::from_hours(72));
+        let daily = parse_schedule("@daily").unwrap();
+        assert_eq!(
+            daily.longest_gap(at(2026, 12, 2, 12, 0), DateTime::<Utc>::UNIX_EPOCH, 8),
+            Some(Duration::from_hours(24))
+        );
+        let every = parse_schedule("@every 90m").unwrap();
+        assert_eq!(every.longest_gap(at(2026, 12, 2, 12, 0), at(2026, 12, 1, 0, 7), 3), Some(Duration::from_mins(90)));
     }
 
     #[test]

@@ -107,6 +107,7 @@ struct BytesLabels {
 #[derive(Clone)]
 struct BackupMetrics {
     last_success: Family<ClusterLabels, Gauge>,
+    allowed_age: Family<ClusterLabels, Gauge>,
     duration: Family<ClusterLabels, Histogram>,
     bytes: Family<BytesLabels, Gauge>,
 }
@@ -115,6 +116,7 @@ impl BackupMetrics {
     fn register(ctx: &Context) -> Self {
         let m = Self {
             last_success: Family::default(),
+            allowed_age: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0])
             }),
@@ -125,6 +127,11 @@ impl BackupMetrics {
                 "tsdb_operator_backup_last_success_timestamp_seconds",
                 "Unix time of the last successful backup of each cluster",
                 m.last_success.clone(),
+            );
+            r.register(
+                "tsdb_operator_backup_interval_seconds",
+                "Longest time the schedule of each cluster leaves between two backups, jitter included",
+                m.allowed_age.clone(),
             );
             r.register("tsdb_operator_backup_duration_seconds", "Duration of finished backups", m.duration.clone());
             r.register(
@@ -139,6 +146,7 @@ impl BackupMetrics {
     fn forget(&self, namespace: &str, cluster: &str) {
         let labels = ClusterLabels { namespace: namespace.to_owned(), cluster: cluster.to_owned() };
         self.last_success.remove(&labels);
+        self.allowed_age.remove(&labels);
         self.duration.remove(&labels);
         for kind in ["total", "uploaded"] {
             self.bytes.remove(&BytesLabels {
@@ -495,6 +503,7 @@ async fn pass(
 
     let spec = &pc.spec.backup;
     if !spec.enabled {
+        metrics.forget(ns, &name);
         return Ok(());
     }
     let schedule = (!spec.schedule.is_empty()).then(|| parse_schedule(&spec.schedule).ok()).flatten();
@@ -502,6 +511,20 @@ async fn pass(
     let anchor = previous.last_schedule_time.as_ref().map_or(created, from_time);
     let max_jitter =
         spec.jitter.as_deref().and_then(|j| tsdb_operator_core::duration::parse(j).ok()).unwrap_or_default();
+    // The gauges the backup alerts compare (deploy/monitoring): kept from the status, so they survive a restart.
+    let labels = ClusterLabels { namespace: ns.to_owned(), cluster: name.clone() };
+    if let Some(t) = &previous.last_successful_backup_time {
+        metrics.last_success.get_or_create(&labels).set(t.0.as_second());
+    }
+    match schedule.as_ref().filter(|_| !spec.suspend).and_then(|s| s.longest_gap(now, anchor, 8)) {
+        Some(gap) => {
+            let secs = i64::try_from((gap + max_jitter).as_secs()).unwrap_or(i64::MAX);
+            metrics.allowed_age.get_or_create(&labels).set(secs);
+        }
+        None => {
+            metrics.allowed_age.remove(&labels);
+        }
+    }
     let requested = pc.annotations().get(annotations::BACKUP_NOW).map(String::as_str);
     let decision = decide_backup(&DecideInput {
         now,
