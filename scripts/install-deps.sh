@@ -53,7 +53,7 @@ SRC
 }
 
 install_system() {
-  apt_system golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev iproute2 openssl ca-certificates procps
+  apt_system golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev iproute2 openssl ca-certificates procps buildah umoci
 }
 
 install_k8s() {
@@ -114,6 +114,23 @@ install_s3s() {
   rm -rf "$CACHE/build/s3s-target"
 }
 
+HELM_SDKPY_VERSION=0.1.32
+install_helm() {
+  # Helm's own Go library (the PyPI wheel helm-sdkpy; no helm binary is packaged for Debian). The wheel declares
+  # Python >= 3.12 but loads on 3.11, so it is unpacked rather than pip-installed; it needs cffi.
+  local out="$CACHE/helm-sdkpy-$HELM_SDKPY_VERSION"
+  python3 -c 'import cffi' 2>/dev/null || python3 -m pip install -q cffi >&2
+  if [ -f "$out/helm_sdkpy/__init__.py" ]; then return 0; fi
+  log "fetching helm-sdkpy $HELM_SDKPY_VERSION"
+  local work; work="$(mktemp -d)"
+  python3 -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d "$work" \
+    "helm-sdkpy==$HELM_SDKPY_VERSION" >&2
+  mkdir -p "$out.tmp"
+  python3 -m zipfile -e "$work"/helm_sdkpy-*.whl "$out.tmp"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  rm -rf "$work"
+}
+
 print_env() {
   cat <<ENV
 export TSDB_OPERATOR_CACHE="$CACHE"
@@ -124,6 +141,7 @@ export TSDB_PROMETHEUS3_BIN="$CACHE/prometheus-3/prometheus"
 export TSDB_PROMTOOL2_BIN="$CACHE/prometheus-2/promtool"
 export TSDB_PROMTOOL3_BIN="$CACHE/prometheus-3/promtool"
 export TSDB_S3S_BIN="$CACHE/s3s-fs-$S3S_VERSION/bin/s3s-fs"
+export TSDB_HELM_PYTHONPATH="$CACHE/helm-sdkpy-$HELM_SDKPY_VERSION"
 ENV
 }
 
@@ -136,6 +154,7 @@ main() {
   install_prometheus "$PROM2_SUITE" 2
   install_prometheus "$PROM3_SUITE" 3
   install_s3s
+  install_helm
   install_k8s
   print_env > "$CACHE/env.sh"
   log "done; environment in $CACHE/env.sh"

@@ -167,6 +167,14 @@ impl ControlPlane {
         self.token_for(user).map(|_| self.workdir.path().join(format!("kubeconfig-{}.yaml", sanitize(user))))
     }
 
+    /// Writes a kubeconfig that authenticates with `token` (a ServiceAccount's, say) as `<name>` in the workdir.
+    pub fn write_kubeconfig_for_token(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let path = self.workdir.path().join(format!("kubeconfig-token-{}.yaml", sanitize(name)));
+        std::fs::write(&path, kubeconfig_yaml(&self.server_url, &self.ca_cert, name, token))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        Ok(path)
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn server_url(&self) -> &str {
         &self.server_url

@@ -1,0 +1,269 @@
+//! The Helm chart `charts/tsdb-operator`, with Helm's own Go library (scripts/helm.py over helm-sdkpy) against the
+//! test control plane: lint, refusals, install, the operator running with exactly the Deployment's arguments as the
+//! chart's ServiceAccount, upgrade and uninstall.
+//!
+//! The process kubelet cannot run the operator's pod here (a pod's network namespace cannot reach the API server
+//! on 127.0.0.1), so the test starts the operator itself with the arguments, environment and ServiceAccount the
+//! installed Deployment names.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use support::*;
+use tsdb_operator_core::crd::{Phase, PrometheusCluster};
+use tsdb_operator_testenv::process::{ProcessBuilder, free_port};
+
+fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn chart() -> String {
+    repo().join("charts/tsdb-operator").display().to_string()
+}
+
+/// Runs scripts/helm.py; `Err` carries Helm's message.
+fn helm(args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/helm.py"))
+        .args(args)
+        .env("KUBECONFIG", env().cp.kubeconfig_path())
+        .output()
+        .context("python3 runs")?;
+    if !out.status.success() {
+        bail!("helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The rules of deploy/rbac.yaml's ClusterRole `tsdb-operator`.
+fn plain_manifest_rules() -> Result<serde_json::Value> {
+    for doc in serde_yaml::Deserializer::from_str(include_str!("../../deploy/rbac.yaml")) {
+        let v = serde_json::Value::deserialize(doc)?;
+        if v["kind"] == "ClusterRole" && v["metadata"]["name"] == "tsdb-operator" {
+            return Ok(v["rules"].clone());
+        }
+    }
+    bail!("deploy/rbac.yaml has no ClusterRole tsdb-operator")
+}
+
+use serde::Deserialize as _;
+
+#[test]
+fn the_chart_lints_and_refuses_what_this_version_lacks_with_the_fix() -> Result<()> {
+    let lint = helm(&["lint", &chart()])?;
+    assert_eq!(lint["TotalChartsLinted"], 1, "{lint}");
+    assert!(lint["Errors"].as_array().is_none_or(Vec::is_empty), "{lint}");
+    // Only informational messages (severity 1, such as a missing icon).
+    let messages = lint["Messages"].as_array().cloned().unwrap_or_default();
+    assert!(messages.iter().all(|m| m["Severity"].as_i64().unwrap_or(0) <= 1), "{lint}");
+
+    for (values, said) in [
+        (json!({"features": {"api": true}}), "features.api=true"),
+        (json!({"features": {"webhook": true}}), "features.webhook=true"),
+        (json!({"features": {"audit": true}}), "features.audit=true"),
+        (json!({"s3": {"credentialsSecretName": "s3"}}), "spec.backup.credentialsSecretRef"),
+    ] {
+        let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
+        assert!(err.contains(said) && err.contains("not available in this version"), "{values}: {err}");
+    }
+    // The chart's copies of the CRDs, the dashboard and the alerts are the project's.
+    for (copy, source) in [
+        ("charts/tsdb-operator/crds/crds.yaml", "deploy/crds/crds.yaml"),
+        ("charts/tsdb-operator/files/grafana-dashboard.json", "deploy/monitoring/grafana-dashboard.json"),
+        ("charts/tsdb-operator/files/alerts.yaml", "deploy/monitoring/alerts.yaml"),
+    ] {
+        let (a, b) = (std::fs::read_to_string(repo().join(copy))?, std::fs::read_to_string(repo().join(source))?);
+        assert!(a == b, "{copy} differs from {source}: copy it again");
+    }
+    Ok(())
+}
+
+/// Issue 15's installation check, short of running the pod from the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
+    let env = env();
+    let ns = namespace("chart").await;
+    let release = format!("r{}", &ns[ns.len() - 8..]);
+    let installed = helm(&["install", &release, &chart(), &ns, "{}"])?;
+    let fullname = format!("{release}-tsdb-operator");
+    let manifest = installed["manifest"].as_str().context("the install's manifest")?;
+    assert!(manifest.contains("kind: Deployment"), "{manifest}");
+
+    // The Deployment: the seed's probes and ports, locked-down security context, one image for both sides.
+    let deployments: Api<Deployment> = Api::namespaced(client(), &ns);
+    let deployment = deployments.get(&fullname).await?;
+    let spec = deployment.spec.clone().context("spec")?;
+    assert_eq!(spec.replicas, Some(1));
+    let pod = spec.template.spec.clone().context("pod spec")?;
+    let manager = pod.containers.iter().find(|c| c.name == "manager").context("container manager")?;
+    let args = manager.args.clone().unwrap_or_default();
+    for want in ["operator", "--leader-elect=true", "--metrics-secure=true", "--metrics-bind-address=:8443"] {
+        assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+    }
+    let image = manager.image.clone().context("image")?;
+    let agent_image = manager.env.iter().flatten().find(|e| e.name == "TSDB_AGENT_IMAGE").and_then(|e| e.value.clone());
+    assert_eq!(agent_image.as_deref(), Some(image.as_str()), "the agent runs the operator's own image");
+    assert!(image.ends_with(":0.1.0") && !image.starts_with("ghcr.io/merlionos/tsdb-operator:"), "{image}");
+    let security = manager.security_context.clone().context("securityContext")?;
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.run_as_non_root, Some(true));
+    let liveness = manager.liveness_probe.clone().context("liveness")?;
+    assert_eq!(liveness.http_get.map(|g| g.path), Some(Some("/healthz".to_owned())));
+    assert!(manager.readiness_probe.is_some());
+    // Least privilege: the ClusterRole is deploy/rbac.yaml's.
+    let role = Api::<ClusterRole>::all(client()).get(&fullname).await?;
+    assert_eq!(serde_json::to_value(&role.rules)?, plain_manifest_rules()?, "chart and deploy/rbac.yaml agree");
+    let pdbs = pdb_names(&ns).await?;
+    assert!(pdbs.is_empty(), "no PodDisruptionBudget for one replica: {pdbs:?}");
+    Api::<Service>::namespaced(client(), &ns).get(&format!("{fullname}-metrics")).await?;
+
+    // The operator as the Deployment says: its arguments and environment, as the chart's ServiceAccount (ports
+    // moved to free loopback ones).
+    let sa = pod.service_account_name.clone().context("serviceAccountName")?;
+    Api::<ServiceAccount>::namespaced(client(), &ns).get(&sa).await?;
+    let token = env.cp.service_account_token(&ns, &sa).await?;
+    let kubeconfig = env.cp.write_kubeconfig_for_token(&format!("{ns}-{sa}"), &token)?;
+    let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let (metrics_port, health_port) = (free_port(loopback)?, free_port(loopback)?);
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.starts_with("--metrics-bind-address=") {
+                format!("--metrics-bind-address=127.0.0.1:{metrics_port}")
+            } else if a.starts_with("--health-probe-bind-address=") {
+                format!("--health-probe-bind-address=127.0.0.1:{health_port}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let op = ProcessBuilder::new("operator-from-chart", operator_binary())
+        .args(&args)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env("POD_NAME", format!("{fullname}-test"))
+        .env("POD_NAMESPACE", &ns)
+        .spawn(&env.workdir)?;
+
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    eventually("the operator ready", Duration::from_mins(1), || async {
+        let r = http.get(format!("http://127.0.0.1:{health_port}/readyz")).send().await;
+        Ok(r.ok().filter(|r| r.status() == 200).map(|_| ()))
+    })
+    .await?;
+    let yaml = "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  storage:\n    size: 1Gi\n";
+    apply_cluster(&ns, yaml).await?;
+    wait_phase(&ns, "web", Phase::Active, 1, Duration::from_mins(3)).await?;
+    Api::<Service>::namespaced(client(), &ns).get("web").await?;
+    let config = Api::<ConfigMap>::namespaced(client(), &ns).get("web-config").await?;
+    assert!(config.data.is_some_and(|d| d.values().any(|v| !v.trim().is_empty())), "web-config has the configuration");
+
+    // Metrics: 200 for a ServiceAccount bound to the chart's reader role, 403 for one that is not, 401 without.
+    let reader = env.cp.service_account_token(&ns, "scraper").await?;
+    let stranger = env.cp.service_account_token(&ns, "stranger").await?;
+    env.cp
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {fullname}-scraper\n\
+             roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {fullname}-metrics-reader\n\
+             subjects:\n  - kind: ServiceAccount\n    name: scraper\n    namespace: {ns}\n"
+        ))
+        .await?;
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .danger_accept_invalid_certs(true) // the generated self-signed certificate
+        .build()?;
+    let url = format!("https://127.0.0.1:{metrics_port}/metrics");
+    let status = |token: Option<String>| {
+        let (https, url) = (https.clone(), url.clone());
+        async move {
+            let mut request = https.get(&url);
+            if let Some(t) = token {
+                request = request.bearer_auth(t);
+            }
+            anyhow::Ok(request.send().await?.status().as_u16())
+        }
+    };
+    assert_eq!(status(Some(reader.clone())).await?, 200);
+    assert_eq!(status(Some(stranger)).await?, 403);
+    assert_eq!(status(None).await?, 401);
+
+    // Replicas 2 and backups on change the StatefulSet.
+    let clusters: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
+    let before = Api::<StatefulSet>::namespaced(client(), &ns).get("web").await?;
+    let patch = json!({"spec": {"replicas": 2, "backup": {"enabled": true, "bucket": "b", "schedule": "@daily"}}});
+    clusters.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let after = eventually("the StatefulSet to change", Duration::from_mins(1), || async {
+        let sts = Api::<StatefulSet>::namespaced(client(), &ns).get("web").await?;
+        let changed = sts.spec.as_ref().and_then(|s| s.replicas) == Some(2)
+            && sts.spec.as_ref().map(|s| &s.template) != before.spec.as_ref().map(|s| &s.template);
+        Ok(changed.then_some(sts))
+    })
+    .await?;
+    assert_eq!(after.spec.and_then(|s| s.replicas), Some(2));
+
+    // `kubectl delete --wait`: the finalizer is removed and the object gone within a minute.
+    clusters.delete("web", &DeleteParams::default()).await?;
+    eventually("the cluster deleted", Duration::from_mins(1), || async {
+        Ok(clusters.get_opt("web").await?.is_none().then_some(()))
+    })
+    .await?;
+
+    // Upgrade: two replicas get a PodDisruptionBudget; the dashboard ConfigMap carries the Grafana sidecar label.
+    helm(&[
+        "upgrade",
+        &release,
+        &chart(),
+        &ns,
+        &json!({"replicaCount": 2, "dashboard": {"enabled": true}}).to_string(),
+    ])?;
+    let deployment = deployments.get(&fullname).await?;
+    assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(2));
+    // (The deleted cluster's own budget may still wait for the garbage collector.)
+    assert!(pdb_names(&ns).await?.contains(&fullname), "a PodDisruptionBudget for two replicas");
+    let dashboard = Api::<ConfigMap>::namespaced(client(), &ns).get(&format!("{fullname}-dashboard")).await?;
+    let labels: BTreeMap<String, String> = dashboard.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("grafana_dashboard").map(String::as_str), Some("1"));
+    let json_text = dashboard.data.and_then(|d| d.get("tsdb-operator.json").cloned()).context("dashboard json")?;
+    let parsed: serde_json::Value = serde_json::from_str(&json_text)?;
+    let shipped: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/monitoring/grafana-dashboard.json"))?;
+    assert_eq!(parsed, shipped);
+
+    // Uninstall removes the operator's objects and keeps the CRDs (Helm never deletes crds/), so clusters and
+    // their data stay.
+    drop(op);
+    helm(&["uninstall", &release, &ns])?;
+    assert!(deployments.get_opt(&fullname).await?.is_none());
+    assert!(Api::<ClusterRole>::all(client()).get_opt(&fullname).await?.is_none());
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client());
+    assert!(crds.get_opt("prometheusclusters.observability.merlionos.org").await?.is_some());
+    let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client())
+        .delete(&format!("{fullname}-scraper"), &DeleteParams::default())
+        .await;
+    Ok(())
+}
+
+/// Names of the PodDisruptionBudgets in `ns` (policy/v1beta1, the version the 1.20 test API server serves).
+async fn pdb_names(ns: &str) -> Result<Vec<String>> {
+    let resource = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget"),
+        "poddisruptionbudgets",
+    );
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client(), ns, &resource);
+    Ok(api.list(&kube::api::ListParams::default()).await?.items.into_iter().filter_map(|o| o.metadata.name).collect())
+}

@@ -1,0 +1,47 @@
+{{- define "tsdb-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tsdb-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "tsdb-operator.labels" -}}
+{{ include "tsdb-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "tsdb-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tsdb-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tsdb-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "tsdb-operator.metricsPort" -}}
+{{- splitList ":" .Values.metrics.bindAddress | last -}}
+{{- end -}}
+
+{{/* Features this version does not have fail the install with the value and the fix. */}}
+{{- define "tsdb-operator.refuse" -}}
+{{- range $feature := list "api" "audit" "webhook" -}}
+{{- if index $.Values.features $feature -}}
+{{- fail (printf "features.%s=true: not available in this version of tsdb-operator; set it to false" $feature) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.s3.credentialsSecretName -}}
+{{- fail "s3.credentialsSecretName: operator-wide S3 credentials are not available in this version; leave it empty and name a Secret in each cluster's spec.backup.credentialsSecretRef" -}}
+{{- end -}}
+{{- end -}}
