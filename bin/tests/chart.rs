@@ -3,8 +3,9 @@
 //! chart's ServiceAccount, upgrade and uninstall.
 //!
 //! The process kubelet cannot run the operator's pod here (a pod's network namespace cannot reach the API server
-//! on 127.0.0.1), so the test starts the operator itself with the arguments, environment and ServiceAccount the
-//! installed Deployment names.
+//! on 127.0.0.1), so the test runs the image itself: it builds it with scripts/build-image.sh (buildah), unpacks it
+//! with umoci and starts its entrypoint in its own root filesystem (chroot) as its user, with the arguments,
+//! environment and ServiceAccount the installed Deployment names.
 
 mod support;
 
@@ -44,6 +45,47 @@ fn helm(args: &[&str]) -> Result<serde_json::Value> {
         bail!("helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The image, unpacked: its root filesystem, entrypoint and `uid:gid`.
+struct Image {
+    rootfs: PathBuf,
+    entrypoint: Vec<String>,
+    user: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Builds the image from this build's binaries and unpacks it into the workdir.
+fn build_image() -> Result<Image> {
+    let dir = env().workdir.subdir("image")?;
+    let bin_dir = operator_binary().parent().context("bin dir")?.to_path_buf();
+    let oci = dir.join("oci");
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/build-image.sh"))
+        .args(["--bin-dir", &bin_dir.display().to_string(), "--tag", "test", "--oci", &oci.display().to_string()])
+        .env("TSDB_IMAGE_CONTEXT", dir.join("context"))
+        .current_dir(repo())
+        .output()?;
+    if !out.status.success() {
+        bail!("build-image.sh: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let bundle = dir.join("bundle");
+    let out = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image", &format!("{}:test", oci.display())])
+        .arg(&bundle)
+        .output()?;
+    if !out.status.success() {
+        bail!("umoci unpack: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
+    let process = &config["process"];
+    let entrypoint = process["args"].as_array().context("args")?.iter().filter_map(|a| a.as_str()).map(String::from);
+    Ok(Image {
+        rootfs: bundle.join("rootfs"),
+        entrypoint: entrypoint.collect(),
+        user: format!("{}:{}", process["user"]["uid"], process["user"]["gid"]),
+        labels: serde_json::from_value(config["annotations"].clone())?,
+    })
 }
 
 /// The rules of deploy/rbac.yaml's ClusterRole `tsdb-operator`.
@@ -112,10 +154,13 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     for want in ["operator", "--leader-elect=true", "--metrics-secure=true", "--metrics-bind-address=:8443"] {
         assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
     }
-    let image = manager.image.clone().context("image")?;
+    let image_name = manager.image.clone().context("image")?;
     let agent_image = manager.env.iter().flatten().find(|e| e.name == "TSDB_AGENT_IMAGE").and_then(|e| e.value.clone());
-    assert_eq!(agent_image.as_deref(), Some(image.as_str()), "the agent runs the operator's own image");
-    assert!(image.ends_with(":0.1.0") && !image.starts_with("ghcr.io/merlionos/tsdb-operator:"), "{image}");
+    assert_eq!(agent_image.as_deref(), Some(image_name.as_str()), "the agent runs the operator's own image");
+    assert!(
+        image_name.ends_with(":0.1.0") && !image_name.starts_with("ghcr.io/merlionos/tsdb-operator:"),
+        "{image_name}"
+    );
     let security = manager.security_context.clone().context("securityContext")?;
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
@@ -135,7 +180,19 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let sa = pod.service_account_name.clone().context("serviceAccountName")?;
     Api::<ServiceAccount>::namespaced(client(), &ns).get(&sa).await?;
     let token = env.cp.service_account_token(&ns, &sa).await?;
-    let kubeconfig = env.cp.write_kubeconfig_for_token(&format!("{ns}-{sa}"), &token)?;
+    let image = build_image()?;
+    assert_eq!(image.entrypoint, ["/usr/local/bin/tsdb-operator"]);
+    assert!(!image.user.starts_with("0:"), "the image runs as a non-root user: {}", image.user);
+    for label in ["title", "version", "revision", "source", "licenses", "created"] {
+        let key = format!("org.opencontainers.image.{label}");
+        assert!(image.labels.get(&key).is_some_and(|v| !v.is_empty()), "{key} in {:?}", image.labels);
+    }
+    for absent in ["bin/sh", "usr/bin/apt-get", "bin/busybox"] {
+        assert!(!image.rootfs.join(absent).exists(), "no {absent} in the image");
+    }
+    // The ServiceAccount's credentials where a pod has them, inside the image's filesystem.
+    let kubeconfig = "/tmp/kubeconfig";
+    std::fs::write(image.rootfs.join("tmp/kubeconfig"), env.cp.kubeconfig_for_token(&sa, &token)?)?;
     let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let (metrics_port, health_port) = (free_port(loopback)?, free_port(loopback)?);
     let args: Vec<String> = args
@@ -150,12 +207,23 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
             }
         })
         .collect();
-    let op = ProcessBuilder::new("operator-from-chart", operator_binary())
+    let mut builder = ProcessBuilder::new("operator-from-image", "chroot");
+    for var in manager.env.iter().flatten() {
+        let value = match var.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()) {
+            Some("metadata.name") => format!("{fullname}-test"),
+            Some("metadata.namespace") => ns.clone(),
+            Some(other) => bail!("the test does not know the field {other} of env {}", var.name),
+            None => var.value.clone().unwrap_or_default(),
+        };
+        builder = builder.env(&var.name, value);
+    }
+    let op = builder
+        .arg(format!("--userspec={}", image.user))
+        .arg(&image.rootfs)
+        .args(&image.entrypoint)
         .args(&args)
         .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .env("POD_NAME", format!("{fullname}-test"))
-        .env("POD_NAMESPACE", &ns)
+        .arg(kubeconfig)
         .spawn(&env.workdir)?;
 
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
@@ -168,6 +236,10 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     apply_cluster(&ns, yaml).await?;
     wait_phase(&ns, "web", Phase::Active, 1, Duration::from_mins(3)).await?;
     Api::<Service>::namespaced(client(), &ns).get("web").await?;
+    let sts = Api::<StatefulSet>::namespaced(client(), &ns).get("web").await?;
+    let agent =
+        sts.spec.and_then(|s| s.template.spec).and_then(|p| p.containers.into_iter().find(|c| c.name == "agent"));
+    assert_eq!(agent.and_then(|c| c.image), Some(image_name.clone()), "the agent runs the chart's image");
     let config = Api::<ConfigMap>::namespaced(client(), &ns).get("web-config").await?;
     assert!(config.data.is_some_and(|d| d.values().any(|v| !v.trim().is_empty())), "web-config has the configuration");
 
@@ -266,4 +338,38 @@ async fn pdb_names(ns: &str) -> Result<Vec<String>> {
     );
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client(), ns, &resource);
     Ok(api.list(&kube::api::ListParams::default()).await?.items.into_iter().filter_map(|o| o.metadata.name).collect())
+}
+
+const PLAIN_MANIFEST: &str = "deploy/tsdb-operator.yaml";
+const PLAIN_HEADER: &str = "# tsdb-operator for users without Helm: the chart rendered with its default values as release \
+tsdb-operator in\n# namespace tsdb-system. Generated: bin/tests/chart.rs checks it (TSDB_WRITE_MANIFESTS=1 rewrites \
+it).\n#   kubectl apply --server-side -f deploy/crds/crds.yaml\n#   kubectl apply -f deploy/tsdb-operator.yaml\n\
+apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tsdb-system\n";
+
+/// deploy/tsdb-operator.yaml is what the chart renders with its defaults, so both install the same operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_manifest_is_the_chart_rendered_with_its_defaults() -> Result<()> {
+    env();
+    let ns = "tsdb-system";
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client());
+    if namespaces.get_opt(ns).await?.is_none() {
+        let namespace: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+        namespaces.create(&kube::api::PostParams::default(), &namespace).await?;
+    }
+    let installed = helm(&["install", "tsdb-operator", &chart(), ns, "{}"]);
+    let _ = helm(&["uninstall", "tsdb-operator", ns]);
+    let manifest = installed?["manifest"].as_str().context("manifest")?.to_owned();
+    let rendered = format!("{PLAIN_HEADER}{manifest}");
+    let path = repo().join(PLAIN_MANIFEST);
+    if std::env::var_os("TSDB_WRITE_MANIFESTS").is_some() {
+        std::fs::write(&path, &rendered)?;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "{PLAIN_MANIFEST} is out of date: run TSDB_WRITE_MANIFESTS=1 cargo test -p tsdb-operator --test chart \
+         the_plain_manifest and commit it"
+    );
+    Ok(())
 }

@@ -167,12 +167,20 @@ impl ControlPlane {
         self.token_for(user).map(|_| self.workdir.path().join(format!("kubeconfig-{}.yaml", sanitize(user))))
     }
 
-    /// Writes a kubeconfig that authenticates with `token` (a ServiceAccount's, say) as `<name>` in the workdir.
-    pub fn write_kubeconfig_for_token(&self, name: &str, token: &str) -> Result<PathBuf> {
-        let path = self.workdir.path().join(format!("kubeconfig-token-{}.yaml", sanitize(name)));
-        std::fs::write(&path, kubeconfig_yaml(&self.server_url, &self.ca_cert, name, token))
-            .with_context(|| format!("failed to write {}", path.display()))?;
-        Ok(path)
+    /// A self-contained kubeconfig (the CA inline, so it works inside a chroot) that authenticates with `token`
+    /// (a ServiceAccount's, say) as `name`.
+    pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> Result<String> {
+        let ca = std::fs::read(&self.ca_cert).with_context(|| format!("failed to read {}", self.ca_cert.display()))?;
+        let ca = serde_json::to_value(k8s_openapi::ByteString(ca))?;
+        let value = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "testenv", "cluster": { "server": self.server_url, "certificate-authority-data": ca } }],
+            "users": [{ "name": name, "user": { "token": token } }],
+            "contexts": [{ "name": "testenv", "context": { "cluster": "testenv", "user": name } }],
+            "current-context": "testenv",
+        });
+        Ok(serde_yaml::to_string(&value)?)
     }
 
     /// `https://127.0.0.1:<port>`.

@@ -39,8 +39,10 @@ pub use version::PrometheusVersion;
 /// `type Result<T> = Result<T, build::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Agent image used when the operator is not told otherwise: the operator's own image at the same version.
-pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/merlionos/tsdb-operator:", env!("CARGO_PKG_VERSION"));
+/// Agent image used when the operator is not told otherwise: this project's image at the same version (the chart
+/// sets the operator's own image through `$TSDB_AGENT_IMAGE`). Never the Go tsdb-operator's image, which has no
+/// `agent` command.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/merlionos/tsdb-operator-rs:", env!("CARGO_PKG_VERSION"));
 
 /// Longest cluster name: pods carry the label `controller-revision-hash: <name>-<10 characters>`, and label values
 /// are at most 63 characters.

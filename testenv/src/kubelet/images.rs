@@ -139,7 +139,7 @@ impl ImageMap {
         self.rules.push((prefix.to_owned(), program));
     }
 
-    /// The binary run for images whose repository ends in `tsdb-operator`.
+    /// The binary run for images whose repository ends in `tsdb-operator` or `tsdb-operator-rs`.
     pub fn set_operator_binary(&mut self, path: PathBuf) {
         self.operator = Some(path);
     }
@@ -168,7 +168,7 @@ impl ImageMap {
             })?;
             return Ok(prometheus_image(path, major));
         }
-        if short.rsplit('/').next() == Some("tsdb-operator") {
+        if matches!(short.rsplit('/').next(), Some("tsdb-operator" | "tsdb-operator-rs")) {
             let path = self.operator.clone().ok_or_else(|| ImageError {
                 reason: "ErrImagePull",
                 message: format!(
@@ -299,9 +299,10 @@ mod tests {
 
     #[test]
     fn operator_images_map_to_the_configured_binary() {
-        let image = map().resolve("ghcr.io/merlionos/tsdb-operator:0.1.0").unwrap();
-        let (program, _) = image.argv(&[], &s(&["agent"])).unwrap();
-        assert_eq!(program, PathBuf::from("/work/target/debug/tsdb-operator"));
+        for name in ["ghcr.io/merlionos/tsdb-operator:0.1.0", "ghcr.io/merlionos/tsdb-operator-rs:0.1.0"] {
+            let (program, _) = map().resolve(name).unwrap().argv(&[], &s(&["agent"])).unwrap();
+            assert_eq!(program, PathBuf::from("/work/target/debug/tsdb-operator"));
+        }
     }
 
     #[test]
