@@ -142,6 +142,13 @@ pub async fn run(
     let reloads = ReloadCounter::default();
     let last_ok = Gauge::<i64>::default();
     let refused = crate::web_proxy::RefusedCounter::default();
+    // Every series starts at zero, so that the first failure or refusal is an increase alerts can see.
+    for result in ["success", "error"] {
+        drop(reloads.get_or_create(&vec![("result".to_owned(), result.to_owned())]));
+    }
+    for reason in tsdb_operator_core::web::Refusal::ALL {
+        drop(refused.get_or_create(&vec![("reason".to_owned(), reason.category().to_owned())]));
+    }
     registry.register("tsdb_operator_agent_reload", "Configuration reloads by result", reloads.clone());
     registry.register(
         "tsdb_operator_agent_config_last_reload_successful",

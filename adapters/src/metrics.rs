@@ -161,6 +161,28 @@ impl Metrics {
         self.failover_total.remove(&ClusterLabels { namespace: namespace.to_owned(), cluster: cluster.to_owned() });
     }
 
+    /// Starts a controller's reconcile counters at zero, its error counter for each of `categories` too, so that
+    /// the first error is an increase alerts can see.
+    pub fn init_controller(&self, controller: &str, categories: &[&str]) {
+        let labels = ControllerLabels { controller: controller.to_owned() };
+        drop(self.reconcile_total.get_or_create(&labels));
+        for category in categories {
+            let labels = ErrorLabels { controller: controller.to_owned(), category: (*category).to_owned() };
+            drop(self.reconcile_errors.get_or_create(&labels));
+        }
+    }
+
+    /// Starts a cluster's backup counters at zero (while its backups are enabled).
+    pub fn init_backup(&self, namespace: &str, cluster: &str) {
+        for result in ["success", "error"] {
+            drop(self.backup_total.get_or_create(&BackupLabels {
+                namespace: namespace.to_owned(),
+                cluster: cluster.to_owned(),
+                result: result.to_owned(),
+            }));
+        }
+    }
+
     /// Records one reconcile.
     pub fn observe_reconcile(&self, controller: &str, took: Duration, error_category: Option<&str>) {
         let labels = ControllerLabels { controller: controller.to_owned() };
@@ -222,5 +244,21 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("tsdb_operator_backup_total{"));
         assert!(text.contains("tsdb_operator_failover_total{"));
+    }
+
+    #[test]
+    fn counters_alerts_use_start_at_zero() {
+        let m = Metrics::new();
+        m.init_backup("ns", "demo");
+        m.init_controller("prometheuscluster", &["ApplyChild", "WriteStatus"]);
+        let text = m.encode();
+        for line in [
+            r#"tsdb_operator_backup_total{namespace="ns",cluster="demo",result="error"} 0"#,
+            r#"tsdb_operator_backup_total{namespace="ns",cluster="demo",result="success"} 0"#,
+            r#"tsdb_operator_reconcile_errors_total{controller="prometheuscluster",category="ApplyChild"} 0"#,
+            r#"tsdb_operator_reconcile_total{controller="prometheuscluster"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 }

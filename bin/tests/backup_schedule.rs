@@ -44,6 +44,43 @@ async fn assert_no_backups_for(op: &Operator, ns: &str, name: &str, quiet: Durat
     Ok(())
 }
 
+/// Every `tsdb_operator_*` metric the shipped alerts and dashboard (deploy/monitoring) query is declared by this
+/// running operator or the agent of `sched-0` (families without series are not exposed, so this also checks that
+/// the counters alerts use start at zero), and the schedule's interval is exported for the overdue alert.
+async fn shipped_monitoring_queries_declared_metrics(op: &Operator, ns: &str) -> Result<()> {
+    let operator = op.metrics().await?;
+    let interval = format!("tsdb_operator_backup_interval_seconds{{namespace=\"{ns}\",cluster=\"sched\"}} 10");
+    ensure!(operator.lines().any(|l| l == interval), "{interval} in:\n{operator}");
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let agent = http.get(format!("http://{}:9091/metrics", pod_ip_of(ns, "sched-0")?)).send().await?.text().await?;
+    let declared: std::collections::BTreeSet<&str> = [operator.as_str(), agent.as_str()]
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let shipped = [
+        include_str!("../../deploy/monitoring/alerts.yaml"),
+        include_str!("../../deploy/monitoring/grafana-dashboard.json"),
+    ];
+    let queried: std::collections::BTreeSet<&str> = shipped
+        .iter()
+        .flat_map(|t| t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("tsdb_operator_"))
+        .collect();
+    let undeclared: Vec<&&str> = queried
+        .iter()
+        .filter(|name| {
+            !declared.contains(**name)
+                && !["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix).is_some_and(|base| declared.contains(base)))
+        })
+        .collect();
+    ensure!(queried.len() >= 12, "the names were found: {queried:?}");
+    ensure!(undeclared.is_empty(), "queried but declared by neither the operator nor the agent: {undeclared:?}");
+    Ok(())
+}
+
 /// `@every 10s` gets backups without any request; `suspend: true` stops the scheduled ones (an on-demand one
 /// still runs), `suspend: false` resumes them, `enabled: false` stops them for good (a backup running at that
 /// moment is still followed and recorded).
@@ -65,6 +102,7 @@ async fn scheduled_backups_run_on_their_own_and_stop_when_suspended_or_disabled(
         Ok((successes(&op, &ns, "sched").await? >= 2).then_some(()))
     })
     .await?;
+    shipped_monitoring_queries_declared_metrics(&op, &ns).await?;
     let status = backup_status(&ns, "sched").await?;
     ensure!(status.last_request.is_none(), "an on-demand request was recorded: {status:?}");
     let schedule_time = status.last_schedule_time.as_ref().map(from_time).context("no lastScheduleTime")?;

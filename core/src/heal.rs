@@ -141,6 +141,9 @@ impl ProbeResult {
         !matches!(self, ProbeResult::Ready)
     }
 
+    /// Every [`ProbeResult::label`], so that metrics can start each result at zero.
+    pub const LABELS: [&'static str; 4] = ["ready", "not_ready", "unhealthy", "unreachable"];
+
     /// A short label for metrics: `ready`, `not_ready`, `unhealthy`, `unreachable`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -342,6 +345,9 @@ pub enum Hold {
 }
 
 impl Hold {
+    /// Every [`Hold::label`], so that metrics can start each reason at zero.
+    pub const LABELS: [&'static str; 4] = ["circuit_open", "replacement_in_progress", "cooldown", "quorum_guard"];
+
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -745,6 +751,25 @@ mod tests {
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn the_label_lists_hold_every_label() {
+        let detail = String::new;
+        let probes = [
+            ProbeResult::Ready,
+            ProbeResult::NotReady { detail: detail() },
+            ProbeResult::Unhealthy { detail: detail() },
+            ProbeResult::Unreachable { detail: detail() },
+        ];
+        assert_eq!(probes.map(|p| p.label()), ProbeResult::LABELS);
+        let holds = [
+            Hold::CircuitOpen,
+            Hold::ReplacementInProgress { pod: detail() },
+            Hold::Cooldown { until: t(0) },
+            Hold::QuorumGuard { ready: 0, needed: 1 },
+        ];
+        assert_eq!(holds.map(|h| h.label()), Hold::LABELS);
     }
 
     #[test]

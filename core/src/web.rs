@@ -30,6 +30,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, so that metrics can start each category at zero.
+    pub const ALL: [Refusal; 3] = [Refusal::AdminApi, Refusal::Lifecycle, Refusal::NonCanonicalPath];
+
     /// A stable label for metrics and logs.
     pub fn category(self) -> &'static str {
         match self {
@@ -94,6 +97,15 @@ fn is_canonical(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_is_listed_once() {
+        let labels: std::collections::BTreeSet<_> = Refusal::ALL.iter().map(|r| r.category()).collect();
+        assert_eq!(labels.len(), Refusal::ALL.len());
+        for (_, refusal) in REFUSED {
+            assert!(Refusal::ALL.contains(&refusal));
+        }
+    }
 
     #[test]
     fn queries_federation_metrics_probes_and_the_ui_are_forwarded() {

@@ -513,6 +513,8 @@ async fn pass(
         spec.jitter.as_deref().and_then(|j| tsdb_operator_core::duration::parse(j).ok()).unwrap_or_default();
     // The gauges the backup alerts compare (deploy/monitoring): kept from the status, so they survive a restart.
     let labels = ClusterLabels { namespace: ns.to_owned(), cluster: name.clone() };
+    ctx.metrics.init_backup(ns, &name);
+    drop(metrics.duration.get_or_create(&labels));
     if let Some(t) = &previous.last_successful_backup_time {
         metrics.last_success.get_or_create(&labels).set(t.0.as_second());
     }

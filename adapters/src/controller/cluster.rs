@@ -79,7 +79,22 @@ pub enum Error {
 }
 
 impl Error {
-    /// Short category for metrics and event reasons.
+    /// Every category [`Error::category`] returns.
+    pub const CATEGORIES: [&'static str; 11] = [
+        "MissingNamespace",
+        "ReadChild",
+        "ApplyChild",
+        "DeleteChild",
+        "ListPods",
+        "ListClaims",
+        "ReadStorageClass",
+        "ReadSecret",
+        "WriteStatus",
+        "RemoveFinalizer",
+        "Conflict",
+    ];
+
+    /// A short, stable name of the error's kind, the `category` label of `tsdb_operator_reconcile_errors_total`.
     pub fn category(&self) -> &'static str {
         match self {
             Error::MissingNamespace => "MissingNamespace",
@@ -103,6 +118,7 @@ pub async fn run(
     writer: reflector::store::Writer<PrometheusCluster>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    ctx.metrics.init_controller(CONTROLLER, &Error::CATEGORIES);
     let owned = super::watch_config().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
     let store = writer.as_reader();
     // Decoded one object at a time: an object the operator cannot read is reported in its own status and never

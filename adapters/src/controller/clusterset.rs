@@ -64,7 +64,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// Short category for metrics.
+    /// Every category [`Error::category`] returns.
+    pub const CATEGORIES: [&'static str; 3] = ["List", "Overlay", "WriteStatus"];
+
+    /// A short, stable name of the error's kind, the `category` label of `tsdb_operator_reconcile_errors_total`.
     pub fn category(&self) -> &'static str {
         match self {
             Error::List { .. } => "List",
@@ -92,6 +95,7 @@ pub async fn run(
     if clusters.wait_until_ready().await.is_err() {
         return;
     }
+    ctx.metrics.init_controller(CONTROLLER, &Error::CATEGORIES);
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<PrometheusClusterSet>::all(client.clone()), super::watch_config());
     let sets = controller.store();

@@ -78,6 +78,9 @@ struct ResultLabels {
     result: String,
 }
 
+/// The `reason` of `tsdb_operator_heal_held_total` when the eviction API refused a replacement (the PodDisruptionBudget).
+const DISRUPTION_BUDGET: &str = "disruption_budget";
+
 /// Labels of the held-replacement counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct HeldLabels {
@@ -95,8 +98,24 @@ struct HealMetrics {
 }
 
 impl HealMetrics {
+    /// Removes the series of a cluster that is gone.
+    fn forget(&self, key: &ClusterKey) {
+        self.suspended.remove(&ClusterLabels { namespace: key.namespace.clone(), cluster: key.name.clone() });
+        for reason in Hold::LABELS.iter().chain([&DISRUPTION_BUDGET]) {
+            self.held.remove(&HeldLabels {
+                namespace: key.namespace.clone(),
+                cluster: key.name.clone(),
+                reason: (*reason).to_owned(),
+            });
+        }
+    }
+
     fn register(metrics: &crate::metrics::Metrics) -> Self {
         let m = Self { probes: Family::default(), suspended: Family::default(), held: Family::default() };
+        // Every series starts at zero, so that the first failure is an increase alerts can see.
+        for result in tsdb_operator_core::heal::ProbeResult::LABELS {
+            drop(m.probes.get_or_create(&ResultLabels { result: result.to_owned() }));
+        }
         metrics.with_registry(|r| {
             r.register("tsdb_operator_heal_probes", "Probes of Prometheus replicas by result", m.probes.clone());
             r.register(
@@ -243,6 +262,15 @@ async fn pass(
         });
         objects.insert(key, pc);
     }
+    // Clusters gone (deleted, or their spec no longer readable): their series and loop state go too.
+    let present: std::collections::BTreeSet<&ClusterKey> = views.iter().map(|v| &v.key).collect();
+    let gone: Vec<ClusterKey> = state.breaker_open.keys().filter(|k| !present.contains(k)).cloned().collect();
+    for key in gone {
+        metrics.forget(&key);
+        state.breaker_open.remove(&key);
+        state.next_probe.remove(&key);
+        state.last_failover.remove(&key);
+    }
     let results: Vec<(ClusterKey, ReplicaFacts, ProbeResult)> = futures::stream::iter(due)
         .map(|(key, facts, ip, timeout)| async move {
             let port = u16::try_from(ports::PROMETHEUS).unwrap_or(9090);
@@ -287,6 +315,12 @@ async fn act(
 
     let breaker = decision.suspended.as_ref().filter(|s| s.is_breaker());
     metrics.suspended.get_or_create(&labels).set(i64::from(breaker.is_some()));
+    drop(ctx.metrics.failover_total.get_or_create(&labels));
+    for reason in Hold::LABELS.iter().chain([&DISRUPTION_BUDGET]) {
+        let held =
+            HeldLabels { namespace: key.namespace.clone(), cluster: key.name.clone(), reason: (*reason).to_owned() };
+        drop(metrics.held.get_or_create(&held));
+    }
     let was_open = *state.breaker_open.entry(key.clone()).or_insert_with(|| condition_is_breaker(pc));
     match (was_open, breaker) {
         (false, Some(s)) => {
@@ -331,7 +365,7 @@ async fn act(
                     .get_or_create(&HeldLabels {
                         namespace: key.namespace.clone(),
                         cluster: key.name.clone(),
-                        reason: "disruption_budget".to_owned(),
+                        reason: DISRUPTION_BUDGET.to_owned(),
                     })
                     .inc();
                 tracing::info!(cluster = %key, pod = %r.pod, %why, "eviction refused by a PodDisruptionBudget; waiting");
