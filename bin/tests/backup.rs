@@ -352,3 +352,46 @@ async fn deleting_a_cluster_completes_while_the_object_store_is_down() -> Result
     .await?;
     Ok(())
 }
+
+/// Operator-wide S3 credentials (`--s3-credentials-secret`, the chart's `s3.credentialsSecretName`): a cluster whose
+/// backup names no `credentialsSecretRef` gets a copy of the operator's Secret, owned by the cluster, and backs up
+/// to an S3 server that requires those keys; a change to the operator's Secret reaches the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_wide_credentials_reach_clusters_that_name_none() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let s3 = S3Server::start()?;
+    let fwd = Forwarder::to_s3(&s3).await?;
+    let operator_ns = namespace("operator-creds").await;
+    create_credentials(&operator_ns, &s3).await?;
+    let ns = namespace("shared-creds").await;
+    let shared = format!("--s3-credentials-secret={operator_ns}/s3-creds");
+    let _op = Operator::start(Some(&ns), &[&shared, "--backup-tick-seconds=1"])?;
+    let mut yaml: serde_json::Value =
+        serde_yaml::from_str(&cluster_yaml("shared", &fwd.endpoint(), s3.bucket(), Some(json!({})), None))?;
+    yaml["spec"]["backup"].as_object_mut().context("backup")?.remove("credentialsSecretRef");
+    apply_cluster(&ns, &serde_yaml::to_string(&yaml)?).await?;
+    wait_phase(&ns, "shared", Phase::Active, 1, READY).await?;
+    let id = successful_backup(&ns, "shared", "first").await?;
+    eprintln!("backup {id} taken with the operator's credentials");
+
+    let secrets: Api<Secret> = Api::namespaced(client(), &ns);
+    let copy = secrets.get("shared-s3-credentials").await?;
+    let cluster = Api::<PrometheusCluster>::namespaced(client(), &ns).get("shared").await?;
+    let owned = copy.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == cluster.metadata.uid.as_ref());
+    ensure!(owned, "the copy is owned by the cluster: {:?}", copy.metadata.owner_references);
+    let key = copy.data.as_ref().and_then(|d| d.get("AWS_ACCESS_KEY_ID")).map(|b| b.0.clone());
+    ensure!(key.as_deref() == Some(s3.access_key().as_bytes()), "the copy holds the operator's key id");
+
+    // Rotation: the operator's Secret changes, the copy follows.
+    let patch = json!({"stringData": {"ROTATED": "yes"}});
+    Api::<Secret>::namespaced(client(), &operator_ns)
+        .patch("s3-creds", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await?;
+    eventually("the copy to follow the operator's Secret", Duration::from_secs(30), || async {
+        let copy = secrets.get("shared-s3-credentials").await?;
+        Ok(copy.data.is_some_and(|d| d.contains_key("ROTATED")).then_some(()))
+    })
+    .await?;
+    successful_backup(&ns, "shared", "second").await?;
+    Ok(())
+}

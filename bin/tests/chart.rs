@@ -114,7 +114,6 @@ fn the_chart_lints_and_refuses_what_this_version_lacks_with_the_fix() -> Result<
         (json!({"features": {"api": true}}), "features.api=true"),
         (json!({"features": {"webhook": true}}), "features.webhook=true"),
         (json!({"features": {"audit": true}}), "features.audit=true"),
-        (json!({"s3": {"credentialsSecretName": "s3"}}), "spec.backup.credentialsSecretRef"),
     ] {
         let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
         assert!(err.contains(said) && err.contains("not available in this version"), "{values}: {err}");
@@ -151,6 +150,7 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let pod = spec.template.spec.clone().context("pod spec")?;
     let manager = pod.containers.iter().find(|c| c.name == "manager").context("container manager")?;
     let args = manager.args.clone().unwrap_or_default();
+    assert!(!args.iter().any(|a| a.starts_with("--s3-credentials-secret")), "no shared credentials by default");
     for want in ["operator", "--leader-elect=true", "--metrics-secure=true", "--metrics-bind-address=:8443"] {
         assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
     }
@@ -195,50 +195,22 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     std::fs::write(image.rootfs.join("tmp/kubeconfig"), env.cp.kubeconfig_for_token(&sa, &token)?)?;
     let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let (metrics_port, health_port) = (free_port(loopback)?, free_port(loopback)?);
-    let args: Vec<String> = args
-        .iter()
-        .map(|a| {
-            if a.starts_with("--metrics-bind-address=") {
-                format!("--metrics-bind-address=127.0.0.1:{metrics_port}")
-            } else if a.starts_with("--health-probe-bind-address=") {
-                format!("--health-probe-bind-address=127.0.0.1:{health_port}")
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
-    let mut builder = ProcessBuilder::new("operator-from-image", "chroot");
-    for var in manager.env.iter().flatten() {
-        let value = match var.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()) {
-            Some("metadata.name") => format!("{fullname}-test"),
-            Some("metadata.namespace") => ns.clone(),
-            Some(other) => bail!("the test does not know the field {other} of env {}", var.name),
-            None => var.value.clone().unwrap_or_default(),
-        };
-        builder = builder.env(&var.name, value);
-    }
-    let op = builder
-        .arg(format!("--userspec={}", image.user))
-        .arg(&image.rootfs)
-        .args(&image.entrypoint)
-        .args(&args)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .spawn(&env.workdir)?;
+    let run = OperatorRun { image: &image, fullname: &fullname, ns: &ns, kubeconfig, metrics_port, health_port };
+    let op = run.start(manager)?;
 
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
-    eventually("the operator ready", Duration::from_mins(1), || async {
-        let r = http.get(format!("http://127.0.0.1:{health_port}/readyz")).send().await;
-        Ok(r.ok().filter(|r| r.status() == 200).map(|_| ()))
-    })
-    .await?;
-    let yaml = "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  storage:\n    size: 1Gi\n";
+    run.ready().await?;
+    // The Prometheus pods run as their own ServiceAccount (workload identity for backups).
+    env.cp.service_account_token(&ns, "prometheus").await?;
+    let yaml = "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  storage:\n    size: 1Gi\n  serviceAccountName: prometheus\n";
     apply_cluster(&ns, yaml).await?;
     wait_phase(&ns, "web", Phase::Active, 1, Duration::from_mins(3)).await?;
     Api::<Service>::namespaced(client(), &ns).get("web").await?;
     let sts = Api::<StatefulSet>::namespaced(client(), &ns).get("web").await?;
-    let agent =
-        sts.spec.and_then(|s| s.template.spec).and_then(|p| p.containers.into_iter().find(|c| c.name == "agent"));
+    let pod_spec = sts.spec.and_then(|s| s.template.spec).context("pod template")?;
+    assert_eq!(pod_spec.service_account_name.as_deref(), Some("prometheus"));
+    let running = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client(), &ns).get("web-0").await?;
+    assert_eq!(running.spec.and_then(|s| s.service_account_name).as_deref(), Some("prometheus"));
+    let agent = pod_spec.containers.into_iter().find(|c| c.name == "agent");
     assert_eq!(agent.and_then(|c| c.image), Some(image_name.clone()), "the agent runs the chart's image");
     let config = Api::<ConfigMap>::namespaced(client(), &ns).get("web-config").await?;
     assert!(config.data.is_some_and(|d| d.values().any(|v| !v.trim().is_empty())), "web-config has the configuration");
@@ -286,6 +258,43 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     })
     .await?;
     assert_eq!(after.spec.and_then(|s| s.replicas), Some(2));
+    let sts_api = Api::<StatefulSet>::namespaced(client(), &ns);
+    let settled = eventually("two replicas ready", Duration::from_mins(3), || async {
+        let sts = sts_api.get("web").await?;
+        let ready = sts.status.as_ref().and_then(|s| s.ready_replicas) == Some(2)
+            && sts.status.as_ref().and_then(|s| s.updated_replicas) == Some(2);
+        Ok(ready.then_some(sts))
+    })
+    .await?;
+    let pod_uids = || async {
+        let mut uids = Vec::new();
+        for name in ["web-0", "web-1"] {
+            let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client(), &ns).get(name).await?;
+            uids.push(pod.metadata.uid.unwrap_or_default());
+        }
+        anyhow::Ok(uids)
+    };
+    let uids_before = pod_uids().await?;
+
+    // Upgrade: two operator replicas get a PodDisruptionBudget, the dashboard ConfigMap carries the Grafana sidecar
+    // label; the operator restarted with the upgraded Deployment leaves the cluster's pods and StatefulSet alone.
+    helm(&[
+        "upgrade",
+        &release,
+        &chart(),
+        &ns,
+        &json!({"replicaCount": 2, "dashboard": {"enabled": true}}).to_string(),
+    ])?;
+    drop(op);
+    let upgraded = deployments.get(&fullname).await?;
+    let containers = upgraded.spec.clone().and_then(|s| s.template.spec).map(|p| p.containers).unwrap_or_default();
+    let manager = containers.iter().find(|c| c.name == "manager").context("container manager")?;
+    let op = run.start(manager)?;
+    run.ready().await?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(pod_uids().await?, uids_before, "the upgrade replaced no Prometheus pod");
+    let sts = sts_api.get("web").await?;
+    assert_eq!(sts.metadata.generation, settled.metadata.generation, "the StatefulSet was not changed");
 
     // `kubectl delete --wait`: the finalizer is removed and the object gone within a minute.
     clusters.delete("web", &DeleteParams::default()).await?;
@@ -294,14 +303,6 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     })
     .await?;
 
-    // Upgrade: two replicas get a PodDisruptionBudget; the dashboard ConfigMap carries the Grafana sidecar label.
-    helm(&[
-        "upgrade",
-        &release,
-        &chart(),
-        &ns,
-        &json!({"replicaCount": 2, "dashboard": {"enabled": true}}).to_string(),
-    ])?;
     let deployment = deployments.get(&fullname).await?;
     assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(2));
     // (The deleted cluster's own budget may still wait for the garbage collector.)
@@ -328,6 +329,67 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
         .delete(&format!("{fullname}-scraper"), &DeleteParams::default())
         .await;
     Ok(())
+}
+
+/// The operator run from the unpacked image as the installed Deployment says: its arguments (ports moved to free
+/// loopback ones) and environment, in the image's root filesystem as the image's user.
+struct OperatorRun<'a> {
+    image: &'a Image,
+    fullname: &'a str,
+    ns: &'a str,
+    kubeconfig: &'a str,
+    metrics_port: u16,
+    health_port: u16,
+}
+
+impl OperatorRun<'_> {
+    fn start(
+        &self,
+        manager: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<tsdb_operator_testenv::process::Supervised> {
+        let args: Vec<String> = manager
+            .args
+            .iter()
+            .flatten()
+            .map(|a| {
+                if a.starts_with("--metrics-bind-address=") {
+                    format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port)
+                } else if a.starts_with("--health-probe-bind-address=") {
+                    format!("--health-probe-bind-address=127.0.0.1:{}", self.health_port)
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let mut builder = ProcessBuilder::new("operator-from-image", "chroot");
+        for var in manager.env.iter().flatten() {
+            let field = var.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
+            let value = match field {
+                Some("metadata.name") => format!("{}-test", self.fullname),
+                Some("metadata.namespace") => self.ns.to_owned(),
+                Some(other) => bail!("the test does not know the field {other} of env {}", var.name),
+                None => var.value.clone().unwrap_or_default(),
+            };
+            builder = builder.env(&var.name, value);
+        }
+        builder
+            .arg(format!("--userspec={}", self.image.user))
+            .arg(&self.image.rootfs)
+            .args(&self.image.entrypoint)
+            .args(&args)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig)
+            .spawn(&env().workdir)
+    }
+
+    async fn ready(&self) -> Result<()> {
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+        eventually("the operator ready", Duration::from_mins(1), || async {
+            let r = http.get(format!("http://127.0.0.1:{}/readyz", self.health_port)).send().await;
+            Ok(r.ok().filter(|r| r.status() == 200).map(|_| ()))
+        })
+        .await
+    }
 }
 
 /// Names of the PodDisruptionBudgets in `ns` (policy/v1beta1, the version the 1.20 test API server serves).

@@ -358,6 +358,15 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
             format!("{reason}: use the name of an existing PriorityClass"),
         ));
     }
+    if let Some(name) = spec.service_account_name.as_deref().filter(|n| !n.is_empty())
+        && let Err(reason) = names::check_dns1123_subdomain(name)
+    {
+        errs.push(FieldError::invalid(
+            "spec.serviceAccountName",
+            name,
+            format!("{reason}: use the name of a ServiceAccount in the cluster's namespace"),
+        ));
+    }
     check_self_healing(&mut errs, &spec.self_healing);
     finish(errs)
 }
@@ -1453,6 +1462,18 @@ mod tests {
         ));
         assert!(errs[0].ends_with(": use the name of an existing PriorityClass"));
         s.priority_class_name = Some("system-cluster-critical".into());
+        assert_eq!(errors(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn service_account_name_must_be_a_dns_subdomain() {
+        let mut s = spec();
+        s.service_account_name = Some("Prometheus_IRSA".into());
+        let errs = errors(&s);
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with(r#"spec.serviceAccountName: Invalid value: "Prometheus_IRSA": must be"#));
+        assert!(errs[0].ends_with(": use the name of a ServiceAccount in the cluster's namespace"), "{}", errs[0]);
+        s.service_account_name = Some("prometheus-irsa".into());
         assert_eq!(errors(&s), Vec::<String>::new());
     }
 

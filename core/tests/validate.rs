@@ -273,6 +273,7 @@ prop_compose! {
             affinity: None,
             security_context: None,
             priority_class_name,
+            service_account_name: None,
             self_healing: SelfHealingSpec {
                 enabled: healing_enabled,
                 probe_interval,

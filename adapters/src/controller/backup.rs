@@ -74,6 +74,9 @@ pub struct BackupConfig {
     pub gc_grace: Duration,
     /// A job still running after this long is given up (`AgentLost`).
     pub max_duration: Duration,
+    /// The operator's S3 credentials Secret (`--s3-credentials-secret`, namespace and name), copied into each
+    /// cluster that names no `credentialsSecretRef` (set `defaults.shared_credentials` with it).
+    pub shared_credentials: Option<(String, String)>,
 }
 
 impl Default for BackupConfig {
@@ -83,6 +86,7 @@ impl Default for BackupConfig {
             tick: Duration::from_secs(15),
             gc_grace: Duration::from_hours(1),
             max_duration: Duration::from_hours(6),
+            shared_credentials: None,
         }
     }
 }
@@ -164,6 +168,16 @@ struct Memory {
     /// The agent token of each cluster, as last read from its Secret; read again when an agent refuses it.
     tokens: BTreeMap<String, String>,
     poll_failures: BTreeMap<String, u32>,
+    /// The operator's shared credentials as read at the start of this tick (`None`: not configured or unreadable).
+    shared: Option<SharedCredentials>,
+    /// The hash of the shared credentials last copied into each cluster's Secret.
+    shared_synced: BTreeMap<String, String>,
+}
+
+/// The data of the operator's credentials Secret and a hash of it.
+struct SharedCredentials {
+    data: BTreeMap<String, k8s_openapi::ByteString>,
+    hash: String,
 }
 
 /// Why one cluster's pass failed (logged; the next tick retries).
@@ -198,6 +212,15 @@ pub enum Error {
     /// Writing the status failed.
     #[error("failed to write the backup status")]
     WriteStatus(#[source] kube::Error),
+    /// Copying the operator's credentials into the cluster's Secret failed.
+    #[error("failed to copy the operator's S3 credentials into Secret {name}")]
+    SharedCredentials {
+        /// The cluster's copy.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Runs the scheduler until `shutdown` resolves. `clusters` is the cluster controller's store (filled by its
@@ -224,6 +247,7 @@ pub async fn run(
             () = &mut shutdown => break,
             _ = tick.tick() => {}
         }
+        memory.shared = read_shared_credentials(&ctx, config.shared_credentials.as_ref()).await;
         let mut seen = BTreeSet::new();
         for pc in clusters.state() {
             let (Some(ns), name) = (pc.namespace(), pc.name_any()) else { continue };
@@ -242,10 +266,104 @@ pub async fn run(
             let key = format!("{ns}/{name}");
             memory.tokens.remove(&key);
             memory.poll_failures.remove(&key);
+            memory.shared_synced.remove(&key);
         }
         known = seen;
     }
     tracing::info!("backup scheduler stopped");
+}
+
+/// Reads the operator's credentials Secret once per tick; `None` (logged) when it cannot be read, so that no copy
+/// is changed on a transient error.
+async fn read_shared_credentials(ctx: &Context, source: Option<&(String, String)>) -> Option<SharedCredentials> {
+    use sha2::Digest as _;
+    let (namespace, name) = source?;
+    match Api::<Secret>::namespaced(ctx.client.clone(), namespace).get_opt(name).await {
+        Ok(Some(secret)) => {
+            let data = secret.data.unwrap_or_default();
+            if !data.contains_key("AWS_ACCESS_KEY_ID") {
+                tracing::warn!(%namespace, %name, "the --s3-credentials-secret Secret has no AWS_ACCESS_KEY_ID");
+            }
+            let mut hasher = sha2::Sha256::new();
+            for (k, v) in &data {
+                hasher.update(k.as_bytes());
+                hasher.update([0]);
+                hasher.update(&v.0);
+                hasher.update([0]);
+            }
+            let hash = crate::backup::store::hex(&hasher.finalize());
+            Some(SharedCredentials { data, hash })
+        }
+        Ok(None) => {
+            tracing::warn!(%namespace, %name, "the --s3-credentials-secret Secret does not exist");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%namespace, %name, error = %e, "cannot read the --s3-credentials-secret Secret");
+            None
+        }
+    }
+}
+
+/// Keeps `<name>-s3-credentials` equal to the operator's credentials for a cluster that names none: created owned
+/// by the cluster, replaced when the operator's Secret changes. A Secret of that name the cluster does not own is
+/// left alone (logged). Costs no request while nothing changed.
+async fn sync_shared_credentials(
+    ctx: &Context,
+    pc: &PrometheusCluster,
+    ns: &str,
+    key: &str,
+    memory: &mut Memory,
+) -> Result<(), Error> {
+    let Some(shared) = memory.shared.as_ref() else { return Ok(()) };
+    if memory.shared_synced.get(key) == Some(&shared.hash) {
+        return Ok(());
+    }
+    let name = tsdb_operator_core::build::backup::shared_credentials_secret(&pc.name_any());
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let err = |source| Error::SharedCredentials { name: name.clone(), source };
+    let existing = api.get_opt(&name).await.map_err(err)?;
+    let uid = pc.uid().unwrap_or_default();
+    if let Some(existing) = &existing {
+        if !existing.owner_references().iter().any(|o| !uid.is_empty() && o.uid == uid) {
+            tracing::warn!(namespace = %ns, secret = %name, "a Secret with the name of the credentials copy exists and \
+                is not owned by the cluster; it is left alone and backups use its contents");
+            memory.shared_synced.insert(key.to_owned(), shared.hash.clone());
+            return Ok(());
+        }
+        if existing.data.as_ref() == Some(&shared.data) {
+            memory.shared_synced.insert(key.to_owned(), shared.hash.clone());
+            return Ok(());
+        }
+    }
+    let owner = pc.controller_owner_ref(&()).map(|mut o| {
+        o.controller = Some(false);
+        o
+    });
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_owned()),
+            resource_version: existing.as_ref().and_then(|s| s.metadata.resource_version.clone()),
+            labels: Some(BTreeMap::from([
+                (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+                (labels::INSTANCE.to_owned(), pc.name_any()),
+            ])),
+            owner_references: Some(owner.into_iter().collect()),
+            ..kube::api::ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(shared.data.clone()),
+        ..Secret::default()
+    };
+    if existing.is_some() {
+        api.replace(&name, &PostParams::default(), &secret).await.map_err(err)?;
+    } else {
+        api.create(&PostParams::default(), &secret).await.map_err(err)?;
+    }
+    tracing::info!(namespace = %ns, secret = %name, "copied the operator's S3 credentials");
+    memory.shared_synced.insert(key.to_owned(), shared.hash.clone());
+    Ok(())
 }
 
 /// Reads the agent token from the Secret `<name>-agent-token`, creating the Secret (random token, owned by the
@@ -429,6 +547,9 @@ async fn pass(
     if !memory.tokens.contains_key(&key) {
         let token = read_token(ctx, pc, ns).await?;
         memory.tokens.insert(key.clone(), token);
+    }
+    if pc.spec.backup.credentials_secret_ref.as_ref().is_none_or(|r| r.name.is_empty()) {
+        sync_shared_credentials(ctx, pc, ns, &key, memory).await?;
     }
     let pods = crate::kube::children::observe_pods(&ctx.client, ns, &name).await.map_err(|e| match e {
         crate::kube::children::Error::ListPods(e) => Error::Pods(e),

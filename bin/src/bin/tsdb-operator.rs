@@ -97,6 +97,11 @@ struct OperatorArgs {
     /// Region used by clusters whose spec.backup.region is empty.
     #[arg(long, default_value = "us-east-1")]
     s3_region: String,
+    /// S3 credentials for clusters whose spec.backup names no credentialsSecretRef: a Secret with
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN optional), as NAMESPACE/NAME or NAME in
+    /// $POD_NAMESPACE. The operator copies it into `<cluster>-s3-credentials` in each such cluster's namespace.
+    #[arg(long, env = "TSDB_S3_CREDENTIALS_SECRET", default_value = "")]
+    s3_credentials_secret: String,
     /// A local directory used instead of S3 when no endpoint is set (demo; the agents must see the same path).
     #[arg(long, default_value = "")]
     backup_dir: String,
@@ -236,6 +241,44 @@ async fn start_servers(
     Ok(servers)
 }
 
+/// The backup defaults the build uses and the scheduler's settings, from the flags.
+fn backup_settings(
+    args: &OperatorArgs,
+) -> Result<(tsdb_operator_core::backup::protocol::BackupDefaults, controller::backup::BackupConfig)> {
+    let shared_credentials = shared_credentials(args)?;
+    let backup_defaults = tsdb_operator_core::backup::protocol::BackupDefaults {
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        local_dir: args.backup_dir.clone(),
+        shared_credentials: shared_credentials.is_some(),
+    };
+    let backup_config = controller::backup::BackupConfig {
+        defaults: backup_defaults.clone(),
+        tick: Duration::from_secs(args.backup_tick_seconds.max(1)),
+        gc_grace: tsdb_operator_core::duration::parse(&args.backup_gc_grace)
+            .map_err(|e| anyhow::anyhow!("--backup-gc-grace {:?}: {e}", args.backup_gc_grace))?,
+        shared_credentials,
+        ..controller::backup::BackupConfig::default()
+    };
+    Ok((backup_defaults, backup_config))
+}
+
+/// `--s3-credentials-secret` as (namespace, name); a bare name is in `--leader-election-namespace` ($POD_NAMESPACE).
+fn shared_credentials(args: &OperatorArgs) -> Result<Option<(String, String)>> {
+    let flag = &args.s3_credentials_secret;
+    let parsed = match flag.split_once('/') {
+        _ if flag.is_empty() => return Ok(None),
+        Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+        None => (args.leader_election_namespace.clone(), flag.clone()),
+    };
+    let valid = |s: &str| tsdb_operator_core::validate::names::check_dns1123_subdomain(s).is_ok();
+    anyhow::ensure!(
+        valid(&parsed.0) && valid(&parsed.1),
+        "--s3-credentials-secret {flag:?}: give NAMESPACE/NAME or NAME of an existing Secret"
+    );
+    Ok(Some(parsed))
+}
+
 /// Bounds of the secure metrics server: scrapers are few.
 const METRICS_LIMITS: http::Limits = http::Limits { max_connections: 32, header_read_timeout: Duration::from_secs(10) };
 
@@ -312,6 +355,7 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     if args.seed.enable_http2 {
         tracing::warn!("--enable-http2=true: the operator's servers speak HTTP/1.1 only");
     }
+    let (backup_defaults, backup_config) = backup_settings(&args)?;
     let shutdown = shutdown_signal()?;
     let identity = args.identity.clone().or_else(hostname).unwrap_or_default();
     let identity = format!("{identity}-{}", std::process::id());
@@ -319,18 +363,6 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
     let (client, election_client) = clients(config_from(args.kubeconfig.as_ref()).await?, &identity, fence.clone())?;
     let pdb_api =
         discovery::discover_pdb_api(&client).await.context("failed to discover the PodDisruptionBudget API")?;
-    let backup_defaults = tsdb_operator_core::backup::protocol::BackupDefaults {
-        endpoint: args.s3_endpoint.clone(),
-        region: args.s3_region.clone(),
-        local_dir: args.backup_dir.clone(),
-    };
-    let backup_config = controller::backup::BackupConfig {
-        defaults: backup_defaults.clone(),
-        tick: Duration::from_secs(args.backup_tick_seconds.max(1)),
-        gc_grace: tsdb_operator_core::duration::parse(&args.backup_gc_grace)
-            .map_err(|e| anyhow::anyhow!("--backup-gc-grace {:?}: {e}", args.backup_gc_grace))?,
-        ..controller::backup::BackupConfig::default()
-    };
     let enable_backup = args.enable_backup;
     let enable_healing = args.seed.enable_ha;
     if !enable_healing {

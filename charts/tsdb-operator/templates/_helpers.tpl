@@ -41,7 +41,4 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail (printf "features.%s=true: not available in this version of tsdb-operator; set it to false" $feature) -}}
 {{- end -}}
 {{- end -}}
-{{- if .Values.s3.credentialsSecretName -}}
-{{- fail "s3.credentialsSecretName: operator-wide S3 credentials are not available in this version; leave it empty and name a Secret in each cluster's spec.backup.credentialsSecretRef" -}}
-{{- end -}}
 {{- end -}}

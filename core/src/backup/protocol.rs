@@ -30,6 +30,10 @@ pub struct BackupDefaults {
     /// folder inside it. The agents must see the same path (a shared or hostPath volume).
     #[serde(default)]
     pub local_dir: String,
+    /// The operator has S3 credentials for clusters that name none (`--s3-credentials-secret`): it copies them
+    /// into each such cluster's `<name>-s3-credentials` Secret, which the agent mounts.
+    #[serde(default)]
+    pub shared_credentials: bool,
 }
 
 /// Where a cluster's backups live.
@@ -249,8 +253,12 @@ mod tests {
 
     #[test]
     fn spec_settings_win_over_defaults_and_a_local_dir_replaces_s3_only_without_endpoint() {
-        let defaults =
-            BackupDefaults { endpoint: String::new(), region: "eu-west-1".into(), local_dir: "/var/backups/".into() };
+        let defaults = BackupDefaults {
+            endpoint: String::new(),
+            region: "eu-west-1".into(),
+            local_dir: "/var/backups/".into(),
+            shared_credentials: false,
+        };
         let spec = BackupSpec { bucket: "b".into(), prefix: "p".into(), ..BackupSpec::default() };
         assert_eq!(
             resolve_store(&spec, &defaults),

@@ -4,7 +4,9 @@
 //!   (the operator creates it; the agent accepts backup requests only with this bearer token) and, when set,
 //!   the `spec.backup.credentialsSecretRef` Secret (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optionally
 //!   `AWS_SESSION_TOKEN`) as files. Files rather than environment variables, so that rotated credentials take
-//!   effect at the next backup without restarting the pod. The operator itself never reads the credentials.
+//!   effect at the next backup without restarting the pod. The operator never reads a cluster's own credentials.
+//!   Without that reference, when the operator has shared credentials (`--s3-credentials-secret`), the agent
+//!   mounts the operator's copy `<name>-s3-credentials` instead; otherwise it uses the environment's.
 //! - With `spec.restore`, an init container `restore` (`tsdb-operator agent restore`) downloads and verifies the
 //!   backup into the empty data volume before Prometheus starts; it does nothing when the volume holds data.
 
@@ -29,6 +31,22 @@ pub const RESTORE_CREDENTIALS_VOLUME: &str = "restore-credentials";
 /// Where the restore source's credentials Secret is mounted.
 pub const RESTORE_CREDENTIALS_DIR: &str = "/etc/tsdb-operator/restore-credentials";
 
+/// Name of the Secret the operator copies its S3 credentials into for a cluster that names none
+/// (`--s3-credentials-secret`).
+pub fn shared_credentials_secret(cluster: &str) -> String {
+    format!("{cluster}-s3-credentials")
+}
+
+/// The Secret the agent reads backup credentials from: the cluster's own `credentialsSecretRef`, else the
+/// operator's copy when the operator has shared credentials, else none (the environment's credentials).
+pub fn backup_credentials_secret(ctx: &BuildContext<'_>) -> Option<String> {
+    let backup = &ctx.cluster.spec.backup;
+    match backup.credentials_secret_ref.as_ref().filter(|r| !r.name.is_empty()) {
+        Some(own) => Some(own.name.clone()),
+        None => ctx.settings.backup.shared_credentials.then(|| shared_credentials_secret(ctx.name)),
+    }
+}
+
 /// Name of a cluster's agent token Secret.
 pub fn agent_token_secret(cluster: &str) -> String {
     format!("{cluster}-agent-token")
@@ -40,8 +58,8 @@ pub fn backup_volumes(ctx: &BuildContext<'_>) -> Vec<Volume> {
     let mut out = Vec::new();
     if spec.backup.enabled {
         out.push(optional_secret_volume(AGENT_TOKEN_VOLUME, &agent_token_secret(ctx.name)));
-        if let Some(creds) = spec.backup.credentials_secret_ref.as_ref().filter(|r| !r.name.is_empty()) {
-            out.push(optional_secret_volume(BACKUP_CREDENTIALS_VOLUME, &creds.name));
+        if let Some(creds) = backup_credentials_secret(ctx) {
+            out.push(optional_secret_volume(BACKUP_CREDENTIALS_VOLUME, &creds));
         }
     }
     if let Some(creds) = restore_credentials(ctx) {
@@ -56,7 +74,7 @@ pub fn agent_backup_mounts(ctx: &BuildContext<'_>) -> Vec<VolumeMount> {
     let mut out = Vec::new();
     if backup.enabled {
         out.push(mount(AGENT_TOKEN_VOLUME, AGENT_TOKEN_DIR));
-        if backup.credentials_secret_ref.as_ref().is_some_and(|r| !r.name.is_empty()) {
+        if backup_credentials_secret(ctx).is_some() {
             out.push(mount(BACKUP_CREDENTIALS_VOLUME, BACKUP_CREDENTIALS_DIR));
         }
     }
@@ -138,4 +156,37 @@ fn optional_secret_volume(name: &str, secret: &str) -> Volume {
 
 fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount { name: name.to_owned(), mount_path: path.to_owned(), read_only: Some(true), ..VolumeMount::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::BuildSettings;
+    use crate::crd::{PrometheusCluster, PrometheusClusterSpec};
+
+    #[test]
+    fn the_agent_mounts_the_clusters_credentials_else_the_operators_copy_else_none() {
+        let mut spec: PrometheusClusterSpec =
+            serde_json::from_value(serde_json::json!({"backup": {"enabled": true, "bucket": "b"}})).unwrap();
+        let with = |spec: &PrometheusClusterSpec, shared: bool| {
+            let cluster = PrometheusCluster::new("web", spec.clone());
+            let mut settings = BuildSettings::default();
+            settings.backup.shared_credentials = shared;
+            let ctx = BuildContext::new(&cluster, &settings).unwrap();
+            let volume = backup_volumes(&ctx)
+                .into_iter()
+                .find(|v| v.name == BACKUP_CREDENTIALS_VOLUME)
+                .and_then(|v| v.secret)
+                .and_then(|s| s.secret_name);
+            let mounted = agent_backup_mounts(&ctx).iter().any(|m| m.mount_path == BACKUP_CREDENTIALS_DIR);
+            assert_eq!(volume.is_some(), mounted);
+            volume
+        };
+        assert_eq!(with(&spec, false), None, "the environment's credentials");
+        assert_eq!(with(&spec, true).as_deref(), Some("web-s3-credentials"));
+        spec.backup.credentials_secret_ref =
+            Some(k8s_openapi::api::core::v1::LocalObjectReference { name: "own".into() });
+        assert_eq!(with(&spec, true).as_deref(), Some("own"), "the cluster's own reference wins");
+        assert_eq!(with(&spec, false).as_deref(), Some("own"));
+    }
 }

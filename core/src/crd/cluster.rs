@@ -173,6 +173,13 @@ pub struct PrometheusClusterSpec {
     #[schemars(length(max = limits::MAX_NAME))]
     pub priority_class_name: Option<String>,
 
+    /// ServiceAccount of the Prometheus pods (an existing one in the cluster's namespace), for workload identity
+    /// such as EKS IRSA or GKE Workload Identity: without `backup.credentialsSecretRef`, the agent then uploads with
+    /// the credentials the environment provides. Default: the namespace's `default` ServiceAccount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_NAME))]
+    pub service_account_name: Option<String>,
+
     /// Self-healing of stuck replicas. The defaults never touch a replica that is starting or replaying its WAL.
     #[serde(default)]
     pub self_healing: SelfHealingSpec,
@@ -206,6 +213,7 @@ impl Default for PrometheusClusterSpec {
             affinity: None,
             security_context: None,
             priority_class_name: None,
+            service_account_name: None,
             self_healing: SelfHealingSpec::default(),
             restore: None,
         }
