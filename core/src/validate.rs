@@ -349,23 +349,20 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
     check_interval(&mut errs, "spec.evaluationInterval", &spec.evaluation_interval);
     check_external_labels(&mut errs, spec);
     check_node_selector(&mut errs, &spec.node_selector);
-    if let Some(name) = spec.priority_class_name.as_deref().filter(|n| !n.is_empty())
-        && let Err(reason) = names::check_dns1123_subdomain(name)
-    {
-        errs.push(FieldError::invalid(
-            "spec.priorityClassName",
-            name,
-            format!("{reason}: use the name of an existing PriorityClass"),
-        ));
-    }
-    if let Some(name) = spec.service_account_name.as_deref().filter(|n| !n.is_empty())
-        && let Err(reason) = names::check_dns1123_subdomain(name)
-    {
-        errs.push(FieldError::invalid(
+    let object_names = [
+        ("spec.priorityClassName", &spec.priority_class_name, "use the name of an existing PriorityClass"),
+        (
             "spec.serviceAccountName",
-            name,
-            format!("{reason}: use the name of a ServiceAccount in the cluster's namespace"),
-        ));
+            &spec.service_account_name,
+            "use the name of a ServiceAccount in the cluster's namespace",
+        ),
+    ];
+    for (field, value, fix) in object_names {
+        if let Some(name) = value.as_deref().filter(|n| !n.is_empty())
+            && let Err(reason) = names::check_dns1123_subdomain(name)
+        {
+            errs.push(FieldError::invalid(field, name, format!("{reason}: {fix}")));
+        }
     }
     check_self_healing(&mut errs, &spec.self_healing);
     finish(errs)
