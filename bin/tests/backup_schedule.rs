@@ -78,6 +78,70 @@ async fn shipped_monitoring_queries_declared_metrics(op: &Operator, ns: &str) ->
         .collect();
     ensure!(queried.len() >= 12, "the names were found: {queried:?}");
     ensure!(undeclared.is_empty(), "queried but declared by neither the operator nor the agent: {undeclared:?}");
+    shipped_queries_run_on_a_prometheus_that_scraped_them(op, ns).await
+}
+
+/// A Prometheus on loopback scrapes this operator (as `job="tsdb-operator"`, the name the alerts expect) and the
+/// agent of `sched-0` every second; then every dashboard query returns data (but the one that counts pods on a
+/// refused configuration, empty while none is) and every alert expression evaluates and fires nothing in this
+/// healthy scenario.
+async fn shipped_queries_run_on_a_prometheus_that_scraped_them(op: &Operator, ns: &str) -> Result<()> {
+    let env = env();
+    let dir = env.workdir.subdir(&format!("monitoring-{ns}"))?;
+    let port = tsdb_operator_testenv::process::free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n\
+         - job_name: tsdb-operator\n  static_configs: [{{targets: ['127.0.0.1:{}']}}]\n\
+         - job_name: tsdb-agents\n  static_configs: [{{targets: ['{}:9091'], labels: {{namespace: {ns}, pod: sched-0}}}}]\n",
+        op.metrics_port,
+        pod_ip_of(ns, "sched-0")?
+    );
+    std::fs::write(dir.join("prometheus.yml"), config)?;
+    let prometheus = tsdb_operator_testenv::paths::prometheus(tsdb_operator_testenv::paths::PrometheusMajor::V3)?;
+    let _prom = tsdb_operator_testenv::process::ProcessBuilder::new("monitoring-prometheus", prometheus)
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .spawn(&env.workdir)?;
+    let addr = format!("127.0.0.1:{port}");
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let run = |expr: String| {
+        let (http, addr) = (http.clone(), addr.clone());
+        async move {
+            let v: serde_json::Value =
+                http.get(format!("http://{addr}/api/v1/query")).query(&[("query", &expr)]).send().await?.json().await?;
+            ensure!(v["status"] == "success", "{expr}: {v}");
+            anyhow::Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+        }
+    };
+    // Both targets up for a few scrapes, so that rate() and increase() have two samples.
+    eventually("both targets scraped 5 times", Duration::from_mins(1), || async {
+        let r = run("min(count_over_time(up[1m])) >= 5 and min(up) == 1".to_owned()).await.unwrap_or_default();
+        Ok((!r.is_empty()).then_some(()))
+    })
+    .await?;
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/monitoring/grafana-dashboard.json"))?;
+    let mut empty = Vec::new();
+    for target in dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+    {
+        let expr = target["expr"].as_str().context("expr")?.to_owned();
+        if run(expr.clone()).await?.is_empty() {
+            empty.push(expr);
+        }
+    }
+    let refused_config = "count(tsdb_operator_agent_config_last_reload_successful == 0)";
+    ensure!(empty == [refused_config], "dashboard queries without data: {empty:#?}");
+    let rules: serde_json::Value = serde_yaml::from_str(include_str!("../../deploy/monitoring/alerts.yaml"))?;
+    for rule in rules["groups"][0]["rules"].as_array().context("rules")? {
+        let expr = rule["expr"].as_str().context("expr")?.to_owned();
+        let firing = run(expr.clone()).await?;
+        ensure!(firing.is_empty(), "{} fires in a healthy scenario: {firing:?}", rule["alert"]);
+    }
     Ok(())
 }
 
