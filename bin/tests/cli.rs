@@ -58,6 +58,21 @@ fn plan_prints_the_objects_to_apply_with_steps_as_comments() {
 }
 
 #[test]
+fn plan_takes_the_operators_backup_flags_that_the_pods_depend_on() {
+    let secrets = |args: &[&str]| {
+        let out = ctl(&[&["plan", "-f", "fixtures/clusters/readme-sample.yaml"][..], args].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let docs = documents(&String::from_utf8(out.stdout).unwrap());
+        let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap().clone();
+        let volumes = sts["spec"]["template"]["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+        volumes.iter().filter_map(|v| v["secret"]["secretName"].as_str().map(String::from)).collect::<Vec<_>>()
+    };
+    assert!(!secrets(&[]).iter().any(|s| s.ends_with("-s3-credentials")), "{:?}", secrets(&[]));
+    let shared = secrets(&["--s3-credentials-secret", "tsdb-system/s3"]);
+    assert!(shared.iter().any(|s| s == "demo-s3-credentials"), "{shared:?}");
+}
+
+#[test]
 fn plan_against_the_observed_state_lists_only_what_changes() {
     // Observed = what the plan would create, as a kubectl `List`; then the spec changes replicas.
     let first = ctl(&["plan", "-f", "fixtures/clusters/typical.yaml"]);

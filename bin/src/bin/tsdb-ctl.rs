@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
 use tsdb_operator_core::crd::PrometheusCluster;
@@ -52,9 +52,29 @@ enum Command {
         /// Image of the agent sidecar.
         #[arg(long, default_value = build::DEFAULT_AGENT_IMAGE)]
         agent_image: String,
+        /// The operator's backup flags that the rendered pods depend on; give the operator's values.
+        #[command(flatten)]
+        backup: PlanBackupArgs,
     },
     #[command(flatten)]
     Backup(BackupCommand),
+}
+
+/// The operator's backup flags, as `tsdb-operator` takes them.
+#[derive(Args)]
+struct PlanBackupArgs {
+    /// The operator's --s3-endpoint.
+    #[arg(long, default_value = "")]
+    s3_endpoint: String,
+    /// The operator's --s3-region.
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+    /// The operator's --backup-dir.
+    #[arg(long, default_value = "")]
+    backup_dir: String,
+    /// The operator's --s3-credentials-secret (clusters naming no credentialsSecretRef then mount its copy).
+    #[arg(long, default_value = "")]
+    s3_credentials_secret: String,
 }
 
 #[derive(Subcommand)]
@@ -418,7 +438,7 @@ fn main() -> ExitCode {
             .context("failed to start the runtime")
             .and_then(|rt| rt.block_on(cmd_backup(command))),
         Command::Validate { file } => cmd_validate(&file),
-        Command::Plan { file, observed, output, pdb_api, agent_image } => {
+        Command::Plan { file, observed, output, pdb_api, agent_image, backup } => {
             let pdb_api = match pdb_api {
                 PdbVersion::V1 => PdbApi::V1,
                 PdbVersion::V1beta1 => PdbApi::V1beta1,
@@ -427,7 +447,16 @@ fn main() -> ExitCode {
                 &file,
                 observed.as_deref(),
                 output,
-                &BuildSettings { agent_image, pdb_api, ..BuildSettings::default() },
+                &BuildSettings {
+                    agent_image,
+                    pdb_api,
+                    backup: tsdb_operator_core::backup::protocol::BackupDefaults {
+                        endpoint: backup.s3_endpoint,
+                        region: backup.s3_region,
+                        local_dir: backup.backup_dir,
+                        shared_credentials: !backup.s3_credentials_secret.is_empty(),
+                    },
+                },
             )
         }
     };
