@@ -137,7 +137,9 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let env = env();
     let ns = namespace("chart").await;
     let release = format!("r{}", &ns[ns.len() - 8..]);
-    let installed = helm(&["install", &release, &chart(), &ns, "{}"])?;
+    // Watching its own namespace only: the namespaced rules are a Role there, not cluster-wide.
+    let values = json!({"watchNamespace": ns});
+    let installed = helm(&["install", &release, &chart(), &ns, &values.to_string()])?;
     let fullname = format!("{release}-tsdb-operator");
     let manifest = installed["manifest"].as_str().context("the install's manifest")?;
     assert!(manifest.contains("kind: Deployment"), "{manifest}");
@@ -168,9 +170,13 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let liveness = manager.liveness_probe.clone().context("liveness")?;
     assert_eq!(liveness.http_get.map(|g| g.path), Some(Some("/healthz".to_owned())));
     assert!(manager.readiness_probe.is_some());
-    // Least privilege: the ClusterRole is deploy/rbac.yaml's.
+    // Least privilege: with watchNamespace, the ClusterRole holds cluster-scoped kinds only (the default install's
+    // ClusterRole is deploy/rbac.yaml's: the plain manifest test).
     let role = Api::<ClusterRole>::all(client()).get(&fullname).await?;
-    assert_eq!(serde_json::to_value(&role.rules)?, plain_manifest_rules()?, "chart and deploy/rbac.yaml agree");
+    let cluster_wide: Vec<String> =
+        role.rules.iter().flatten().flat_map(|r| r.resources.clone().unwrap_or_default()).collect();
+    assert_eq!(cluster_wide, ["storageclasses", "tokenreviews", "subjectaccessreviews"], "only cluster-scoped kinds");
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client(), &ns).get(&fullname).await?;
     let pdbs = pdb_names(&ns).await?;
     assert!(pdbs.is_empty(), "no PodDisruptionBudget for one replica: {pdbs:?}");
     Api::<Service>::namespaced(client(), &ns).get(&format!("{fullname}-metrics")).await?;
@@ -180,6 +186,21 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let sa = pod.service_account_name.clone().context("serviceAccountName")?;
     Api::<ServiceAccount>::namespaced(client(), &ns).get(&sa).await?;
     let token = env.cp.service_account_token(&ns, &sa).await?;
+    let may = |namespace: &str, verb: &str, resource: &str| {
+        let review = json!({"spec": {
+            "user": format!("system:serviceaccount:{ns}:{sa}"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}")],
+            "resourceAttributes": {"namespace": namespace, "verb": verb, "group": "apps", "resource": resource},
+        }});
+        async move {
+            let review: k8s_openapi::api::authorization::v1::SubjectAccessReview = serde_json::from_value(review)?;
+            let api: Api<k8s_openapi::api::authorization::v1::SubjectAccessReview> = Api::all(client());
+            let answer = api.create(&kube::api::PostParams::default(), &review).await?;
+            anyhow::Ok(answer.status.is_some_and(|s| s.allowed))
+        }
+    };
+    assert!(may(&ns, "update", "statefulsets").await?, "the operator may manage StatefulSets where it watches");
+    assert!(!may("default", "list", "statefulsets").await?, "and nowhere else");
     let image = build_image()?;
     assert_eq!(image.entrypoint, ["/usr/local/bin/tsdb-operator"]);
     assert!(!image.user.starts_with("0:"), "the image runs as a non-root user: {}", image.user);
@@ -283,7 +304,7 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
         &release,
         &chart(),
         &ns,
-        &json!({"replicaCount": 2, "dashboard": {"enabled": true}}).to_string(),
+        &json!({"replicaCount": 2, "dashboard": {"enabled": true}, "watchNamespace": ns}).to_string(),
     ])?;
     drop(op);
     let upgraded = deployments.get(&fullname).await?;
@@ -428,6 +449,19 @@ async fn the_plain_manifest_is_the_chart_rendered_with_its_defaults() -> Result<
         std::fs::write(&path, &rendered)?;
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    // Its ClusterRole grants what deploy/rbac.yaml does, rule for rule.
+    let mut rendered_rules = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&manifest) {
+        let v = serde_json::Value::deserialize(doc)?;
+        if v["kind"] == "ClusterRole" && v["metadata"]["name"] == "tsdb-operator" {
+            rendered_rules = v["rules"].as_array().cloned().unwrap_or_default();
+        }
+    }
+    let mut plain = plain_manifest_rules()?.as_array().cloned().unwrap_or_default();
+    let key = |r: &serde_json::Value| r.to_string();
+    rendered_rules.sort_by_key(key);
+    plain.sort_by_key(key);
+    assert_eq!(rendered_rules, plain, "the chart's ClusterRole and deploy/rbac.yaml agree");
     assert!(
         committed == rendered,
         "{PLAIN_MANIFEST} is out of date: run TSDB_WRITE_MANIFESTS=1 cargo test -p tsdb-operator --test chart \
