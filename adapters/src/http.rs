@@ -86,6 +86,10 @@ pub async fn serve_tls(
     serve_connections(listener, router, limits, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown).await
 }
 
+/// A plain or TLS connection, so that one `serve_connection` serves both.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 async fn serve_connections(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -122,21 +126,18 @@ async fn serve_connections(
         let builder = builder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            match tls {
-                None => {
-                    let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                }
-            }
-            drop(slot);
+            // The slot is held until the connection ends, on every path.
+            let _slot = slot;
+            let io: Box<dyn Stream> = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                },
+            };
+            let _ = watcher.watch(builder.serve_connection(TokioIo::new(io), service)).await;
         });
     }
     drop(listener);

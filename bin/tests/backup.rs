@@ -393,5 +393,10 @@ async fn operator_wide_credentials_reach_clusters_that_name_none() -> Result<()>
     })
     .await?;
     successful_backup(&ns, "shared", "second").await?;
+
+    // A deleted copy is restored before the next backup, which succeeds.
+    secrets.delete("shared-s3-credentials", &kube::api::DeleteParams::default()).await?;
+    successful_backup(&ns, "shared", "third").await?;
+    ensure!(secrets.get_opt("shared-s3-credentials").await?.is_some(), "the copy was restored");
     Ok(())
 }

@@ -1449,29 +1449,33 @@ mod tests {
     }
 
     #[test]
-    fn priority_class_name_must_be_a_dns_subdomain() {
-        let mut s = spec();
-        s.priority_class_name = Some("High_Priority".into());
-        let errs = errors(&s);
-        assert_eq!(errs.len(), 1);
-        assert!(errs[0].starts_with(
-            r#"spec.priorityClassName: Invalid value: "High_Priority": must be a lowercase RFC 1123 subdomain"#
-        ));
-        assert!(errs[0].ends_with(": use the name of an existing PriorityClass"));
-        s.priority_class_name = Some("system-cluster-critical".into());
-        assert_eq!(errors(&s), Vec::<String>::new());
-    }
-
-    #[test]
-    fn service_account_name_must_be_a_dns_subdomain() {
-        let mut s = spec();
-        s.service_account_name = Some("Prometheus_IRSA".into());
-        let errs = errors(&s);
-        assert_eq!(errs.len(), 1);
-        assert!(errs[0].starts_with(r#"spec.serviceAccountName: Invalid value: "Prometheus_IRSA": must be"#));
-        assert!(errs[0].ends_with(": use the name of a ServiceAccount in the cluster's namespace"), "{}", errs[0]);
-        s.service_account_name = Some("prometheus-irsa".into());
-        assert_eq!(errors(&s), Vec::<String>::new());
+    fn object_names_must_be_dns_subdomains_and_the_fix_is_named() {
+        type Field = fn(&mut PrometheusClusterSpec) -> &mut Option<String>;
+        let fields: [(&str, Field, &str, &str); 2] = [
+            (
+                "spec.priorityClassName",
+                |s| &mut s.priority_class_name,
+                "an existing PriorityClass",
+                "system-cluster-critical",
+            ),
+            (
+                "spec.serviceAccountName",
+                |s| &mut s.service_account_name,
+                "a ServiceAccount in the cluster's namespace",
+                "prometheus-irsa",
+            ),
+        ];
+        for (field, get, fix, good) in fields {
+            let mut s = spec();
+            *get(&mut s) = Some("High_Priority".into());
+            let errs = errors(&s);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            let start = format!(r#"{field}: Invalid value: "High_Priority": must be a lowercase RFC 1123 subdomain"#);
+            assert!(errs[0].starts_with(&start), "{}", errs[0]);
+            assert!(errs[0].ends_with(&format!(": use the name of {fix}")), "{}", errs[0]);
+            *get(&mut s) = Some(good.into());
+            assert_eq!(errors(&s), Vec::<String>::new());
+        }
     }
 
     #[test]

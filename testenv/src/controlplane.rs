@@ -171,16 +171,8 @@ impl ControlPlane {
     /// (a ServiceAccount's, say) as `name`.
     pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> Result<String> {
         let ca = std::fs::read(&self.ca_cert).with_context(|| format!("failed to read {}", self.ca_cert.display()))?;
-        let ca = serde_json::to_value(k8s_openapi::ByteString(ca))?;
-        let value = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{ "name": "testenv", "cluster": { "server": self.server_url, "certificate-authority-data": ca } }],
-            "users": [{ "name": name, "user": { "token": token } }],
-            "contexts": [{ "name": "testenv", "context": { "cluster": "testenv", "user": name } }],
-            "current-context": "testenv",
-        });
-        Ok(serde_yaml::to_string(&value)?)
+        let ca = serde_json::json!({ "certificate-authority-data": k8s_openapi::ByteString(ca) });
+        Ok(kubeconfig_yaml(&self.server_url, &ca, name, token))
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -557,13 +549,14 @@ fn start_once() -> Result<ControlPlane> {
 
     let server_url = format!("https://127.0.0.1:{api_port}");
     let kubeconfig = dir.join("kubeconfig.yaml");
+    let ca_path = serde_json::json!({ "certificate-authority": ca_cert });
     for user in &users {
         let path = if user.name == ADMIN_USER {
             kubeconfig.clone()
         } else {
             dir.join(format!("kubeconfig-{}.yaml", sanitize(&user.name)))
         };
-        std::fs::write(&path, kubeconfig_yaml(&server_url, &ca_cert, &user.name, &user.token))?;
+        std::fs::write(&path, kubeconfig_yaml(&server_url, &ca_path, &user.name, &user.token))?;
     }
 
     // kube-controller-manager and kube-scheduler retry until the API server is ready.
@@ -765,11 +758,17 @@ fn token_file(users: &[TestUser]) -> String {
     })
 }
 
-fn kubeconfig_yaml(server: &str, ca: &Path, user: &str, token: &str) -> String {
+/// A kubeconfig for `server`; `ca` is the cluster entry's CA field (`certificate-authority` with a path or
+/// `certificate-authority-data`).
+fn kubeconfig_yaml(server: &str, ca: &serde_json::Value, user: &str, token: &str) -> String {
+    let mut cluster = serde_json::json!({ "server": server });
+    if let (Some(c), Some(ca)) = (cluster.as_object_mut(), ca.as_object()) {
+        c.extend(ca.clone());
+    }
     let value = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{ "name": "testenv", "cluster": { "server": server, "certificate-authority": ca } }],
+        "clusters": [{ "name": "testenv", "cluster": cluster }],
         "users": [{ "name": user, "user": { "token": token } }],
         "contexts": [{ "name": "testenv", "context": { "cluster": "testenv", "user": user, "namespace": "default" } }],
         "current-context": "testenv",
@@ -796,7 +795,12 @@ mod tests {
 
     #[test]
     fn kubeconfig_is_readable_by_kube() {
-        let yaml = kubeconfig_yaml("https://127.0.0.1:6443", Path::new("/tmp/ca.crt"), "alice", "tok");
+        let yaml = kubeconfig_yaml(
+            "https://127.0.0.1:6443",
+            &serde_json::json!({"certificate-authority": "/tmp/ca.crt"}),
+            "alice",
+            "tok",
+        );
         let parsed = Kubeconfig::from_yaml(&yaml).unwrap();
         assert_eq!(parsed.current_context.as_deref(), Some("testenv"));
         assert_eq!(parsed.clusters[0].cluster.as_ref().unwrap().server.as_deref(), Some("https://127.0.0.1:6443"));

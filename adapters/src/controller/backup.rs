@@ -548,7 +548,8 @@ async fn pass(
         let token = read_token(ctx, pc, ns).await?;
         memory.tokens.insert(key.clone(), token);
     }
-    if pc.spec.backup.credentials_secret_ref.as_ref().is_none_or(|r| r.name.is_empty()) {
+    let uses_shared_credentials = pc.spec.backup.credentials_secret_ref.as_ref().is_none_or(|r| r.name.is_empty());
+    if uses_shared_credentials {
         sync_shared_credentials(ctx, pc, ns, &key, memory).await?;
     }
     let pods = crate::kube::children::observe_pods(&ctx.client, ns, &name).await.map_err(|e| match e {
@@ -669,6 +670,12 @@ async fn pass(
         }
         Decision::Run(trigger) => trigger,
     };
+    // The copy of the operator's credentials is checked again before each backup (one read), so a deleted or
+    // edited copy is restored instead of failing backups until the operator's Secret changes.
+    if uses_shared_credentials {
+        memory.shared_synced.remove(&key);
+        sync_shared_credentials(ctx, pc, ns, &key, memory).await?;
+    }
     // The token goes only to a pod of the cluster's own StatefulSet, never to any pod that carries its labels.
     let sts = statefulset(ctx, ns, &name).await?;
     let mut ready: Vec<&Pod> = member_pods(&pods, sts.as_ref(), &uid).into_iter().filter(|p| is_ready(p)).collect();
