@@ -20,7 +20,9 @@ pub mod leader;
 pub mod metrics;
 pub mod prober;
 pub mod secure_metrics;
+pub mod tls;
 pub mod web_proxy;
+pub mod webhook;
 
 /// Renders an error with its sources, for logs and conditions.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

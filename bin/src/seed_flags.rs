@@ -4,7 +4,7 @@
 //! which are accepted when off and refused with a message naming the flag when turned on.
 
 use clap::{ArgAction, Args};
-use tsdb_operator_adapters::secure_metrics::TlsSource;
+use tsdb_operator_adapters::tls::TlsSource;
 
 /// Go's `strconv.ParseBool`: `1 t T TRUE true True` and `0 f F FALSE false False`.
 pub fn go_bool(s: &str) -> Result<bool, String> {
@@ -65,13 +65,37 @@ pub struct SeedFlags {
     #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value = "true", action = ArgAction::Set)]
     pub enable_ha: bool,
-    /// The admission webhook. Not available in this version: `true` is refused.
+    /// The validating admission webhook for PrometheusClusters and PrometheusClusterSets (HTTPS on
+    /// --webhook-bind-address).
     #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value = "false", action = ArgAction::Set)]
     pub enable_webhook: bool,
-    /// Directory of the webhook server's certificate.
+    /// Directory of the webhook server's certificate (cert-manager's Secret, mounted). Empty: the operator keeps
+    /// its own certificate authority in --webhook-secret-name and the configuration's caBundle current.
     #[arg(long, default_value = "")]
     pub webhook_cert_path: String,
+    /// Address of the webhook server.
+    #[arg(long, default_value = ":9443")]
+    pub webhook_bind_address: String,
+    /// The Secret (in $POD_NAMESPACE) where the operator keeps the webhook's certificates when
+    /// --webhook-cert-path is empty.
+    #[arg(long, default_value = "tsdb-operator-webhook-tls")]
+    pub webhook_secret_name: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the operator keeps current when --webhook-cert-path is
+    /// empty.
+    #[arg(long, default_value = "tsdb-operator")]
+    pub webhook_configuration_name: String,
+    /// The webhook Service (in $POD_NAMESPACE), whose DNS names the operator's certificate carries.
+    #[arg(long, default_value = "tsdb-operator-webhook")]
+    pub webhook_service_name: String,
+    /// More DNS names or IP addresses for the operator's webhook certificate (comma-separated), for a
+    /// configuration that calls the webhook by URL.
+    #[arg(long, value_delimiter = ',')]
+    pub webhook_host: Vec<String>,
+    /// Seconds between two checks of the operator's own webhook certificate (renewal, caBundle, changes made by
+    /// other replicas).
+    #[arg(long, default_value_t = 60, hide = true)]
+    pub webhook_certificate_check_seconds: u64,
     /// File name of the webhook certificate.
     #[arg(long, default_value = "tls.crt")]
     pub webhook_cert_name: String,
@@ -116,6 +140,21 @@ pub struct SeedFlags {
     pub zap_time_encoding: Option<String>,
 }
 
+/// Where the webhook's certificate comes from.
+pub enum WebhookCertificates {
+    /// Mounted files (cert-manager).
+    Files(TlsSource),
+    /// The operator's own, kept in a Secret.
+    Managed {
+        /// The Secret.
+        secret: String,
+        /// The ValidatingWebhookConfiguration whose caBundle is kept current.
+        configuration: String,
+        /// Names the serving certificate carries.
+        hosts: Vec<String>,
+    },
+}
+
 /// Log settings from the flags: the format and the default filter (`RUST_LOG` overrides it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogSettings {
@@ -149,9 +188,6 @@ impl SeedFlags {
                  false (see docs/operator.md, Flags)"
             )
         };
-        if self.enable_webhook {
-            return Err(unavailable("--enable-webhook=true", "the admission webhook"));
-        }
         if self.enable_api {
             return Err(unavailable("--enable-api=true", "the REST API"));
         }
@@ -171,7 +207,34 @@ impl SeedFlags {
             TlsSource::SelfSigned(names)
         } else {
             let dir = std::path::Path::new(&self.metrics_cert_path);
-            TlsSource::Files { cert: dir.join(&self.metrics_cert_name), key: dir.join(&self.metrics_cert_key) }
+            TlsSource::Files {
+                cert: dir.join(&self.metrics_cert_name),
+                key: dir.join(&self.metrics_cert_key),
+                flags: "--metrics-cert",
+            }
+        }
+    }
+
+    /// Where the webhook's certificate comes from: the files of `--webhook-cert-*` when a path is set, else the
+    /// operator's own certificates for the Service in `namespace` (and `--webhook-host`).
+    pub fn webhook_certificates(&self, namespace: &str) -> WebhookCertificates {
+        if self.webhook_cert_path.is_empty() {
+            let service = &self.webhook_service_name;
+            let mut hosts =
+                vec![format!("{service}.{namespace}.svc"), format!("{service}.{namespace}.svc.cluster.local")];
+            hosts.extend(self.webhook_host.iter().filter(|h| !h.is_empty()).cloned());
+            WebhookCertificates::Managed {
+                secret: self.webhook_secret_name.clone(),
+                configuration: self.webhook_configuration_name.clone(),
+                hosts,
+            }
+        } else {
+            let dir = std::path::Path::new(&self.webhook_cert_path);
+            WebhookCertificates::Files(TlsSource::Files {
+                cert: dir.join(&self.webhook_cert_name),
+                key: dir.join(&self.webhook_cert_key),
+                flags: "--webhook-cert",
+            })
         }
     }
 
@@ -298,8 +361,7 @@ mod tests {
     #[test]
     fn features_this_version_lacks_are_refused_by_name_when_turned_on() {
         for (args, flag) in [
-            (&["--enable-webhook"][..], "--enable-webhook=true"),
-            (&["--enable-api=true"], "--enable-api=true"),
+            (&["--enable-api=true"][..], "--enable-api=true"),
             (&["--audit-dsn=postgres://audit@db/audit"], "--audit-dsn"),
         ] {
             let err = parse(args).unwrap().seed.refuse_unavailable().unwrap_err().to_string();
@@ -313,9 +375,28 @@ mod tests {
         assert!(p.seed.metrics_secure, "the seed's default");
         assert!(matches!(p.seed.metrics_tls(vec!["a".into()]), TlsSource::SelfSigned(n) if n == ["a"]));
         let p = parse(&["--metrics-cert-path=/certs", "--metrics-cert-name=c.pem"]).unwrap();
-        let TlsSource::Files { cert, key } = p.seed.metrics_tls(vec![]) else { panic!("files") };
+        let TlsSource::Files { cert, key, .. } = p.seed.metrics_tls(vec![]) else { panic!("files") };
         assert_eq!((cert.to_str(), key.to_str()), (Some("/certs/c.pem"), Some("/certs/tls.key")));
         assert!(!parse(&["--metrics-secure=false"]).unwrap().seed.metrics_secure);
+    }
+
+    #[test]
+    fn the_webhook_uses_mounted_files_or_its_own_certificates_for_its_service() {
+        let p = parse(&["--enable-webhook", "--webhook-host=127.0.0.1"]).unwrap();
+        assert!(p.seed.enable_webhook);
+        let WebhookCertificates::Managed { secret, hosts, .. } = p.seed.webhook_certificates("ops") else {
+            panic!("managed")
+        };
+        assert_eq!(secret, "tsdb-operator-webhook-tls");
+        assert_eq!(
+            hosts,
+            ["tsdb-operator-webhook.ops.svc", "tsdb-operator-webhook.ops.svc.cluster.local", "127.0.0.1"]
+        );
+        let p = parse(&["--webhook-cert-path=/certs"]).unwrap();
+        let WebhookCertificates::Files(TlsSource::Files { cert, .. }) = p.seed.webhook_certificates("ops") else {
+            panic!("files")
+        };
+        assert_eq!(cert.to_str(), Some("/certs/tls.crt"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
 use crate::events::Action;
 use crate::plan::{self, ApplyReason, ChildKey, Step};
 use crate::status::{self, Problem, StatusInput};
-use crate::storage::{ObservedClaim, ObservedStorage};
+use crate::storage::{ObservedClaim, ObservedStorage, StorageRefusal};
 use crate::{secrets, validate};
 
 /// Everything the cluster controller observed about one cluster, as plain data.
@@ -230,7 +230,7 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         Ok(planned) => planned,
         Err(e) => return d.rejected(e.to_string(), sts.as_ref()),
     };
-    let unapplied: Vec<Problem> = storage.refused.iter().cloned().collect();
+    let unapplied: Vec<Problem> = storage.refused.iter().map(StorageRefusal::problem).collect();
     let observed_sts = observed_stateful_set_json(obs.children);
     let stages = stages(plan.steps, observed_sts);
     let predicted = predict_stateful_set(sts, observed_sts, stages.iter().flat_map(|s| &s.steps));

@@ -28,8 +28,10 @@
 //! restore plans) and [`clusterset`] (cluster sets).
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod backup;
 pub mod build;
+pub mod certificates;
 pub mod clusterset;
 pub mod constants;
 pub mod crd;

@@ -78,7 +78,7 @@ pub struct StorageDecision {
     /// Delete the observed StatefulSet, orphaning its pods, so that the next pass creates it with the new template.
     pub recreate: bool,
     /// A storage change that is not carried out, with the reason and the fix.
-    pub refused: Option<Problem>,
+    pub refused: Option<StorageRefusal>,
     /// Claims whose capacity is below their request (being resized by the storage provider).
     pub resizing: Vec<String>,
 }
@@ -223,8 +223,27 @@ fn show_class(class: Option<&str>) -> String {
     class.map_or_else(|| "(the cluster default)".to_owned(), |c| format!("{c:?}"))
 }
 
-fn refuse(field: &str, message: &str) -> Problem {
-    Problem { reason: reasons::STORAGE_CHANGE_REFUSED.to_owned(), message: format!("{field}: {message}") }
+fn refuse(field: &'static str, message: &str) -> StorageRefusal {
+    StorageRefusal { field, message: message.to_owned() }
+}
+
+/// A storage change that cannot be carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageRefusal {
+    /// The field whose change is refused (`spec.storage.size` or `spec.storage.storageClassName`).
+    pub field: &'static str,
+    /// Why, and what to do instead.
+    pub message: String,
+}
+
+impl StorageRefusal {
+    /// The refusal as a status problem (reason `StorageChangeRefused`, message `field: why`).
+    pub fn problem(&self) -> Problem {
+        Problem {
+            reason: reasons::STORAGE_CHANGE_REFUSED.to_owned(),
+            message: format!("{}: {}", self.field, self.message),
+        }
+    }
 }
 
 /// Class and size of the `data` claim template of an observed StatefulSet.
@@ -331,7 +350,7 @@ mod tests {
         let d = decide_storage(&spec("20Gi", None), &ObservedStorage { stateful_set: Some(&s), ..Default::default() });
         assert_eq!(d.render, spec("30Gi", None));
         assert!(d.resize.is_empty() && !d.recreate);
-        let refused = d.refused.unwrap();
+        let refused = d.refused.unwrap().problem();
         assert_eq!(refused.reason, "StorageChangeRefused");
         assert_eq!(
             refused.message,
@@ -348,7 +367,7 @@ mod tests {
             &ObservedStorage { stateful_set: Some(&s), ..Default::default() },
         );
         assert_eq!(d.render, spec("20Gi", Some("fast")));
-        assert!(d.refused.unwrap().message.starts_with(
+        assert!(d.refused.unwrap().problem().message.starts_with(
             "spec.storage.storageClassName: cannot move the volumes from StorageClass \"fast\" to \"slow\" in place"
         ));
     }
@@ -367,7 +386,7 @@ mod tests {
             );
             assert_eq!(d.render, spec("20Gi", Some("fast")));
             assert!(d.resize.is_empty() && !d.recreate);
-            let message = d.refused.unwrap().message;
+            let message = d.refused.unwrap().problem().message;
             assert!(message.starts_with("spec.storage.size: cannot grow the volumes to 30Gi: "), "{message}");
             assert!(message.contains(why), "{message}");
         }

@@ -286,6 +286,12 @@ impl FieldErrors {
     }
 }
 
+impl From<Vec<FieldError>> for FieldErrors {
+    fn from(errors: Vec<FieldError>) -> Self {
+        Self(errors)
+    }
+}
+
 impl IntoIterator for FieldErrors {
     type Item = FieldError;
     type IntoIter = std::vec::IntoIter<FieldError>;
@@ -324,6 +330,11 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
         ));
     }
     check_image(&mut errs, "spec.image", &spec.image, DEFAULT_IMAGE);
+    if let Some(version) = crate::build::version::PrometheusVersion::from_image(&spec.image)
+        && let Some(reason) = crate::build::version::unsupported(version, spec.additional_scrape_configs.is_some())
+    {
+        errs.push(FieldError::invalid("spec.image", &spec.image, format!("is Prometheus {version}, {reason}")));
+    }
     check_retention(&mut errs, spec);
     check_storage(&mut errs, spec);
     if let Some(resources) = &spec.resources {

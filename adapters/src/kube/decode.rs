@@ -15,7 +15,9 @@
 
 use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
-use tsdb_operator_core::crd::{PrometheusCluster, PrometheusClusterSpec, PrometheusClusterStatus};
+use tsdb_operator_core::crd::{
+    PrometheusCluster, PrometheusClusterSpec, PrometheusClusterStatus, UnreadableField, read_spec,
+};
 
 /// An object whose spec the operator cannot read.
 #[derive(Clone, Debug)]
@@ -32,11 +34,7 @@ pub struct Unreadable {
 impl Unreadable {
     /// The message shown in status and events: the field, what is wrong with it and what to do.
     pub fn message(&self) -> String {
-        format!(
-            "{}: Invalid value: {}: the operator cannot read this field; set it to a value within the bounds that \
-             `kubectl explain prometheuscluster.{}` documents",
-            self.field, self.reason, self.field
-        )
+        UnreadableField { field: self.field.clone(), reason: self.reason.clone() }.message("prometheuscluster")
     }
 }
 
@@ -49,12 +47,9 @@ pub fn decode_cluster(object: DynamicObject) -> Result<PrometheusCluster, Box<Un
         .get_mut("status")
         .map(serde_json::Value::take)
         .and_then(|s| serde_json::from_value::<PrometheusClusterStatus>(s).ok());
-    match serde_path_to_error::deserialize::<_, PrometheusClusterSpec>(spec) {
+    match read_spec::<PrometheusClusterSpec>(spec) {
         Ok(spec) => Ok(PrometheusCluster { metadata, spec, status }),
-        Err(e) => {
-            let path = e.path().to_string();
-            let field = if path == "." || path.is_empty() { "spec".to_owned() } else { format!("spec.{path}") };
-            let reason = e.into_inner().to_string();
+        Err(UnreadableField { field, reason }) => {
             Err(Box::new(Unreadable { object: placeholder(metadata, status), field, reason }))
         }
     }

@@ -13,7 +13,7 @@ use tsdb_operator_adapters::events::EventBus;
 use tsdb_operator_adapters::http::{self, Health};
 use tsdb_operator_adapters::kube::discovery;
 use tsdb_operator_adapters::metrics::Metrics;
-use tsdb_operator_adapters::{agent, leader, secure_metrics};
+use tsdb_operator_adapters::{agent, leader, secure_metrics, tls, webhook};
 use tsdb_operator_core::build::BuildSettings;
 use tsdb_operator_core::crd::PrometheusCluster;
 
@@ -210,7 +210,7 @@ async fn start_servers(
             if !addr.ip().is_unspecified() {
                 names.push(addr.ip().to_string());
             }
-            let tls = secure_metrics::server_config(&seed.metrics_tls(names))
+            let tls = tls::server_config(&seed.metrics_tls(names))
                 .context("cannot serve metrics over HTTPS (--metrics-secure)")?;
             let review = secure_metrics::CachedReview::new(
                 secure_metrics::KubeAccessReview::new(review_client.clone()),
@@ -277,6 +277,58 @@ fn shared_credentials(args: &OperatorArgs) -> Result<Option<(String, String)>> {
         "--s3-credentials-secret {flag:?}: give NAMESPACE/NAME or NAME of an existing Secret"
     );
     Ok(Some(parsed))
+}
+
+/// Bounds of the webhook server: the API server keeps a few connections open and reuses them.
+const WEBHOOK_LIMITS: http::Limits = http::Limits { max_connections: 64, header_read_timeout: Duration::from_secs(10) };
+
+/// Starts the admission webhook server (every replica serves it, leader or not) with its certificate: mounted
+/// files, or the operator's own, kept current by a task that runs until shutdown.
+async fn start_webhook(
+    args: &OperatorArgs,
+    client: &kube::Client,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let Some(addr) = parse_addr(&args.seed.webhook_bind_address)? else {
+        anyhow::bail!("--enable-webhook needs --webhook-bind-address (HOST:PORT or :PORT), not 0");
+    };
+    let namespace = &args.leader_election_namespace;
+    let mut tasks = Vec::new();
+    let source = match args.seed.webhook_certificates(namespace) {
+        seed_flags::WebhookCertificates::Files(files) => files,
+        seed_flags::WebhookCertificates::Managed { secret, configuration, hosts } => {
+            let settings =
+                webhook::certificate::Settings { namespace: namespace.clone(), secret, configuration, hosts };
+            let managed = std::sync::Arc::new(webhook::certificate::ManagedCertificate::new(client.clone(), settings));
+            if let Err(e) = managed.sync(k8s_openapi::jiff::Timestamp::now()).await {
+                tracing::error!(error = %tsdb_operator_adapters::error_chain(&e),
+                    "cannot prepare the webhook certificate yet; retrying every minute");
+            }
+            let (keeper, mut stop) = (managed.clone(), shutdown.clone());
+            let every = Duration::from_secs(args.seed.webhook_certificate_check_seconds.max(1));
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let pause = if keeper.is_loaded() { every } else { every.min(Duration::from_secs(5)) };
+                    tokio::select! {
+                        _ = stop.wait_for(|v| *v) => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    if let Err(e) = keeper.sync(k8s_openapi::jiff::Timestamp::now()).await {
+                        tracing::warn!(error = %tsdb_operator_adapters::error_chain(&e), "webhook certificate");
+                    }
+                }
+            }));
+            tls::TlsSource::Resolver(managed)
+        }
+    };
+    let config = tls::server_config(&source).context("cannot serve the webhook over HTTPS")?;
+    let router = webhook::router(std::sync::Arc::new(webhook::KubeStorage::new(client.clone())));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --webhook-bind-address {addr}"))?;
+    tracing::info!(%addr, "serving the admission webhook");
+    tasks.push(tokio::spawn(http::serve_tls(listener, router, WEBHOOK_LIMITS, config, until(shutdown))));
+    Ok(tasks)
 }
 
 /// Bounds of the secure metrics server: scrapers are few.
@@ -378,8 +430,11 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         ..Context::new(client.clone(), settings, metrics.clone(), events)
     });
 
-    let servers =
+    let mut servers =
         start_servers((metrics_addr, health_addr), &args.seed, &election_client, &metrics, &health, &shutdown).await?;
+    if args.seed.enable_webhook {
+        servers.extend(start_webhook(&args, &election_client, &shutdown).await?);
+    }
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 
     let run_controllers = move |ctx: std::sync::Arc<Context>, stop: watch::Receiver<bool>| {

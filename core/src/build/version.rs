@@ -60,14 +60,25 @@ pub fn needs_expand_external_labels_flag(version: Option<PrometheusVersion>) -> 
 /// replica label), and anything before 2.43 with additional scrape configs (no `scrape_config_files`).
 pub fn check_supported(ctx: &BuildContext<'_>) -> Result<()> {
     let Some(version) = ctx.version else { return Ok(()) };
-    let unsupported = |reason| Error::UnsupportedPrometheusVersion { image: ctx.image.to_owned(), version, reason };
+    match unsupported(version, ctx.cluster.spec.additional_scrape_configs.is_some()) {
+        Some(reason) => Err(Error::UnsupportedPrometheusVersion { image: ctx.image.to_owned(), version, reason }),
+        None => Ok(()),
+    }
+}
+
+/// Why `version` cannot run the cluster (with or without additional scrape configs), and the fix; `None` when it
+/// can.
+pub fn unsupported(version: PrometheusVersion, additional_scrape_configs: bool) -> Option<&'static str> {
     if version < MIN_EXPAND_EXTERNAL_LABELS {
-        return Err(unsupported("older than 2.27; use 2.53 or later"));
+        return Some("older than 2.27; use 2.53 or later");
     }
-    if version < MIN_SCRAPE_CONFIG_FILES && ctx.cluster.spec.additional_scrape_configs.is_some() {
-        return Err(unsupported("older than 2.43, which additionalScrapeConfigs needs (scrape_config_files)"));
+    if version < MIN_SCRAPE_CONFIG_FILES && additional_scrape_configs {
+        return Some(
+            "older than 2.43, which additionalScrapeConfigs needs (scrape_config_files); use 2.43 or later, or remove \
+             additionalScrapeConfigs",
+        );
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]

@@ -1,0 +1,342 @@
+//! The admission webhook on the real API server: the operator serves it with its own certificate authority, keeps
+//! the configuration's `caBundle` current, and the API server calls it for every create and update, as
+//! `kubectl apply` would trigger it. Each test has its own namespace, operator and ValidatingWebhookConfiguration
+//! (limited to that namespace). No kubelet: pods stay Pending, which these tests do not need.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use support::Operator;
+use tsdb_operator_core::crd::{PrometheusCluster, PrometheusClusterSpec};
+use tsdb_operator_testenv::controlplane::ControlPlane;
+use tsdb_operator_testenv::process::{Workdir, free_port};
+
+const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// One test's webhook: its namespace, the operator serving it, and the configuration that points at it.
+struct Webhook {
+    cp: &'static ControlPlane,
+    ns: String,
+    port: u16,
+    configuration: String,
+    operator: Option<Operator>,
+    workdir: Workdir,
+}
+
+impl Webhook {
+    /// A namespace labelled for this test's configuration, the operator with `--enable-webhook`, and the
+    /// configuration (failurePolicy Fail, an empty caBundle the operator fills in).
+    async fn start(prefix: &str) -> Result<Self> {
+        let cp = support::control_plane_only();
+        let ns = cp.namespace(prefix).await;
+        let label = json!({"metadata": {"labels": {"tsdb-webhook-test": ns}}});
+        Api::<Namespace>::all(cp.client()).patch(&ns, &PatchParams::default(), &Patch::Merge(&label)).await?;
+        let port = free_port(LOCALHOST)?;
+        let configuration = format!("tsdb-webhook-{ns}");
+        let hook = |name: &str, path: &str, resource: &str| {
+            json!({
+                "name": name,
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}{path}")},
+                "rules": [{"apiGroups": ["observability.merlionos.org"], "apiVersions": ["v1"],
+                           "operations": ["CREATE", "UPDATE"], "resources": [resource], "scope": "*"}],
+                "namespaceSelector": {"matchLabels": {"tsdb-webhook-test": ns}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            })
+        };
+        let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": configuration},
+            "webhooks": [
+                hook("vprometheuscluster.merlionos.org",
+                     tsdb_operator_adapters::webhook::CLUSTER_PATH, "prometheusclusters"),
+                hook("vprometheusclusterset.merlionos.org",
+                     tsdb_operator_adapters::webhook::CLUSTER_SET_PATH, "prometheusclustersets"),
+            ],
+        }))?;
+        Api::<ValidatingWebhookConfiguration>::all(cp.client()).create(&PostParams::default(), &config).await?;
+        let workdir = Workdir::create(&format!("webhook-{ns}"))?;
+        let mut webhook = Self { cp, ns, port, configuration, operator: None, workdir };
+        webhook.start_operator()?;
+        Ok(webhook)
+    }
+
+    fn start_operator(&mut self) -> Result<()> {
+        let args = [
+            "--enable-webhook".to_owned(),
+            format!("--webhook-bind-address=127.0.0.1:{}", self.port),
+            "--webhook-host=127.0.0.1".to_owned(),
+            format!("--webhook-configuration-name={}", self.configuration),
+            format!("--leader-election-namespace={}", self.ns),
+            "--webhook-certificate-check-seconds=2".to_owned(),
+            "--enable-backup=false".to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.operator = Some(Operator::start_on(self.cp, &self.workdir, Some(&self.ns), &args)?);
+        Ok(())
+    }
+
+    fn stop_operator(&mut self) -> Result<()> {
+        if let Some(mut op) = self.operator.take() {
+            op.process.stop()?;
+        }
+        Ok(())
+    }
+
+    fn clusters(&self) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("observability.merlionos.org", "v1", "PrometheusCluster");
+        Api::namespaced_with(self.cp.client(), &self.ns, &ApiResource::from_gvk(&gvk))
+    }
+
+    fn sets(&self) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("observability.merlionos.org", "v1", "PrometheusClusterSet");
+        Api::all_with(self.cp.client(), &ApiResource::from_gvk(&gvk))
+    }
+
+    /// Creates `object` as `kubectl create` does; the API server's refusal as its message.
+    async fn create(&self, object: &Value, dry_run: bool) -> Result<(), String> {
+        let object: DynamicObject = serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
+        let pp = PostParams { dry_run, ..PostParams::default() };
+        let api = if object.types.as_ref().is_some_and(|t| t.kind == "PrometheusClusterSet") {
+            self.sets()
+        } else {
+            self.clusters()
+        };
+        api.create(&pp, &object).await.map(|_| ()).map_err(|e| match e {
+            kube::Error::Api(status) => status.message,
+            other => other.to_string(),
+        })
+    }
+
+    /// Waits until the API server calls the operator's webhook with a certificate it trusts (the operator has put
+    /// its authority into the caBundle): a bad spec is refused by the webhook.
+    async fn wait_serving(&self) -> Result<Duration> {
+        let started = Instant::now();
+        let bad = cluster(&self.ns, "probe", both_scrape_sources());
+        let mut last = String::new();
+        while started.elapsed() < Duration::from_mins(1) {
+            match self.create(&bad, true).await {
+                Err(m) if m.contains("denied the request") => return Ok(started.elapsed()),
+                Err(m) => last = m,
+                Ok(()) => "admitted".clone_into(&mut last),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!("the webhook did not start refusing bad specs within 60 s; last answer: {last}")
+    }
+
+    async fn ca_bundle(&self) -> Result<Vec<u8>> {
+        let config = Api::<ValidatingWebhookConfiguration>::all(self.cp.client()).get(&self.configuration).await?;
+        let hooks = config.webhooks.unwrap_or_default();
+        let bundles: Vec<Vec<u8>> =
+            hooks.iter().map(|h| h.client_config.ca_bundle.clone().map(|b| b.0).unwrap_or_default()).collect();
+        anyhow::ensure!(bundles.windows(2).all(|w| w[0] == w[1]), "every webhook carries the same bundle");
+        Ok(bundles.into_iter().next().unwrap_or_default())
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        self.stop_operator()?;
+        Api::<ValidatingWebhookConfiguration>::all(self.cp.client())
+            .delete(&self.configuration, &DeleteParams::default())
+            .await?;
+        Api::<Namespace>::all(self.cp.client()).delete(&self.ns, &DeleteParams::background()).await?;
+        Ok(())
+    }
+}
+
+/// A spec only the webhook refuses (the CRD schema cannot say "one of"): the seed's
+/// `inline and secretRef are mutually exclusive`.
+fn both_scrape_sources() -> Value {
+    json!({"additionalScrapeConfigs": {"inline": "- job_name: node\n", "secretRef": {"name": "extra", "key": "s.yml"}}})
+}
+
+#[allow(clippy::needless_pass_by_value)] // reads like the YAML it stands for
+fn cluster(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusCluster",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// The fixtures of `dir` as JSON objects moved into `ns` (name, object).
+fn fixtures(dir: &str, ns: &str) -> Result<Vec<(String, Value)>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(dir);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&root)? {
+        let path = entry?.path();
+        let mut object: Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+        let meta = object["metadata"].as_object_mut().context("metadata")?;
+        meta.insert("namespace".into(), ns.into());
+        meta.remove("uid");
+        // The test API server (1.20 built with a newer Go) takes an empty string for null and refuses it.
+        if let Some(selector) = object.pointer_mut("/spec/nodeSelector").and_then(Value::as_object_mut) {
+            selector.values_mut().filter(|v| *v == "").for_each(|v| *v = Value::String("true".to_owned()));
+        }
+        let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        out.push((name, object));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_refused_when_applied_with_the_seed_messages_and_good_ones_are_admitted() -> Result<()> {
+    let webhook = Webhook::start("webhook-refuse").await?;
+    let took = webhook.wait_serving().await?;
+    eprintln!("the webhook refused its first bad spec {took:?} after the operator started");
+    let ns = webhook.ns.clone();
+
+    // Every invalid fixture is refused at create time: by the CRD schema where it can say what is wrong (the API
+    // server checks it before calling webhooks), else by the webhook, which names each field with the core's (the
+    // seed's) message.
+    let mut by_webhook = 0;
+    for (name, object) in fixtures("clusters-invalid", &ns)? {
+        let message = webhook.create(&object, false).await.err().with_context(|| format!("{name} was admitted"))?;
+        eprintln!("{name}: refused: {message}");
+        if message.contains("admission webhook \"vprometheuscluster.merlionos.org\" denied the request") {
+            let spec: PrometheusClusterSpec = serde_json::from_value(object["spec"].clone())?;
+            let errors = tsdb_operator_core::validate::validate_cluster(&spec).expect_err("the core refuses it too");
+            for e in &errors {
+                assert!(message.contains(&e.to_string()), "{name}: {message} lacks {e}");
+            }
+            by_webhook += 1;
+        }
+    }
+    assert!(by_webhook >= 4, "the checks the schema cannot make are the webhook's ({by_webhook} fixtures)");
+
+    // Every valid fixture is admitted.
+    for (name, object) in fixtures("clusters", &ns)? {
+        webhook.create(&object, false).await.map_err(|m| anyhow::anyhow!("{name} was refused: {m}"))?;
+    }
+
+    // Updates: an invalid change is refused, a valid one admitted, a metadata-only change always.
+    let clusters: Api<PrometheusCluster> = Api::namespaced(webhook.cp.client(), &ns);
+    let merge = |spec: Value| Patch::Merge(json!({"spec": spec}));
+    let refused = clusters.patch("prod", &PatchParams::default(), &merge(both_scrape_sources())).await;
+    let Err(kube::Error::Api(status)) = refused else { panic!("an invalid change was admitted: {refused:?}") };
+    assert!(status.message.contains("inline and secretRef are mutually exclusive"), "{}", status.message);
+    clusters.patch("prod", &PatchParams::default(), &merge(json!({"replicas": 3}))).await?;
+    let label = Patch::Merge(json!({"metadata": {"labels": {"team": "obs"}}}));
+    clusters.patch("prod", &PatchParams::default(), &label).await?;
+
+    // The operator's own writes (status, children) are not intercepted: the cluster gets its status and its
+    // StatefulSet.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(webhook.cp.client(), &ns);
+    support::eventually("the operator to create prod's StatefulSet and status", Duration::from_mins(1), || {
+        let (clusters, statefulsets) = (clusters.clone(), statefulsets.clone());
+        async move {
+            let status = clusters.get("prod").await?.status;
+            Ok((status.is_some() && statefulsets.get_opt("prod").await?.is_some()).then_some(()))
+        }
+    })
+    .await?;
+
+    // A storage change the operator cannot carry out is refused with the operator's reason.
+    let shrink = clusters.patch("prod", &PatchParams::default(), &merge(json!({"storage": {"size": "50Gi"}}))).await;
+    let Err(kube::Error::Api(status)) = shrink else { panic!("a shrink was admitted: {shrink:?}") };
+    assert!(
+        status.message.contains("spec.storage.size: Forbidden: cannot shrink the volumes from 100Gi to 50Gi"),
+        "{}",
+        status.message
+    );
+    let class = json!({"storage": {"size": "100Gi", "storageClassName": "slow"}});
+    let moved = clusters.patch("prod", &PatchParams::default(), &merge(class)).await;
+    assert!(moved.is_err_and(|e| e.to_string().contains("spec.storage.storageClassName")));
+
+    // Cluster sets.
+    let set = json!({"apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusClusterSet",
+        "metadata": {"name": format!("{ns}-set")},
+        "spec": {"clusterSelector": {"matchExpressions": [{"key": "team", "operator": "Sometimes"}]}}});
+    // Sets are cluster-scoped: the configuration's namespaceSelector does not apply, so this one is checked
+    // with a dry run and kept from other tests.
+    let message = webhook.create(&set, true).await.expect_err("a bad selector is refused");
+    assert!(
+        message.contains("vprometheusclusterset.merlionos.org") && message.contains("spec.clusterSelector"),
+        "{message}"
+    );
+    webhook.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_webhook_down_creates_are_refused_fast_deletes_work_and_a_restart_keeps_the_authority() -> Result<()> {
+    let mut webhook = Webhook::start("webhook-down").await?;
+    webhook.wait_serving().await?;
+    let ns = webhook.ns.clone();
+    webhook.create(&cluster(&ns, "kept", json!({"replicas": 1})), false).await.map_err(anyhow::Error::msg)?;
+    let bundle = webhook.ca_bundle().await?;
+    let secret = Api::<Secret>::namespaced(webhook.cp.client(), &ns).get("tsdb-operator-webhook-tls").await?;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+
+    webhook.stop_operator()?;
+    let started = Instant::now();
+    let refused = webhook.create(&cluster(&ns, "late", json!({"replicas": 1})), false).await;
+    let took = started.elapsed();
+    let message = refused.expect_err("failurePolicy Fail: a create without the webhook is refused");
+    assert!(message.contains("failed calling webhook"), "{message}");
+    assert!(took < Duration::from_secs(5), "refused in {took:?}, not after the 10 s timeout");
+    eprintln!("with the webhook down, a create was refused in {took:?}: {message}");
+    webhook.clusters().delete("kept", &DeleteParams::default()).await.context("a delete needs no webhook")?;
+
+    webhook.start_operator()?;
+    webhook.wait_serving().await?;
+    assert_eq!(webhook.ca_bundle().await?, bundle, "a restart reuses the authority in the Secret");
+    webhook.create(&cluster(&ns, "late", json!({"replicas": 1})), false).await.map_err(anyhow::Error::msg)?;
+    webhook.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_authority_is_replaced_under_load_without_a_failed_admission() -> Result<()> {
+    let webhook = Webhook::start("webhook-rotate").await?;
+    webhook.wait_serving().await?;
+    let ns = webhook.ns.clone();
+    let before = webhook.ca_bundle().await?;
+
+    // Losing the Secret makes the operator mint a new authority; the one it serves from stays in the bundle
+    // until it has loaded the new certificate.
+    let load = async {
+        let (mut admitted, mut failed) = (0, Vec::new());
+        let started = Instant::now();
+        let mut i = 0_u32;
+        while started.elapsed() < Duration::from_secs(20) {
+            i += 1;
+            let good = cluster(&ns, &format!("load-{i}"), json!({"replicas": 1}));
+            match webhook.create(&good, true).await {
+                Ok(()) => admitted += 1,
+                Err(m) => failed.push(m),
+            }
+            let bad = cluster(&ns, &format!("bad-{i}"), both_scrape_sources());
+            match webhook.create(&bad, true).await {
+                Err(m) if m.contains("denied the request") => admitted += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+        (admitted, failed)
+    };
+    let rotate = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Api::<Secret>::namespaced(webhook.cp.client(), &ns)
+            .delete("tsdb-operator-webhook-tls", &DeleteParams::default())
+            .await?;
+        support::eventually("a new authority in the caBundle", Duration::from_secs(15), || async {
+            let now = webhook.ca_bundle().await?;
+            Ok((now != before).then_some(now))
+        })
+        .await
+    };
+    let ((answered, failed), rotated) = tokio::join!(load, rotate);
+    let rotated = rotated?;
+    eprintln!("{answered} admission answers during the rotation, {} failed", failed.len());
+    assert!(failed.is_empty(), "failed admissions: {failed:?}");
+    assert!(answered > 20, "the load ran ({answered} answers)");
+    let text = String::from_utf8(rotated)?;
+    assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "the new authority and the previous one");
+    assert!(text.contains(std::str::from_utf8(&before)?.trim()), "the previous authority is still trusted");
+    webhook.finish().await
+}
