@@ -26,10 +26,7 @@ use tsdb_operator_core::validate::FieldErrors;
 
 use crate::kube::children;
 
-/// Where the webhook for PrometheusClusters is served (the seed's path).
-pub const CLUSTER_PATH: &str = "/validate-observability-merlionos-org-v1-prometheuscluster";
-/// Where the webhook for PrometheusClusterSets is served.
-pub const CLUSTER_SET_PATH: &str = "/validate-observability-merlionos-org-v1-prometheusclusterset";
+pub use tsdb_operator_core::admission::{CLUSTER_PATH, CLUSTER_SET_PATH};
 
 /// What exists of a cluster's storage, owned.
 #[derive(Clone, Debug, Default)]

@@ -112,7 +112,6 @@ fn the_chart_lints_and_refuses_what_this_version_lacks_with_the_fix() -> Result<
 
     for (values, said) in [
         (json!({"features": {"api": true}}), "features.api=true"),
-        (json!({"features": {"webhook": true}}), "features.webhook=true"),
         (json!({"features": {"audit": true}}), "features.audit=true"),
     ] {
         let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
@@ -137,8 +136,10 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let env = env();
     let ns = namespace("chart").await;
     let release = format!("r{}", &ns[ns.len() - 8..]);
-    // Watching its own namespace only: the namespaced rules are a Role there, not cluster-wide.
-    let values = json!({"watchNamespace": ns});
+    // Watching its own namespace only: the namespaced rules are a Role there, not cluster-wide. The webhook with
+    // the operator's own certificates; Ignore, because the test API server cannot reach a Service (the webhook
+    // itself is tested by tests/webhook.rs).
+    let values = json!({"watchNamespace": ns, "features": {"webhook": true}, "webhook": {"failurePolicy": "Ignore"}});
     let installed = helm(&["install", &release, &chart(), &ns, &values.to_string()])?;
     let fullname = format!("{release}-tsdb-operator");
     let manifest = installed["manifest"].as_str().context("the install's manifest")?;
@@ -216,10 +217,35 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     std::fs::write(image.rootfs.join("tmp/kubeconfig"), env.cp.kubeconfig_for_token(&sa, &token)?)?;
     let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let (metrics_port, health_port) = (free_port(loopback)?, free_port(loopback)?);
-    let run = OperatorRun { image: &image, fullname: &fullname, ns: &ns, kubeconfig, metrics_port, health_port };
+    let webhook_port = free_port(loopback)?;
+    let run = OperatorRun {
+        image: &image,
+        fullname: &fullname,
+        ns: &ns,
+        kubeconfig,
+        metrics_port,
+        health_port,
+        webhook_port,
+    };
     let op = run.start(manager)?;
 
     run.ready().await?;
+    // The webhook's certificates, with the chart's least-privilege rules: the operator made its Secret and put its
+    // authority into the chart's ValidatingWebhookConfiguration.
+    let configurations =
+        Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(client());
+    eventually("the operator to fill in the webhook's caBundle", Duration::from_mins(1), || async {
+        let config = configurations.get(&fullname).await?;
+        let hooks = config.webhooks.unwrap_or_default();
+        let filled = hooks.len() == 2
+            && hooks.iter().all(|h| h.client_config.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty()));
+        Ok(filled.then_some(()))
+    })
+    .await?;
+    let secret =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client(), &ns).get("tsdb-operator-webhook-tls").await?;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert!(args.iter().any(|a| a == "--enable-webhook=true"), "{args:?}");
     // The Prometheus pods run as their own ServiceAccount (workload identity for backups).
     env.cp.service_account_token(&ns, "prometheus").await?;
     let yaml = "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  storage:\n    size: 1Gi\n  serviceAccountName: prometheus\n";
@@ -361,6 +387,7 @@ struct OperatorRun<'a> {
     kubeconfig: &'a str,
     metrics_port: u16,
     health_port: u16,
+    webhook_port: u16,
 }
 
 impl OperatorRun<'_> {
@@ -377,6 +404,8 @@ impl OperatorRun<'_> {
                     format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port)
                 } else if a.starts_with("--health-probe-bind-address=") {
                     format!("--health-probe-bind-address=127.0.0.1:{}", self.health_port)
+                } else if a.starts_with("--webhook-bind-address=") {
+                    format!("--webhook-bind-address=127.0.0.1:{}", self.webhook_port)
                 } else {
                     a.clone()
                 }

@@ -8,9 +8,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration, WebhookClientConfig};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
@@ -41,28 +42,15 @@ impl Webhook {
         Api::<Namespace>::all(cp.client()).patch(&ns, &PatchParams::default(), &Patch::Merge(&label)).await?;
         let port = free_port(LOCALHOST)?;
         let configuration = format!("tsdb-webhook-{ns}");
-        let hook = |name: &str, path: &str, resource: &str| {
-            json!({
-                "name": name,
-                "clientConfig": {"url": format!("https://127.0.0.1:{port}{path}")},
-                "rules": [{"apiGroups": ["observability.merlionos.org"], "apiVersions": ["v1"],
-                           "operations": ["CREATE", "UPDATE"], "resources": [resource], "scope": "*"}],
-                "namespaceSelector": {"matchLabels": {"tsdb-webhook-test": ns}},
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 10,
-            })
-        };
-        let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": configuration},
-            "webhooks": [
-                hook("vprometheuscluster.merlionos.org",
-                     tsdb_operator_adapters::webhook::CLUSTER_PATH, "prometheusclusters"),
-                hook("vprometheusclusterset.merlionos.org",
-                     tsdb_operator_adapters::webhook::CLUSTER_SET_PATH, "prometheusclustersets"),
-            ],
-        }))?;
+        let mut config =
+            tsdb_operator_core::admission::webhook_configuration(&configuration, |path| WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{port}{path}")),
+                ..WebhookClientConfig::default()
+            });
+        for hook in config.webhooks.iter_mut().flatten() {
+            let labels = std::collections::BTreeMap::from([("tsdb-webhook-test".to_owned(), ns.clone())]);
+            hook.namespace_selector = Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() });
+        }
         Api::<ValidatingWebhookConfiguration>::all(cp.client()).create(&PostParams::default(), &config).await?;
         let workdir = Workdir::create(&format!("webhook-{ns}"))?;
         let mut webhook = Self { cp, ns, port, configuration, operator: None, workdir };

@@ -22,12 +22,56 @@
 //! - An update that does not touch `spec.storage` is never refused for storage, even when an earlier storage change
 //!   is still refused in status: the user can always change everything else.
 
+use k8s_openapi::api::admissionregistration::v1::{
+    RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use kube::api::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::crd::{PrometheusClusterSetSpec, PrometheusClusterSpec, UnreadableField, read_spec};
 use crate::storage::{ObservedStorage, decide_storage};
 use crate::validate::{FieldError, FieldErrorKind, FieldErrors, validate_cluster, validate_cluster_set};
+
+/// Where the webhook for PrometheusClusters is served (the seed's path).
+pub const CLUSTER_PATH: &str = "/validate-observability-merlionos-org-v1-prometheuscluster";
+/// Where the webhook for PrometheusClusterSets is served.
+pub const CLUSTER_SET_PATH: &str = "/validate-observability-merlionos-org-v1-prometheusclusterset";
+/// The names of the two webhooks (the seed's for PrometheusClusters).
+pub const WEBHOOK_NAMES: [&str; 2] = ["vprometheuscluster.merlionos.org", "vprometheusclusterset.merlionos.org"];
+
+/// The ValidatingWebhookConfiguration `name` for the operator's webhook: one webhook per kind, `CREATE` and
+/// `UPDATE` of the main resource (never `/status`), `failurePolicy: Fail`, `sideEffects: None`, a 10 s timeout.
+/// `client` gives the client configuration for a path (a Service, or a URL); its `caBundle` is left to
+/// cert-manager or to the operator. The chart renders the same configuration.
+pub fn webhook_configuration(
+    name: &str,
+    client: impl Fn(&str) -> WebhookClientConfig,
+) -> ValidatingWebhookConfiguration {
+    let hook = |name: &str, path: &str, resource: &str| ValidatingWebhook {
+        name: name.to_owned(),
+        client_config: client(path),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![crate::constants::GROUP.to_owned()]),
+            api_versions: Some(vec!["v1".to_owned()]),
+            operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+            resources: Some(vec![resource.to_owned()]),
+            scope: Some("*".to_owned()),
+        }]),
+        failure_policy: Some("Fail".to_owned()),
+        side_effects: "None".to_owned(),
+        admission_review_versions: vec!["v1".to_owned()],
+        timeout_seconds: Some(10),
+        ..ValidatingWebhook::default()
+    };
+    ValidatingWebhookConfiguration {
+        metadata: ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() },
+        webhooks: Some(vec![
+            hook(WEBHOOK_NAMES[0], CLUSTER_PATH, "prometheusclusters"),
+            hook(WEBHOOK_NAMES[1], CLUSTER_SET_PATH, "prometheusclustersets"),
+        ]),
+    }
+}
 
 /// The operation of an admission request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

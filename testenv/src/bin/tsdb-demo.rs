@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration, WebhookClientConfig};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use kube::api::PostParams;
 use kube::api::{ListParams, Patch, PatchParams};
 use tsdb_operator_core::crd::{Phase, PrometheusCluster};
 use tsdb_operator_testenv::controlplane::ControlPlane;
@@ -33,6 +35,31 @@ struct Args {
     exit_when_active: bool,
 }
 
+/// Where the operator serves its admission webhook.
+const WEBHOOK_PORT: u16 = 9443;
+
+/// Sends a spec with backups on and no bucket (a dry run, as `kubectl apply --dry-run=server` does) and returns the
+/// webhook's refusal; fails if it is admitted. Waits up to a minute for the webhook to be called.
+async fn refused_at_apply(api: &Api<PrometheusCluster>, namespace: &str) -> Result<String> {
+    let bad: PrometheusCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusCluster",
+        "metadata": {"name": "no-bucket", "namespace": namespace},
+        "spec": {"backup": {"enabled": true, "schedule": "@daily"}},
+    }))?;
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let last = match api.create(&PostParams { dry_run: true, ..PostParams::default() }, &bad).await {
+            Err(kube::Error::Api(status)) if status.message.contains("denied the request") => return Ok(status.message),
+            Err(e) => e.to_string(),
+            Ok(_) => "admitted".to_owned(),
+        };
+        if Instant::now() > deadline {
+            bail!("the webhook did not refuse a spec without spec.backup.bucket (last answer: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let started = Instant::now();
@@ -54,9 +81,20 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         .operator_binary(&operator)
         .start()
         .await?;
-    println!("starting the operator...");
+    println!("starting the operator with its admission webhook...");
     let backups = workdir.subdir("backups")?;
+    // The webhook is called by URL on loopback here; on a cluster the chart points it at a Service.
+    let config = tsdb_operator_core::admission::webhook_configuration("tsdb-operator", |path| WebhookClientConfig {
+        url: Some(format!("https://127.0.0.1:{WEBHOOK_PORT}{path}")),
+        ..WebhookClientConfig::default()
+    });
+    Api::<ValidatingWebhookConfiguration>::all(cp.client()).create(&PostParams::default(), &config).await?;
     let mut op = ProcessBuilder::new("tsdb-operator", &operator)
+        .arg("--enable-webhook")
+        .arg(format!("--webhook-bind-address=127.0.0.1:{WEBHOOK_PORT}"))
+        .arg("--webhook-host=127.0.0.1")
+        .arg("--webhook-configuration-name=tsdb-operator")
+        .arg(format!("--leader-election-namespace={}", args.namespace))
         .arg(format!("--backup-dir={}", backups.display()))
         .arg("--kubeconfig")
         .arg(cp.kubeconfig_path())
@@ -74,6 +112,7 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
     let name = value["metadata"]["name"].as_str().context("the sample has no metadata.name")?.to_owned();
     value["metadata"]["namespace"] = serde_json::Value::String(args.namespace.clone());
     let api: Api<PrometheusCluster> = Api::namespaced(client.clone(), &args.namespace);
+    let refusal = refused_at_apply(&api, &args.namespace).await?;
     api.patch(&name, &PatchParams::apply("tsdb-demo").force(), &Patch::Apply(&value)).await?;
     println!("applied PrometheusCluster {}/{name}; waiting until it is Active...", args.namespace);
 
@@ -109,6 +148,7 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         }
     }
     println!("  metrics:      http://127.0.0.1:8082/metrics   (operator)");
+    println!("  webhook:      a bad spec is refused at apply time:\n                {refusal}");
     println!("  backups:      {}   (local directory standing in for S3)", backups.display());
     println!("  logs:         {}", workdir.logs().display());
     if args.exit_when_active {
