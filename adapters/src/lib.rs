@@ -11,6 +11,7 @@
 //! ```
 
 pub mod agent;
+pub mod audit;
 pub mod backup;
 pub mod controller;
 pub mod events;

@@ -1,0 +1,269 @@
+//! The audit trail's records: who changed what, and what the operator did about it. Pure: no I/O; the adapter
+//! gives each record its id and time, spools it, and writes it to SQLite or PostgreSQL.
+//!
+//! A record is one row of the seed's `audit_log` table (`cluster_name`, `operation`, `operator`, `timestamp`,
+//! `result`, `detail`, so the seed's queries keep working) plus what it lacked: the namespace, a unique event id
+//! (records are inserted exactly once after any outage), the kind of actor, the object's UID and, for a user's
+//! change, the spec diff.
+//!
+//! # Sources
+//! - [`from_admission`]: a create, update or delete of a PrometheusCluster or PrometheusClusterSet as the API
+//!   server saw it at admission: the authenticated user (never a header), the operation, the old -> new spec as an
+//!   RFC 6902 JSON Patch, and whether the webhook admitted it.
+//! - [`from_event`]: every action the operator publishes (children created, scaled, upgraded, failover with its
+//!   evidence, backups, retention, pause, deletion), with the operator as the actor.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::admission::Operation;
+use crate::events::{Actor, OperatorEvent};
+
+/// Who acted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ActorKind {
+    /// A person or a client authenticated by the API server.
+    User,
+    /// The operator itself.
+    Operator,
+}
+
+impl ActorKind {
+    /// As stored (`user`, `operator`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Operator => "operator",
+        }
+    }
+
+    /// Reads a stored value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(Self::User),
+            "operator" => Some(Self::Operator),
+            _ => None,
+        }
+    }
+}
+
+/// How it ended (the seed's `result` column).
+pub mod results {
+    /// Done, or admitted.
+    pub const SUCCESS: &str = "success";
+    /// Refused by the admission webhook.
+    pub const REJECTED: &str = "rejected";
+    /// Tried and failed (a backup that failed, a spec the operator cannot apply).
+    pub const ERROR: &str = "error";
+}
+
+/// One audit record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// Unique id; a record with an id already stored is not stored again.
+    pub event_id: String,
+    /// When it happened (RFC 3339).
+    pub timestamp: String,
+    /// Namespace of the object (empty for a PrometheusClusterSet).
+    pub namespace: String,
+    /// Kind of the object.
+    pub kind: String,
+    /// Name of the object (the seed's `cluster_name`).
+    pub cluster_name: String,
+    /// UID of the object, when known.
+    pub object_uid: String,
+    /// `create`, `update`, `delete` for a user's change; the action's reason (`Scaled`, `BackupSucceeded`, ...)
+    /// for the operator's.
+    pub operation: String,
+    /// The user name, or the operator's identity (the seed's `operator` column).
+    pub operator: String,
+    /// Whether a user or the operator acted.
+    pub actor_kind: ActorKind,
+    /// The user's groups, for a user.
+    pub actor_groups: Vec<String>,
+    /// One of [`results`].
+    pub result: String,
+    /// What happened, in words: the refusal, the action's message.
+    pub detail: String,
+    /// For a user's change: the spec change as an RFC 6902 JSON Patch (`[]` when the spec did not change).
+    pub diff: String,
+}
+
+/// An admission request, as the webhook saw it.
+#[derive(Clone, Debug)]
+pub struct Admission<'a> {
+    /// The request's UID (unique per request; the record's id).
+    pub uid: &'a str,
+    /// When it was reviewed (RFC 3339).
+    pub timestamp: String,
+    /// Kind, namespace, name and UID of the object.
+    pub kind: &'a str,
+    /// Namespace (empty for cluster-scoped kinds).
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// UID (empty on create).
+    pub object_uid: &'a str,
+    /// What was done.
+    pub operation: Operation,
+    /// The authenticated user.
+    pub username: &'a str,
+    /// The user's groups.
+    pub groups: &'a [String],
+    /// The spec sent (absent on delete).
+    pub spec: Option<&'a Value>,
+    /// The spec stored before an update or delete.
+    pub old_spec: Option<&'a Value>,
+    /// `Err` with the refusal when the webhook refused it.
+    pub refused: Option<String>,
+}
+
+/// The record of an admission request.
+pub fn from_admission(a: &Admission<'_>) -> AuditRecord {
+    let operation = match a.operation {
+        Operation::Create => "create",
+        Operation::Update => "update",
+        Operation::Delete => "delete",
+        Operation::Connect => "connect",
+    };
+    let null = Value::Null;
+    let diff = json_patch::diff(a.old_spec.unwrap_or(&null), a.spec.unwrap_or(&null));
+    let (result, detail) = match &a.refused {
+        Some(why) => (results::REJECTED, why.clone()),
+        None => (results::SUCCESS, String::new()),
+    };
+    AuditRecord {
+        event_id: a.uid.to_owned(),
+        timestamp: a.timestamp.clone(),
+        namespace: a.namespace.to_owned(),
+        kind: a.kind.to_owned(),
+        cluster_name: a.name.to_owned(),
+        object_uid: a.object_uid.to_owned(),
+        operation: operation.to_owned(),
+        operator: a.username.to_owned(),
+        actor_kind: ActorKind::User,
+        actor_groups: a.groups.to_vec(),
+        result: result.to_owned(),
+        detail,
+        diff: serde_json::to_string(&diff).unwrap_or_else(|_| "[]".to_owned()),
+    }
+}
+
+/// The record of an operator event, with the id `event_id`.
+pub fn from_event(event: &OperatorEvent, event_id: String, object_uid: &str) -> AuditRecord {
+    let (operator, actor_kind) = match &event.actor {
+        Actor::Operator { identity } => (identity.clone(), ActorKind::Operator),
+        Actor::User { name } => (name.clone(), ActorKind::User),
+    };
+    let failed =
+        matches!(event.action, crate::events::Action::BackupFailed { .. } | crate::events::Action::Rejected { .. });
+    AuditRecord {
+        event_id,
+        timestamp: event.at.clone(),
+        namespace: event.namespace.clone(),
+        kind: event.kind.clone(),
+        cluster_name: event.name.clone(),
+        object_uid: object_uid.to_owned(),
+        operation: event.action.reason().to_owned(),
+        operator,
+        actor_kind,
+        actor_groups: Vec::new(),
+        result: if failed { results::ERROR } else { results::SUCCESS }.to_owned(),
+        detail: event.action.message(),
+        diff: String::new(),
+    }
+}
+
+/// Which records to read, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only this object name.
+    pub cluster: Option<String>,
+    /// Only this actor (user name or operator identity).
+    pub actor: Option<String>,
+    /// Only this operation.
+    pub operation: Option<String>,
+    /// Only records at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    pub until: Option<String>,
+    /// At most this many (the seed's default: 100).
+    pub limit: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Action;
+    use serde_json::json;
+
+    #[test]
+    fn a_users_change_carries_the_user_and_the_spec_diff() {
+        let (old, new) = (json!({"replicas": 1, "retention": "15d"}), json!({"replicas": 3, "retention": "15d"}));
+        let groups = vec!["team".to_owned()];
+        let record = from_admission(&Admission {
+            uid: "req-1",
+            timestamp: "2026-12-03T10:00:00Z".into(),
+            kind: "PrometheusCluster",
+            namespace: "obs",
+            name: "demo",
+            object_uid: "u1",
+            operation: Operation::Update,
+            username: "alice",
+            groups: &groups,
+            spec: Some(&new),
+            old_spec: Some(&old),
+            refused: None,
+        });
+        assert_eq!(
+            (record.operator.as_str(), record.actor_kind, record.result.as_str()),
+            ("alice", ActorKind::User, "success")
+        );
+        assert_eq!(record.operation, "update");
+        let diff: Value = serde_json::from_str(&record.diff).unwrap();
+        assert_eq!(diff, json!([{"op": "replace", "path": "/replicas", "value": 3}]));
+    }
+
+    #[test]
+    fn a_refused_change_is_recorded_as_rejected_with_the_reason() {
+        let new = json!({"replicas": 0});
+        let record = from_admission(&Admission {
+            uid: "req-2",
+            timestamp: "2026-12-03T10:00:00Z".into(),
+            kind: "PrometheusCluster",
+            namespace: "obs",
+            name: "demo",
+            object_uid: "",
+            operation: Operation::Create,
+            username: "bob",
+            groups: &[],
+            spec: Some(&new),
+            old_spec: None,
+            refused: Some("spec.replicas: Invalid value: 0: must be >= 1".into()),
+        });
+        assert_eq!(record.result, results::REJECTED);
+        assert!(record.detail.contains("must be >= 1"));
+    }
+
+    #[test]
+    fn operator_actions_are_recorded_with_the_operator_as_actor() {
+        let event = OperatorEvent {
+            at: "2026-12-03T10:00:00Z".into(),
+            namespace: "obs".into(),
+            name: "demo".into(),
+            kind: "PrometheusCluster".into(),
+            actor: Actor::Operator { identity: "tsdb-operator-0".into() },
+            action: Action::BackupFailed { id: "b1".into(), reason: "UploadFailed".into(), message: "503".into() },
+        };
+        let record = from_event(&event, "e1".into(), "u1");
+        assert_eq!(record.actor_kind, ActorKind::Operator);
+        assert_eq!(record.operator, "tsdb-operator-0");
+        assert_eq!(record.operation, "BackupFailed");
+        assert_eq!(record.result, results::ERROR);
+        assert!(record.detail.contains("UploadFailed"));
+    }
+}
