@@ -114,6 +114,7 @@ impl EventBus {
             namespace: reference.namespace.clone().unwrap_or_default(),
             name: reference.name.clone().unwrap_or_default(),
             kind: reference.kind.clone().unwrap_or_default(),
+            uid: reference.uid.clone().unwrap_or_default(),
             actor,
             action,
         };

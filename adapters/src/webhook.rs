@@ -24,6 +24,7 @@ use tsdb_operator_core::crd::StorageSpec;
 use tsdb_operator_core::storage::{ObservedClaim, ObservedStorage, class_to_check};
 use tsdb_operator_core::validate::FieldErrors;
 
+use crate::audit::Audit;
 use crate::kube::children;
 
 pub use tsdb_operator_core::admission::{CLUSTER_PATH, CLUSTER_SET_PATH};
@@ -91,9 +92,25 @@ impl StorageSource for KubeStorage {
     }
 }
 
-/// The webhook's routes: [`CLUSTER_PATH`] and [`CLUSTER_SET_PATH`].
-pub fn router<S: StorageSource>(storage: Arc<S>) -> Router {
-    Router::new().route(CLUSTER_PATH, post(cluster::<S>)).route(CLUSTER_SET_PATH, post(cluster_set)).with_state(storage)
+/// What the handlers share: the storage port and, when the audit trail is on, its recorder.
+struct Shared<S> {
+    storage: Arc<S>,
+    audit: Option<Audit>,
+}
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Self { storage: self.storage.clone(), audit: self.audit.clone() }
+    }
+}
+
+/// The webhook's routes: [`CLUSTER_PATH`] and [`CLUSTER_SET_PATH`]. With `audit`, every request that is not a dry
+/// run is recorded (with the user, the spec diff and the verdict) and on disk before the answer is sent.
+pub fn router<S: StorageSource>(storage: Arc<S>, audit: Option<Audit>) -> Router {
+    Router::new()
+        .route(CLUSTER_PATH, post(cluster::<S>))
+        .route(CLUSTER_SET_PATH, post(cluster_set::<S>))
+        .with_state(Shared { storage, audit })
 }
 
 fn operation(op: &admission::Operation) -> Operation {
@@ -126,13 +143,71 @@ fn request(review: AdmissionReview<DynamicObject>) -> Result<AdmissionRequest<Dy
     })
 }
 
-fn answer(
+/// The audit record's id of an admission request. The API server may review one update twice (its storage layer
+/// retries with a fresher copy of the stored object), each time with a new request UID; an update is therefore
+/// identified by what it is: the user, the object, the stored version it changes, the change and the verdict. A
+/// create is identified by its request UID.
+fn admission_id(request: &AdmissionRequest<DynamicObject>, allowed: bool) -> String {
+    use sha2::{Digest as _, Sha256};
+    let old = request.old_object.as_ref();
+    let Some(version) = old.and_then(|o| o.metadata.resource_version.as_deref()) else {
+        return request.uid.clone();
+    };
+    let mut hash = Sha256::new();
+    for part in [
+        request.user_info.username.as_deref().unwrap_or_default(),
+        &format!("{:?}", request.operation),
+        request.namespace.as_deref().unwrap_or_default(),
+        &request.name,
+        old.and_then(|o| o.metadata.uid.as_deref()).unwrap_or_default(),
+        version,
+        &spec(request.object.as_ref()).map(Value::to_string).unwrap_or_default(),
+        if allowed { "allowed" } else { "refused" },
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    format!("{:x}", hash.finalize())
+}
+
+async fn answer(
+    audit: Option<&Audit>,
     request: &AdmissionRequest<DynamicObject>,
     kind: &str,
     verdict: Result<(), FieldErrors>,
-    warnings: Vec<String>,
+    mut warnings: Vec<String>,
 ) -> Response {
     let mut response = AdmissionResponse::from(request);
+    if let Some(audit) = audit
+        && !request.dry_run
+    {
+        let id = admission_id(request, verdict.is_ok());
+        let record = tsdb_operator_core::audit::from_admission(&tsdb_operator_core::audit::Admission {
+            uid: &id,
+            timestamp: k8s_openapi::jiff::Timestamp::now().to_string(),
+            kind,
+            namespace: request.namespace.as_deref().unwrap_or_default(),
+            name: &shown_name(request),
+            object_uid: request
+                .old_object
+                .as_ref()
+                .or(request.object.as_ref())
+                .and_then(|o| o.metadata.uid.as_deref())
+                .unwrap_or_default(),
+            operation: operation(&request.operation),
+            username: request.user_info.username.as_deref().unwrap_or_default(),
+            groups: request.user_info.groups.as_deref().unwrap_or_default(),
+            spec: spec(request.object.as_ref()),
+            old_spec: spec(request.old_object.as_ref()),
+            refused: verdict.as_ref().err().map(ToString::to_string),
+        });
+        if let Err(e) = audit.record_durably(record).await {
+            // Refusing every change while the spool cannot be written would stop all work; the loss is counted
+            // (tsdb_operator_audit_dropped_total) and the user is told.
+            tracing::error!(error = %e, "an admission request could not be recorded in the audit trail");
+            warnings.push(format!("this change is not in the audit trail: {e}"));
+        }
+    }
     if let Err(errors) = verdict {
         let status = errors.to_status(kind, &shown_name(request));
         response.allowed = false;
@@ -149,7 +224,7 @@ fn answer(
 }
 
 async fn cluster<S: StorageSource>(
-    State(storage): State<Arc<S>>,
+    State(shared): State<Shared<S>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Response {
     let request = match request(review) {
@@ -164,7 +239,7 @@ async fn cluster<S: StorageSource>(
         let wanted: StorageSpec =
             new.and_then(|s| s.get("storage")).and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
         let namespace = request.namespace.clone().unwrap_or_default();
-        match storage.observe(&namespace, &request.name, &wanted).await {
+        match shared.storage.observe(&namespace, &request.name, &wanted).await {
             Ok(found) => observed = Some(found),
             Err(e) => {
                 // The operator checks the change again and reports it in status; the user is told it was not checked.
@@ -179,10 +254,14 @@ async fn cluster<S: StorageSource>(
     }
     let review =
         ClusterReview { operation: op, spec: new, old_spec: old, storage: observed.as_ref().map(Storage::view) };
-    answer(&request, "PrometheusCluster", review_cluster(&review), warnings)
+    let verdict = review_cluster(&review);
+    answer(shared.audit.as_ref(), &request, "PrometheusCluster", verdict, warnings).await
 }
 
-async fn cluster_set(Json(review): Json<AdmissionReview<DynamicObject>>) -> Response {
+async fn cluster_set<S: StorageSource>(
+    State(shared): State<Shared<S>>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Response {
     let request = match request(review) {
         Ok(r) => r,
         Err(bad) => return *bad,
@@ -192,7 +271,7 @@ async fn cluster_set(Json(review): Json<AdmissionReview<DynamicObject>>) -> Resp
         spec(request.object.as_ref()),
         spec(request.old_object.as_ref()),
     );
-    answer(&request, "PrometheusClusterSet", verdict, Vec::new())
+    answer(shared.audit.as_ref(), &request, "PrometheusClusterSet", verdict, Vec::new()).await
 }
 
 #[cfg(test)]
@@ -250,7 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_cluster_is_refused_with_the_seed_message_and_its_field() {
-        let router = router(Arc::new(FakeStorage::default()));
+        let router = router(Arc::new(FakeStorage::default()), None);
         let body = review("PrometheusCluster", "CREATE", Some(serde_json::json!({"replicas": 0})), None);
         let (status, answer) = send(&router, CLUSTER_PATH, &body).await;
         assert_eq!(status, StatusCode::OK);
@@ -283,7 +362,7 @@ mod tests {
             storage: Storage { stateful_set: Some(sts), ..Storage::default() },
             ..FakeStorage::default()
         });
-        let router = router(fake.clone());
+        let router = router(fake.clone(), None);
         let old = serde_json::json!({"storage": {"size": "30Gi"}});
         let scale = review(
             "PrometheusCluster",
@@ -306,14 +385,14 @@ mod tests {
         assert!(answer["response"]["status"]["message"].as_str().unwrap().contains("cannot shrink"), "{answer}");
 
         let failing = Arc::new(FakeStorage { failing: true, ..FakeStorage::default() });
-        let (_, answer) = send(&super::router(failing), CLUSTER_PATH, &shrink).await;
+        let (_, answer) = send(&super::router(failing, None), CLUSTER_PATH, &shrink).await;
         assert_eq!(answer["response"]["allowed"], true);
         assert!(answer["response"]["warnings"][0].as_str().unwrap().contains("not checked"), "{answer}");
     }
 
     #[tokio::test]
     async fn cluster_sets_are_reviewed_and_garbage_is_a_bad_request() {
-        let router = router(Arc::new(FakeStorage::default()));
+        let router = router(Arc::new(FakeStorage::default()), None);
         let body = review("PrometheusClusterSet", "CREATE", Some(serde_json::json!({"clusterSelector": 5})), None);
         let (_, answer) = send(&router, CLUSTER_SET_PATH, &body).await;
         assert_eq!(answer["response"]["allowed"], false);

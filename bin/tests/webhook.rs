@@ -30,12 +30,18 @@ struct Webhook {
     configuration: String,
     operator: Option<Operator>,
     workdir: Workdir,
+    extra: Vec<String>,
 }
 
 impl Webhook {
     /// A namespace labelled for this test's configuration, the operator with `--enable-webhook`, and the
     /// configuration (failurePolicy Fail, an empty caBundle the operator fills in).
     async fn start(prefix: &str) -> Result<Self> {
+        Self::start_with(prefix, |_| Vec::new()).await
+    }
+
+    /// [`Webhook::start`] with more operator arguments, made from the test's namespace and workdir.
+    async fn start_with(prefix: &str, extra: impl FnOnce(&Workdir) -> Vec<String>) -> Result<Self> {
         let cp = support::control_plane_only();
         let ns = cp.namespace(prefix).await;
         let label = json!({"metadata": {"labels": {"tsdb-webhook-test": ns}}});
@@ -53,7 +59,8 @@ impl Webhook {
         }
         Api::<ValidatingWebhookConfiguration>::all(cp.client()).create(&PostParams::default(), &config).await?;
         let workdir = Workdir::create(&format!("webhook-{ns}"))?;
-        let mut webhook = Self { cp, ns, port, configuration, operator: None, workdir };
+        let extra = extra(&workdir);
+        let mut webhook = Self { cp, ns, port, configuration, operator: None, workdir, extra };
         webhook.start_operator()?;
         Ok(webhook)
     }
@@ -68,7 +75,7 @@ impl Webhook {
             "--webhook-certificate-check-seconds=2".to_owned(),
             "--enable-backup=false".to_owned(),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().chain(&self.extra).map(String::as_str).collect();
         self.operator = Some(Operator::start_on(self.cp, &self.workdir, Some(&self.ns), &args)?);
         Ok(())
     }
@@ -327,4 +334,123 @@ async fn the_certificate_authority_is_replaced_under_load_without_a_failed_admis
     assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "the new authority and the previous one");
     assert!(text.contains(std::str::from_utf8(&before)?.trim()), "the previous authority is still trusted");
     webhook.finish().await
+}
+
+/// `tsdb-ctl audit` on `dsn` for namespace `ns`, as JSON (newest first).
+fn audit_trail(dsn: &str, ns: &str) -> Result<Vec<Value>> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsdb-ctl"))
+        .args(["audit", "--dsn", dsn, "-n", ns, "-o", "json", "--limit", "1000"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "tsdb-ctl audit: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Two users change a cluster through the API server (one change refused), the operator acts on it, and the
+/// operator is killed right after a change was admitted: the trail shows each change with its user and diff and
+/// each operator action, in order, and loses nothing to the kill.
+async fn audit_scenario(prefix: &str, dsn: impl FnOnce(&Workdir) -> String) -> Result<()> {
+    let mut dsn_used = String::new();
+    let mut webhook = Webhook::start_with(prefix, |workdir| {
+        dsn_used = dsn(workdir);
+        let spool = workdir.path().join("audit-spool");
+        vec![format!("--audit-dsn={dsn_used}"), format!("--audit-spool-dir={}", spool.display())]
+    })
+    .await?;
+    webhook.wait_serving().await?;
+    let (cp, ns) = (webhook.cp, webhook.ns.clone());
+    // alice (a user of the token file) and bob (a ServiceAccount) may edit PrometheusClusters here.
+    let bob_token = cp.service_account_token(&ns, "bob").await?;
+    cp.apply_yaml(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: editors\n  namespace: {ns}\n\
+         rules:\n  - apiGroups: [observability.merlionos.org]\n    resources: [prometheusclusters]\n    \
+         verbs: [get, list, create, update, patch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+         metadata:\n  name: editors\n  namespace: {ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  \
+         name: editors\nsubjects:\n  - kind: User\n    name: alice\n  - kind: ServiceAccount\n    name: bob\n    namespace: {ns}\n"
+    ))
+    .await?;
+    let alice_token = cp.token_for("alice").context("alice's token")?.to_owned();
+    let as_user =
+        |token: &str| -> Result<Api<PrometheusCluster>> { Ok(Api::namespaced(cp.client_with_token(token)?, &ns)) };
+    let (alice, bob) = (as_user(&alice_token)?, as_user(&bob_token)?);
+    let shop: PrometheusCluster = serde_json::from_value(cluster(&ns, "shop", json!({"replicas": 1})))?;
+    alice.create(&PostParams::default(), &shop).await?;
+    let merge = |spec: Value| Patch::Merge(json!({"spec": spec}));
+    bob.patch("shop", &PatchParams::default(), &merge(json!({"replicas": 2}))).await?;
+    let refused = alice.patch("shop", &PatchParams::default(), &merge(both_scrape_sources())).await;
+    assert!(refused.is_err(), "the invalid change is refused");
+    // Killed at once after an admitted change: its record was on disk before the API server was answered.
+    bob.patch("shop", &PatchParams::default(), &merge(json!({"retention": "7d"}))).await?;
+    if let Some(op) = webhook.operator.as_mut() {
+        op.process.kill()?;
+    }
+    webhook.operator = None;
+    webhook.start_operator()?;
+
+    let bob_name = format!("system:serviceaccount:{ns}:bob");
+    let trail = support::eventually(
+        "the audit trail to hold the users' changes and the operator's actions",
+        Duration::from_mins(1),
+        || {
+            let (dsn, ns, bob_name) = (dsn_used.clone(), ns.clone(), bob_name.clone());
+            async move {
+                let trail = audit_trail(&dsn, &ns)?;
+                let users = trail.iter().filter(|r| r["actorKind"] == "user").count();
+                let created = trail.iter().any(|r| r["actorKind"] == "operator" && r["operation"] == "Created");
+                let retention = trail.iter().any(|r| {
+                    r["operator"] == bob_name.as_str() && r["diff"].as_str().is_some_and(|d| d.contains("/retention"))
+                });
+                Ok((users >= 4 && created && retention).then_some(trail))
+            }
+        },
+    )
+    .await?;
+    let users: Vec<&Value> = trail.iter().rev().filter(|r| r["actorKind"] == "user").collect();
+    let summary: Vec<(String, String, String)> = users
+        .iter()
+        .map(|r| {
+            (
+                r["operator"].as_str().unwrap_or_default().to_owned(),
+                r["operation"].as_str().unwrap_or_default().to_owned(),
+                r["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expect = |who: &str, op: &str, result: &str| (who.to_owned(), op.to_owned(), result.to_owned());
+    assert_eq!(
+        summary,
+        [
+            expect("alice", "create", "success"),
+            expect(&bob_name, "update", "success"),
+            expect("alice", "update", "rejected"),
+            expect(&bob_name, "update", "success"),
+        ],
+        "each change with its user, in order"
+    );
+    let diff: Value = serde_json::from_str(users[1]["diff"].as_str().unwrap_or("null"))?;
+    assert_eq!(diff, json!([{"op": "replace", "path": "/replicas", "value": 2}]));
+    assert!(users[2]["detail"].as_str().is_some_and(|d| d.contains("inline and secretRef are mutually exclusive")));
+    assert!(users[1]["actorGroups"].as_array().is_some_and(|g| g.iter().any(|g| g == "system:serviceaccounts")));
+    let operator_records: Vec<&Value> = trail.iter().filter(|r| r["actorKind"] == "operator").collect();
+    assert!(
+        operator_records
+            .iter()
+            .all(|r| r["clusterName"] == "shop" && r["objectUid"].as_str().is_some_and(|u| !u.is_empty()))
+    );
+    eprintln!("audit trail ({} records):\n{}", trail.len(), serde_json::to_string_pretty(&trail)?);
+    webhook.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_on_sqlite_records_who_changed_what_and_what_the_operator_did() -> Result<()> {
+    audit_scenario("audit-sqlite", |workdir| format!("sqlite:{}", workdir.path().join("audit.db").display())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_on_postgresql_records_who_changed_what_and_what_the_operator_did() -> Result<()> {
+    let pg = tsdb_operator_testenv::postgres::Postgres::local()?;
+    let name = pg.create_database("audit_scenario")?;
+    let dsn = pg.dsn(&name);
+    let result = audit_scenario("audit-postgres", |_| dsn.clone()).await;
+    pg.drop_database(&name)?;
+    result
 }

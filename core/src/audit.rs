@@ -152,7 +152,7 @@ pub fn from_admission(a: &Admission<'_>) -> AuditRecord {
 }
 
 /// The record of an operator event, with the id `event_id`.
-pub fn from_event(event: &OperatorEvent, event_id: String, object_uid: &str) -> AuditRecord {
+pub fn from_event(event: &OperatorEvent, event_id: String) -> AuditRecord {
     let (operator, actor_kind) = match &event.actor {
         Actor::Operator { identity } => (identity.clone(), ActorKind::Operator),
         Actor::User { name } => (name.clone(), ActorKind::User),
@@ -165,7 +165,7 @@ pub fn from_event(event: &OperatorEvent, event_id: String, object_uid: &str) -> 
         namespace: event.namespace.clone(),
         kind: event.kind.clone(),
         cluster_name: event.name.clone(),
-        object_uid: object_uid.to_owned(),
+        object_uid: event.uid.clone(),
         operation: event.action.reason().to_owned(),
         operator,
         actor_kind,
@@ -256,10 +256,12 @@ mod tests {
             namespace: "obs".into(),
             name: "demo".into(),
             kind: "PrometheusCluster".into(),
+            uid: "u1".into(),
             actor: Actor::Operator { identity: "tsdb-operator-0".into() },
             action: Action::BackupFailed { id: "b1".into(), reason: "UploadFailed".into(), message: "503".into() },
         };
-        let record = from_event(&event, "e1".into(), "u1");
+        let record = from_event(&event, "e1".into());
+        assert_eq!(record.object_uid, "u1");
         assert_eq!(record.actor_kind, ActorKind::Operator);
         assert_eq!(record.operator, "tsdb-operator-0");
         assert_eq!(record.operation, "BackupFailed");

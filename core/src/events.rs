@@ -210,6 +210,9 @@ pub struct OperatorEvent {
     pub name: String,
     /// Kind of the object: `PrometheusCluster` or `PrometheusClusterSet`.
     pub kind: String,
+    /// UID of the object (empty when not known).
+    #[serde(default)]
+    pub uid: String,
     /// Who caused it.
     pub actor: Actor,
     /// What happened.

@@ -145,12 +145,35 @@ impl Audit {
     }
 
     fn drop_one(&self) {
-        self.metrics.dropped.inc();
-        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if dropped.is_power_of_two() {
-            tracing::error!(dropped, "audit records dropped: the audit queue or spool is full");
+        self.count_dropped(1);
+    }
+
+    fn count_dropped(&self, n: u64) {
+        self.metrics.dropped.inc_by(n);
+        let before = self.dropped.fetch_add(n, Ordering::Relaxed);
+        if (before + n).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX) {
+            tracing::error!(dropped = before + n, "audit records dropped: the audit queue or spool is full");
         }
     }
+}
+
+/// Records every event published on `bus` from now on, with the operator as the actor; events the subscription
+/// missed (it fell behind the bus) are counted as dropped. Ends when the bus is gone.
+pub fn follow_events(bus: &crate::events::EventBus, audit: Audit) -> tokio::task::JoinHandle<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = bus.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    let id = format!("{:032x}", rand::random::<u128>());
+                    audit.record(tsdb_operator_core::audit::from_event(&event, id));
+                }
+                Err(RecvError::Lagged(missed)) => audit.count_dropped(missed),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
 }
 
 /// What the spooler and the shipper share: records spooled and not yet stored, with their spool offsets.

@@ -58,6 +58,114 @@ enum Command {
     },
     #[command(flatten)]
     Backup(BackupCommand),
+    /// Print the audit trail: who changed what, and what the operator did, newest first.
+    Audit(AuditArgs),
+}
+
+/// `tsdb-ctl audit`.
+#[derive(Args)]
+struct AuditArgs {
+    /// The operator's --audit-dsn (`sqlite:/path/audit.db` or `postgres://...`).
+    #[arg(long, env = "TSDB_AUDIT_DSN", hide_env_values = true)]
+    dsn: String,
+    /// Only this namespace.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Only this cluster (or set) name.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Only this actor: a user name, or the operator's identity.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only this operation (`create`, `update`, or an operator action such as `Scaled`, `BackupSucceeded`).
+    #[arg(long)]
+    operation: Option<String>,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many records.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = AuditOutput::Table)]
+    output: AuditOutput,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuditOutput {
+    /// Aligned columns.
+    Table,
+    /// A JSON array of records.
+    Json,
+}
+
+async fn cmd_audit(args: AuditArgs) -> Result<ExitCode> {
+    use tsdb_operator_adapters::audit::store::{AuditStore as _, SqlStore};
+    for (flag, time) in [("--since", &args.since), ("--until", &args.until)] {
+        if let Some(t) = time {
+            t.parse::<k8s_openapi::jiff::Timestamp>()
+                .with_context(|| format!("{flag} {t:?}: give an RFC 3339 time such as 2026-12-03T10:00:00Z"))?;
+        }
+    }
+    let store = SqlStore::connect(&args.dsn).await?;
+    let filter = tsdb_operator_core::audit::Filter {
+        namespace: args.namespace,
+        cluster: args.cluster,
+        actor: args.actor,
+        operation: args.operation,
+        since: args.since,
+        until: args.until,
+        limit: args.limit,
+    };
+    let records = store.query(&filter).await?;
+    match args.output {
+        AuditOutput::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+        AuditOutput::Table => {
+            let mut rows = vec![[
+                "TIME".to_owned(),
+                "NAMESPACE".to_owned(),
+                "NAME".to_owned(),
+                "ACTOR".to_owned(),
+                "OPERATION".to_owned(),
+                "RESULT".to_owned(),
+                "DETAIL".to_owned(),
+            ]];
+            for r in &records {
+                let detail = if r.diff.is_empty() || r.diff == "[]" {
+                    r.detail.clone()
+                } else {
+                    format!("{} {}", r.diff, r.detail)
+                };
+                rows.push([
+                    r.timestamp.clone(),
+                    r.namespace.clone(),
+                    r.cluster_name.clone(),
+                    r.operator.clone(),
+                    r.operation.clone(),
+                    r.result.clone(),
+                    detail.trim().to_owned(),
+                ]);
+            }
+            let mut widths = [0; 6];
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row.iter()) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            for row in rows {
+                let mut line = String::new();
+                for (cell, w) in row.iter().zip(widths) {
+                    let _ = write!(line, "{cell:<w$}  ");
+                }
+                line.push_str(&row[6]);
+                println!("{line}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The operator's backup flags, as `tsdb-operator` takes them.
@@ -437,6 +545,12 @@ fn main() -> ExitCode {
             .build()
             .context("failed to start the runtime")
             .and_then(|rt| rt.block_on(cmd_backup(command))),
+        Command::Audit(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("failed to start the runtime")
+            .and_then(|rt| rt.block_on(cmd_audit(args))),
         Command::Validate { file } => cmd_validate(&file),
         Command::Plan { file, observed, output, pdb_api, agent_image, backup } => {
             let pdb_api = match pdb_api {

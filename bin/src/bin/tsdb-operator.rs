@@ -13,7 +13,7 @@ use tsdb_operator_adapters::events::EventBus;
 use tsdb_operator_adapters::http::{self, Health};
 use tsdb_operator_adapters::kube::discovery;
 use tsdb_operator_adapters::metrics::Metrics;
-use tsdb_operator_adapters::{agent, leader, secure_metrics, tls, webhook};
+use tsdb_operator_adapters::{agent, audit, leader, secure_metrics, tls, webhook};
 use tsdb_operator_core::build::BuildSettings;
 use tsdb_operator_core::crd::PrometheusCluster;
 
@@ -279,6 +279,48 @@ fn shared_credentials(args: &OperatorArgs) -> Result<Option<(String, String)>> {
     Ok(Some(parsed))
 }
 
+/// Starts the audit trail when `--audit-dsn` names a database: the store (schema migrated), the spool and its
+/// shipper, the pruner, and the recording of every operator event. `None` when the trail is off.
+async fn start_audit(
+    seed: &seed_flags::SeedFlags,
+    events: &tsdb_operator_adapters::events::EventBus,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<audit::Audit>> {
+    if seed.audit_dsn.is_empty() {
+        return Ok(None);
+    }
+    let shown = audit::store::redact(&seed.audit_dsn);
+    let mut attempt = 0;
+    let store = loop {
+        attempt += 1;
+        match audit::store::SqlStore::connect(&seed.audit_dsn).await {
+            Ok(store) => break std::sync::Arc::new(store),
+            Err(e) if attempt < 5 && !matches!(e, audit::store::Error::Dsn { .. }) => {
+                tracing::warn!(error = %tsdb_operator_adapters::error_chain(&e), dsn = %shown, "audit database not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot open the audit trail's database {shown} (--audit-dsn); the operator starts once it can"
+                )));
+            }
+        }
+    };
+    let audit_metrics = audit::AuditMetrics::register(metrics);
+    let (recorder, _pipeline) = audit::start(
+        store.clone(),
+        std::path::Path::new(&seed.audit_spool_dir),
+        audit::Limits::default(),
+        audit_metrics.clone(),
+    )
+    .with_context(|| format!("cannot open the audit spool in {} (--audit-spool-dir)", seed.audit_spool_dir))?;
+    audit::follow_events(events, recorder.clone());
+    tokio::spawn(audit::prune(store, seed.audit_retention_days, audit_metrics, until(shutdown)));
+    tracing::info!(dsn = %shown, spool = %seed.audit_spool_dir, "recording the audit trail");
+    Ok(Some(recorder))
+}
+
 /// Bounds of the webhook server: the API server keeps a few connections open and reuses them.
 const WEBHOOK_LIMITS: http::Limits = http::Limits { max_connections: 64, header_read_timeout: Duration::from_secs(10) };
 
@@ -287,6 +329,7 @@ const WEBHOOK_LIMITS: http::Limits = http::Limits { max_connections: 64, header_
 async fn start_webhook(
     args: &OperatorArgs,
     client: &kube::Client,
+    audit: Option<audit::Audit>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<std::io::Result<()>>>> {
     let Some(addr) = parse_addr(&args.seed.webhook_bind_address)? else {
@@ -322,7 +365,7 @@ async fn start_webhook(
         }
     };
     let config = tls::server_config(&source).context("cannot serve the webhook over HTTPS")?;
-    let router = webhook::router(std::sync::Arc::new(webhook::KubeStorage::new(client.clone())));
+    let router = webhook::router(std::sync::Arc::new(webhook::KubeStorage::new(client.clone())), audit);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on --webhook-bind-address {addr}"))?;
@@ -432,8 +475,9 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
 
     let mut servers =
         start_servers((metrics_addr, health_addr), &args.seed, &election_client, &metrics, &health, &shutdown).await?;
+    let audit = start_audit(&args.seed, &ctx.events, &metrics, &shutdown).await?;
     if args.seed.enable_webhook {
-        servers.extend(start_webhook(&args, &election_client, &shutdown).await?);
+        servers.extend(start_webhook(&args, &election_client, audit.clone(), &shutdown).await?);
     }
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 
