@@ -181,10 +181,11 @@ fn zap_level(s: &str) -> Result<String, String> {
 }
 
 impl SeedFlags {
-    /// Refuses the flags of features this version does not have, naming the flag and the fix.
+    /// Refuses the flags of features this version does not have, and an unusable `--audit-dsn`, naming the flag
+    /// and the fix.
     ///
     /// # Errors
-    /// When such a feature is turned on.
+    /// When such a feature is turned on, or `--audit-dsn` names a database the audit trail cannot use.
     pub fn refuse_unavailable(&self) -> anyhow::Result<()> {
         let unavailable = |flag: &str, what: &str| {
             anyhow::anyhow!(
@@ -194,6 +195,13 @@ impl SeedFlags {
         };
         if self.enable_api {
             return Err(unavailable("--enable-api=true", "the REST API"));
+        }
+        let dsn = &self.audit_dsn;
+        if !dsn.is_empty() && !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| dsn.starts_with(p)) {
+            anyhow::bail!(
+                "--audit-dsn (or $TSDB_AUDIT_DSN) {:?}: use sqlite:/path/to/audit.db or postgres://user@host/database",
+                tsdb_operator_adapters::audit::store::redact(dsn)
+            );
         }
         Ok(())
     }

@@ -150,7 +150,15 @@ async fn shipped_queries_run_on_a_prometheus_that_scraped_them(op: &Operator, ns
 /// moment is still followed and recorded).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_backups_run_on_their_own_and_stop_when_suspended_or_disabled() -> Result<()> {
-    let BackupEnv { s3, fwd, ns, op } = BackupEnv::start("backup-schedule", &["--backup-tick-seconds=1"]).await?;
+    // With the audit trail on, so that its metrics are declared for the shipped alerts.
+    let audit_dir = std::env::temp_dir().join(format!("tsdb-backup-schedule-audit-{}", std::process::id()));
+    let audit_args = [
+        format!("--audit-dsn=sqlite:{}", audit_dir.join("audit.db").display()),
+        format!("--audit-spool-dir={}", audit_dir.join("spool").display()),
+    ];
+    std::fs::create_dir_all(&audit_dir)?;
+    let BackupEnv { s3, fwd, ns, op } =
+        BackupEnv::start("backup-schedule", &["--backup-tick-seconds=1", &audit_args[0], &audit_args[1]]).await?;
     let spec = |extra: serde_json::Value| {
         let mut b = json!({"schedule": "@every 10s", "retention": {"keepLast": 20}});
         if let (Some(b), Some(e)) = (b.as_object_mut(), extra.as_object()) {
@@ -221,6 +229,8 @@ async fn scheduled_backups_run_on_their_own_and_stop_when_suspended_or_disabled(
     let (manifests, _) = cluster_state(&store, &Layout::new(PREFIX, &ns, "sched")).await?;
     let newest = manifests.iter().map(|m| m.start_time).max().context("no backups")?;
     ensure!((Utc::now() - newest).to_std()? >= EVERY * 5 / 2, "a backup was stored after disabling: {newest}");
+    drop(op);
+    let _ = std::fs::remove_dir_all(&audit_dir);
     Ok(())
 }
 

@@ -110,13 +110,9 @@ fn the_chart_lints_and_refuses_what_this_version_lacks_with_the_fix() -> Result<
     let messages = lint["Messages"].as_array().cloned().unwrap_or_default();
     assert!(messages.iter().all(|m| m["Severity"].as_i64().unwrap_or(0) <= 1), "{lint}");
 
-    for (values, said) in [
-        (json!({"features": {"api": true}}), "features.api=true"),
-        (json!({"features": {"audit": true}}), "features.audit=true"),
-    ] {
-        let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
-        assert!(err.contains(said) && err.contains("not available in this version"), "{values}: {err}");
-    }
+    let values = json!({"features": {"api": true}});
+    let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
+    assert!(err.contains("features.api=true") && err.contains("not available in this version"), "{err}");
     // The chart's copies of the CRDs, the dashboard and the alerts are the project's.
     for (copy, source) in [
         ("charts/tsdb-operator/crds/crds.yaml", "deploy/crds/crds.yaml"),
@@ -139,7 +135,8 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     // Watching its own namespace only: the namespaced rules are a Role there, not cluster-wide. The webhook with
     // the operator's own certificates; Ignore, because the test API server cannot reach a Service (the webhook
     // itself is tested by tests/webhook.rs).
-    let values = json!({"watchNamespace": ns, "features": {"webhook": true}, "webhook": {"failurePolicy": "Ignore"}});
+    let values = json!({"watchNamespace": ns, "features": {"webhook": true, "audit": true},
+        "webhook": {"failurePolicy": "Ignore"}, "audit": {"retentionDays": 30}});
     let installed = helm(&["install", &release, &chart(), &ns, &values.to_string()])?;
     let fullname = format!("{release}-tsdb-operator");
     let manifest = installed["manifest"].as_str().context("the install's manifest")?;
@@ -227,6 +224,13 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
         health_port,
         webhook_port,
     };
+    // The Deployment's volumes, as a kubelet would mount them: writable directories owned by the image's user.
+    for mount in manager.volume_mounts.iter().flatten().filter(|m| m.read_only != Some(true)) {
+        let dir = image.rootfs.join(mount.mount_path.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir)?;
+        let (uid, gid) = image.user.split_once(':').context("uid:gid")?;
+        std::os::unix::fs::chown(&dir, Some(uid.parse()?), Some(gid.parse()?))?;
+    }
     let op = run.start(manager)?;
 
     run.ready().await?;
@@ -259,6 +263,17 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     assert_eq!(running.spec.and_then(|s| s.service_account_name).as_deref(), Some("prometheus"));
     let agent = pod_spec.containers.into_iter().find(|c| c.name == "agent");
     assert_eq!(agent.and_then(|c| c.image), Some(image_name.clone()), "the agent runs the chart's image");
+    // The audit trail on the chart's SQLite volume has the operator's actions.
+    let audit_db = image.rootfs.join("var/lib/tsdb-operator/audit.db");
+    let trail = eventually("the operator's actions in the audit trail", Duration::from_mins(1), || async {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsdb-ctl"))
+            .args(["audit", "--dsn", &format!("sqlite:{}", audit_db.display()), "-n", &ns, "--cluster", "web"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text.contains("created StatefulSet/web").then_some(text))
+    })
+    .await?;
+    eprintln!("audit trail:\n{trail}");
     let config = Api::<ConfigMap>::namespaced(client(), &ns).get("web-config").await?;
     assert!(config.data.is_some_and(|d| d.values().any(|v| !v.trim().is_empty())), "web-config has the configuration");
 

@@ -535,22 +535,22 @@ async fn cmd_backup(command: BackupCommand) -> Result<ExitCode> {
     }
 }
 
+/// Runs an async command on a small runtime.
+fn block_on(command: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the runtime")?
+        .block_on(command)
+}
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Backup(command) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("failed to start the runtime")
-            .and_then(|rt| rt.block_on(cmd_backup(command))),
-        Command::Audit(args) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("failed to start the runtime")
-            .and_then(|rt| rt.block_on(cmd_audit(args))),
+        Command::Backup(command) => block_on(cmd_backup(command)),
+        Command::Audit(args) => block_on(cmd_audit(args)),
         Command::Validate { file } => cmd_validate(&file),
         Command::Plan { file, observed, output, pdb_api, agent_image, backup } => {
             let pdb_api = match pdb_api {

@@ -36,7 +36,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* Features this version does not have fail the install with the value and the fix. */}}
 {{- define "tsdb-operator.refuse" -}}
-{{- range $feature := list "api" "audit" -}}
+{{- range $feature := list "api" -}}
 {{- if index $.Values.features $feature -}}
 {{- fail (printf "features.%s=true: not available in this version of tsdb-operator; set it to false" $feature) -}}
 {{- end -}}

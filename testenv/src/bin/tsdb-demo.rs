@@ -60,6 +60,29 @@ async fn refused_at_apply(api: &Api<PrometheusCluster>, namespace: &str) -> Resu
     }
 }
 
+/// The newest records of the audit trail in `namespace`, as `tsdb-ctl audit` prints them, once the sample's
+/// creation is there (the operator writes the trail in the background).
+async fn audit_trail(ctl: &std::path::Path, dsn: &str, namespace: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new(ctl)
+            .args(["audit", "--dsn", dsn, "-n", namespace, "--limit", "8"])
+            .output()
+            .with_context(|| format!("failed to run {}", ctl.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains(" create ") {
+            return Ok(text);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the audit trail does not show the sample's creation: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let started = Instant::now();
@@ -83,6 +106,7 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         .await?;
     println!("starting the operator with its admission webhook...");
     let backups = workdir.subdir("backups")?;
+    let audit_dsn = format!("sqlite:{}", workdir.path().join("audit.db").display());
     // The webhook is called by URL on loopback here; on a cluster the chart points it at a Service.
     let config = tsdb_operator_core::admission::webhook_configuration("tsdb-operator", |path| WebhookClientConfig {
         url: Some(format!("https://127.0.0.1:{WEBHOOK_PORT}{path}")),
@@ -95,6 +119,8 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         .arg("--webhook-host=127.0.0.1")
         .arg("--webhook-configuration-name=tsdb-operator")
         .arg(format!("--leader-election-namespace={}", args.namespace))
+        .arg(format!("--audit-dsn={audit_dsn}"))
+        .arg(format!("--audit-spool-dir={}", workdir.subdir("audit-spool")?.display()))
         .arg(format!("--backup-dir={}", backups.display()))
         .arg("--kubeconfig")
         .arg(cp.kubeconfig_path())
@@ -150,6 +176,9 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
     println!("  metrics:      http://127.0.0.1:8082/metrics   (operator)");
     println!("  webhook:      a bad spec is refused at apply time:\n                {refusal}");
     println!("  backups:      {}   (local directory standing in for S3)", backups.display());
+    let ctl = operator.with_file_name("tsdb-ctl");
+    println!("  audit trail:  {} audit --dsn {audit_dsn}", ctl.display());
+    println!("{}", audit_trail(&ctl, &audit_dsn, &args.namespace).await?);
     println!("  logs:         {}", workdir.logs().display());
     if args.exit_when_active {
         op.stop()?;
