@@ -14,11 +14,17 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-/// Readiness shared with the HTTP server: ready once the operator has started its controllers or is a standby.
+/// Readiness shared with the HTTP server: ready once the operator has started its controllers or is a standby,
+/// and, with the admission webhook, once it has a certificate to serve it with (so that a Service sends admission
+/// requests only to replicas that can answer them).
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    waiting: Arc<std::sync::Mutex<Vec<ReadyCheck>>>,
 }
+
+/// Something else readiness waits for.
+type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Health {
     /// Marks the process ready (or not).
@@ -26,9 +32,15 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Makes readiness also wait for `check` (checked at each probe).
+    pub fn also_wait_for(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Arc::new(check));
+    }
+
     /// Whether the process is ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().all(|check| check())
     }
 }
 
@@ -154,4 +166,23 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics and health");
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_waits_for_every_check() {
+        let health = Health::default();
+        assert!(!health.is_ready());
+        health.set_ready(true);
+        assert!(health.is_ready());
+        let loaded = Arc::new(AtomicBool::new(false));
+        let seen = loaded.clone();
+        health.also_wait_for(move || seen.load(Ordering::Acquire));
+        assert!(!health.is_ready(), "the webhook has no certificate yet");
+        loaded.store(true, Ordering::Release);
+        assert!(health.is_ready());
+    }
 }

@@ -330,6 +330,7 @@ async fn start_webhook(
     args: &OperatorArgs,
     client: &kube::Client,
     audit: Option<audit::Audit>,
+    health: &Health,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<std::io::Result<()>>>> {
     let Some(addr) = parse_addr(&args.seed.webhook_bind_address)? else {
@@ -343,6 +344,8 @@ async fn start_webhook(
             let settings =
                 webhook::certificate::Settings { namespace: namespace.clone(), secret, configuration, hosts };
             let managed = std::sync::Arc::new(webhook::certificate::ManagedCertificate::new(client.clone(), settings));
+            let loaded = managed.clone();
+            health.also_wait_for(move || loaded.is_loaded());
             if let Err(e) = managed.sync(k8s_openapi::jiff::Timestamp::now()).await {
                 tracing::error!(error = %tsdb_operator_adapters::error_chain(&e),
                     "cannot prepare the webhook certificate yet; retrying every minute");
@@ -477,7 +480,7 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         start_servers((metrics_addr, health_addr), &args.seed, &election_client, &metrics, &health, &shutdown).await?;
     let audit = start_audit(&args.seed, &ctx.events, &metrics, &shutdown).await?;
     if args.seed.enable_webhook {
-        servers.extend(start_webhook(&args, &election_client, audit.clone(), &shutdown).await?);
+        servers.extend(start_webhook(&args, &election_client, audit.clone(), &health, &shutdown).await?);
     }
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 
