@@ -42,15 +42,25 @@ impl Webhook {
 
     /// [`Webhook::start`] with more operator arguments, made from the test's namespace and workdir.
     async fn start_with(prefix: &str, extra: impl FnOnce(&Workdir) -> Vec<String>) -> Result<Self> {
+        Self::start_behind(prefix, extra, |port| Ok(port)).await
+    }
+
+    /// [`Webhook::start_with`], the API server calling the port `front` gives for the operator's port (a proxy).
+    async fn start_behind(
+        prefix: &str,
+        extra: impl FnOnce(&Workdir) -> Vec<String>,
+        front: impl FnOnce(u16) -> Result<u16>,
+    ) -> Result<Self> {
         let cp = support::control_plane_only();
         let ns = cp.namespace(prefix).await;
         let label = json!({"metadata": {"labels": {"tsdb-webhook-test": ns}}});
         Api::<Namespace>::all(cp.client()).patch(&ns, &PatchParams::default(), &Patch::Merge(&label)).await?;
         let port = free_port(LOCALHOST)?;
+        let url_port = front(port)?;
         let configuration = format!("tsdb-webhook-{ns}");
         let mut config =
             tsdb_operator_core::admission::webhook_configuration(&configuration, |path| WebhookClientConfig {
-                url: Some(format!("https://127.0.0.1:{port}{path}")),
+                url: Some(format!("https://127.0.0.1:{url_port}{path}")),
                 ..WebhookClientConfig::default()
             });
         for hook in config.webhooks.iter_mut().flatten() {
@@ -453,4 +463,58 @@ async fn the_audit_trail_on_postgresql_records_who_changed_what_and_what_the_ope
     let result = audit_scenario("audit-postgres", |_| dsn.clone()).await;
     pg.drop_database(&name)?;
     result
+}
+
+/// A TCP proxy on loopback that holds each admission request the API server sends for `delay` before passing it
+/// on, so the webhook answers `delay` later. It cannot read inside TLS, so it tells requests (a few KiB of
+/// AdmissionReview) from the handshake's messages (under a KiB) by size. Runs until the test process ends.
+fn slow_proxy(target: u16, delay: Duration) -> Result<u16> {
+    let listener = std::net::TcpListener::bind((LOCALHOST, 0))?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect((LOCALHOST, target)).await else { return };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = async {
+                    let mut buf = vec![0_u8; 64 * 1024];
+                    loop {
+                        let n = match tokio::io::AsyncReadExt::read(&mut client_read, &mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if n > 1200 {
+                            tokio::time::sleep(delay).await;
+                        }
+                        if tokio::io::AsyncWriteExt::write_all(&mut server_write, &buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut server_read, &mut client_write);
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_answering_in_9_s_still_completes_within_the_10_s_timeout() -> Result<()> {
+    let webhook =
+        Webhook::start_behind("webhook-slow", |_| Vec::new(), |port| slow_proxy(port, Duration::from_secs(9))).await?;
+    let ns = webhook.ns.clone();
+    // The TLS handshake's messages are held too; wait until requests get through at all.
+    webhook.wait_serving().await?;
+    let started = Instant::now();
+    let message = webhook.create(&cluster(&ns, "slow-bad", both_scrape_sources()), false).await.expect_err("refused");
+    let took = started.elapsed();
+    assert!(message.contains("denied the request"), "the webhook's answer, not a timeout: {message}");
+    assert!(took >= Duration::from_secs(9), "the answer went through the 9 s delay ({took:?})");
+    webhook.create(&cluster(&ns, "slow-good", json!({"replicas": 1})), false).await.map_err(anyhow::Error::msg)?;
+    eprintln!("a webhook answering after 9 s: refused in {took:?}, and a valid create admitted");
+    webhook.finish().await
 }
