@@ -42,7 +42,7 @@ impl Webhook {
 
     /// [`Webhook::start`] with more operator arguments, made from the test's namespace and workdir.
     async fn start_with(prefix: &str, extra: impl FnOnce(&Workdir) -> Vec<String>) -> Result<Self> {
-        Self::start_behind(prefix, extra, |port| Ok(port)).await
+        Self::start_behind(prefix, extra, Ok).await
     }
 
     /// [`Webhook::start_with`], the API server calling the port `front` gives for the operator's port (a proxy).
