@@ -7,7 +7,7 @@
 //! The certificate is either generated at start (self-signed, for scrapers that skip verification or pin it) or
 //! read from files, which are re-read when they change (a rotated cert-manager Secret needs no restart).
 //!
-//! I/O: [`KubeAccessReview`] calls the API server; [`CertificateFiles`] reads files; [`crate::http::serve_tls`]
+//! I/O: [`KubeAccessReview`] calls the API server; [`crate::tls::CertificateFiles`] reads files; [`crate::http::serve_tls`]
 //! listens.
 
 use std::collections::HashMap;

@@ -518,3 +518,60 @@ async fn a_webhook_answering_in_9_s_still_completes_within_the_10_s_timeout() ->
     eprintln!("a webhook answering after 9 s: refused in {took:?}, and a valid create admitted");
     webhook.finish().await
 }
+
+/// Verifies that the server on `port` presents a certificate for 127.0.0.1 that `bundle` trusts, as the API server
+/// would check it.
+async fn trusted(port: u16, bundle: &[u8]) -> Result<()> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(bundle) {
+        roots.add(cert?)?;
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect((LOCALHOST, port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+    connector.connect(name, tcp).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_starting_together_serve_certificates_of_the_authority_in_the_bundle() -> Result<()> {
+    // Two operators share the Secret and the configuration and start at the same moment: one wins the write of a
+    // new authority; the other must serve the winner's certificate and leave the winner's bundle in place.
+    let mut webhook = Webhook::start("webhook-pair").await?;
+    let second_port = free_port(LOCALHOST)?;
+    let args = [
+        "--enable-webhook".to_owned(),
+        format!("--webhook-bind-address=127.0.0.1:{second_port}"),
+        "--webhook-host=127.0.0.1".to_owned(),
+        format!("--webhook-configuration-name={}", webhook.configuration),
+        format!("--leader-election-namespace={}", webhook.ns),
+        "--webhook-certificate-check-seconds=2".to_owned(),
+        "--enable-backup=false".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut second = Operator::start_on(webhook.cp, &webhook.workdir, Some(&webhook.ns), &args)?;
+    webhook.wait_serving().await?;
+    let both = support::eventually(
+        "both replicas to serve certificates the bundle trusts",
+        Duration::from_secs(30),
+        || async {
+            let bundle = webhook.ca_bundle().await?;
+            trusted(webhook.port, &bundle).await?;
+            trusted(second_port, &bundle).await?;
+            Ok(Some(bundle))
+        },
+    )
+    .await?;
+    // And it stays so (no replica keeps replacing the other's bundle).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(webhook.ca_bundle().await?, both);
+    second.process.stop()?;
+    webhook.stop_operator()?;
+    webhook.finish().await
+}

@@ -5,7 +5,10 @@
 //! - `audit.jsonl`: one record per line, appended; a torn last line (a crash during a write) is ignored.
 //! - `audit.checkpoint`: the byte offset up to which the database has every record, replaced atomically.
 //!
-//! When the database has everything, the file is truncated, so the spool holds only what is not yet stored.
+//! When the database has everything, the file is truncated; under a steady load that never lets it catch up
+//! exactly, the stored head is cut off once it passes [`COMPACT_AT`] (the unstored tail is copied into a new file),
+//! so the spool holds about what is not yet stored. Offsets handed out are logical (they keep growing across
+//! truncations), so a commit always means the same records.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
@@ -13,13 +16,21 @@ use std::path::{Path, PathBuf};
 
 use tsdb_operator_core::audit::AuditRecord;
 
+/// Stored bytes at the head of the file beyond which the file is rewritten without them.
+pub const COMPACT_AT: u64 = 64 << 20;
+
 /// The spool files in one directory.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
     file: File,
+    /// Logical offset of the file's first byte.
+    base: u64,
+    /// Bytes in the file.
     len: u64,
+    /// Bytes of the file the database has.
     checkpoint: u64,
+    compact_at: u64,
 }
 
 /// A record read back from the spool, with the offset just past it.
@@ -61,18 +72,32 @@ impl Spool {
             file.set_len(good_end)?;
             file.sync_data()?;
         }
-        let spool = Self { dir: dir.to_owned(), file, len: good_end, checkpoint: checkpoint.min(good_end) };
+        let spool = Self {
+            dir: dir.to_owned(),
+            file,
+            base: 0,
+            len: good_end,
+            checkpoint: checkpoint.min(good_end),
+            compact_at: COMPACT_AT,
+        };
         Ok((spool, pending))
     }
 
-    /// Appends `records` and flushes them to disk; returns the offset just past each one.
+    /// Rewrites the file once this many stored bytes are at its head (instead of [`COMPACT_AT`]).
+    #[must_use]
+    pub fn compacting_at(mut self, bytes: u64) -> Self {
+        self.compact_at = bytes;
+        self
+    }
+
+    /// Appends `records` and flushes them to disk; returns the (logical) offset just past each one.
     pub fn append(&mut self, records: &[AuditRecord]) -> io::Result<Vec<u64>> {
         let mut buffer = Vec::new();
         let mut ends = Vec::with_capacity(records.len());
         for record in records {
             serde_json::to_writer(&mut buffer, record)?;
             buffer.push(b'\n');
-            ends.push(self.len + buffer.len() as u64);
+            ends.push(self.base + self.len + buffer.len() as u64);
         }
         self.file.write_all(&buffer)?;
         self.file.sync_data()?;
@@ -80,24 +105,48 @@ impl Spool {
         Ok(ends)
     }
 
-    /// Notes that the database has every record up to `offset`; truncates the spool when that is all of it.
+    /// Notes that the database has every record up to the logical `offset`; truncates the spool when that is all
+    /// of it, and cuts the stored head off when it has grown past the compaction size.
     pub fn commit(&mut self, offset: u64) -> io::Result<()> {
-        if offset <= self.checkpoint && offset != self.len {
+        let at = offset.saturating_sub(self.base).min(self.len);
+        if at <= self.checkpoint && at != self.len {
             return Ok(());
         }
-        let offset = if offset >= self.len {
+        if at == self.len {
+            // The checkpoint first: a crash between the two re-sends stored records (skipped by their ids) rather
+            // than skipping unstored ones.
+            self.write_checkpoint(0)?;
             self.file.set_len(0)?;
             self.file.sync_data()?;
+            self.base += self.len;
             self.len = 0;
-            0
+        } else if at >= self.compact_at {
+            let path = self.dir.join("audit.jsonl");
+            let tmp = self.dir.join("audit.jsonl.tmp");
+            let mut tail = Vec::new();
+            let mut source = File::open(&path)?;
+            source.seek(SeekFrom::Start(at))?;
+            io::Read::read_to_end(&mut source, &mut tail)?;
+            let mut fresh = File::create(&tmp)?;
+            fresh.write_all(&tail)?;
+            fresh.sync_all()?;
+            self.write_checkpoint(0)?;
+            std::fs::rename(&tmp, &path)?;
+            self.file = OpenOptions::new().read(true).append(true).open(&path)?;
+            self.base += at;
+            self.len -= at;
         } else {
-            offset
-        };
+            self.write_checkpoint(at)?;
+        }
+        Ok(())
+    }
+
+    fn write_checkpoint(&mut self, at: u64) -> io::Result<()> {
         let tmp = self.dir.join("audit.checkpoint.tmp");
-        std::fs::write(&tmp, offset.to_string())?;
+        std::fs::write(&tmp, at.to_string())?;
         File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, self.dir.join("audit.checkpoint"))?;
-        self.checkpoint = offset;
+        self.checkpoint = at;
         Ok(())
     }
 
@@ -163,6 +212,31 @@ mod tests {
         assert!(spool.is_empty(), "everything stored: the spool is truncated");
         drop(spool);
         assert!(Spool::open(&d).unwrap().1.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn under_a_load_that_never_lets_it_catch_up_the_stored_head_is_cut_off() {
+        let d = dir("compact");
+        let (spool, _) = Spool::open(&d).unwrap();
+        let mut spool = spool.compacting_at(2000);
+        let mut unstored = Vec::new();
+        let mut last_committed = String::new();
+        for round in 0..50 {
+            // Each round stores the oldest record while a new one is always waiting.
+            let ends = spool.append(&[record(&format!("r{round}"))]).unwrap();
+            unstored.push((format!("r{round}"), ends[0]));
+            if unstored.len() > 1 {
+                let (id, end) = unstored.remove(0);
+                spool.commit(end).unwrap();
+                last_committed = id;
+            }
+        }
+        assert!(spool.len() < 2000 + 1000, "the file stays small: {} bytes", spool.len());
+        drop(spool);
+        let (_, pending) = Spool::open(&d).unwrap();
+        let ids: Vec<&str> = pending.iter().map(|(r, _)| r.event_id.as_str()).collect();
+        assert_eq!(ids, ["r49"], "only the unstored record is read back (last stored: {last_committed})");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

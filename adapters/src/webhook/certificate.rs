@@ -156,8 +156,12 @@ impl ManagedCertificate {
                         tracing::info!(secret = %name, ?renewal, "renewed the webhook certificate");
                         written
                     }
-                    // Another replica wrote first: load its certificates next pass.
-                    None => return Ok(()),
+                    // Another replica wrote first: put its bundle back at once (ours replaced it a moment ago)
+                    // and serve its certificate.
+                    None => secrets
+                        .get(name)
+                        .await
+                        .map_err(|source| Error::Api { what: format!("read Secret {name}"), source })?,
                 }
             }
         };
