@@ -113,6 +113,9 @@ fn the_chart_lints_and_refuses_what_this_version_lacks_with_the_fix() -> Result<
     let values = json!({"features": {"api": true}});
     let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
     assert!(err.contains("features.api=true") && err.contains("not available in this version"), "{err}");
+    let values = json!({"features": {"audit": true}, "replicaCount": 2});
+    let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
+    assert!(err.contains("audit.dsnSecretRef") && err.contains("replicaCount is 2"), "{err}");
     // The chart's copies of the CRDs, the dashboard and the alerts are the project's.
     for (copy, source) in [
         ("charts/tsdb-operator/crds/crds.yaml", "deploy/crds/crds.yaml"),
