@@ -50,6 +50,16 @@ struct AppState {
     health: Health,
 }
 
+/// The bearer token of a request's `Authorization` header, if it has a non-empty one.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// The router with `/metrics`, `/healthz` and `/readyz`.
 pub fn router(metrics: Metrics, health: Health) -> Router {
     Router::new()

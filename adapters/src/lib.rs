@@ -11,6 +11,7 @@
 //! ```
 
 pub mod agent;
+pub mod api;
 pub mod audit;
 pub mod backup;
 pub mod controller;

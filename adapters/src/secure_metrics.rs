@@ -201,13 +201,7 @@ pub fn router<R: AccessReview>(metrics: Metrics, review: Arc<R>) -> Router {
 }
 
 async fn authorize<R: AccessReview>(State(review): State<Arc<R>>, request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+    let token = crate::http::bearer_token(request.headers());
     let Some(token) = token else {
         return unauthorized("a bearer token is required (Authorization: Bearer <ServiceAccount token>)");
     };

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod api;
 pub mod audit;
 pub mod backup;
 pub mod build;

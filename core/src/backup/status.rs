@@ -8,7 +8,17 @@ use super::decide::Trigger;
 use super::protocol::{FailureReason, JobState, JobStatus};
 use super::to_time;
 use crate::constants::conditions;
-use crate::crd::{BackupStatus, RunningBackup};
+use crate::crd::{BackupStatus, RequestedBackup, RunningBackup};
+
+/// States of [`RequestedBackup::state`].
+pub mod requested_states {
+    /// Started, not finished.
+    pub const RUNNING: &str = "Running";
+    /// The backup was written.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// It failed; the message says why.
+    pub const FAILED: &str = "Failed";
+}
 
 /// Reason of a True `BackupHealthy` condition.
 pub const REASON_SUCCEEDED: &str = "BackupSucceeded";
@@ -27,7 +37,15 @@ pub fn status_started(
     let mut s = previous.clone();
     match trigger {
         Trigger::Scheduled { .. } | Trigger::CatchUp { .. } => s.last_schedule_time = Some(to_time(now)),
-        Trigger::OnDemand { request } => s.last_request = Some(request.clone()),
+        Trigger::OnDemand { request } => {
+            s.last_request = Some(request.clone());
+            s.last_requested_backup = Some(RequestedBackup {
+                request: request.clone(),
+                id: id.to_owned(),
+                state: requested_states::RUNNING.to_owned(),
+                message: None,
+            });
+        }
     }
     s.running = Some(RunningBackup { id: id.to_owned(), pod: pod.to_owned(), start_time: to_time(now) });
     s
@@ -89,7 +107,20 @@ impl Outcome {
 /// The status after a backup finished, and the seed's `lastBackupTime` (the time of the last attempt).
 pub fn status_finished(previous: &BackupStatus, outcome: &Outcome, now: DateTime<Utc>) -> BackupStatus {
     let mut s = previous.clone();
-    s.running = None;
+    let finished = s.running.take().map(|r| r.id);
+    if let Some(requested) = &mut s.last_requested_backup
+        && requested.state == requested_states::RUNNING
+        && finished.as_deref().is_none_or(|id| id == requested.id)
+    {
+        let (state, message) = match outcome {
+            Outcome::Succeeded { .. } => (requested_states::SUCCEEDED, None),
+            Outcome::Failed { reason, message } => {
+                (requested_states::FAILED, Some(format!("{}: {message}", reason.as_str())))
+            }
+        };
+        state.clone_into(&mut requested.state);
+        requested.message = message;
+    }
     match outcome {
         Outcome::Succeeded { id, total_bytes, uploaded_bytes } => {
             s.last_successful_backup_time = Some(to_time(now));
@@ -190,5 +221,26 @@ mod tests {
             status_started(&BackupStatus::default(), "A", "demo-0", &Trigger::OnDemand { request: "1".into() }, now());
         assert!(s.last_schedule_time.is_none());
         assert_eq!(s.last_request.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_requested_backup_is_followed_to_its_outcome_and_a_scheduled_one_never_ends_it() {
+        let request = Trigger::OnDemand { request: "api-1".into() };
+        let s = status_started(&BackupStatus::default(), "A", "demo-0", &request, now());
+        let requested = s.last_requested_backup.clone().unwrap();
+        assert_eq!((requested.request.as_str(), requested.id.as_str()), ("api-1", "A"));
+        assert_eq!(requested.state, requested_states::RUNNING);
+        let failed = Outcome::Failed { reason: FailureReason::StorageFailed, message: "503".into() };
+        let done = status_finished(&s, &failed, now());
+        let requested = done.last_requested_backup.clone().unwrap();
+        assert_eq!(requested.state, requested_states::FAILED);
+        assert_eq!(requested.message.as_deref(), Some("StorageFailed: 503"));
+
+        // A scheduled backup B that finishes later leaves the request's outcome as it was.
+        let scheduled = status_started(&done, "B", "demo-0", &Trigger::Scheduled { slot: now() }, now());
+        let ok = Outcome::Succeeded { id: "B".into(), total_bytes: 1, uploaded_bytes: 1 };
+        let after = status_finished(&scheduled, &ok, now());
+        assert_eq!(after.last_requested_backup.unwrap().state, requested_states::FAILED);
+        assert_eq!(after.last_backup_id.as_deref(), Some("B"));
     }
 }

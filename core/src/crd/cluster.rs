@@ -592,6 +592,30 @@ pub struct BackupStatus {
     /// The backup running now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<RunningBackup>,
+
+    /// The backup started for the last on-demand request (the `backup-now` annotation or the REST API's
+    /// `POST /api/clusters/:name/backup`), and how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_requested_backup: Option<RequestedBackup>,
+}
+
+/// The backup started for an on-demand request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestedBackup {
+    /// The request: the value of the `backup-now` annotation.
+    #[schemars(length(max = 253))]
+    pub request: String,
+    /// Id of the backup started for it.
+    #[schemars(length(max = 253))]
+    pub id: String,
+    /// `Running`, `Succeeded` or `Failed`.
+    #[schemars(length(max = 16))]
+    pub state: String,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub message: Option<String>,
 }
 
 /// A backup in progress.

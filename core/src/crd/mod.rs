@@ -5,8 +5,8 @@ pub mod clusterset;
 
 pub use cluster::{
     AdditionalScrapeConfigs, BackupRetentionSpec, BackupSpec, BackupStatus, MissedRunPolicy, Phase, PrometheusCluster,
-    PrometheusClusterSpec, PrometheusClusterStatus, RemoteWriteSpec, RestoreSource, RestoreSpec, RunningBackup,
-    SelfHealingSpec, StorageSpec, ThanosSpec,
+    PrometheusClusterSpec, PrometheusClusterStatus, RemoteWriteSpec, RequestedBackup, RestoreSource, RestoreSpec,
+    RunningBackup, SelfHealingSpec, StorageSpec, ThanosSpec,
 };
 pub use clusterset::{ClusterSetMember, PrometheusClusterSet, PrometheusClusterSetSpec, PrometheusClusterSetStatus};
 
