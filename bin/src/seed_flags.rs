@@ -102,14 +102,16 @@ pub struct SeedFlags {
     /// File name of the webhook key.
     #[arg(long, default_value = "tls.key")]
     pub webhook_cert_key: String,
-    /// The REST API (the seed's default is true). Not available in this version: `true` is refused.
+    /// The REST API: HTTPS, every caller authenticated and authorised by the API server (see docs/api.md). Off
+    /// by default (the seed's default is true): it can create and delete clusters, so turning it on is a choice.
     #[arg(long, value_parser = go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value = "false", action = ArgAction::Set)]
     pub enable_api: bool,
     /// Address of the REST API.
     #[arg(long, default_value = ":8080")]
     pub api_address: String,
-    /// Directory of the REST API's TLS certificate.
+    /// Directory of the REST API's TLS certificate (`tls.crt`, `tls.key`). Empty: a self-signed certificate for
+    /// the host name.
     #[arg(long, default_value = "")]
     pub api_tls_cert_dir: String,
     /// Namespace of the REST API's objects.
@@ -181,21 +183,11 @@ fn zap_level(s: &str) -> Result<String, String> {
 }
 
 impl SeedFlags {
-    /// Refuses the flags of features this version does not have, and an unusable `--audit-dsn`, naming the flag
-    /// and the fix.
+    /// Refuses an unusable `--audit-dsn`, naming the flag and the fix.
     ///
     /// # Errors
-    /// When such a feature is turned on, or `--audit-dsn` names a database the audit trail cannot use.
+    /// When `--audit-dsn` names a database the audit trail cannot use.
     pub fn refuse_unavailable(&self) -> anyhow::Result<()> {
-        let unavailable = |flag: &str, what: &str| {
-            anyhow::anyhow!(
-                "{flag}: {what} is not available in this version of tsdb-operator; remove the flag or set it to \
-                 false (see docs/operator.md, Flags)"
-            )
-        };
-        if self.enable_api {
-            return Err(unavailable("--enable-api=true", "the REST API"));
-        }
         let dsn = &self.audit_dsn;
         if !dsn.is_empty() && !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| dsn.starts_with(p)) {
             anyhow::bail!(
@@ -218,6 +210,17 @@ impl SeedFlags {
                 key: dir.join(&self.metrics_cert_key),
                 flags: "--metrics-cert",
             }
+        }
+    }
+
+    /// Where the REST API's certificate comes from: `tls.crt` and `tls.key` of `--api-tls-cert-dir` when set,
+    /// else a self-signed certificate for `names`.
+    pub fn api_tls(&self, names: Vec<String>) -> TlsSource {
+        if self.api_tls_cert_dir.is_empty() {
+            TlsSource::SelfSigned(names)
+        } else {
+            let dir = std::path::Path::new(&self.api_tls_cert_dir);
+            TlsSource::Files { cert: dir.join("tls.crt"), key: dir.join("tls.key"), flags: "--api-tls-cert-dir" }
         }
     }
 
@@ -365,9 +368,15 @@ mod tests {
     }
 
     #[test]
-    fn features_this_version_lacks_are_refused_by_name_when_turned_on() {
-        let err = parse(&["--enable-api=true"]).unwrap().seed.refuse_unavailable().unwrap_err().to_string();
-        assert!(err.starts_with("--enable-api=true") && err.contains("not available in this version"), "{err}");
+    fn the_api_is_off_unless_asked_for_and_serves_the_mounted_or_a_generated_certificate() {
+        let p = parse(&[]).unwrap();
+        assert!(!p.seed.enable_api, "off by default: it can create and delete clusters");
+        assert!(matches!(p.seed.api_tls(vec!["h".into()]), TlsSource::SelfSigned(n) if n == ["h"]));
+        let p = parse(&["--enable-api", "--api-tls-cert-dir=/certs"]).unwrap();
+        p.seed.refuse_unavailable().unwrap();
+        assert!(p.seed.enable_api);
+        let TlsSource::Files { cert, key, .. } = p.seed.api_tls(vec![]) else { panic!("files") };
+        assert_eq!((cert.to_str().unwrap(), key.to_str().unwrap()), ("/certs/tls.crt", "/certs/tls.key"));
         parse(&["--audit-dsn=postgres://audit@db/audit"]).unwrap().seed.refuse_unavailable().unwrap();
     }
 

@@ -102,7 +102,7 @@ fn plain_manifest_rules() -> Result<serde_json::Value> {
 use serde::Deserialize as _;
 
 #[test]
-fn the_chart_lints_and_refuses_what_this_version_lacks_with_the_fix() -> Result<()> {
+fn the_chart_lints_and_refuses_values_that_cannot_work_together_with_the_fix() -> Result<()> {
     let lint = helm(&["lint", &chart()])?;
     assert_eq!(lint["TotalChartsLinted"], 1, "{lint}");
     assert!(lint["Errors"].as_array().is_none_or(Vec::is_empty), "{lint}");
@@ -110,9 +110,6 @@ fn the_chart_lints_and_refuses_what_this_version_lacks_with_the_fix() -> Result<
     let messages = lint["Messages"].as_array().cloned().unwrap_or_default();
     assert!(messages.iter().all(|m| m["Severity"].as_i64().unwrap_or(0) <= 1), "{lint}");
 
-    let values = json!({"features": {"api": true}});
-    let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
-    assert!(err.contains("features.api=true") && err.contains("not available in this version"), "{err}");
     let values = json!({"features": {"audit": true}, "replicaCount": 2});
     let err = helm(&["install", "refused", &chart(), "default", &values.to_string()]).unwrap_err().to_string();
     assert!(err.contains("audit.dsnSecretRef") && err.contains("replicaCount is 2"), "{err}");
@@ -138,7 +135,7 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     // Watching its own namespace only: the namespaced rules are a Role there, not cluster-wide. The webhook with
     // the operator's own certificates; Ignore, because the test API server cannot reach a Service (the webhook
     // itself is tested by tests/webhook.rs).
-    let values = json!({"watchNamespace": ns, "features": {"webhook": true, "audit": true},
+    let values = json!({"watchNamespace": ns, "features": {"webhook": true, "audit": true, "api": true},
         "webhook": {"failurePolicy": "Ignore"}, "audit": {"retentionDays": 30}});
     let installed = helm(&["install", &release, &chart(), &ns, &values.to_string()])?;
     let fullname = format!("{release}-tsdb-operator");
@@ -217,7 +214,7 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     std::fs::write(image.rootfs.join("tmp/kubeconfig"), env.cp.kubeconfig_for_token(&sa, &token)?)?;
     let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let (metrics_port, health_port) = (free_port(loopback)?, free_port(loopback)?);
-    let webhook_port = free_port(loopback)?;
+    let (webhook_port, api_port) = (free_port(loopback)?, free_port(loopback)?);
     let run = OperatorRun {
         image: &image,
         fullname: &fullname,
@@ -226,6 +223,7 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
         metrics_port,
         health_port,
         webhook_port,
+        api_port,
     };
     // The Deployment's volumes, as a kubelet would mount them: writable directories owned by the image's user.
     for mount in manager.volume_mounts.iter().flatten().filter(|m| m.read_only != Some(true)) {
@@ -309,6 +307,27 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     assert_eq!(status(Some(reader.clone())).await?, 200);
     assert_eq!(status(Some(stranger)).await?, 403);
     assert_eq!(status(None).await?, 401);
+
+    // The REST API, with the chart's rules: a caller bound to the chart's editor role creates and deletes a
+    // cluster through it (the operator's own role allows those writes), one without a binding may not.
+    assert!(args.iter().any(|a| a == &format!("--api-namespace={ns}")), "the API's namespace is the watched one");
+    Api::<Service>::namespaced(client(), &ns).get(&format!("{fullname}-api")).await?;
+    let editor = env.cp.service_account_token(&ns, "api-editor").await?;
+    env.cp
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: api-editor\n  namespace: {ns}\n\
+             roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {fullname}-api-editor\n\
+             subjects:\n  - kind: ServiceAccount\n    name: api-editor\n    namespace: {ns}\n"
+        ))
+        .await?;
+    let api = format!("https://127.0.0.1:{api_port}/api/clusters");
+    let body = json!({"name": "from-api", "spec": {"replicas": 1, "storage": {"size": "1Gi"}}});
+    let created = https.post(&api).bearer_auth(&editor).json(&body).send().await?;
+    assert_eq!(created.status().as_u16(), 201, "{}", created.text().await?);
+    let refused = https.post(&api).bearer_auth(&reader).json(&body).send().await?;
+    assert_eq!(refused.status().as_u16(), 403, "the scraper has no API role");
+    let deleted = https.delete(format!("{api}/from-api")).bearer_auth(&editor).send().await?;
+    assert_eq!(deleted.status().as_u16(), 204, "{}", deleted.text().await?);
 
     // Replicas 2 and backups on change the StatefulSet.
     let clusters: Api<PrometheusCluster> = Api::namespaced(client(), &ns);
@@ -406,6 +425,7 @@ struct OperatorRun<'a> {
     metrics_port: u16,
     health_port: u16,
     webhook_port: u16,
+    api_port: u16,
 }
 
 impl OperatorRun<'_> {
@@ -424,6 +444,8 @@ impl OperatorRun<'_> {
                     format!("--health-probe-bind-address=127.0.0.1:{}", self.health_port)
                 } else if a.starts_with("--webhook-bind-address=") {
                     format!("--webhook-bind-address=127.0.0.1:{}", self.webhook_port)
+                } else if a.starts_with("--api-address=") {
+                    format!("--api-address=127.0.0.1:{}", self.api_port)
                 } else {
                     a.clone()
                 }

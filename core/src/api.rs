@@ -265,6 +265,53 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// 400 unless the path's `namespace` (a DNS-1123 label) and object `name` (a DNS-1123 subdomain), when given, can
+/// be Kubernetes names: nothing else reaches the API server's URLs.
+///
+/// # Errors
+/// 400 naming the part and the rule.
+pub fn check_target(namespace: &str, name: Option<&str>) -> Result<(), ApiError> {
+    let label = namespace.len() <= crate::validate::names::LABEL_VALUE_MAX && !namespace.contains('.');
+    if let Err(rule) = crate::validate::names::check_dns1123_subdomain(namespace).and_then(|()| {
+        if label { Ok(()) } else { Err("must be a lowercase RFC 1123 label of at most 63 characters".to_owned()) }
+    }) {
+        let shown: String = namespace.chars().take(64).collect();
+        return Err(ApiError::new(400, format!("namespace {shown:?} in the path: {rule}")));
+    }
+    if let Some(name) = name
+        && let Err(rule) = crate::validate::names::check_dns1123_subdomain(name)
+    {
+        let shown: String = name.chars().take(64).collect();
+        return Err(ApiError::new(400, format!("name {shown:?} in the path: {rule}")));
+    }
+    Ok(())
+}
+
+/// 409 when the cluster `name` with `spec` cannot take a backup: the operator backs up only clusters with
+/// `spec.backup.enabled` and a bucket.
+///
+/// # Errors
+/// 409 naming the field to set.
+pub fn check_backup_possible(name: &str, spec: &Value) -> Result<(), ApiError> {
+    let backup = &spec["backup"];
+    if backup["enabled"] != Value::Bool(true) {
+        return Err(ApiError::new(
+            409,
+            format!(
+                "spec.backup.enabled: PrometheusCluster {name:?} has backups off; set spec.backup.enabled=true and \
+                 spec.backup.bucket (and its credentials) first"
+            ),
+        ));
+    }
+    if backup["bucket"].as_str().is_none_or(str::is_empty) {
+        return Err(ApiError::new(
+            409,
+            format!("spec.backup.bucket: Required value: PrometheusCluster {name:?} names no bucket to back up to"),
+        ));
+    }
+    Ok(())
+}
+
 /// The id of a backup request made at `stamp` (a backup id, `YYYYMMDDTHHMMSSZ`) with a random `nonce`: a valid
 /// annotation value that sorts by time.
 pub fn request_id(stamp: &str, nonce: &str) -> String {
@@ -394,5 +441,35 @@ mod tests {
         // Acted on without a record of the backup (an operator of an earlier version): not pending any more.
         let acted = BackupStatus { last_request: Some(id.clone()), ..BackupStatus::default() };
         assert_eq!(request_state(&id, Some(&id), Some(&acted)), None);
+    }
+
+    #[test]
+    fn only_kubernetes_names_reach_the_api_server() {
+        assert!(check_target("obs", Some("web.a-1")).is_ok());
+        assert!(check_target("obs", None).is_ok());
+        for (ns, name, needle) in [
+            ("obs", Some("../../etc"), "name \"../../etc\""),
+            ("obs", Some("Web"), "RFC 1123"),
+            ("a.b", None, "RFC 1123 label"),
+            ("..", Some("web"), "namespace"),
+            ("obs", Some(""), "name"),
+        ] {
+            let e = check_target(ns, name).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(needle), "{needle:?} in {}", e.message);
+        }
+        assert!(check_target(&"n".repeat(64), None).is_err());
+        assert!(check_target("obs", Some(&"n".repeat(254))).is_err());
+    }
+
+    #[test]
+    fn a_backup_needs_backups_on_and_a_bucket() {
+        let e = check_backup_possible("web", &json!({"backup": {"enabled": false}})).unwrap_err();
+        assert_eq!(e.status, 409);
+        assert!(e.message.starts_with("spec.backup.enabled"), "{e}");
+        assert!(check_backup_possible("web", &json!({})).is_err());
+        let e = check_backup_possible("web", &json!({"backup": {"enabled": true}})).unwrap_err();
+        assert!(e.message.starts_with("spec.backup.bucket"), "{e}");
+        check_backup_possible("web", &json!({"backup": {"enabled": true, "bucket": "b"}})).unwrap();
     }
 }

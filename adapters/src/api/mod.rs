@@ -26,7 +26,8 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tsdb_operator_core::api::{
-    AUDIT_LIMIT, ApiError, MAX_BODY_BYTES, Route, read_create, request_id, request_state, status_for,
+    AUDIT_LIMIT, ApiError, MAX_BODY_BYTES, Route, check_backup_possible, check_target, read_create, request_id,
+    request_state, status_for,
 };
 use tsdb_operator_core::audit::{ApiCall, Filter, from_api_call};
 use tsdb_operator_core::constants::annotations;
@@ -102,7 +103,34 @@ pub fn router<A: Authorizer, C: Clusters, S: AuditStore>(parts: Parts<A, C, S>) 
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate::<A, C, S>))
         .fallback(|| async { error(&ApiError::new(404, "no such route; see docs/api.md")) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(shared)
+}
+
+/// Errors axum answers itself (a body over the limit, a method no route has, a path that does not decode) as
+/// `{"error": ...}` like every other error, keeping their headers (`Allow`).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("the request body is larger than {MAX_BODY_BYTES} bytes")
+    } else {
+        let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text).trim().to_owned();
+        if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text }
+    };
+    let mut out = error(&ApiError::new(status.as_u16(), message));
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 fn error(e: &ApiError) -> Response {
@@ -239,6 +267,7 @@ async fn list_clusters<A: Authorizer, C: Clusters, S: AuditStore>(
     let namespace = s.namespace(&p);
     answer(
         async {
+            check_target(&namespace, None)?;
             s.allow(&caller, &Route::ListClusters { namespace: namespace.clone() }).await?;
             let items = s.clusters.list(&namespace).await.map_err(|f| failed(&f))?;
             Ok(Json(items).into_response())
@@ -269,6 +298,7 @@ async fn create_cluster<A: Authorizer, C: Clusters, S: AuditStore>(
     let namespace = s.namespace(&p);
     answer(
         async {
+            check_target(&namespace, None)?;
             s.allow(&caller, &Route::CreateCluster { namespace: namespace.clone() }).await?;
             json_content(&headers)?;
             let request = read_create(&body)?;
@@ -294,6 +324,7 @@ async fn get_cluster<A: Authorizer, C: Clusters, S: AuditStore>(
     let (namespace, name) = (s.namespace(&p), p.name());
     answer(
         async {
+            check_target(&namespace, Some(&name))?;
             s.allow(&caller, &Route::GetCluster { namespace: namespace.clone(), name: name.clone() }).await?;
             let object = s.clusters.get(&namespace, &name).await.map_err(|f| failed(&f))?;
             Ok(Json(object).into_response())
@@ -311,6 +342,7 @@ async fn delete_cluster<A: Authorizer, C: Clusters, S: AuditStore>(
     let (namespace, name) = (s.namespace(&p), p.name());
     answer(
         async {
+            check_target(&namespace, Some(&name))?;
             s.allow(&caller, &Route::DeleteCluster { namespace: namespace.clone(), name: name.clone() }).await?;
             let deleted = s.clusters.delete(&namespace, &name).await;
             let id = call_id();
@@ -332,6 +364,7 @@ async fn request_backup<A: Authorizer, C: Clusters, S: AuditStore>(
     let (namespace, name) = (s.namespace(&p), p.name());
     answer(
         async {
+            check_target(&namespace, Some(&name))?;
             s.allow(&caller, &Route::RequestBackup { namespace: namespace.clone(), name: name.clone() }).await?;
             if !s.settings.backups_enabled {
                 return Err(ApiError::new(
@@ -350,14 +383,8 @@ async fn request_backup<A: Authorizer, C: Clusters, S: AuditStore>(
             for _ in 0..3 {
                 let object = s.clusters.get(&namespace, &name).await.map_err(|f| failed(&f))?;
                 uid = object["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
-                if object["spec"].get("backup").is_none_or(Value::is_null) {
-                    outcome = Err(ApiError::new(
-                        409,
-                        format!(
-                            "spec.backup: Required value: PrometheusCluster {name:?} has no backup storage; set \
-                             spec.backup.bucket (and its credentials) first"
-                        ),
-                    ));
+                if let Err(refused) = check_backup_possible(&name, &object["spec"]) {
+                    outcome = Err(refused);
                     break;
                 }
                 let version = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
@@ -399,6 +426,7 @@ async fn backup_state<A: Authorizer, C: Clusters, S: AuditStore>(
     let id = p.id.clone().unwrap_or_default();
     answer(
         async {
+            check_target(&namespace, Some(&name))?;
             s.allow(&caller, &Route::BackupState { namespace: namespace.clone(), name: name.clone() }).await?;
             let object = s.clusters.get(&namespace, &name).await.map_err(|f| failed(&f))?;
             let annotation = object["metadata"]["annotations"][annotations::BACKUP_NOW].as_str();
@@ -426,6 +454,7 @@ async fn audit_trail<A: Authorizer, C: Clusters, S: AuditStore>(
     let (namespace, name) = (s.namespace(&p), p.name());
     answer(
         async {
+            check_target(&namespace, Some(&name))?;
             s.allow(&caller, &Route::Audit { namespace: namespace.clone(), name: name.clone() }).await?;
             let Some(store) = &s.audit_store else {
                 return Err(ApiError::new(503, "audit log not configured: start the operator with --audit-dsn"));
@@ -471,6 +500,7 @@ async fn get_set<A: Authorizer, C: Clusters, S: AuditStore>(
     let name = p.name();
     answer(
         async {
+            check_target("default", Some(&name))?;
             s.allow(&caller, &Route::GetClusterSet { name: name.clone() }).await?;
             Ok(Json(s.clusters.get_set(&name).await.map_err(|f| failed(&f))?).into_response())
         }

@@ -458,7 +458,7 @@ async fn a_backup_request_annotates_the_cluster_once_despite_conflicts_and_its_s
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.text.contains("spec.backup"), "the fix is named: {}", r.text);
 
-    api.clusters.put("obs", json!({"metadata": {"name": "web"}, "spec": {"backup": {"bucket": "b"}}}));
+    api.clusters.put("obs", json!({"metadata": {"name": "web"}, "spec": {"backup": {"enabled": true, "bucket": "b"}}}));
     api.clusters.conflicts.store(2, Ordering::SeqCst);
     let r = api.send("POST", "/api/clusters/web/backup", Some("ci"), None, &[]).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
@@ -487,7 +487,8 @@ async fn a_backup_request_annotates_the_cluster_once_despite_conflicts_and_its_s
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
 
     // A cluster that keeps changing: 409 after 3 tries, nothing annotated.
-    api.clusters.put("obs", json!({"metadata": {"name": "busy"}, "spec": {"backup": {"bucket": "b"}}}));
+    api.clusters
+        .put("obs", json!({"metadata": {"name": "busy"}, "spec": {"backup": {"enabled": true, "bucket": "b"}}}));
     api.clusters.conflicts.store(3, Ordering::SeqCst);
     let r = api.send("POST", "/api/clusters/busy/backup", Some("ci"), None, &[]).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
@@ -505,7 +506,7 @@ async fn a_backup_request_annotates_the_cluster_once_despite_conflicts_and_its_s
 #[tokio::test]
 async fn without_the_scheduler_a_backup_is_503_and_without_a_store_the_audit_route_is_503() {
     let api = api("off", authorizer(), false, false);
-    api.clusters.put("obs", json!({"metadata": {"name": "web"}, "spec": {"backup": {"bucket": "b"}}}));
+    api.clusters.put("obs", json!({"metadata": {"name": "web"}, "spec": {"backup": {"enabled": true, "bucket": "b"}}}));
     let r = api.send("POST", "/api/clusters/web/backup", Some("admin"), None, &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     assert!(r.text.contains("--enable-backup"), "{}", r.text);
@@ -540,4 +541,71 @@ async fn cluster_sets_are_read_cluster_wide() {
     assert_eq!(api.send("GET", "/api/clustersets/fleet", Some("admin"), None, &[]).await.status, StatusCode::OK);
     assert_eq!(api.send("GET", "/api/clustersets/nope", Some("admin"), None, &[]).await.status, StatusCode::NOT_FOUND);
     assert_eq!(api.send("GET", "/api/clustersets", Some("reader"), None, &[]).await.status, StatusCode::FORBIDDEN);
+}
+
+/// Fault row 18, in process: hostile and malformed requests get a 4xx, never a 5xx or a panic.
+#[tokio::test]
+async fn a_hand_made_corpus_of_bad_requests_gets_4xx_never_5xx() {
+    let api = api("corpus", authorizer(), true, true);
+    api.clusters.put("obs", json!({"metadata": {"name": "web"}, "spec": {"backup": {"enabled": true, "bucket": "b"}}}));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep_object = format!(r#"{{"name": "x", "spec": {}{}}}"#, "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    let huge = "a".repeat(100 << 20);
+    let invalid_utf8 = String::from_utf8_lossy(&[0x7b, 0xff, 0xfe, 0x7d]).into_owned();
+    let bodies: [(&str, Option<&str>); 8] = [
+        ("empty", Some("")),
+        ("deep array", Some(&deep)),
+        ("deep spec", Some(&deep_object)),
+        ("100 MiB", Some(&huge)),
+        ("invalid UTF-8", Some(&invalid_utf8)),
+        ("null", Some("null")),
+        ("name not a string", Some(r#"{"name": {"a": 1}}"#)),
+        ("no body", None),
+    ];
+    for token in [None, Some("made-up"), Some("reader"), Some("admin")] {
+        for (what, body) in &bodies {
+            for path in ["/api/clusters", "/api/namespaces/obs/clusters", "/api/clusters/web/backup"] {
+                let r = api.send("POST", path, token, *body, &[]).await;
+                assert!(
+                    r.status.is_client_error() || r.status.is_success(),
+                    "{what} to {path} as {token:?}: {}",
+                    r.status
+                );
+                assert!(r.body["error"].is_string() || r.status.is_success(), "{what}: a JSON error: {}", r.text);
+            }
+        }
+    }
+    for (what, method, path, headers) in [
+        ("wrong content type", "POST", "/api/clusters", vec![(header::CONTENT_TYPE.as_str(), "text/plain")]),
+        ("basic auth", "GET", "/api/clusters", vec![(header::AUTHORIZATION.as_str(), "Basic YTpi")]),
+        ("a method no route has", "PUT", "/api/clusters/web", vec![]),
+        ("a name that cannot exist", "GET", "/api/clusters/..%2F..%2Fetc", vec![]),
+        ("a long path", "GET", &*format!("/api/clusters/{}", "n".repeat(10_000)), vec![]),
+    ] {
+        let token = (!headers.iter().any(|(k, _)| *k == header::AUTHORIZATION.as_str())).then_some("admin");
+        let r = api.send(method, path, token, None, &headers).await;
+        assert!(r.body["error"].is_string(), "{what}: a JSON error: {}", r.text);
+        assert!(r.status.is_client_error(), "{what}: {} {}", r.status, r.text);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+    /// Any bytes as a create's body: a 201 or a 4xx, never a 5xx or a panic.
+    #[test]
+    fn any_body_gets_an_answer_below_500(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let status = runtime.block_on(async {
+            let api = api("fuzz", authorizer(), true, false);
+            let request = axum::http::Request::builder()
+                .method("POST")
+                .uri("/api/clusters")
+                .header(header::AUTHORIZATION, "Bearer admin")
+                .body(Body::from(body))
+                .unwrap();
+            api.router.clone().oneshot(request).await.unwrap().status()
+        });
+        proptest::prop_assert!(status.is_client_error() || status == StatusCode::CREATED, "{}", status);
+    }
 }

@@ -13,7 +13,7 @@ use tsdb_operator_adapters::events::EventBus;
 use tsdb_operator_adapters::http::{self, Health};
 use tsdb_operator_adapters::kube::discovery;
 use tsdb_operator_adapters::metrics::Metrics;
-use tsdb_operator_adapters::{agent, audit, leader, secure_metrics, tls, webhook};
+use tsdb_operator_adapters::{agent, api, audit, leader, secure_metrics, tls, webhook};
 use tsdb_operator_core::build::BuildSettings;
 use tsdb_operator_core::crd::PrometheusCluster;
 
@@ -286,7 +286,7 @@ async fn start_audit(
     events: &tsdb_operator_adapters::events::EventBus,
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
-) -> Result<Option<audit::Audit>> {
+) -> Result<Option<(audit::Audit, audit::store::SqlStore)>> {
     if seed.audit_dsn.is_empty() {
         return Ok(None);
     }
@@ -316,9 +316,45 @@ async fn start_audit(
     )
     .with_context(|| format!("cannot open the audit spool in {} (--audit-spool-dir)", seed.audit_spool_dir))?;
     audit::follow_events(events, recorder.clone());
-    tokio::spawn(audit::prune(store, seed.audit_retention_days, audit_metrics, until(shutdown)));
+    tokio::spawn(audit::prune(store.clone(), seed.audit_retention_days, audit_metrics, until(shutdown)));
     tracing::info!(dsn = %shown, spool = %seed.audit_spool_dir, "recording the audit trail");
-    Ok(Some(recorder))
+    Ok(Some((recorder, (*store).clone())))
+}
+
+/// Bounds of the REST API server.
+const API_LIMITS: http::Limits = http::Limits { max_connections: 128, header_read_timeout: Duration::from_secs(10) };
+
+/// Starts the REST API (every replica serves it: its writes go through the API server, not the fenced client).
+async fn start_api(
+    args: &OperatorArgs,
+    client: &kube::Client,
+    audit: Option<(audit::Audit, audit::store::SqlStore)>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let Some(addr) = parse_addr(&args.seed.api_address)? else {
+        anyhow::bail!("--enable-api needs --api-address (HOST:PORT or :PORT), not 0");
+    };
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    names.extend(hostname());
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    let config = tls::server_config(&args.seed.api_tls(names)).context("cannot serve the REST API over HTTPS")?;
+    let (audit, audit_store) = audit.unzip();
+    let router = api::router(api::Parts {
+        authorizer: api::ports::CachedAuthorizer::new(
+            api::ports::KubeAuthorizer::new(client.clone()),
+            api::ports::CacheTtl::default(),
+        ),
+        clusters: api::ports::KubeClusters::new(client.clone()),
+        audit_store,
+        audit,
+        settings: api::Settings { namespace: args.seed.api_namespace.clone(), backups_enabled: args.enable_backup },
+    });
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --api-address {addr}"))?;
+    tracing::info!(%addr, namespace = %args.seed.api_namespace, "serving the REST API over HTTPS to authorised callers");
+    Ok(tokio::spawn(http::serve_tls(listener, router, API_LIMITS, config, until(shutdown))))
 }
 
 /// Bounds of the webhook server: the API server keeps a few connections open and reuses them.
@@ -480,7 +516,11 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         start_servers((metrics_addr, health_addr), &args.seed, &election_client, &metrics, &health, &shutdown).await?;
     let audit = start_audit(&args.seed, &ctx.events, &metrics, &shutdown).await?;
     if args.seed.enable_webhook {
-        servers.extend(start_webhook(&args, &election_client, audit.clone(), &health, &shutdown).await?);
+        let recorder = audit.as_ref().map(|(recorder, _)| recorder.clone());
+        servers.extend(start_webhook(&args, &election_client, recorder, &health, &shutdown).await?);
+    }
+    if args.seed.enable_api {
+        servers.push(start_api(&args, &election_client, audit, &shutdown).await?);
     }
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 

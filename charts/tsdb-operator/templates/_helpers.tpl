@@ -34,14 +34,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- splitList ":" .Values.metrics.bindAddress | last -}}
 {{- end -}}
 
-{{/* Features this version does not have fail the install with the value and the fix. */}}
+{{/* Values that cannot work together fail the install with the value and the fix. */}}
 {{- define "tsdb-operator.refuse" -}}
 {{- if and .Values.features.audit (not .Values.audit.dsnSecretRef) (gt (int .Values.replicaCount) 1) -}}
 {{- fail (printf "features.audit with SQLite (no audit.dsnSecretRef) keeps the trail on one replica's volume, but replicaCount is %d: set audit.dsnSecretRef to a PostgreSQL database, or replicaCount to 1" (int .Values.replicaCount)) -}}
-{{- end -}}
-{{- range $feature := list "api" -}}
-{{- if index $.Values.features $feature -}}
-{{- fail (printf "features.%s=true: not available in this version of tsdb-operator; set it to false" $feature) -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
