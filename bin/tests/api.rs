@@ -8,34 +8,13 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde::Deserialize as _;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::{Operator, eventually};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_testenv::process::{Workdir, free_port};
 
 const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-/// Installs the ClusterRoles of deploy/api-rbac.yaml and binds `user` to `role` in `ns`.
-async fn bind(client: &kube::Client, ns: &str, user: &str, role: &str) -> Result<()> {
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    for doc in serde_yaml::Deserializer::from_str(include_str!("../../deploy/api-rbac.yaml")) {
-        let v = Value::deserialize(doc)?;
-        if v["kind"] == "ClusterRole" {
-            let name = v["metadata"]["name"].as_str().context("name")?;
-            roles.patch(name, &PatchParams::apply("api-test").force(), &Patch::Apply(&v)).await?;
-        }
-    }
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("{user}-{role}"), "namespace": ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": user, "namespace": ns}],
-    }))?;
-    Api::<RoleBinding>::namespaced(client.clone(), ns).create(&PostParams::default(), &binding).await?;
-    Ok(())
-}
 
 struct Caller<'a> {
     http: &'a reqwest::Client,
@@ -72,8 +51,8 @@ async fn callers_get_what_rbac_grants_them_and_every_write_is_audited_as_them() 
     let writer = cp.service_account_token(&ns, "writer").await?;
     let reader = cp.service_account_token(&ns, "reader").await?;
     let stranger = cp.service_account_token(&ns, "stranger").await?;
-    bind(&client, &ns, "writer", "tsdb-operator-api-editor").await?;
-    bind(&client, &ns, "reader", "tsdb-operator-api-viewer").await?;
+    support::bind_api_role(&client, &ns, "writer", "tsdb-operator-api-editor").await?;
+    support::bind_api_role(&client, &ns, "reader", "tsdb-operator-api-viewer").await?;
 
     let workdir = Workdir::create(&format!("api-{ns}"))?;
     let port = free_port(LOCALHOST)?;

@@ -365,7 +365,9 @@ async fn operator_wide_credentials_reach_clusters_that_name_none() -> Result<()>
     create_credentials(&operator_ns, &s3).await?;
     let ns = namespace("shared-creds").await;
     let shared = format!("--s3-credentials-secret={operator_ns}/s3-creds");
-    let _op = Operator::start(Some(&ns), &[&shared, "--backup-tick-seconds=1"])?;
+    let api_port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+    let api = [format!("--api-address=127.0.0.1:{api_port}"), format!("--api-namespace={ns}")];
+    let _op = Operator::start(Some(&ns), &[&shared, "--backup-tick-seconds=1", "--enable-api", &api[0], &api[1]])?;
     let mut yaml: serde_json::Value =
         serde_yaml::from_str(&cluster_yaml("shared", &fwd.endpoint(), s3.bucket(), Some(json!({})), None))?;
     yaml["spec"]["backup"].as_object_mut().context("backup")?.remove("credentialsSecretRef");
@@ -398,5 +400,25 @@ async fn operator_wide_credentials_reach_clusters_that_name_none() -> Result<()>
     secrets.delete("shared-s3-credentials", &kube::api::DeleteParams::default()).await?;
     successful_backup(&ns, "shared", "third").await?;
     ensure!(secrets.get_opt("shared-s3-credentials").await?.is_some(), "the copy was restored");
+
+    // A backup requested through the REST API by a ServiceAccount bound to the editor role: 202 with an id, taken
+    // by the agent, its state followed to Succeeded with the backup's id, which is in the bucket.
+    let token = env().cp.service_account_token(&ns, "ci").await?;
+    bind_api_role(&client(), &ns, "ci", "tsdb-operator-api-editor").await?;
+    let http = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20)).build()?;
+    let base = format!("https://127.0.0.1:{api_port}");
+    let accepted = http.post(format!("{base}/api/clusters/shared/backup")).bearer_auth(&token).send().await?;
+    ensure!(accepted.status().as_u16() == 202, "backup through the API: {}", accepted.text().await?);
+    let accepted: serde_json::Value = accepted.json().await?;
+    let location = accepted["location"].as_str().context("location")?.to_owned();
+    let state = eventually("the API's backup request to finish", Duration::from_mins(2), || async {
+        let state: serde_json::Value =
+            http.get(format!("{base}{location}")).bearer_auth(&token).send().await?.json().await?;
+        Ok(["Succeeded", "Failed"].contains(&state["state"].as_str().unwrap_or_default()).then_some(state))
+    })
+    .await?;
+    ensure!(state["state"] == "Succeeded", "the API's backup request: {state}");
+    let id = state["backupId"].as_str().context("backupId")?;
+    ensure!(listed_backups(&s3, &ns, "shared")?.iter().any(|b| b.contains(id)), "backup {id} is in the bucket");
     Ok(())
 }

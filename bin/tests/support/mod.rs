@@ -215,3 +215,25 @@ pub async fn apply_cluster(ns: &str, yaml: &str) -> Result<PrometheusCluster> {
     let pp = kube::api::PatchParams::apply("test-user").force();
     Ok(api.patch(&name, &pp, &kube::api::Patch::Apply(&value)).await?)
 }
+
+/// Installs the ClusterRoles of deploy/api-rbac.yaml and binds the ServiceAccount `user` of `ns` to `role` there.
+pub async fn bind_api_role(client: &kube::Client, ns: &str, user: &str, role: &str) -> Result<()> {
+    use serde::Deserialize as _;
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    for doc in serde_yaml::Deserializer::from_str(include_str!("../../../deploy/api-rbac.yaml")) {
+        let v = serde_json::Value::deserialize(doc)?;
+        if v["kind"] == "ClusterRole" {
+            let name = v["metadata"]["name"].as_str().context("name")?;
+            let apply = kube::api::PatchParams::apply("tsdb-operator-tests").force();
+            roles.patch(name, &apply, &kube::api::Patch::Apply(&v)).await?;
+        }
+    }
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{user}-{role}"), "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": user, "namespace": ns}],
+    }))?;
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(client.clone(), ns);
+    bindings.create(&kube::api::PostParams::default(), &binding).await?;
+    Ok(())
+}

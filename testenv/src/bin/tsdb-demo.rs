@@ -37,6 +37,46 @@ struct Args {
 
 /// Where the operator serves its admission webhook.
 const WEBHOOK_PORT: u16 = 9443;
+/// Where the operator serves its REST API (the seed's port).
+const API_PORT: u16 = 8080;
+
+/// Where the API is, the token file and an example request.
+fn print_api(namespace: &str, name: &str, token: &std::path::Path) {
+    println!("  REST API:     https://127.0.0.1:{API_PORT}/api/clusters   (docs/api.md; self-signed, hence -k)");
+    println!("                token of {namespace}/demo-user (API editor role): {}", token.display());
+    println!(
+        "                curl -k -H \"Authorization: Bearer $(cat {})\" https://127.0.0.1:{API_PORT}/api/clusters/{name}",
+        token.display()
+    );
+}
+
+/// A ServiceAccount `demo-user` bound to the API's editor role (deploy/api-rbac.yaml) in `namespace`; calls
+/// `GET /api/clusters` with its token, fails unless that answers 200, and returns the file holding the token.
+async fn api_user(cp: &ControlPlane, workdir: &Workdir, namespace: &str) -> Result<PathBuf> {
+    cp.apply_yaml(include_str!("../../../deploy/api-rbac.yaml")).await?;
+    let token = cp.service_account_token(namespace, "demo-user").await?;
+    cp.apply_yaml(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: demo-user-api\n  \
+         namespace: {namespace}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: \
+         tsdb-operator-api-editor\nsubjects:\n  - kind: ServiceAccount\n    name: demo-user\n    namespace: {namespace}\n"
+    ))
+    .await?;
+    let file = workdir.path().join("demo-user.token");
+    std::fs::write(&file, &token)?;
+    // The operator's self-signed certificate (no --api-tls-cert-dir here).
+    let http = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(10)).build()?;
+    let url = format!("https://127.0.0.1:{API_PORT}/api/clusters");
+    let mut last = String::new();
+    for _ in 0..30 {
+        match http.get(&url).bearer_auth(&token).send().await {
+            Ok(r) if r.status().is_success() => return Ok(file),
+            Ok(r) => last = format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!("GET {url} as demo-user did not answer 200: {last}")
+}
 
 /// Sends a spec with backups on and no bucket (a dry run, as `kubectl apply --dry-run=server` does) and returns the
 /// webhook's refusal; fails if it is admitted. Waits up to a minute for the webhook to be called.
@@ -104,7 +144,7 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         .operator_binary(&operator)
         .start()
         .await?;
-    println!("starting the operator with its admission webhook...");
+    println!("starting the operator with its admission webhook and REST API...");
     let backups = workdir.subdir("backups")?;
     let audit_dsn = format!("sqlite:{}", workdir.path().join("audit.db").display());
     // The webhook is called by URL on loopback here; on a cluster the chart points it at a Service.
@@ -122,6 +162,9 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
         .arg(format!("--audit-dsn={audit_dsn}"))
         .arg(format!("--audit-spool-dir={}", workdir.subdir("audit-spool")?.display()))
         .arg(format!("--backup-dir={}", backups.display()))
+        .arg("--enable-api")
+        .arg(format!("--api-address=127.0.0.1:{API_PORT}"))
+        .arg(format!("--api-namespace={}", args.namespace))
         .arg("--kubeconfig")
         .arg(cp.kubeconfig_path())
         .arg("--metrics-bind-address=127.0.0.1:8082")
@@ -173,7 +216,9 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
             println!("  Prometheus:   http://{ip}:9090   ({})", pod.metadata.name.unwrap_or_default());
         }
     }
+    let token = api_user(cp, &workdir, &args.namespace).await?;
     println!("  metrics:      http://127.0.0.1:8082/metrics   (operator)");
+    print_api(&args.namespace, &name, &token);
     println!("  webhook:      a bad spec is refused at apply time:\n                {refusal}");
     println!("  backups:      {}   (local directory standing in for S3)", backups.display());
     let ctl = operator.with_file_name("tsdb-ctl");
