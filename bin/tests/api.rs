@@ -155,6 +155,28 @@ async fn callers_get_what_rbac_grants_them_and_every_write_is_audited_as_them() 
     let (status, _) = stranger.get("/api/clusters/web/audit").await?;
     assert_eq!(status, 403);
 
+    // Cluster sets are cluster-scoped: a RoleBinding does not reach them, a ClusterRoleBinding does.
+    let (status, body) = reader.get("/api/clustersets").await?;
+    assert_eq!(status, 403, "{body}");
+    let binding = format!("{ns}-reader-sets");
+    cp.apply_yaml(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {binding}\nroleRef:\n  \
+         apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: tsdb-operator-api-viewer\nsubjects:\n  \
+         - kind: ServiceAccount\n    name: reader\n    namespace: {ns}\n"
+    ))
+    .await?;
+    let sets = eventually("the reader to list cluster sets", Duration::from_mins(1), || async {
+        let (status, body) = reader.get("/api/clustersets").await?;
+        Ok((status == 200).then_some(body))
+    })
+    .await?;
+    assert!(sets.is_array(), "{sets}");
+    let (status, body) = reader.get("/api/clustersets/no-such-set").await?;
+    assert_eq!(status, 404, "{body}");
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone())
+        .delete(&binding, &kube::api::DeleteParams::default())
+        .await?;
+
     // Delete.
     let (status, body) = writer.send(reqwest::Method::DELETE, "/api/clusters/web", None).await?;
     assert_eq!(status, 204, "{body}");

@@ -159,11 +159,8 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     ] {
         ensure!(metrics.contains(&needle), "metrics lack {needle}");
     }
-    ensure!(
-        snapshot_dirs(env.kubelet.state_dir()).is_empty(),
-        "snapshot directories left: {:?}",
-        snapshot_dirs(env.kubelet.state_dir())
-    );
+    let left = namespace_snapshot_dirs(&ns).await?;
+    ensure!(left.is_empty(), "snapshot directories left: {left:?}");
 
     // 3. tsdb-ctl list and verify; restore into a directory that a real Prometheus loads as is.
     let list = tsdb_ctl(&s3, &["list", "--cluster", &format!("{ns}/src")])?;
@@ -216,7 +213,7 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     let failed = backup_now(&ns, "src", "three").await?;
     let error = failed.last_backup_error.clone().unwrap_or_default();
     ensure!(error.starts_with("StorageFailed"), "backup with S3 down: {failed:?}");
-    ensure!(snapshot_dirs(env.kubelet.state_dir()).is_empty(), "snapshot left after a failed backup");
+    ensure!(namespace_snapshot_dirs(&ns).await?.is_empty(), "snapshot left after a failed backup");
     let pc = Api::<PrometheusCluster>::namespaced(client(), &ns).get("src").await?;
     let cond = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "BackupHealthy")).cloned();
     ensure!(cond.as_ref().is_some_and(|c| c.status == "False" && c.reason == "StorageFailed"), "{cond:?}");

@@ -421,6 +421,19 @@ pub fn snapshot_dirs(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The snapshot directories in the volumes of namespace `ns` only (the tests of a binary share the kubelet, and
+/// another test's backup may be running).
+pub async fn namespace_snapshot_dirs(ns: &str) -> Result<Vec<PathBuf>> {
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client(), ns).list(&kube::api::ListParams::default()).await?;
+    let pv = env().kubelet.state_dir().join("pv");
+    Ok(claims
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.uid.as_ref())
+        .flat_map(|uid| snapshot_dirs(&pv.join(format!("pvc-{uid}"))))
+        .collect())
+}
+
 /// The data directory of a pod of a cluster: the directory of the PV bound to its claim `data-<pod>`.
 pub async fn pod_data_dir(ns: &str, pod: &str) -> Result<PathBuf> {
     let pvc = Api::<PersistentVolumeClaim>::namespaced(client(), ns).get(&format!("data-{pod}")).await?;
