@@ -11,6 +11,7 @@
 //! ```
 
 pub mod agent;
+mod answer_cache;
 pub mod api;
 pub mod audit;
 pub mod backup;

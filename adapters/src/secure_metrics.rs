@@ -10,10 +10,9 @@
 //! I/O: [`KubeAccessReview`] calls the API server; [`crate::tls::CertificateFiles`] reads files; [`crate::http::serve_tls`]
 //! listens.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -23,8 +22,8 @@ use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::PostParams;
-use sha2::{Digest as _, Sha256};
 
+use crate::answer_cache::{AnswerCache, key};
 use crate::metrics::Metrics;
 
 /// What the API server says about a request's caller.
@@ -137,49 +136,25 @@ const CACHE_ENTRIES: usize = 1024;
 pub struct CachedReview<R> {
     inner: R,
     ttl: CacheTtl,
-    entries: Mutex<HashMap<[u8; 32], (Instant, Decision)>>,
+    entries: AnswerCache<Decision>,
 }
 
 impl<R: AccessReview> CachedReview<R> {
     /// Caches `inner`'s decisions.
     pub fn new(inner: R, ttl: CacheTtl) -> Self {
-        Self { inner, ttl, entries: Mutex::new(HashMap::new()) }
-    }
-
-    fn key(token: &str, path: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(path.as_bytes());
-        h.update([0]);
-        h.update(token.as_bytes());
-        h.finalize().into()
-    }
-
-    fn lookup(&self, key: &[u8; 32], now: Instant) -> Option<Decision> {
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.get(key).filter(|(until, _)| *until > now).map(|(_, d)| *d)
-    }
-
-    fn remember(&self, key: [u8; 32], decision: Decision, now: Instant) {
-        let ttl = if decision == Decision::Unauthenticated { self.ttl.unauthenticated } else { self.ttl.authenticated };
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= CACHE_ENTRIES {
-            entries.retain(|_, (until, _)| *until > now);
-            if entries.len() >= CACHE_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (now + ttl, decision));
+        Self { inner, ttl, entries: AnswerCache::new(CACHE_ENTRIES) }
     }
 }
 
 impl<R: AccessReview> AccessReview for CachedReview<R> {
     async fn review(&self, token: &str, path: &str) -> Result<Decision, Error> {
-        let key = Self::key(token, path);
-        if let Some(decision) = self.lookup(&key, Instant::now()) {
+        let key = key(&[path, token]);
+        if let Some(decision) = self.entries.get(&key) {
             return Ok(decision);
         }
         let decision = self.inner.review(token, path).await?;
-        self.remember(key, decision, Instant::now());
+        let ttl = if decision == Decision::Unauthenticated { self.ttl.unauthenticated } else { self.ttl.authenticated };
+        self.entries.put(key, decision, ttl);
         Ok(decision)
     }
 }
@@ -230,6 +205,7 @@ fn unauthorized(why: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt as _;
 
@@ -324,6 +300,6 @@ mod tests {
         for i in 0..(CACHE_ENTRIES * 2 + 7) {
             cached.review(&format!("made-up-{i}"), "/metrics").await.unwrap();
         }
-        assert!(cached.entries.lock().unwrap().len() <= CACHE_ENTRIES);
+        assert!(cached.entries.len() <= CACHE_ENTRIES);
     }
 }

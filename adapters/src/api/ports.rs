@@ -2,19 +2,19 @@
 //! and writes ([`Clusters`]). [`KubeAuthorizer`] and [`KubeClusters`] are the real ones; [`CachedAuthorizer`] keeps
 //! decisions briefly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use tsdb_operator_core::api::Access;
 use tsdb_operator_core::constants::GROUP;
+
+use crate::answer_cache::{AnswerCache, key};
 
 /// The user the API server authenticated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -130,55 +130,19 @@ impl Default for CacheTtl {
 /// Most answers kept at once; a flood of made-up tokens cannot grow the cache beyond it.
 const CACHE_ENTRIES: usize = 4096;
 
-struct Cache<V> {
-    entries: Mutex<HashMap<[u8; 32], (Instant, V)>>,
-}
-
-impl<V: Clone> Cache<V> {
-    fn new() -> Self {
-        Self { entries: Mutex::new(HashMap::new()) }
-    }
-
-    fn get(&self, key: &[u8; 32]) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.get(key).filter(|(until, _)| *until > Instant::now()).map(|(_, v)| v.clone())
-    }
-
-    fn put(&self, key: [u8; 32], value: V, ttl: Duration) {
-        let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= CACHE_ENTRIES {
-            entries.retain(|_, (until, _)| *until > now);
-            if entries.len() >= CACHE_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (now + ttl, value));
-    }
-}
-
-fn key(parts: &[&str]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    h.finalize().into()
-}
-
 /// An [`Authorizer`] that keeps answers for [`CacheTtl`], keyed by hashes (tokens are never kept). Errors are not
 /// kept.
 pub struct CachedAuthorizer<A> {
     inner: A,
     ttl: CacheTtl,
-    callers: Cache<Option<Caller>>,
-    decisions: Cache<bool>,
+    callers: AnswerCache<Option<Caller>>,
+    decisions: AnswerCache<bool>,
 }
 
 impl<A: Authorizer> CachedAuthorizer<A> {
     /// Caches `inner`'s answers.
     pub fn new(inner: A, ttl: CacheTtl) -> Self {
-        Self { inner, ttl, callers: Cache::new(), decisions: Cache::new() }
+        Self { inner, ttl, callers: AnswerCache::new(CACHE_ENTRIES), decisions: AnswerCache::new(CACHE_ENTRIES) }
     }
 }
 
@@ -358,5 +322,37 @@ impl Clusters for KubeClusters {
 
     async fn get_set(&self, name: &str) -> Result<Value, Failure> {
         to_json(&self.sets().get(name).await?)
+    }
+}
+
+/// A shared port is a port.
+impl<T: Clusters> Clusters for std::sync::Arc<T> {
+    async fn list(&self, namespace: &str) -> Result<Vec<Value>, Failure> {
+        (**self).list(namespace).await
+    }
+    async fn get(&self, namespace: &str, name: &str) -> Result<Value, Failure> {
+        (**self).get(namespace, name).await
+    }
+    async fn create(&self, namespace: &str, object: Value) -> Result<Value, Failure> {
+        (**self).create(namespace, object).await
+    }
+    async fn delete(&self, namespace: &str, name: &str) -> Result<(), Failure> {
+        (**self).delete(namespace, name).await
+    }
+    async fn annotate(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), Failure> {
+        (**self).annotate(namespace, name, version, key, value).await
+    }
+    async fn list_sets(&self) -> Result<Vec<Value>, Failure> {
+        (**self).list_sets().await
+    }
+    async fn get_set(&self, name: &str) -> Result<Value, Failure> {
+        (**self).get_set(name).await
     }
 }

@@ -205,37 +205,6 @@ mod tempdir {
     }
 }
 
-impl<T: Clusters> Clusters for Arc<T> {
-    async fn list(&self, namespace: &str) -> Result<Vec<Value>, Failure> {
-        (**self).list(namespace).await
-    }
-    async fn get(&self, namespace: &str, name: &str) -> Result<Value, Failure> {
-        (**self).get(namespace, name).await
-    }
-    async fn create(&self, namespace: &str, object: Value) -> Result<Value, Failure> {
-        (**self).create(namespace, object).await
-    }
-    async fn delete(&self, namespace: &str, name: &str) -> Result<(), Failure> {
-        (**self).delete(namespace, name).await
-    }
-    async fn annotate(
-        &self,
-        namespace: &str,
-        name: &str,
-        version: &str,
-        key: &str,
-        value: &str,
-    ) -> Result<(), Failure> {
-        (**self).annotate(namespace, name, version, key, value).await
-    }
-    async fn list_sets(&self) -> Result<Vec<Value>, Failure> {
-        (**self).list_sets().await
-    }
-    async fn get_set(&self, name: &str) -> Result<Value, Failure> {
-        (**self).get_set(name).await
-    }
-}
-
 /// `admin` may do everything in `obs`; `reader` may only read clusters there; `ci` may only request backups.
 fn authorizer() -> FakeAuthorizer {
     let mut grants = BTreeMap::new();
@@ -278,21 +247,6 @@ fn api(name: &str, authorizer: FakeAuthorizer, backups_enabled: bool, with_audit
         settings: Settings { namespace: "obs".to_owned(), backups_enabled },
     });
     Api { router, clusters, store, _audit_task: task, _spool: spool }
-}
-
-impl<T: AuditStore> AuditStore for Arc<T> {
-    async fn insert(&self, records: &[AuditRecord]) -> Result<u64, StoreError> {
-        (**self).insert(records).await
-    }
-    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        (**self).prune(before).await
-    }
-    async fn count(&self) -> Result<i64, StoreError> {
-        (**self).count().await
-    }
-    async fn query(&self, filter: &Filter) -> Result<Vec<AuditRecord>, StoreError> {
-        (**self).query(filter).await
-    }
 }
 
 struct Reply {

@@ -55,6 +55,22 @@ pub trait AuditStore: Send + Sync + 'static {
     fn query(&self, filter: &Filter) -> impl Future<Output = Result<Vec<AuditRecord>, Error>> + Send;
 }
 
+/// A shared store is a store.
+impl<T: AuditStore> AuditStore for std::sync::Arc<T> {
+    async fn insert(&self, records: &[AuditRecord]) -> Result<u64, Error> {
+        (**self).insert(records).await
+    }
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, Error> {
+        (**self).prune(before).await
+    }
+    async fn count(&self) -> Result<i64, Error> {
+        (**self).count().await
+    }
+    async fn query(&self, filter: &Filter) -> Result<Vec<AuditRecord>, Error> {
+        (**self).query(filter).await
+    }
+}
+
 /// SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
 pub enum SqlStore {
