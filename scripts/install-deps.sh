@@ -131,6 +131,17 @@ install_helm() {
   rm -rf "$work"
 }
 
+OPENAPI_VALIDATOR_VERSION=0.9.0
+install_openapi_validator() {
+  # Checks docs/openapi.json against the OpenAPI 3.1 specification (scripts/check-openapi.sh).
+  local out="$CACHE/openapi-spec-validator-$OPENAPI_VALIDATOR_VERSION"
+  if [ -d "$out/openapi_spec_validator" ]; then return 0; fi
+  log "installing openapi-spec-validator $OPENAPI_VALIDATOR_VERSION"
+  rm -rf "$out.tmp"
+  python3 -m pip install -q --target "$out.tmp" "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION" >&2
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
 print_env() {
   cat <<ENV
 export TSDB_OPERATOR_CACHE="$CACHE"
@@ -142,6 +153,7 @@ export TSDB_PROMTOOL2_BIN="$CACHE/prometheus-2/promtool"
 export TSDB_PROMTOOL3_BIN="$CACHE/prometheus-3/promtool"
 export TSDB_S3S_BIN="$CACHE/s3s-fs-$S3S_VERSION/bin/s3s-fs"
 export TSDB_HELM_PYTHONPATH="$CACHE/helm-sdkpy-$HELM_SDKPY_VERSION"
+export TSDB_OPENAPI_PYTHONPATH="$CACHE/openapi-spec-validator-$OPENAPI_VALIDATOR_VERSION"
 ENV
 }
 
@@ -155,6 +167,7 @@ main() {
   install_prometheus "$PROM3_SUITE" 3
   install_s3s
   install_helm
+  install_openapi_validator
   install_k8s
   print_env > "$CACHE/env.sh"
   log "done; environment in $CACHE/env.sh"

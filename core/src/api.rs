@@ -27,6 +27,7 @@
 //! - A backup request is the `backup-now` annotation: the same path as a `kubectl annotate`, carried out by the
 //!   backup scheduler on whichever replica leads. [`request_state`] reads its progress back from status.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -180,8 +181,40 @@ impl ApiError {
     }
 
     /// The response body.
-    pub fn body(&self) -> Value {
-        json!({ "error": self.message })
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: self.message.clone() }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+/// The answer to `POST /api/clusters/{name}/backup` (202).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct BackupAccepted {
+    /// `ok`, as the seed answers.
+    pub status: String,
+    /// The request id, to follow with `GET` of [`BackupAccepted::location`].
+    pub id: String,
+    /// `Pending`: the backup scheduler starts it on its next pass.
+    pub state: String,
+    /// Where the request's state is read (also the `Location` header).
+    pub location: String,
+}
+
+impl BackupAccepted {
+    /// The answer for request `id` of cluster `name` in `namespace`.
+    pub fn new(namespace: &str, name: &str, id: &str) -> Self {
+        Self {
+            status: "ok".to_owned(),
+            id: id.to_owned(),
+            state: "Pending".to_owned(),
+            location: format!("/api/namespaces/{namespace}/clusters/{name}/backups/{id}"),
+        }
     }
 }
 
@@ -319,7 +352,7 @@ pub fn request_id(stamp: &str, nonce: &str) -> String {
 }
 
 /// Where a backup request stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestState {
     /// The request id.

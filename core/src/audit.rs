@@ -20,7 +20,7 @@ use crate::admission::Operation;
 use crate::events::{Actor, OperatorEvent};
 
 /// Who acted.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ActorKind {
     /// A person or a client authenticated by the API server.
@@ -59,7 +59,7 @@ pub mod results {
 }
 
 /// One audit record.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     /// Unique id; a record with an id already stored is not stored again.

@@ -11,6 +11,7 @@
 //!
 //! I/O: the ports of [`ports`]; the audit trail's [`crate::audit::store::AuditStore`] and [`crate::audit::Audit`].
 
+pub mod openapi;
 pub mod ports;
 
 use std::sync::Arc;
@@ -24,10 +25,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tsdb_operator_core::api::{
-    AUDIT_LIMIT, ApiError, MAX_BODY_BYTES, Route, check_backup_possible, check_target, read_create, request_id,
-    request_state, status_for,
+    AUDIT_LIMIT, ApiError, BackupAccepted, MAX_BODY_BYTES, Route, check_backup_possible, check_target, read_create,
+    request_id, request_state, status_for,
 };
 use tsdb_operator_core::audit::{ApiCall, Filter, from_api_call};
 use tsdb_operator_core::constants::annotations;
@@ -89,6 +90,10 @@ impl Params {
 pub fn router<A: Authorizer, C: Clusters, S: AuditStore>(parts: Parts<A, C, S>) -> Router {
     let Parts { authorizer, clusters, audit_store, audit, settings } = parts;
     let shared = Arc::new(Shared { authorizer, clusters, audit_store, audit, settings });
+    let document = (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from(serde_json::to_vec(&openapi::document()).unwrap_or_default()),
+    );
     let cluster_routes = Router::new()
         .route("/clusters", get(list_clusters::<A, C, S>).post(create_cluster::<A, C, S>))
         .route("/clusters/{name}", get(get_cluster::<A, C, S>).delete(delete_cluster::<A, C, S>))
@@ -101,6 +106,7 @@ pub fn router<A: Authorizer, C: Clusters, S: AuditStore>(parts: Parts<A, C, S>) 
         .route("/api/clustersets", get(list_sets::<A, C, S>))
         .route("/api/clustersets/{name}", get(get_set::<A, C, S>))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate::<A, C, S>))
+        .route(openapi::PATH, get(move || std::future::ready(document.clone())))
         .fallback(|| async { error(&ApiError::new(404, "no such route; see docs/api.md")) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(json_errors))
@@ -405,13 +411,8 @@ async fn request_backup<A: Authorizer, C: Clusters, S: AuditStore>(
                 outcome.as_ref().map(|()| format!("requested backup {request}")).map_err(|e| e.message.clone());
             s.record(call(&id, &namespace, &name, &uid, "backup", &caller, &headers, recorded, None)).await;
             outcome?;
-            let location = format!("/api/namespaces/{namespace}/clusters/{name}/backups/{request}");
-            Ok((
-                StatusCode::ACCEPTED,
-                [(header::LOCATION, location.clone())],
-                Json(json!({ "status": "ok", "id": request, "state": "Pending", "location": location })),
-            )
-                .into_response())
+            let accepted = BackupAccepted::new(&namespace, &name, &request);
+            Ok((StatusCode::ACCEPTED, [(header::LOCATION, accepted.location.clone())], Json(accepted)).into_response())
         }
         .await,
     )

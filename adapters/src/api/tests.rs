@@ -12,6 +12,8 @@ use tower::ServiceExt as _;
 use tsdb_operator_core::api::Access;
 use tsdb_operator_core::audit::{AuditRecord, Filter};
 
+use serde_json::json;
+
 use super::*;
 use crate::audit::store::Error as StoreError;
 
@@ -561,5 +563,111 @@ proptest::proptest! {
             api.router.clone().oneshot(request).await.unwrap().status()
         });
         proptest::prop_assert!(status.is_client_error() || status == StatusCode::CREATED, "{}", status);
+    }
+}
+
+/// `docs/openapi.json` is the served document; `TSDB_WRITE_OPENAPI=1` rewrites it after a change of the API.
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one() {
+    let api = api("openapi", authorizer(), true, true);
+    let r = api.send("GET", openapi::PATH, None, None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "served without a token: {}", r.text);
+    assert_eq!(r.headers.get(header::CONTENT_TYPE).unwrap(), "application/json");
+    assert_eq!(r.body, serde_json::to_value(openapi::document()).unwrap());
+    assert_eq!(r.body["openapi"], json!("3.1.0"));
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let current = serde_json::to_string_pretty(&r.body).unwrap() + "\n";
+    if std::env::var_os("TSDB_WRITE_OPENAPI").is_some() {
+        std::fs::write(&committed, &current).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(&committed).unwrap_or_default();
+    assert!(
+        on_disk == current,
+        "docs/openapi.json is not the API's document; run TSDB_WRITE_OPENAPI=1 cargo test -p tsdb-operator-adapters \
+         the_served_openapi_document and commit it"
+    );
+}
+
+#[test]
+fn every_schema_keeps_all_its_keywords_in_the_document() {
+    for (name, given) in openapi::schemas_as_given() {
+        let given = openapi::normalized(given);
+        let converted: utoipa::openapi::RefOr<utoipa::openapi::Schema> =
+            serde_json::from_value(given.clone()).unwrap_or_else(|e| panic!("{name}: {e}: {}", first_refused(&given)));
+        let back = serde_json::to_value(converted).unwrap();
+        assert!(back == given, "{name} changes on its way into the document: {}", difference(&back, &given, ""));
+    }
+}
+
+/// Where `a` and `b` differ first, as a JSON pointer and the two values there.
+fn difference(a: &Value, b: &Value, at: &str) -> String {
+    if let (Value::Object(x), Value::Object(y)) = (a, b) {
+        for key in x.keys().chain(y.keys()) {
+            let (u, v) = (x.get(key).unwrap_or(&Value::Null), y.get(key).unwrap_or(&Value::Null));
+            if u != v {
+                return difference(u, v, &format!("{at}/{key}"));
+            }
+        }
+    }
+    format!("{at}: {a} vs {b}")
+}
+
+/// The innermost schema in `schema` that the document's types refuse (`schema` itself when its parts all pass).
+fn first_refused(schema: &Value) -> String {
+    let refused = |v: &Value| {
+        v.is_object() && serde_json::from_value::<utoipa::openapi::RefOr<utoipa::openapi::Schema>>(v.clone()).is_err()
+    };
+    let mut parts: Vec<&Value> = Vec::new();
+    if let Value::Object(fields) = schema {
+        for (key, value) in fields {
+            match (key.as_str(), value) {
+                ("properties" | "$defs", Value::Object(named)) => parts.extend(named.values()),
+                (_, Value::Array(items)) => parts.extend(items),
+                _ => parts.push(value),
+            }
+        }
+    }
+    parts.into_iter().find(|p| refused(p)).map_or_else(|| schema.to_string(), first_refused)
+}
+
+/// Each documented operation reaches its handler (none is answered by the fallback or with 405), and each route
+/// the seed has is documented.
+#[tokio::test]
+async fn every_documented_operation_is_served_and_every_route_documented() {
+    let api = api("openapi-routes", authorizer(), true, true);
+    api.clusters.put("obs", json!({"metadata": {"name": "web"}, "spec": {"backup": {"enabled": true, "bucket": "b"}}}));
+    let operations = openapi::operations();
+    for (i, (method, path)) in operations.iter().enumerate() {
+        let method = serde_json::to_value(method).unwrap().as_str().unwrap().to_ascii_uppercase();
+        let uri = path.replace("{namespace}", "obs").replace("{name}", "web").replace("{id}", "x");
+        let create = format!(r#"{{"name": "made-{i}", "spec": {{"replicas": 1}}}}"#);
+        let body = (method == "POST" && uri.ends_with("/clusters")).then_some(create.as_str());
+        let r = api.send(&method, &uri, Some("admin"), body, &[]).await;
+        assert!(
+            !r.text.contains("no such route") && r.status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {} {}",
+            r.status,
+            r.text
+        );
+        assert!(r.status.is_success() || r.status == StatusCode::NOT_FOUND, "{method} {path}: {} {}", r.status, r.text);
+    }
+    let seed = [
+        "GET /api/clusters",
+        "POST /api/clusters",
+        "GET /api/clusters/{name}",
+        "DELETE /api/clusters/{name}",
+        "POST /api/clusters/{name}/backup",
+        "GET /api/clusters/{name}/audit",
+        "GET /api/clustersets",
+        "GET /api/clustersets/{name}",
+    ];
+    let documented: Vec<String> = operations
+        .iter()
+        .map(|(m, p)| format!("{} {p}", serde_json::to_value(m).unwrap().as_str().unwrap().to_ascii_uppercase()))
+        .collect();
+    for route in seed {
+        assert!(documented.iter().any(|d| d == route), "{route} is not documented: {documented:?}");
+        let namespaced = route.replacen("/api/", "/api/namespaces/{namespace}/", 1);
+        assert!(route.contains("clustersets") || documented.contains(&namespaced), "{namespaced} is not documented");
     }
 }
