@@ -190,3 +190,245 @@ async fn callers_get_what_rbac_grants_them_and_every_write_is_audited_as_them() 
     namespaces.delete(&ns, &kube::api::DeleteParams::background()).await?;
     Ok(())
 }
+
+/// A certificate for 127.0.0.1 and the CA that issued it: (CA PEM, certificate PEM, key PEM).
+fn loopback_certificate() -> Result<(String, String, String)> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "api-test-ca");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate()?)?;
+    let key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &ca)?;
+    Ok((ca.pem(), leaf.pem(), key.serialize_pem()))
+}
+
+/// A TLS connection to the API that trusts `ca`.
+async fn tls_connection(port: u16, ca: &str) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect((LOCALHOST, port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+    Ok(support::tls_client(ca.as_bytes())?.connect(name, tcp).await?)
+}
+
+/// Whether the server closes `stream` (end of stream or an error) within `within`; what it sent before is returned.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&seen).into_owned()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// One request of the bad-request corpus and the status it must get.
+struct Bad {
+    method: reqwest::Method,
+    path: String,
+    authorization: Option<String>,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    want: u16,
+}
+
+fn corpus(token: &str) -> Vec<Bad> {
+    let bearer = Some(format!("Bearer {token}"));
+    let bad = |method: reqwest::Method, path: &str, authorization: Option<String>, want: u16| Bad {
+        method,
+        path: path.to_owned(),
+        authorization,
+        content_type: None,
+        body: Vec::new(),
+        want,
+    };
+    let post = |body: Vec<u8>, content_type: &'static str, want: u16| Bad {
+        body,
+        content_type: Some(content_type),
+        ..bad(reqwest::Method::POST, "/api/clusters", bearer.clone(), want)
+    };
+    let mut deep = "[".repeat(10_000).into_bytes();
+    deep.extend("]".repeat(10_000).bytes());
+    let mut all = vec![
+        bad(reqwest::Method::GET, "/api/clusters", None, 401),
+        bad(reqwest::Method::GET, "/api/clusters", Some("Basic YWRtaW46YWRtaW4=".to_owned()), 401),
+        post(b"{\"name\": \"x\", \"spec\": {}}".to_vec(), "application/json", 401),
+        post(Vec::new(), "application/json", 400),
+        post(b"\xff\xfe{\"name\": \"\xc3\x28\"}".to_vec(), "application/json", 400),
+        post(deep, "application/json", 400),
+        post(b"{\"name\": \"x\", \"spec\": {\"replicas\": 1}}".to_vec(), "text/plain", 415),
+        post(b"{\"name\": \"x\", \"spec\": {\"replicas\": \"many\"}}".to_vec(), "application/json", 400),
+        post(vec![b' '; 2 << 20], "application/json", 413),
+        bad(reqwest::Method::GET, "/api/clusters/..%2F..%2Fsecrets", bearer.clone(), 400),
+        bad(reqwest::Method::GET, "/api/namespaces/Not_A_Namespace/clusters", bearer.clone(), 400),
+        bad(reqwest::Method::GET, "/api/clusters/no-such-cluster", bearer.clone(), 404),
+        bad(reqwest::Method::POST, "/api/clusters/no-such-cluster/backup", bearer.clone(), 404),
+        bad(reqwest::Method::PUT, "/api/clusters", bearer.clone(), 405),
+        bad(reqwest::Method::GET, "/api/no-such-route", None, 404),
+    ];
+    // Made-up tokens: the first of each is reviewed by the API server, the rest come from the answer cache.
+    all[2].authorization = Some("Bearer made-up-token".to_owned());
+    all
+}
+
+/// Fault table row 18 over a real socket, against the running operator: 10,000 requests of a hand-made corpus
+/// (no or a made-up token, empty, invalid UTF-8, 10,000-deep, oversized and mistyped bodies, bad names, unknown
+/// routes and methods) each get their 4xx, never a 5xx, and the operator's memory is where it was before them; a
+/// 100 MB body is refused or cut off; slow clients (no TLS handshake, headers or a body that never finish) are cut
+/// off within the timeouts while a good request is still answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+async fn bad_and_slow_requests_get_4xx_or_are_cut_off_and_memory_stays_where_it_was() -> Result<()> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let cp = support::control_plane_only();
+    let client = cp.client();
+    let ns = cp.namespace("api-faults").await;
+    let token = cp.service_account_token(&ns, "writer").await?;
+    support::bind_api_role(&client, &ns, "writer", "tsdb-operator-api-editor").await?;
+    let workdir = Workdir::create(&format!("api-{ns}"))?;
+    let (ca, cert, key) = loopback_certificate()?;
+    let certs = workdir.path().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    std::fs::write(certs.join("tls.crt"), cert)?;
+    std::fs::write(certs.join("tls.key"), key)?;
+    let port = free_port(LOCALHOST)?;
+    let extra = [
+        "--enable-api".to_owned(),
+        format!("--api-address=127.0.0.1:{port}"),
+        format!("--api-namespace={ns}"),
+        format!("--api-tls-cert-dir={}", certs.display()),
+    ];
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let operator = Operator::start_on(cp, &workdir, Some(&ns), &extra)?;
+    let pid = operator.process.pid();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let base = format!("https://127.0.0.1:{port}");
+    let good = || {
+        let request = http.get(format!("{base}/api/clusters")).bearer_auth(&token);
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+    eventually("the API to answer", Duration::from_mins(1), || async {
+        Ok((good().await.ok() == Some(200)).then_some(()))
+    })
+    .await?;
+
+    let corpus = corpus(&token);
+    let send = |i: usize| {
+        let bad = &corpus[i % corpus.len()];
+        let request = || {
+            let mut request = http.request(bad.method.clone(), format!("{base}{}", bad.path)).body(bad.body.clone());
+            if let Some(a) = &bad.authorization {
+                request = request.header(reqwest::header::AUTHORIZATION, a);
+            }
+            if let Some(t) = bad.content_type {
+                request = request.header(reqwest::header::CONTENT_TYPE, t);
+            }
+            request
+        };
+        async move {
+            // The server closes a connection whose body it did not read (413): a request sent on it meanwhile
+            // fails to send, and is sent once more, as a client would.
+            let response = match request().send().await {
+                Err(e) if bad.want != 413 && !e.is_timeout() => request().send().await,
+                other => other,
+            };
+            let status = response.as_ref().map(|r| r.status().as_u16()).ok();
+            let text = match response {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                // Cut off while still sending more than the limit: a closed connection, as good as 413.
+                Err(_) if bad.want == 413 => return (i, Some(413), "connection closed".to_owned()),
+                Err(e) => format!("{e:?}"),
+            };
+            (i, status, text)
+        }
+    };
+    let run =
+        |range: std::ops::Range<usize>| futures::stream::iter(range.map(send)).buffer_unordered(8).collect::<Vec<_>>();
+    // Warm up (connections, caches), then the baseline.
+    for (i, status, text) in run(0..1_000).await {
+        assert_eq!(status, Some(corpus[i % corpus.len()].want), "warm-up request {i}: {text}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline = support::rss_kib(pid)?;
+    let started = std::time::Instant::now();
+    let answers = run(1_000..11_000).await;
+    let took = started.elapsed();
+    let mut wrong = Vec::new();
+    for (i, status, text) in &answers {
+        let bad = &corpus[i % corpus.len()];
+        if *status != Some(bad.want) {
+            wrong.push(format!("{} {} -> {status:?} (want {}): {text}", bad.method, bad.path, bad.want));
+        }
+        assert!(status.is_none_or(|s| s < 500), "a 5xx: {} {}: {text}", bad.method, bad.path);
+    }
+    assert!(wrong.is_empty(), "{} of 10,000 got another answer: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = support::rss_kib(pid)?;
+    eprintln!(
+        "BENCH 10,000 bad requests over TLS in {took:?}; operator RSS {baseline} KiB before, {after} KiB after ({:+} \
+         KiB)",
+        i64::try_from(after)? - i64::try_from(baseline)?
+    );
+    assert!(after <= baseline + 8 * 1024, "RSS grew from {baseline} KiB to {after} KiB over 10,000 bad requests");
+
+    // A 100 MB body: refused (413) or the connection cut after the first MiB; never read in full.
+    for authorization in [Some(format!("Bearer {token}")), None] {
+        let mut request = http
+            .post(format!("{base}/api/clusters"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(vec![b'['; 100 << 20]);
+        if let Some(a) = authorization.as_ref() {
+            request = request.header(reqwest::header::AUTHORIZATION, a);
+        }
+        match request.send().await {
+            Ok(r) => assert!([401, 413].contains(&r.status().as_u16()), "100 MB body: {}", r.status()),
+            Err(e) => eprintln!("100 MB body: connection cut ({e})"),
+        }
+    }
+    assert!(support::rss_kib(pid)? < baseline + 32 * 1024, "the 100 MB bodies were not kept");
+
+    // Slow clients: 30 connections that never start TLS, 30 that never finish their headers, one that never
+    // finishes its body. A good request is answered meanwhile; each slow one is cut off within the timeouts.
+    let mut silent = Vec::new();
+    for _ in 0..30 {
+        silent.push(tokio::net::TcpStream::connect((LOCALHOST, port)).await?);
+    }
+    let mut partial = Vec::new();
+    for _ in 0..30 {
+        let mut stream = tls_connection(port, &ca).await?;
+        stream.write_all(b"GET /api/clusters HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await?;
+        stream.flush().await?;
+        partial.push(stream);
+    }
+    let mut slow_body = tls_connection(port, &ca).await?;
+    let head = format!(
+        "POST /api/clusters HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: \
+         application/json\r\nContent-Length: 1000\r\n\r\n{{\"name\""
+    );
+    slow_body.write_all(head.as_bytes()).await?;
+    slow_body.flush().await?;
+    let answered = std::time::Instant::now();
+    assert_eq!(good().await?, 200, "a good request among slow clients");
+    assert!(answered.elapsed() < Duration::from_secs(3), "answered in {:?}", answered.elapsed());
+    let limit = Duration::from_secs(15);
+    for (i, stream) in silent.iter_mut().enumerate() {
+        assert!(closed_within(stream, limit).await.is_some(), "silent connection {i} still open");
+    }
+    for (i, stream) in partial.iter_mut().enumerate() {
+        assert!(closed_within(stream, limit).await.is_some(), "connection {i} with unfinished headers still open");
+    }
+    let answer = closed_within(&mut slow_body, limit).await.context("the unfinished body was not cut off")?;
+    assert!(answer.starts_with("HTTP/1.1 4"), "an unfinished body gets a 4xx: {answer}");
+    assert_eq!(good().await?, 200, "the API still answers");
+
+    drop(operator);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    namespaces.delete(&ns, &kube::api::DeleteParams::background()).await?;
+    Ok(())
+}

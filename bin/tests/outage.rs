@@ -25,14 +25,6 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .context("no VmRSS")
-}
-
 fn cluster(ns: &str, name: &str, replicas: i32) -> String {
     // No kubelet here: pods stay Pending; the objects are what matters.
     format!(
@@ -62,10 +54,10 @@ async fn the_operator_rides_out_an_api_server_outage() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 30 s without an API server.
-    let (cpu_before, rss_before) = (cpu_ticks(pid)?, rss_kib(pid)?);
+    let (cpu_before, rss_before) = (cpu_ticks(pid)?, support::rss_kib(pid)?);
     cp.stop_apiserver()?;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let (cpu_during, rss_after) = (cpu_ticks(pid)? - cpu_before, rss_kib(pid)?);
+    let (cpu_during, rss_after) = (cpu_ticks(pid)? - cpu_before, support::rss_kib(pid)?);
     cp.start_apiserver().await?;
     let back = Instant::now();
 

@@ -522,17 +522,7 @@ async fn a_webhook_answering_in_9_s_still_completes_within_the_10_s_timeout() ->
 /// Verifies that the server on `port` presents a certificate for 127.0.0.1 that `bundle` trusts, as the API server
 /// would check it.
 async fn trusted(port: u16, bundle: &[u8]) -> Result<()> {
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(bundle) {
-        roots.add(cert?)?;
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = support::tls_client(bundle)?;
     let tcp = tokio::net::TcpStream::connect((LOCALHOST, port)).await?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
     connector.connect(name, tcp).await?;

@@ -7,7 +7,8 @@
 //! the authenticated user as the actor (an `X-Operator` header is kept as a note only).
 //!
 //! Bounds: bodies above [`MAX_BODY_BYTES`] get 413 (unauthenticated requests are answered before their body is
-//! read); connections and header read time are bounded by [`crate::http::serve_tls`].
+//! read), a body must arrive within [`BODY_TIMEOUT`] and a request is answered within [`REQUEST_TIMEOUT`];
+//! connections and header read time are bounded by [`crate::http::serve_tls`].
 //!
 //! I/O: the ports of [`ports`]; the audit trail's [`crate::audit::store::AuditStore`] and [`crate::audit::Audit`].
 
@@ -37,6 +38,11 @@ use tsdb_operator_core::crd::BackupStatus;
 use crate::audit::Audit;
 use crate::audit::store::AuditStore;
 use ports::{Authorizer, Caller, Clusters, Failure};
+
+/// Time a client has to send a request's body once its headers are in (a slow body is cut off with 400).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time a request may take in all; a longer one (an API server that does not answer) gets 503.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How the API serves.
 #[derive(Clone, Debug)]
@@ -109,6 +115,8 @@ pub fn router<A: Authorizer, C: Clusters, S: AuditStore>(parts: Parts<A, C, S>) 
         .route(openapi::PATH, get(move || std::future::ready(document.clone())))
         .fallback(|| async { error(&ApiError::new(404, "no such route; see docs/api.md")) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(shared)
 }

@@ -237,3 +237,27 @@ pub async fn bind_api_role(client: &kube::Client, ns: &str, user: &str, role: &s
     bindings.create(&kube::api::PostParams::default(), &binding).await?;
     Ok(())
 }
+
+/// Resident set size of process `pid` (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// A TLS client that trusts the certificates of the PEM `bundle` only.
+pub fn tls_client(bundle: &[u8]) -> Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(bundle) {
+        roots.add(cert?)?;
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
