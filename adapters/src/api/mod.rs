@@ -395,7 +395,14 @@ async fn request_backup<A: Authorizer, C: Clusters, S: AuditStore>(
             // A concurrent change of the object makes the annotation's precondition fail: read it again, at most 3
             // times.
             for _ in 0..3 {
-                let object = s.clusters.get(&namespace, &name).await.map_err(|f| failed(&f))?;
+                let object = match s.clusters.get(&namespace, &name).await {
+                    Ok(object) => object,
+                    Err(f) => {
+                        // A request for a cluster that is not there is recorded too.
+                        outcome = Err(failed(&f));
+                        break;
+                    }
+                };
                 uid = object["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
                 if let Err(refused) = check_backup_possible(&name, &object["spec"]) {
                     outcome = Err(refused);

@@ -450,13 +450,18 @@ async fn a_backup_request_annotates_the_cluster_once_despite_conflicts_and_its_s
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(api.clusters.object("obs", "busy").unwrap()["metadata"]["annotations"].is_null());
 
-    let records = api.records(3).await;
+    // A request for a cluster that is not there: 404, and recorded as well.
+    let r = api.send("POST", "/api/clusters/gone/backup", Some("ci"), None, &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+
+    let records = api.records(4).await;
     let backups: Vec<_> = records.iter().filter(|r| r.operation == "backup").collect();
-    assert_eq!(backups.len(), 3, "{records:?}");
+    assert_eq!(backups.len(), 4, "{records:?}");
     assert_eq!(backups[0].result, "error", "a refused request is recorded too");
     assert_eq!(backups[1].result, "success");
     assert!(backups[1].detail.contains(&id), "{:?}", backups[1]);
     assert_eq!(backups[1].operator, "ci");
+    assert_eq!((backups[3].cluster_name.as_str(), backups[3].result.as_str()), ("gone", "error"), "{:?}", backups[3]);
 }
 
 #[tokio::test]

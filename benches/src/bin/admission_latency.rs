@@ -15,20 +15,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use tsdb_operator_benches::{arg, percentile};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_testenv::controlplane::ControlPlane;
 use tsdb_operator_testenv::process::{ProcessBuilder, Workdir, free_port};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)] // an index
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn cluster(ns: &str, i: usize) -> Result<PrometheusCluster> {
     Ok(serde_json::from_value(serde_json::json!({

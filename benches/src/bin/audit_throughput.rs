@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tsdb_operator_adapters::audit::store::{AuditStore, SqlStore};
 use tsdb_operator_adapters::audit::{self, AuditMetrics, Limits};
+use tsdb_operator_benches::arg;
 use tsdb_operator_core::audit::{ActorKind, AuditRecord};
 use tsdb_operator_testenv::postgres::Postgres;
 
@@ -33,11 +34,6 @@ fn record(run: &str, i: usize) -> AuditRecord {
 
 fn chrono_now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 async fn throughput(store: &SqlStore, label: &str, records: usize) -> Result<()> {
