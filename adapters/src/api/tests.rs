@@ -271,8 +271,8 @@ impl Api {
         if let Some(t) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
+        if let Some(b) = body {
+            request = request.header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, b.len());
         }
         for (k, v) in extra {
             request = request.header(*k, *v);
@@ -313,6 +313,8 @@ async fn no_token_or_a_refused_one_is_401_and_a_missing_permission_is_403_naming
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(api.clusters.object("obs", "web").is_none());
 
+    assert_eq!(r.headers.get(header::CONNECTION).unwrap(), "close", "the body was not read: the connection closes");
+
     let r = api.send("POST", "/api/clusters", Some("reader"), Some(CREATE), &[]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let message = r.body["error"].as_str().unwrap();
@@ -343,6 +345,7 @@ async fn create_get_list_delete_as_the_seed_answers_them_and_each_write_is_audit
     let api = api("crud", authorizer(), true, true);
     let r = api.send("POST", "/api/clusters", Some("admin"), Some(CREATE), &[("X-Operator", "jane")]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.headers.get(header::CONNECTION).is_none(), "the body was read: the connection stays open");
     assert_eq!(r.body["metadata"]["name"], "web");
     assert_eq!(r.body["spec"]["replicas"], 2);
     let stored = api.clusters.object("obs", "web").unwrap();

@@ -53,8 +53,8 @@ impl Pair {
             percentile(&self.floor, 0.5),
             percentile(&self.floor, 0.99),
         );
-        println!("| {what}, REST API | {a50:.2?} | {a99:.2?} | {:.0} |", rate(&self.api));
-        println!("| {what}, kube client (floor) | {f50:.2?} | {f99:.2?} | {:.0} |", rate(&self.floor));
+        println!("| {what}, REST API | {a50:.2?} | {a99:.2?} | {:.1} |", rate(&self.api));
+        println!("| {what}, kube client (floor) | {f50:.2?} | {f99:.2?} | {:.1} |", rate(&self.floor));
         println!(
             "| {what}, ratio to the floor | {:.2} | {:.2} | {:.2} |",
             ratio(a50, f50),
