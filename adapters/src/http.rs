@@ -87,7 +87,9 @@ pub struct Limits {
 }
 
 /// Serves `router` on `listener` (HTTP/1.1) within `limits` until `shutdown` resolves, then lets open requests
-/// finish for up to 10 s. Unlike `axum::serve`, it bounds connections and header read time.
+/// finish for up to 10 s. Unlike `axum::serve`, it bounds connections and header read time, and an answer given
+/// without reading the request's whole body says `Connection: close` (a body it did not read), so that a
+/// client that keeps connections alive never sends its next request on a connection the server is closing.
 pub async fn serve_bounded(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -120,6 +122,7 @@ async fn serve_connections(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    let router = router.layer(axum::middleware::from_fn(close_if_body_unread));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -181,7 +184,8 @@ pub async fn serve(
 /// Middleware: a response to a request whose body was not read to its end (answered 401 before the body, 413 over
 /// the limit, 400 for the path) says `Connection: close`. The server then closes that connection, as it must (the
 /// rest of the body would be read as the next request), and the client knows not to send its next request on it.
-pub async fn close_if_body_unread(
+/// Every server of [`serve_bounded`] and [`serve_tls`] has it.
+pub(crate) async fn close_if_body_unread(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {

@@ -15,6 +15,7 @@ mod answer_cache;
 pub mod api;
 pub mod audit;
 pub mod backup;
+pub mod certificate;
 pub mod controller;
 pub mod events;
 pub mod http;

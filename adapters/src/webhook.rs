@@ -5,8 +5,6 @@
 //! The webhook is UX, not the security boundary: the operator checks every object it reconciles again. It never
 //! sees the operator's own status writes (it is registered for the main resources, not `/status`).
 
-pub mod certificate;
-
 use std::future::Future;
 use std::sync::Arc;
 

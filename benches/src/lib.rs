@@ -43,14 +43,7 @@ pub fn operator_binary(given: &std::path::Path) -> anyhow::Result<std::path::Pat
     std::fs::canonicalize(path).context("build the operator first: cargo build --release --bins")
 }
 
-/// Resident set size of `pid` now and at its peak (`VmRSS`, `VmHWM` from `/proc`), in KiB.
-pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
+pub use tsdb_operator_testenv::process::rss_kib;
 
 /// The fixed `now` of the decision benchmarks.
 ///

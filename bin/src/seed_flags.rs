@@ -4,6 +4,7 @@
 //! which are accepted when off and refused with a message naming the flag when turned on.
 
 use clap::{ArgAction, Args};
+use tsdb_operator_adapters::certificate;
 use tsdb_operator_adapters::tls::TlsSource;
 
 /// Go's `strconv.ParseBool`: `1 t T TRUE true True` and `0 f F FALSE false False`.
@@ -92,8 +93,8 @@ pub struct SeedFlags {
     /// configuration that calls the webhook by URL.
     #[arg(long, value_delimiter = ',')]
     pub webhook_host: Vec<String>,
-    /// Seconds between two checks of the operator's own webhook certificate (renewal, caBundle, changes made by
-    /// other replicas).
+    /// Seconds between two checks of the operator's own certificates, the webhook's and the REST API's (renewal,
+    /// published bundle, changes made by other replicas).
     #[arg(long, default_value_t = 60, hide = true)]
     pub webhook_certificate_check_seconds: u64,
     /// File name of the webhook certificate.
@@ -110,10 +111,27 @@ pub struct SeedFlags {
     /// Address of the REST API.
     #[arg(long, default_value = ":8080")]
     pub api_address: String,
-    /// Directory of the REST API's TLS certificate (`tls.crt`, `tls.key`). Empty: a self-signed certificate for
-    /// the host name.
+    /// Directory of the REST API's TLS certificate (`tls.crt`, `tls.key`; cert-manager's Secret, mounted), re-read
+    /// when it changes. Empty: the operator keeps its own certificate authority in --api-secret-name and publishes
+    /// it in --api-ca-configmap-name for the API's callers.
     #[arg(long, default_value = "")]
     pub api_tls_cert_dir: String,
+    /// The Secret (in $POD_NAMESPACE) where the operator keeps the REST API's certificates when
+    /// --api-tls-cert-dir is empty.
+    #[arg(long, default_value = "tsdb-operator-api-tls")]
+    pub api_secret_name: String,
+    /// The ConfigMap (in $POD_NAMESPACE) where the operator publishes the authority of its REST API certificate
+    /// (key `ca.crt`), for callers to trust, when --api-tls-cert-dir is empty.
+    #[arg(long, default_value = "tsdb-operator-api-ca")]
+    pub api_ca_configmap_name: String,
+    /// The REST API Service (in $POD_NAMESPACE), whose DNS names the operator's certificate carries (with
+    /// `localhost` and `127.0.0.1`, for `kubectl port-forward`).
+    #[arg(long, default_value = "tsdb-operator-api")]
+    pub api_service_name: String,
+    /// More DNS names or IP addresses for the operator's REST API certificate (comma-separated), e.g. an
+    /// Ingress host.
+    #[arg(long, value_delimiter = ',')]
+    pub api_host: Vec<String>,
     /// Namespace of the REST API's objects.
     #[arg(long, default_value = "default")]
     pub api_namespace: String,
@@ -146,19 +164,17 @@ pub struct SeedFlags {
     pub zap_time_encoding: Option<String>,
 }
 
-/// Where the webhook's certificate comes from.
-pub enum WebhookCertificates {
+/// Where a server's certificate comes from.
+pub enum Certificates {
     /// Mounted files (cert-manager).
     Files(TlsSource),
-    /// The operator's own, kept in a Secret.
-    Managed {
-        /// The Secret.
-        secret: String,
-        /// The ValidatingWebhookConfiguration whose caBundle is kept current.
-        configuration: String,
-        /// Names the serving certificate carries.
-        hosts: Vec<String>,
-    },
+    /// The operator's own, kept in a Secret, its authority published for the clients.
+    Managed(certificate::Settings),
+}
+
+/// The in-cluster DNS names of `service` in `namespace`.
+fn service_hosts(service: &str, namespace: &str) -> Vec<String> {
+    vec![format!("{service}.{namespace}.svc"), format!("{service}.{namespace}.svc.cluster.local")]
 }
 
 /// Log settings from the flags: the format and the default filter (`RUST_LOG` overrides it).
@@ -214,32 +230,51 @@ impl SeedFlags {
     }
 
     /// Where the REST API's certificate comes from: `tls.crt` and `tls.key` of `--api-tls-cert-dir` when set,
-    /// else a self-signed certificate for `names`.
-    pub fn api_tls(&self, names: Vec<String>) -> TlsSource {
+    /// else the operator's own certificates for the API Service in `namespace`, `localhost`, `127.0.0.1` (for a
+    /// port-forward) and `--api-host`, with the authority published in `--api-ca-configmap-name`.
+    pub fn api_certificates(&self, namespace: &str) -> Certificates {
         if self.api_tls_cert_dir.is_empty() {
-            TlsSource::SelfSigned(names)
+            let mut hosts = service_hosts(&self.api_service_name, namespace);
+            hosts.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+            for host in &self.api_host {
+                if !host.is_empty() && !hosts.contains(host) {
+                    hosts.push(host.clone());
+                }
+            }
+            Certificates::Managed(certificate::Settings {
+                purpose: "api",
+                namespace: namespace.to_owned(),
+                secret: self.api_secret_name.clone(),
+                publish: certificate::Publish::ConfigMap(self.api_ca_configmap_name.clone()),
+                hosts,
+            })
         } else {
             let dir = std::path::Path::new(&self.api_tls_cert_dir);
-            TlsSource::Files { cert: dir.join("tls.crt"), key: dir.join("tls.key"), flags: "--api-tls-cert-dir" }
+            Certificates::Files(TlsSource::Files {
+                cert: dir.join("tls.crt"),
+                key: dir.join("tls.key"),
+                flags: "--api-tls-cert-dir",
+            })
         }
     }
 
     /// Where the webhook's certificate comes from: the files of `--webhook-cert-*` when a path is set, else the
-    /// operator's own certificates for the Service in `namespace` (and `--webhook-host`).
-    pub fn webhook_certificates(&self, namespace: &str) -> WebhookCertificates {
+    /// operator's own certificates for the Service in `namespace` (and `--webhook-host`), with the authority kept
+    /// in the configuration's `caBundle`.
+    pub fn webhook_certificates(&self, namespace: &str) -> Certificates {
         if self.webhook_cert_path.is_empty() {
-            let service = &self.webhook_service_name;
-            let mut hosts =
-                vec![format!("{service}.{namespace}.svc"), format!("{service}.{namespace}.svc.cluster.local")];
+            let mut hosts = service_hosts(&self.webhook_service_name, namespace);
             hosts.extend(self.webhook_host.iter().filter(|h| !h.is_empty()).cloned());
-            WebhookCertificates::Managed {
+            Certificates::Managed(certificate::Settings {
+                purpose: "webhook",
+                namespace: namespace.to_owned(),
                 secret: self.webhook_secret_name.clone(),
-                configuration: self.webhook_configuration_name.clone(),
+                publish: certificate::Publish::WebhookConfiguration(self.webhook_configuration_name.clone()),
                 hosts,
-            }
+            })
         } else {
             let dir = std::path::Path::new(&self.webhook_cert_path);
-            WebhookCertificates::Files(TlsSource::Files {
+            Certificates::Files(TlsSource::Files {
                 cert: dir.join(&self.webhook_cert_name),
                 key: dir.join(&self.webhook_cert_key),
                 flags: "--webhook-cert",
@@ -368,14 +403,26 @@ mod tests {
     }
 
     #[test]
-    fn the_api_is_off_unless_asked_for_and_serves_the_mounted_or_a_generated_certificate() {
+    fn the_api_is_off_unless_asked_for_and_serves_the_mounted_or_its_own_certificate() {
         let p = parse(&[]).unwrap();
         assert!(!p.seed.enable_api, "off by default: it can create and delete clusters");
-        assert!(matches!(p.seed.api_tls(vec!["h".into()]), TlsSource::SelfSigned(n) if n == ["h"]));
+        let Certificates::Managed(own) = p.seed.api_certificates("ops") else { panic!("managed") };
+        assert_eq!((own.purpose, own.namespace.as_str(), own.secret.as_str()), ("api", "ops", "tsdb-operator-api-tls"));
+        assert_eq!(own.publish, certificate::Publish::ConfigMap("tsdb-operator-api-ca".into()));
+        let names = ["tsdb-operator-api.ops.svc", "tsdb-operator-api.ops.svc.cluster.local", "localhost", "127.0.0.1"];
+        assert_eq!(own.hosts, names);
+        let p = parse(&["--api-service-name=api", "--api-host=api.example.org,127.0.0.1"]).unwrap();
+        let Certificates::Managed(own) = p.seed.api_certificates("ops") else { panic!("managed") };
+        assert_eq!(
+            own.hosts,
+            ["api.ops.svc", "api.ops.svc.cluster.local", "localhost", "127.0.0.1", "api.example.org"]
+        );
         let p = parse(&["--enable-api", "--api-tls-cert-dir=/certs"]).unwrap();
         p.seed.refuse_unavailable().unwrap();
         assert!(p.seed.enable_api);
-        let TlsSource::Files { cert, key, .. } = p.seed.api_tls(vec![]) else { panic!("files") };
+        let Certificates::Files(TlsSource::Files { cert, key, .. }) = p.seed.api_certificates("ops") else {
+            panic!("files")
+        };
         assert_eq!((cert.to_str().unwrap(), key.to_str().unwrap()), ("/certs/tls.crt", "/certs/tls.key"));
         parse(&["--audit-dsn=postgres://audit@db/audit"]).unwrap().seed.refuse_unavailable().unwrap();
     }
@@ -395,16 +442,15 @@ mod tests {
     fn the_webhook_uses_mounted_files_or_its_own_certificates_for_its_service() {
         let p = parse(&["--enable-webhook", "--webhook-host=127.0.0.1"]).unwrap();
         assert!(p.seed.enable_webhook);
-        let WebhookCertificates::Managed { secret, hosts, .. } = p.seed.webhook_certificates("ops") else {
-            panic!("managed")
-        };
-        assert_eq!(secret, "tsdb-operator-webhook-tls");
+        let Certificates::Managed(own) = p.seed.webhook_certificates("ops") else { panic!("managed") };
+        assert_eq!((own.purpose, own.secret.as_str()), ("webhook", "tsdb-operator-webhook-tls"));
+        assert_eq!(own.publish, certificate::Publish::WebhookConfiguration("tsdb-operator".into()));
         assert_eq!(
-            hosts,
+            own.hosts,
             ["tsdb-operator-webhook.ops.svc", "tsdb-operator-webhook.ops.svc.cluster.local", "127.0.0.1"]
         );
         let p = parse(&["--webhook-cert-path=/certs"]).unwrap();
-        let WebhookCertificates::Files(TlsSource::Files { cert, .. }) = p.seed.webhook_certificates("ops") else {
+        let Certificates::Files(TlsSource::Files { cert, .. }) = p.seed.webhook_certificates("ops") else {
             panic!("files")
         };
         assert_eq!(cert.to_str(), Some("/certs/tls.crt"));

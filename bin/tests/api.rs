@@ -60,14 +60,21 @@ async fn callers_get_what_rbac_grants_them_and_every_write_is_audited_as_them() 
         "--enable-api".to_owned(),
         format!("--api-address=127.0.0.1:{port}"),
         format!("--api-namespace={ns}"),
+        format!("--leader-election-namespace={ns}"),
         format!("--audit-dsn=sqlite:{}", workdir.path().join("audit.db").display()),
         format!("--audit-spool-dir={}", workdir.path().join("spool").display()),
     ];
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let _operator = Operator::start_on(cp, &workdir, Some(&ns), &extra)?;
 
-    // The self-signed certificate of a loopback test server.
-    let http = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20)).build()?;
+    // The operator's own certificate (no --api-tls-cert-dir): callers trust the authority it publishes in a
+    // ConfigMap, which holds certificates only; the key stays in the Secret.
+    let bundle = support::api_authority(&client, &ns, "tsdb-operator-api-ca").await?;
+    assert!(!bundle.contains("PRIVATE KEY"), "{bundle}");
+    let secret =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns).get("tsdb-operator-api-tls").await?;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let http = support::https_trusting(&bundle)?;
     let base = format!("https://127.0.0.1:{port}");
     let as_user = |token: Option<&str>| Caller { http: &http, base: &base, token: token.map(str::to_owned) };
     let (anonymous, stranger, reader, writer) =
@@ -191,6 +198,93 @@ async fn callers_get_what_rbac_grants_them_and_every_write_is_audited_as_them() 
     Ok(())
 }
 
+/// A test's namespace, one ServiceAccount in it bound to an API role, and an operator serving the API for that
+/// namespace on a free loopback port.
+struct Served {
+    ns: String,
+    token: String,
+    port: u16,
+    operator: Operator,
+    /// The operator's logs, kept while it runs.
+    _workdir: Workdir,
+}
+
+/// [`Served`]: the ServiceAccount `user` bound to `role`, the operator started with the API flags and `extra` (given
+/// the namespace and the test's work directory).
+async fn serve_api(
+    prefix: &str,
+    (user, role): (&str, &str),
+    extra: impl FnOnce(&str, &Workdir) -> Result<Vec<String>>,
+) -> Result<Served> {
+    let cp = support::control_plane_only();
+    let ns = cp.namespace(prefix).await;
+    let token = cp.service_account_token(&ns, user).await?;
+    support::bind_api_role(&cp.client(), &ns, user, role).await?;
+    let workdir = Workdir::create(&format!("api-{ns}"))?;
+    let port = free_port(LOCALHOST)?;
+    let mut args =
+        vec!["--enable-api".to_owned(), format!("--api-address=127.0.0.1:{port}"), format!("--api-namespace={ns}")];
+    args.extend(extra(&ns, &workdir)?);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let operator = Operator::start_on(cp, &workdir, Some(&ns), &args)?;
+    Ok(Served { ns, token, port, operator, _workdir: workdir })
+}
+
+/// The operator's own API certificate through its life: a lost ConfigMap is published again, and a lost Secret
+/// makes a new authority that is published beside the previous one; a caller who reads the ConfigMap again trusts
+/// the certificate served after the rotation, and one who kept only the old authority does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_trust_the_published_authority_across_its_rotation() -> Result<()> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let client = support::control_plane_only().client();
+    let served = serve_api("api-ca", ("reader", "tsdb-operator-api-viewer"), |ns, _| {
+        Ok(vec![format!("--leader-election-namespace={ns}"), "--webhook-certificate-check-seconds=1".to_owned()])
+    })
+    .await?;
+    let (ns, token, port) = (served.ns.clone(), served.token.clone(), served.port);
+    let url = format!("https://127.0.0.1:{port}/api/clusters");
+    let answers = |bundle: String| {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            let http = support::https_trusting(&bundle)?;
+            anyhow::Ok(http.get(&url).bearer_auth(&token).send().await?.status().as_u16())
+        }
+    };
+    let first = support::api_authority(&client, &ns, "tsdb-operator-api-ca").await?;
+    assert_eq!(first.matches("BEGIN CERTIFICATE").count(), 1, "{first}");
+    eventually("the API to answer a caller trusting the authority", Duration::from_mins(1), || async {
+        Ok((answers(first.clone()).await.ok() == Some(200)).then_some(()))
+    })
+    .await?;
+    let unrelated = loopback_certificate()?.0;
+    assert!(answers(unrelated).await.is_err(), "a caller trusting another authority is refused the handshake");
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    config_maps.delete("tsdb-operator-api-ca", &kube::api::DeleteParams::default()).await?;
+    let again = support::api_authority(&client, &ns, "tsdb-operator-api-ca").await?;
+    assert_eq!(again, first, "the same authority, published again");
+
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete("tsdb-operator-api-tls", &kube::api::DeleteParams::default())
+        .await?;
+    let rotated = eventually("a new authority in the ConfigMap", Duration::from_mins(1), || async {
+        let bundle = support::api_authority(&client, &ns, "tsdb-operator-api-ca").await?;
+        Ok((bundle != first).then_some(bundle))
+    })
+    .await?;
+    assert_eq!(rotated.matches("BEGIN CERTIFICATE").count(), 2, "the new authority and the previous one");
+    assert!(rotated.contains(first.trim()), "the previous authority is still trusted");
+    eventually("the new certificate served and trusted through the new bundle", Duration::from_mins(1), || async {
+        let (new, old) = (answers(rotated.clone()).await.ok(), answers(first.clone()).await.ok());
+        Ok((new == Some(200) && old.is_none()).then_some(()))
+    })
+    .await?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+        .delete(&ns, &kube::api::DeleteParams::background())
+        .await?;
+    Ok(())
+}
+
 /// A certificate for 127.0.0.1 and the CA that issued it: (CA PEM, certificate PEM, key PEM).
 fn loopback_certificate() -> Result<(String, String, String)> {
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -283,27 +377,18 @@ fn corpus(token: &str) -> Vec<Bad> {
 async fn bad_and_slow_requests_get_4xx_or_are_cut_off_and_memory_stays_where_it_was() -> Result<()> {
     use futures::StreamExt as _;
     use tokio::io::AsyncWriteExt as _;
-    let cp = support::control_plane_only();
-    let client = cp.client();
-    let ns = cp.namespace("api-faults").await;
-    let token = cp.service_account_token(&ns, "writer").await?;
-    support::bind_api_role(&client, &ns, "writer", "tsdb-operator-api-editor").await?;
-    let workdir = Workdir::create(&format!("api-{ns}"))?;
     let (ca, cert, key) = loopback_certificate()?;
-    let certs = workdir.path().join("certs");
-    std::fs::create_dir_all(&certs)?;
-    std::fs::write(certs.join("tls.crt"), cert)?;
-    std::fs::write(certs.join("tls.key"), key)?;
-    let port = free_port(LOCALHOST)?;
-    let extra = [
-        "--enable-api".to_owned(),
-        format!("--api-address=127.0.0.1:{port}"),
-        format!("--api-namespace={ns}"),
-        format!("--api-tls-cert-dir={}", certs.display()),
-    ];
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let operator = Operator::start_on(cp, &workdir, Some(&ns), &extra)?;
-    let pid = operator.process.pid();
+    let served = serve_api("api-faults", ("writer", "tsdb-operator-api-editor"), |_, workdir| {
+        let certs = workdir.path().join("certs");
+        std::fs::create_dir_all(&certs)?;
+        std::fs::write(certs.join("tls.crt"), cert)?;
+        std::fs::write(certs.join("tls.key"), key)?;
+        Ok(vec![format!("--api-tls-cert-dir={}", certs.display())])
+    })
+    .await?;
+    let (ns, token, port) = (served.ns.clone(), served.token.clone(), served.port);
+    let pid = served.operator.process.pid();
+    let client = support::control_plane_only().client();
     // Connections are kept alive and reused: the server says `Connection: close` on the answers after which it
     // closes (a body it did not read), so no request is sent on a connection the server is closing.
     let http = reqwest::Client::builder()
@@ -425,7 +510,7 @@ async fn bad_and_slow_requests_get_4xx_or_are_cut_off_and_memory_stays_where_it_
     assert!(answer.starts_with("HTTP/1.1 4"), "an unfinished body gets a 4xx: {answer}");
     assert_eq!(good().await?, 200, "the API still answers");
 
-    drop(operator);
+    drop(served);
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
     namespaces.delete(&ns, &kube::api::DeleteParams::background()).await?;
     Ok(())

@@ -363,8 +363,13 @@ async fn operator_wide_credentials_reach_clusters_that_name_none() -> Result<()>
     let ns = namespace("shared-creds").await;
     let shared = format!("--s3-credentials-secret={operator_ns}/s3-creds");
     let api_port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
-    let api = [format!("--api-address=127.0.0.1:{api_port}"), format!("--api-namespace={ns}")];
-    let _op = Operator::start(Some(&ns), &[&shared, "--backup-tick-seconds=1", "--enable-api", &api[0], &api[1]])?;
+    let api = [
+        format!("--api-address=127.0.0.1:{api_port}"),
+        format!("--api-namespace={ns}"),
+        format!("--leader-election-namespace={ns}"),
+    ];
+    let _op =
+        Operator::start(Some(&ns), &[&shared, "--backup-tick-seconds=1", "--enable-api", &api[0], &api[1], &api[2]])?;
     let mut yaml: serde_json::Value =
         serde_yaml::from_str(&cluster_yaml("shared", &fwd.endpoint(), s3.bucket(), Some(json!({})), None))?;
     yaml["spec"]["backup"].as_object_mut().context("backup")?.remove("credentialsSecretRef");
@@ -402,7 +407,7 @@ async fn operator_wide_credentials_reach_clusters_that_name_none() -> Result<()>
     // by the agent, its state followed to Succeeded with the backup's id, which is in the bucket.
     let token = env().cp.service_account_token(&ns, "ci").await?;
     bind_api_role(&client(), &ns, "ci", "tsdb-operator-api-editor").await?;
-    let http = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20)).build()?;
+    let http = support::https_trusting(&support::api_authority(&client(), &ns, "tsdb-operator-api-ca").await?)?;
     let base = format!("https://127.0.0.1:{api_port}");
     let accepted = http.post(format!("{base}/api/clusters/shared/backup")).bearer_auth(&token).send().await?;
     ensure!(accepted.status().as_u16() == 202, "backup through the API: {}", accepted.text().await?);

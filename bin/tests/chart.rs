@@ -320,6 +320,14 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
              subjects:\n  - kind: ServiceAccount\n    name: api-editor\n    namespace: {ns}\n"
         ))
         .await?;
+    // The operator's own certificate, with the chart's rules: it made the Secret and published the authority in a
+    // ConfigMap that any authenticated user reads (here the editor, who may not read Secrets); the API is called
+    // trusting that authority only.
+    let as_editor = env.cp.client_with_token(&editor)?;
+    let bundle = support::api_authority(&as_editor, &ns, &format!("{fullname}-api-ca")).await?;
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_editor, &ns);
+    assert!(secrets.get_opt(&format!("{fullname}-api-tls")).await.is_err(), "the editor may not read the key");
+    let https = support::https_trusting(&bundle)?;
     let api = format!("https://127.0.0.1:{api_port}/api/clusters");
     let body = json!({"name": "from-api", "spec": {"replicas": 1, "storage": {"size": "1Gi"}}});
     let created = https.post(&api).bearer_auth(&editor).json(&body).send().await?;

@@ -502,6 +502,16 @@ pub fn tail_of(path: &Path, lines: usize) -> String {
     }
 }
 
+/// Resident set size of process `pid` now and at its peak (`VmRSS`, `VmHWM` from `/proc`), in KiB; `None` when
+/// the process is gone.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 /// A free TCP port on `ip` (bound and released; the caller should use it right away).
 pub fn free_port(ip: std::net::IpAddr) -> Result<u16> {
     let listener = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("failed to bind {ip}:0"))?;

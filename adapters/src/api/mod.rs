@@ -118,7 +118,6 @@ pub fn router<A: Authorizer, C: Clusters, S: AuditStore>(parts: Parts<A, C, S>) 
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(axum::middleware::map_response(json_errors))
-        .layer(axum::middleware::from_fn(crate::http::close_if_body_unread))
         .with_state(shared)
 }
 

@@ -247,7 +247,9 @@ fn api(name: &str, authorizer: FakeAuthorizer, backups_enabled: bool, with_audit
         audit_store: with_audit.then(|| store.clone()),
         audit: with_audit.then_some(audit),
         settings: Settings { namespace: "obs".to_owned(), backups_enabled },
-    });
+    })
+    // What the server (crate::http::serve_tls) adds to every router.
+    .layer(axum::middleware::from_fn(crate::http::close_if_body_unread));
     Api { router, clusters, store, _audit_task: task, _spool: spool }
 }
 

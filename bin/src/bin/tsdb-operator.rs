@@ -13,7 +13,7 @@ use tsdb_operator_adapters::events::EventBus;
 use tsdb_operator_adapters::http::{self, Health};
 use tsdb_operator_adapters::kube::discovery;
 use tsdb_operator_adapters::metrics::Metrics;
-use tsdb_operator_adapters::{agent, api, audit, leader, secure_metrics, tls, webhook};
+use tsdb_operator_adapters::{agent, api, audit, certificate, leader, secure_metrics, tls, webhook};
 use tsdb_operator_core::build::BuildSettings;
 use tsdb_operator_core::crd::PrometheusCluster;
 
@@ -324,22 +324,22 @@ async fn start_audit(
 /// Bounds of the REST API server.
 const API_LIMITS: http::Limits = http::Limits { max_connections: 128, header_read_timeout: Duration::from_secs(10) };
 
-/// Starts the REST API (every replica serves it: its writes go through the API server, not the fenced client).
+/// Starts the REST API (every replica serves it: its writes go through the API server, not the fenced client)
+/// with its certificate: mounted files, or the operator's own, kept current by a task that runs until shutdown.
 async fn start_api(
     args: &OperatorArgs,
     client: &kube::Client,
     audit: Option<(audit::Audit, audit::store::SqlStore)>,
+    health: &Health,
     shutdown: &watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+) -> Result<Vec<tokio::task::JoinHandle<std::io::Result<()>>>> {
     let Some(addr) = parse_addr(&args.seed.api_address)? else {
         anyhow::bail!("--enable-api needs --api-address (HOST:PORT or :PORT), not 0");
     };
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    names.extend(hostname());
-    if !addr.ip().is_unspecified() {
-        names.push(addr.ip().to_string());
-    }
-    let config = tls::server_config(&args.seed.api_tls(names)).context("cannot serve the REST API over HTTPS")?;
+    let mut tasks = Vec::new();
+    let certificates = args.seed.api_certificates(&args.leader_election_namespace);
+    let source = certificate_source(args, client, certificates, health, shutdown, &mut tasks);
+    let config = tls::server_config(&source).context("cannot serve the REST API over HTTPS")?;
     let (audit, audit_store) = audit.unzip();
     let router = api::router(api::Parts {
         authorizer: api::ports::CachedAuthorizer::new(
@@ -354,7 +354,8 @@ async fn start_api(
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --api-address {addr}"))?;
     tracing::info!(%addr, namespace = %args.seed.api_namespace, "serving the REST API over HTTPS to authorised callers");
-    Ok(tokio::spawn(http::serve_tls(listener, router, API_LIMITS, config, until(shutdown))))
+    tasks.push(tokio::spawn(http::serve_tls(listener, router, API_LIMITS, config, until(shutdown))));
+    Ok(tasks)
 }
 
 /// Bounds of the webhook server: the API server keeps a few connections open and reuses them.
@@ -372,37 +373,9 @@ async fn start_webhook(
     let Some(addr) = parse_addr(&args.seed.webhook_bind_address)? else {
         anyhow::bail!("--enable-webhook needs --webhook-bind-address (HOST:PORT or :PORT), not 0");
     };
-    let namespace = &args.leader_election_namespace;
     let mut tasks = Vec::new();
-    let source = match args.seed.webhook_certificates(namespace) {
-        seed_flags::WebhookCertificates::Files(files) => files,
-        seed_flags::WebhookCertificates::Managed { secret, configuration, hosts } => {
-            let settings =
-                webhook::certificate::Settings { namespace: namespace.clone(), secret, configuration, hosts };
-            let managed = std::sync::Arc::new(webhook::certificate::ManagedCertificate::new(client.clone(), settings));
-            let loaded = managed.clone();
-            health.also_wait_for(move || loaded.is_loaded());
-            if let Err(e) = managed.sync(k8s_openapi::jiff::Timestamp::now()).await {
-                tracing::error!(error = %tsdb_operator_adapters::error_chain(&e),
-                    "cannot prepare the webhook certificate yet; retrying every minute");
-            }
-            let (keeper, mut stop) = (managed.clone(), shutdown.clone());
-            let every = Duration::from_secs(args.seed.webhook_certificate_check_seconds.max(1));
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let pause = if keeper.is_loaded() { every } else { every.min(Duration::from_secs(5)) };
-                    tokio::select! {
-                        _ = stop.wait_for(|v| *v) => return Ok(()),
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    if let Err(e) = keeper.sync(k8s_openapi::jiff::Timestamp::now()).await {
-                        tracing::warn!(error = %tsdb_operator_adapters::error_chain(&e), "webhook certificate");
-                    }
-                }
-            }));
-            tls::TlsSource::Resolver(managed)
-        }
-    };
+    let certificates = args.seed.webhook_certificates(&args.leader_election_namespace);
+    let source = certificate_source(args, client, certificates, health, shutdown, &mut tasks);
     let config = tls::server_config(&source).context("cannot serve the webhook over HTTPS")?;
     let router = webhook::router(std::sync::Arc::new(webhook::KubeStorage::new(client.clone())), audit);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -411,6 +384,33 @@ async fn start_webhook(
     tracing::info!(%addr, "serving the admission webhook");
     tasks.push(tokio::spawn(http::serve_tls(listener, router, WEBHOOK_LIMITS, config, until(shutdown))));
     Ok(tasks)
+}
+
+/// The TLS source of a server: mounted files as they are; the operator's own certificate is kept current by a
+/// task pushed onto `tasks`, and the replica is not ready until it is loaded.
+fn certificate_source(
+    args: &OperatorArgs,
+    client: &kube::Client,
+    certificates: seed_flags::Certificates,
+    health: &Health,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> tls::TlsSource {
+    match certificates {
+        seed_flags::Certificates::Files(files) => files,
+        seed_flags::Certificates::Managed(settings) => {
+            let managed = std::sync::Arc::new(certificate::ManagedCertificate::new(client.clone(), settings));
+            let loaded = managed.clone();
+            health.also_wait_for(move || loaded.is_loaded());
+            let every = Duration::from_secs(args.seed.webhook_certificate_check_seconds.max(1));
+            let keeper = managed.clone().keep_current(every, until(shutdown));
+            tasks.push(tokio::spawn(async move {
+                keeper.await;
+                Ok(())
+            }));
+            tls::TlsSource::Resolver(managed)
+        }
+    }
 }
 
 /// Bounds of the secure metrics server: scrapers are few.
@@ -520,7 +520,7 @@ async fn run_operator(args: OperatorArgs) -> Result<()> {
         servers.extend(start_webhook(&args, &election_client, recorder, &health, &shutdown).await?);
     }
     if args.seed.enable_api {
-        servers.push(start_api(&args, &election_client, audit, &shutdown).await?);
+        servers.extend(start_api(&args, &election_client, audit, &health, &shutdown).await?);
     }
     tracing::info!(%identity, pdb = pdb_api.api_version(), leader_elect = args.leader_elect, "operator starting");
 

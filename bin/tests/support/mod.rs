@@ -240,11 +240,7 @@ pub async fn bind_api_role(client: &kube::Client, ns: &str, user: &str, role: &s
 
 /// Resident set size of process `pid` (`VmRSS`), in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .context("no VmRSS")
+    tsdb_operator_testenv::process::rss_kib(pid).map(|(rss, _)| rss).with_context(|| format!("no VmRSS of {pid}"))
 }
 
 /// A TLS client that trusts the certificates of the PEM `bundle` only.
@@ -260,4 +256,28 @@ pub fn tls_client(bundle: &[u8]) -> Result<tokio_rustls::TlsConnector> {
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+/// An HTTPS client that trusts the authorities of the PEM `bundle` only, not the machine's roots.
+#[allow(dead_code)] // not every test binary uses it
+pub fn https_trusting(bundle: &str) -> Result<reqwest::Client> {
+    let mut builder =
+        reqwest::Client::builder().no_proxy().tls_built_in_root_certs(false).timeout(Duration::from_secs(20));
+    for cert in reqwest::Certificate::from_pem_bundle(bundle.as_bytes())? {
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
+}
+
+/// The authorities of the operator's own REST API certificate, as it publishes them for callers (key `ca.crt` of
+/// `configmap` in `namespace`), read with `client`; waits up to a minute for the operator to publish them.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn api_authority(client: &kube::Client, namespace: &str, configmap: &str) -> Result<String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    eventually("the operator to publish its API authority", Duration::from_mins(1), || async {
+        let found = config_maps.get_opt(configmap).await?;
+        Ok(found.and_then(|c| c.data?.remove("ca.crt")).filter(|b| b.contains("BEGIN CERTIFICATE")))
+    })
+    .await
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration, WebhookClientConfig};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 use kube::api::PostParams;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -40,19 +40,47 @@ const WEBHOOK_PORT: u16 = 9443;
 /// Where the operator serves its REST API (the seed's port).
 const API_PORT: u16 = 8080;
 
-/// Where the API is, the token file and an example request.
-fn print_api(namespace: &str, name: &str, token: &std::path::Path) {
-    println!("  REST API:     https://127.0.0.1:{API_PORT}/api/clusters   (docs/api.md; self-signed, hence -k)");
-    println!("                token of {namespace}/demo-user (API editor role): {}", token.display());
+/// Files a caller of the REST API needs.
+struct ApiCaller {
+    /// The ServiceAccount token.
+    token: PathBuf,
+    /// The authority of the operator's own API certificate, from the ConfigMap it publishes.
+    ca: PathBuf,
+}
+
+/// Where the API is, the token and CA files and an example request.
+fn print_api(namespace: &str, name: &str, caller: &ApiCaller) {
+    println!("  REST API:     https://127.0.0.1:{API_PORT}/api/clusters   (docs/api.md)");
+    println!("                token of {namespace}/demo-user (API editor role): {}", caller.token.display());
     println!(
-        "                curl -k -H \"Authorization: Bearer $(cat {})\" https://127.0.0.1:{API_PORT}/api/clusters/{name}",
-        token.display()
+        "                CA of the operator's own certificate (ConfigMap {namespace}/tsdb-operator-api-ca): {}",
+        caller.ca.display()
+    );
+    println!(
+        "                curl --cacert {} -H \"Authorization: Bearer $(cat {})\" https://127.0.0.1:{API_PORT}/api/clusters/{name}",
+        caller.ca.display(),
+        caller.token.display()
     );
 }
 
+/// The authority of the operator's API certificate: key `ca.crt` of the ConfigMap it publishes in `namespace`.
+/// Waits up to 30 seconds for it.
+async fn api_authority(cp: &ControlPlane, namespace: &str) -> Result<String> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(cp.client(), namespace);
+    for _ in 0..30 {
+        if let Some(bundle) = config_maps.get_opt("tsdb-operator-api-ca").await?.and_then(|c| c.data?.remove("ca.crt"))
+        {
+            return Ok(bundle);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!("the operator did not publish its API authority in ConfigMap {namespace}/tsdb-operator-api-ca")
+}
+
 /// A ServiceAccount `demo-user` bound to the API's editor role (deploy/api-rbac.yaml) in `namespace`; calls
-/// `GET /api/clusters` with its token, fails unless that answers 200, and returns the file holding the token.
-async fn api_user(cp: &ControlPlane, workdir: &Workdir, namespace: &str) -> Result<PathBuf> {
+/// `GET /api/clusters` with its token, trusting only the operator's published authority, fails unless that
+/// answers 200, and returns the files holding the token and the authority.
+async fn api_user(cp: &ControlPlane, workdir: &Workdir, namespace: &str) -> Result<ApiCaller> {
     cp.apply_yaml(include_str!("../../../deploy/api-rbac.yaml")).await?;
     let token = cp.service_account_token(namespace, "demo-user").await?;
     cp.apply_yaml(&format!(
@@ -63,13 +91,19 @@ async fn api_user(cp: &ControlPlane, workdir: &Workdir, namespace: &str) -> Resu
     .await?;
     let file = workdir.path().join("demo-user.token");
     std::fs::write(&file, &token)?;
-    // The operator's self-signed certificate (no --api-tls-cert-dir here).
-    let http = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(10)).build()?;
+    let bundle = api_authority(cp, namespace).await?;
+    let ca = workdir.path().join("api-ca.crt");
+    std::fs::write(&ca, &bundle)?;
+    let mut http = reqwest::Client::builder().tls_built_in_root_certs(false).timeout(Duration::from_secs(10));
+    for cert in reqwest::Certificate::from_pem_bundle(bundle.as_bytes())? {
+        http = http.add_root_certificate(cert);
+    }
+    let http = http.build()?;
     let url = format!("https://127.0.0.1:{API_PORT}/api/clusters");
     let mut last = String::new();
     for _ in 0..30 {
         match http.get(&url).bearer_auth(&token).send().await {
-            Ok(r) if r.status().is_success() => return Ok(file),
+            Ok(r) if r.status().is_success() => return Ok(ApiCaller { token: file, ca }),
             Ok(r) => last = format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
             Err(e) => last = e.to_string(),
         }
@@ -216,9 +250,9 @@ async fn run(args: &Args, cp: &ControlPlane, started: Instant) -> Result<()> {
             println!("  Prometheus:   http://{ip}:9090   ({})", pod.metadata.name.unwrap_or_default());
         }
     }
-    let token = api_user(cp, &workdir, &args.namespace).await?;
+    let caller = api_user(cp, &workdir, &args.namespace).await?;
     println!("  metrics:      http://127.0.0.1:8082/metrics   (operator)");
-    print_api(&args.namespace, &name, &token);
+    print_api(&args.namespace, &name, &caller);
     println!("  webhook:      a bad spec is refused at apply time:\n                {refusal}");
     println!("  backups:      {}   (local directory standing in for S3)", backups.display());
     let ctl = operator.with_file_name("tsdb-ctl");

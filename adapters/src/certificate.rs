@@ -1,24 +1,27 @@
-//! The webhook's own certificates, for installations without cert-manager: a small certificate authority and a
-//! serving certificate signed by it, kept in one Secret that every replica shares, with the authority put in the
-//! `caBundle` of the ValidatingWebhookConfiguration. When to renew is decided by
-//! [`tsdb_operator_core::certificates`]; this module reads and writes the Secret, patches the configuration and
-//! hands the current pair to the TLS server. I/O: the Kubernetes API.
+//! The operator's own serving certificates, for installations without cert-manager: a small certificate
+//! authority and a serving certificate signed by it, kept in one Secret that every replica shares, with the
+//! authority published where clients read it: the `caBundle` of the ValidatingWebhookConfiguration (the API
+//! server, for the webhook) or a ConfigMap (the REST API's callers, who must not need to read the Secret and its
+//! key). When to renew is decided by [`tsdb_operator_core::certificates`]; this module reads and writes the
+//! Secret, publishes the bundle and hands the current pair to the TLS server. I/O: the Kubernetes API.
 //!
-//! # Flow (each [`ManagedCertificate::sync`], every minute)
+//! # Flow (each [`ManagedCertificate::sync`], every minute; [`ManagedCertificate::keep_current`] loops it)
 //! 1. Read the Secret; load its serving pair when it changed (other replicas renew too).
 //! 2. Decide: keep, renew the serving certificate, or renew the authority.
-//! 3. A new authority goes into `caBundle` (beside the previous one) before any certificate it signed is written,
-//!    so no replica ever serves a certificate the API server does not trust yet.
+//! 3. A new authority is published (beside the previous one) before any certificate it signed is written, so no
+//!    replica ever serves a certificate its clients do not trust yet.
 //! 4. Write the Secret with optimistic concurrency: when two replicas renew at once, one write wins and the other
 //!    replica loads it at its next pass.
-//! 5. Keep `caBundle` equal to the Secret's bundle.
+//! 5. Keep the published bundle equal to the Secret's bundle.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::tz::TimeZone;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -48,8 +51,6 @@ mod annotations {
     pub const HOSTS: &str = "observability.merlionos.org/serving-hosts";
 }
 
-const AUTHORITY_NAME: &str = "tsdb-operator webhook CA";
-
 /// Errors of the certificate manager.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,17 +68,40 @@ pub enum Error {
     Certificate(String),
 }
 
-/// Where the certificates live and which names they carry.
+/// Where the certificates live, which names they carry and where their authority is published.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Namespace of the Secret (the operator's).
+    /// What the certificate serves, for the authority's name and log lines: `webhook` or `api`.
+    pub purpose: &'static str,
+    /// Namespace of the Secret (the operator's), and of a [`Publish::ConfigMap`].
     pub namespace: String,
     /// Name of the Secret.
     pub secret: String,
-    /// Name of the ValidatingWebhookConfiguration whose `caBundle` is kept current.
-    pub configuration: String,
-    /// DNS names and IP addresses of the serving certificate (the webhook Service's names).
+    /// Where the authority's bundle is kept current for clients.
+    pub publish: Publish,
+    /// DNS names and IP addresses of the serving certificate (the Service's names).
     pub hosts: Vec<String>,
+}
+
+/// Where clients read the bundle of authorities they trust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Publish {
+    /// The `caBundle` of every webhook of this ValidatingWebhookConfiguration (read by the API server).
+    WebhookConfiguration(String),
+    /// The key [`CONFIGMAP_KEY`] of this ConfigMap in [`Settings::namespace`] (read by the REST API's callers).
+    ConfigMap(String),
+}
+
+/// The key of the bundle in a [`Publish::ConfigMap`], as in the `kube-root-ca.crt` ConfigMap.
+pub const CONFIGMAP_KEY: &str = "ca.crt";
+
+impl std::fmt::Display for Publish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::WebhookConfiguration(name) => write!(f, "ValidatingWebhookConfiguration {name}"),
+            Self::ConfigMap(name) => write!(f, "ConfigMap {name}"),
+        }
+    }
 }
 
 /// The serving certificate for the TLS server, kept current by [`ManagedCertificate::sync`].
@@ -121,9 +145,32 @@ impl ManagedCertificate {
         self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The authority's common name: `tsdb-operator <purpose> CA`.
+    fn authority_name(&self) -> String {
+        format!("tsdb-operator {} CA", self.settings.purpose)
+    }
+
     /// Whether a serving certificate is loaded.
     pub fn is_loaded(&self) -> bool {
         self.lock().is_some()
+    }
+
+    /// Passes of [`Self::sync`] until `stop` completes: one at once, then one every `every` (every 5 seconds while
+    /// no certificate is loaded, so that a server waiting for its first certificate is not kept waiting). A failed
+    /// pass is logged; the pair loaded before stays served.
+    pub async fn keep_current(self: Arc<Self>, every: Duration, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            if let Err(e) = self.sync(Timestamp::now()).await {
+                tracing::warn!(error = %crate::error_chain(&e), purpose = self.settings.purpose,
+                    secret = %self.settings.secret, "cannot keep the serving certificate current; retrying");
+            }
+            let pause = if self.is_loaded() { every } else { every.min(Duration::from_secs(5)) };
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
     }
 
     /// One pass: read, renew when due, publish the bundle, load. See the [module documentation](self).
@@ -145,15 +192,16 @@ impl ManagedCertificate {
                         Some(ca) => Some(ca.clone()),
                         None => self.published_bundle().await?,
                     };
-                    mint_authority(previous.as_deref(), &self.settings.hosts, now)?
+                    mint_authority(&self.authority_name(), previous.as_deref(), &self.settings.hosts, now)?
                 } else {
-                    mint_serving(&old, issued.as_ref().map(|i| i.authority_not_after), &self.settings.hosts, now)?
+                    let until = issued.as_ref().map(|i| i.authority_not_after);
+                    mint_serving(&self.authority_name(), &old, until, &self.settings.hosts, now)?
                 };
                 // The bundle first: nothing signed by a new authority is served before the API server trusts it.
                 self.publish_bundle(&minted.data[keys::BUNDLE]).await?;
                 match self.write(&secrets, existing, minted).await? {
                     Some(written) => {
-                        tracing::info!(secret = %name, ?renewal, "renewed the webhook certificate");
+                        tracing::info!(secret = %name, ?renewal, purpose = self.settings.purpose, "renewed the certificate");
                         written
                     }
                     // Another replica wrote first: put its bundle back at once (ours replaced it a moment ago)
@@ -205,25 +253,45 @@ impl ManagedCertificate {
         }
     }
 
-    /// The `caBundle` of the configuration's first webhook, if there is one.
+    /// The first authority of the published bundle, if there is one.
     async fn published_bundle(&self) -> Result<Option<String>, Error> {
-        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        let name = &self.settings.configuration;
-        let config = api
-            .get_opt(name)
-            .await
-            .map_err(|source| Error::Api { what: format!("read ValidatingWebhookConfiguration {name}"), source })?;
-        Ok(config
-            .and_then(|c| c.webhooks?.into_iter().find_map(|w| w.client_config.ca_bundle))
-            .and_then(|b| String::from_utf8(b.0).ok())
-            .and_then(|b| first_certificate(&b)))
+        let published = match &self.settings.publish {
+            Publish::WebhookConfiguration(name) => {
+                let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+                let config = api.get_opt(name).await.map_err(|source| Error::Api {
+                    what: format!("read ValidatingWebhookConfiguration {name}"),
+                    source,
+                })?;
+                config
+                    .and_then(|c| c.webhooks?.into_iter().find_map(|w| w.client_config.ca_bundle))
+                    .and_then(|b| String::from_utf8(b.0).ok())
+            }
+            Publish::ConfigMap(name) => self
+                .config_maps()
+                .get_opt(name)
+                .await
+                .map_err(|source| Error::Api { what: format!("read ConfigMap {name}"), source })?
+                .and_then(|c| c.data?.remove(CONFIGMAP_KEY)),
+        };
+        Ok(published.and_then(|b| first_certificate(&b)))
+    }
+
+    fn config_maps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.settings.namespace)
+    }
+
+    /// Publishes `bundle` where its clients read it, when it is not there yet.
+    async fn publish_bundle(&self, bundle: &str) -> Result<(), Error> {
+        match &self.settings.publish {
+            Publish::WebhookConfiguration(name) => self.publish_in_configuration(name, bundle).await,
+            Publish::ConfigMap(name) => self.publish_in_config_map(name, bundle).await,
+        }
     }
 
     /// Puts `bundle` into every webhook of the configuration whose `caBundle` differs. A configuration that does
     /// not exist (yet) is left to whoever installs it; the next pass tries again.
-    async fn publish_bundle(&self, bundle: &str) -> Result<(), Error> {
+    async fn publish_in_configuration(&self, name: &str, bundle: &str) -> Result<(), Error> {
         let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        let name = &self.settings.configuration;
         let Some(config) = api
             .get_opt(name)
             .await
@@ -253,6 +321,47 @@ impl ManagedCertificate {
         Ok(())
     }
 
+    /// Creates the ConfigMap with `bundle`, or replaces a different bundle in it (optimistically: a conflict is
+    /// left to the next pass, which reads the winner's Secret).
+    async fn publish_in_config_map(&self, name: &str, bundle: &str) -> Result<(), Error> {
+        let api = self.config_maps();
+        let existing =
+            api.get_opt(name).await.map_err(|source| Error::Api { what: format!("read ConfigMap {name}"), source })?;
+        let written = match existing {
+            Some(c) if c.data.as_ref().and_then(|d| d.get(CONFIGMAP_KEY)).map(String::as_str) == Some(bundle) => {
+                return Ok(());
+            }
+            Some(mut c) => {
+                c.data.get_or_insert_with(BTreeMap::new).insert(CONFIGMAP_KEY.to_owned(), bundle.to_owned());
+                api.replace(name, &PostParams::default(), &c).await
+            }
+            None => {
+                let c = ConfigMap {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.to_owned()),
+                        namespace: Some(self.settings.namespace.clone()),
+                        labels: Some(BTreeMap::from([(
+                            "app.kubernetes.io/managed-by".to_owned(),
+                            "tsdb-operator".to_owned(),
+                        )])),
+                        ..Default::default()
+                    },
+                    data: Some(BTreeMap::from([(CONFIGMAP_KEY.to_owned(), bundle.to_owned())])),
+                    ..ConfigMap::default()
+                };
+                api.create(&PostParams::default(), &c).await
+            }
+        };
+        match written {
+            Ok(_) => {
+                tracing::info!(configmap = %name, purpose = self.settings.purpose, "published the CA bundle");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(source) => Err(Error::Api { what: format!("write ConfigMap {name}"), source }),
+        }
+    }
+
     fn load(&self, secret: &Secret, data: &BTreeMap<String, String>) -> Result<(), Error> {
         let version = secret.metadata.resource_version.clone().unwrap_or_default();
         if self.lock().as_ref().is_some_and(|(v, _)| *v == version) {
@@ -275,7 +384,7 @@ impl ManagedCertificate {
             self.provider.key_provider.load_private_key(key).map_err(|e| Error::Certificate(e.to_string()))?;
         let certified = CertifiedKey::new(chain, signing);
         *self.lock() = Some((version, Arc::new(certified)));
-        tracing::info!(secret = %self.settings.secret, "loaded the webhook serving certificate");
+        tracing::info!(secret = %self.settings.secret, purpose = self.settings.purpose, "loaded the serving certificate");
         Ok(())
     }
 }
@@ -318,9 +427,9 @@ fn valid(params: &mut CertificateParams, from: (i32, u8, u8), until: (i32, u8, u
     params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
 }
 
-fn authority_params() -> CertificateParams {
+fn authority_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, AUTHORITY_NAME);
+    params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
@@ -339,9 +448,9 @@ fn first_certificate(bundle: &str) -> Option<String> {
 }
 
 /// A new authority, with the `previous` one (if any) kept in the bundle, and a serving certificate from it.
-fn mint_authority(previous: Option<&str>, hosts: &[String], now: Timestamp) -> Result<Minted, Error> {
+fn mint_authority(name: &str, previous: Option<&str>, hosts: &[String], now: Timestamp) -> Result<Minted, Error> {
     let key = KeyPair::generate().map_err(err)?;
-    let mut params = authority_params();
+    let mut params = authority_params(name);
     let (_, not_before) = day(now.checked_sub(std::time::Duration::from_hours(24)).unwrap_or(now));
     let (authority_not_after, until) = day(now.checked_add(certificates::AUTHORITY_LIFETIME).unwrap_or(now));
     valid(&mut params, not_before, until);
@@ -355,19 +464,20 @@ fn mint_authority(previous: Option<&str>, hosts: &[String], now: Timestamp) -> R
         (keys::CA_KEY.to_owned(), key.serialize_pem()),
         (keys::BUNDLE.to_owned(), bundle),
     ]);
-    let serving_not_after = serve(&mut data, &key, hosts, authority_not_after, now)?;
+    let serving_not_after = serve(&mut data, (name, &key), hosts, authority_not_after, now)?;
     Ok(Minted { data, issued: Issued { authority_not_after, serving_not_after, hosts: hosts.to_vec() } })
 }
 
 /// A new serving certificate from the authority in `old`.
 fn mint_serving(
+    name: &str,
     old: &BTreeMap<String, String>,
     authority_not_after: Option<Timestamp>,
     hosts: &[String],
     now: Timestamp,
 ) -> Result<Minted, Error> {
     let (Some(ca_key), Some(authority_not_after)) = (old.get(keys::CA_KEY), authority_not_after) else {
-        return mint_authority(old.get(keys::CA_CERT).map(String::as_str), hosts, now);
+        return mint_authority(name, old.get(keys::CA_CERT).map(String::as_str), hosts, now);
     };
     let key = KeyPair::from_pem(ca_key).map_err(err)?;
     let mut data: BTreeMap<String, String> = old
@@ -375,21 +485,21 @@ fn mint_serving(
         .filter(|(k, _)| [keys::CA_CERT, keys::CA_KEY, keys::BUNDLE].contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let serving_not_after = serve(&mut data, &key, hosts, authority_not_after, now)?;
+    let serving_not_after = serve(&mut data, (name, &key), hosts, authority_not_after, now)?;
     Ok(Minted { data, issued: Issued { authority_not_after, serving_not_after, hosts: hosts.to_vec() } })
 }
 
-/// Issues the serving certificate into `data`; returns when it expires.
+/// Issues the serving certificate into `data` from the authority (its name and key); returns when it expires.
 fn serve(
     data: &mut BTreeMap<String, String>,
-    authority_key: &KeyPair,
+    (authority_name, authority_key): (&str, &KeyPair),
     hosts: &[String],
     authority_not_after: Timestamp,
     now: Timestamp,
 ) -> Result<Timestamp, Error> {
-    let issuer = Issuer::new(authority_params(), authority_key);
+    let issuer = Issuer::new(authority_params(authority_name), authority_key);
     let mut params = CertificateParams::new(hosts.to_vec()).map_err(err)?;
-    params.distinguished_name.push(DnType::CommonName, hosts.first().map_or("tsdb-operator-webhook", String::as_str));
+    params.distinguished_name.push(DnType::CommonName, hosts.first().map_or("tsdb-operator", String::as_str));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     let (_, not_before) = day(now.checked_sub(std::time::Duration::from_hours(24)).unwrap_or(now));
@@ -405,6 +515,8 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NAME: &str = "tsdb-operator webhook CA";
 
     fn hosts() -> Vec<String> {
         vec!["tsdb-operator-webhook.ops.svc".to_owned(), "127.0.0.1".to_owned()]
@@ -439,7 +551,7 @@ mod tests {
     #[test]
     fn a_minted_serving_certificate_is_trusted_through_the_bundle_for_its_names_only() {
         let now = Timestamp::now();
-        let minted = mint_authority(None, &hosts(), now).unwrap();
+        let minted = mint_authority(NAME, None, &hosts(), now).unwrap();
         let (bundle, cert) = (&minted.data[keys::BUNDLE], &minted.data[keys::CERT]);
         verify(bundle, cert, "tsdb-operator-webhook.ops.svc").unwrap();
         verify(bundle, cert, "127.0.0.1").unwrap();
@@ -447,13 +559,13 @@ mod tests {
         assert!(minted.issued.serving_not_after <= minted.issued.authority_not_after);
 
         // A renewed serving certificate comes from the same authority: the published bundle still trusts it.
-        let renewed = mint_serving(&minted.data, Some(minted.issued.authority_not_after), &hosts(), now).unwrap();
+        let renewed = mint_serving(NAME, &minted.data, Some(minted.issued.authority_not_after), &hosts(), now).unwrap();
         assert_eq!(renewed.data[keys::CA_CERT], minted.data[keys::CA_CERT]);
         assert_ne!(renewed.data[keys::CERT], minted.data[keys::CERT]);
         verify(bundle, &renewed.data[keys::CERT], "127.0.0.1").unwrap();
 
         // A new authority keeps the previous one in the bundle, so certificates of both are trusted meanwhile.
-        let rotated = mint_authority(Some(&renewed.data[keys::CA_CERT]), &hosts(), now).unwrap();
+        let rotated = mint_authority(NAME, Some(&renewed.data[keys::CA_CERT]), &hosts(), now).unwrap();
         assert_eq!(first_certificate(bundle).as_ref(), Some(&minted.data[keys::CA_CERT]));
         verify(&rotated.data[keys::BUNDLE], &renewed.data[keys::CERT], "127.0.0.1").unwrap();
         verify(&rotated.data[keys::BUNDLE], &rotated.data[keys::CERT], "127.0.0.1").unwrap();
@@ -462,7 +574,7 @@ mod tests {
 
     #[test]
     fn a_secret_missing_anything_is_renewed() {
-        let minted = mint_authority(None, &hosts(), Timestamp::now()).unwrap();
+        let minted = mint_authority(NAME, None, &hosts(), Timestamp::now()).unwrap();
         let mut secret = Secret {
             data: Some(minted.data.iter().map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes()))).collect()),
             ..Secret::default()
