@@ -102,12 +102,26 @@ impl<S> Clone for Shared<S> {
     }
 }
 
+/// The largest review read: the API server sends the object and the stored one, each at most its 3 MiB request
+/// limit, with the review around them. Larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Time a caller has to send each part of a review's body (then 400); the API server sends it at once.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time a review takes at most (then 503); the API server gives up after the configuration's `timeoutSeconds`
+/// (10 s) anyway.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The webhook's routes: [`CLUSTER_PATH`] and [`CLUSTER_SET_PATH`]. With `audit`, every request that is not a dry
-/// run is recorded (with the user, the spec diff and the verdict) and on disk before the answer is sent.
+/// run is recorded (with the user, the spec diff and the verdict) and on disk before the answer is sent. Bounded by
+/// [`MAX_BODY_BYTES`], [`BODY_TIMEOUT`] and [`REQUEST_TIMEOUT`], so that a caller inside the cluster that is not the
+/// API server cannot hold the webhook's connections (and with them every create) with slow or huge bodies.
 pub fn router<S: StorageSource>(storage: Arc<S>, audit: Option<Audit>) -> Router {
     Router::new()
         .route(CLUSTER_PATH, post(cluster::<S>))
         .route(CLUSTER_SET_PATH, post(cluster_set::<S>))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .with_state(Shared { storage, audit })
 }
 

@@ -565,3 +565,134 @@ async fn two_replicas_starting_together_serve_certificates_of_the_authority_in_t
     webhook.stop_operator()?;
     webhook.finish().await
 }
+
+/// A bad request to the webhook: method, path, content type, body and the status it must get.
+type BadReview = (reqwest::Method, &'static str, Option<&'static str>, Vec<u8>, u16);
+
+/// A review as the API server sends it for a create of `spec` in `ns`.
+fn admission_review(ns: &str, spec: Value) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "7f0b2a8e-0000-4000-8000-000000000001",
+        "kind": {"group": "observability.merlionos.org", "version": "v1", "kind": "PrometheusCluster"},
+        "resource": {"group": "observability.merlionos.org", "version": "v1", "resource": "prometheusclusters"},
+        "name": "web", "namespace": ns, "operation": "CREATE", "dryRun": true,
+        "userInfo": {"username": "someone"},
+        "object": cluster(ns, "web", spec)}})
+}
+
+/// Fault table row 18 for the admission webhook, over a real socket against the running operator: 10,000 requests
+/// of a hand-made corpus (empty, not JSON, invalid UTF-8, 10,000-deep, mistyped, oversized, not a review, unknown
+/// paths and methods) each get their 4xx, never a 5xx, and the operator's memory is where it was before them; a
+/// 100 MB body is refused or cut off; a body that never finishes is cut off within the timeout, while a good
+/// review is still answered at once. Only the API server should call the webhook, but any pod can reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+async fn bad_reviews_get_4xx_or_are_cut_off_and_memory_stays_where_it_was() -> Result<()> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let webhook = Webhook::start("webhook-faults").await?;
+    webhook.wait_serving().await?;
+    let pid = webhook.operator.as_ref().context("operator")?.process.pid();
+    let bundle = String::from_utf8(webhook.ca_bundle().await?)?;
+    let http = support::https_trusting(&bundle)?;
+    let base = format!("https://127.0.0.1:{}", webhook.port);
+    let path = "/validate-observability-merlionos-org-v1-prometheuscluster";
+    let good = admission_review(&webhook.ns, json!({"replicas": 1}));
+    let answered = http.post(format!("{base}{path}")).json(&good).send().await?;
+    assert_eq!(answered.status().as_u16(), 200);
+    let verdict: Value = answered.json().await?;
+    assert_eq!(verdict["response"]["allowed"], true, "{verdict}");
+
+    // 10,000 levels deep where a review holds free-form JSON (the object's spec).
+    let mut deep =
+        br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"object": {"spec": "#.to_vec();
+    deep.extend("[".repeat(10_000).bytes());
+    deep.extend("]".repeat(10_000).bytes());
+    deep.extend(b"}}}");
+    let json_body = |body: Vec<u8>, want: u16| (reqwest::Method::POST, path, Some("application/json"), body, want);
+    let corpus: Vec<BadReview> = vec![
+        json_body(Vec::new(), 400),
+        json_body(b"not json".to_vec(), 400),
+        json_body(b"\xff\xfe{\"kind\": \"\xc3\x28\"}".to_vec(), 400),
+        json_body(deep, 400),
+        json_body(b"{\"kind\": \"AdmissionReview\"}".to_vec(), 422),
+        json_body(b"{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": \"AdmissionReview\"}".to_vec(), 400),
+        json_body(b"{\"apiVersion\": 5, \"request\": []}".to_vec(), 422),
+        json_body(vec![b' '; 9 << 20], 413),
+        (reqwest::Method::POST, path, Some("text/plain"), serde_json::to_vec(&good)?, 415),
+        (reqwest::Method::POST, path, None, serde_json::to_vec(&good)?, 415),
+        (reqwest::Method::GET, path, None, Vec::new(), 405),
+        (reqwest::Method::POST, "/no-such-path", Some("application/json"), serde_json::to_vec(&good)?, 404),
+    ];
+    let send = |i: usize| {
+        let (method, path, content_type, body, want) = &corpus[i % corpus.len()];
+        let mut request = http.request(method.clone(), format!("{base}{path}")).body(body.clone());
+        if let Some(t) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, *t);
+        }
+        async move {
+            match request.send().await {
+                Ok(r) => (i, Some(r.status().as_u16()), r.text().await.unwrap_or_default()),
+                // Cut off while still sending more than the limit: a closed connection, as good as 413.
+                Err(_) if *want == 413 => (i, Some(413), "connection closed".to_owned()),
+                Err(e) => (i, None, format!("{e:?}")),
+            }
+        }
+    };
+    let run =
+        |range: std::ops::Range<usize>| futures::stream::iter(range.map(send)).buffer_unordered(8).collect::<Vec<_>>();
+    for (i, status, text) in run(0..1_000).await {
+        assert_eq!(status, Some(corpus[i % corpus.len()].4), "warm-up request {i}: {text}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline = support::rss_kib(pid)?;
+    let started = Instant::now();
+    let answers = run(1_000..11_000).await;
+    let took = started.elapsed();
+    let mut wrong = Vec::new();
+    for (i, status, text) in &answers {
+        let (method, path, _, _, want) = &corpus[i % corpus.len()];
+        assert!(status.is_none_or(|s| s < 500), "a 5xx: {method} {path}: {text}");
+        if *status != Some(*want) {
+            wrong.push(format!("{method} {path} -> {status:?} (want {want}): {text}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of 10,000 got another answer: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = support::rss_kib(pid)?;
+    eprintln!(
+        "BENCH 10,000 bad reviews over TLS in {took:?}; operator RSS {baseline} KiB before, {after} KiB after ({:+} KiB)",
+        i64::try_from(after)? - i64::try_from(baseline)?
+    );
+    assert!(after <= baseline + 8 * 1024, "RSS grew from {baseline} KiB to {after} KiB over 10,000 bad reviews");
+
+    // A 100 MB body: refused or cut off after the limit, never read in full.
+    let huge = http.post(format!("{base}{path}")).header(reqwest::header::CONTENT_TYPE, "application/json");
+    match huge.body(vec![b'['; 100 << 20]).send().await {
+        Ok(r) => assert_eq!(r.status().as_u16(), 413),
+        Err(e) => eprintln!("100 MB body cut off: {e}"),
+    }
+    assert!(support::rss_kib(pid)? < baseline + 32 * 1024, "the 100 MB body was not kept");
+
+    // A body that never finishes is cut off within the body timeout; a good review is answered meanwhile.
+    let tcp = tokio::net::TcpStream::connect((LOCALHOST, webhook.port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+    let mut slow = support::tls_client(bundle.as_bytes())?.connect(name, tcp).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await?;
+    slow.flush().await?;
+    let answered = http.post(format!("{base}{path}")).json(&good).send().await?;
+    assert_eq!(answered.status().as_u16(), 200, "a good review is answered while a slow one waits");
+    let cut = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncReadExt as _;
+        let mut seen = Vec::new();
+        let _ = slow.read_to_end(&mut seen).await;
+        String::from_utf8_lossy(&seen).into_owned()
+    })
+    .await
+    .context("a body that never finishes was not cut off within 15 s")?;
+    assert!(cut.is_empty() || cut.starts_with("HTTP/1.1 4"), "an unfinished body gets a 4xx or nothing: {cut}");
+    webhook.finish().await
+}
