@@ -6,7 +6,7 @@
 //! localhost, two listeners.
 //!
 //! Both listeners are bounded ([`crate::http::serve_bounded`]): connections, header read time, and on the agent's
-//! own port a 30 s request timeout. If either server stops, the agent exits, so the kubelet restarts it.
+//! own port 10 s for each part of a body and a 30 s request timeout. If either server stops, the agent exits, so the kubelet restarts it.
 //!
 //! # Flow
 //! Every `poll` interval the agent hashes the regular files of the config directory (following the kubelet's
@@ -179,10 +179,12 @@ pub async fn run(
         Some(backup) => app.merge(crate::backup::agent::BackupAgent::new(backup).router()),
         None => app,
     };
-    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        axum::http::StatusCode::REQUEST_TIMEOUT,
-        Duration::from_secs(30),
-    ));
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs(10))).layer(
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();

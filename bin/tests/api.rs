@@ -303,21 +303,6 @@ async fn tls_connection(port: u16, ca: &str) -> Result<tokio_rustls::client::Tls
     Ok(support::tls_client(ca.as_bytes())?.connect(name, tcp).await?)
 }
 
-/// Whether the server closes `stream` (end of stream or an error) within `within`; what it sent before is returned.
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Option<String> {
-    use tokio::io::AsyncReadExt as _;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&seen).into_owned()),
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// One request of the bad-request corpus and the status it must get.
 struct Bad {
     method: reqwest::Method,
@@ -375,7 +360,6 @@ fn corpus(token: &str) -> Vec<Bad> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)] // one scenario, in order
 async fn bad_and_slow_requests_get_4xx_or_are_cut_off_and_memory_stays_where_it_was() -> Result<()> {
-    use futures::StreamExt as _;
     use tokio::io::AsyncWriteExt as _;
     let (ca, cert, key) = loopback_certificate()?;
     let served = serve_api("api-faults", ("writer", "tsdb-operator-api-editor"), |_, workdir| {
@@ -431,34 +415,11 @@ async fn bad_and_slow_requests_get_4xx_or_are_cut_off_and_memory_stays_where_it_
             (i, status, text)
         }
     };
-    let run =
-        |range: std::ops::Range<usize>| futures::stream::iter(range.map(send)).buffer_unordered(8).collect::<Vec<_>>();
-    // Warm up (connections, caches), then the baseline.
-    for (i, status, text) in run(0..1_000).await {
-        assert_eq!(status, Some(corpus[i % corpus.len()].want), "warm-up request {i}: {text}");
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let baseline = support::rss_kib(pid)?;
-    let started = std::time::Instant::now();
-    let answers = run(1_000..11_000).await;
-    let took = started.elapsed();
-    let mut wrong = Vec::new();
-    for (i, status, text) in &answers {
+    let want = |i: usize| {
         let bad = &corpus[i % corpus.len()];
-        if *status != Some(bad.want) {
-            wrong.push(format!("{} {} -> {status:?} (want {}): {text}", bad.method, bad.path, bad.want));
-        }
-        assert!(status.is_none_or(|s| s < 500), "a 5xx: {} {}: {text}", bad.method, bad.path);
-    }
-    assert!(wrong.is_empty(), "{} of 10,000 got another answer: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = support::rss_kib(pid)?;
-    eprintln!(
-        "BENCH 10,000 bad requests over TLS in {took:?}; operator RSS {baseline} KiB before, {after} KiB after ({:+} \
-         KiB)",
-        i64::try_from(after)? - i64::try_from(baseline)?
-    );
-    assert!(after <= baseline + 8 * 1024, "RSS grew from {baseline} KiB to {after} KiB over 10,000 bad requests");
+        (bad.want, format!("{} {}", bad.method, bad.path))
+    };
+    let baseline = support::ten_thousand_bad_requests("bad requests over TLS", pid, send, want).await?;
 
     // A 100 MB body: refused (413) or the connection cut after the first MiB; never read in full.
     for authorization in [Some(format!("Bearer {token}")), None] {
@@ -501,12 +462,15 @@ async fn bad_and_slow_requests_get_4xx_or_are_cut_off_and_memory_stays_where_it_
     assert!(answered.elapsed() < Duration::from_secs(3), "answered in {:?}", answered.elapsed());
     let limit = Duration::from_secs(15);
     for (i, stream) in silent.iter_mut().enumerate() {
-        assert!(closed_within(stream, limit).await.is_some(), "silent connection {i} still open");
+        assert!(support::closed_within(stream, limit).await.is_some(), "silent connection {i} still open");
     }
     for (i, stream) in partial.iter_mut().enumerate() {
-        assert!(closed_within(stream, limit).await.is_some(), "connection {i} with unfinished headers still open");
+        assert!(
+            support::closed_within(stream, limit).await.is_some(),
+            "connection {i} with unfinished headers still open"
+        );
     }
-    let answer = closed_within(&mut slow_body, limit).await.context("the unfinished body was not cut off")?;
+    let answer = support::closed_within(&mut slow_body, limit).await.context("the unfinished body was not cut off")?;
     assert!(answer.starts_with("HTTP/1.1 4"), "an unfinished body gets a 4xx: {answer}");
     assert_eq!(good().await?, 200, "the API still answers");
 

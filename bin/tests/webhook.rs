@@ -588,7 +588,6 @@ fn admission_review(ns: &str, spec: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)] // one scenario, in order
 async fn bad_reviews_get_4xx_or_are_cut_off_and_memory_stays_where_it_was() -> Result<()> {
-    use futures::StreamExt as _;
     use tokio::io::AsyncWriteExt as _;
     let webhook = Webhook::start("webhook-faults").await?;
     webhook.wait_serving().await?;
@@ -639,32 +638,11 @@ async fn bad_reviews_get_4xx_or_are_cut_off_and_memory_stays_where_it_was() -> R
             }
         }
     };
-    let run =
-        |range: std::ops::Range<usize>| futures::stream::iter(range.map(send)).buffer_unordered(8).collect::<Vec<_>>();
-    for (i, status, text) in run(0..1_000).await {
-        assert_eq!(status, Some(corpus[i % corpus.len()].4), "warm-up request {i}: {text}");
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let baseline = support::rss_kib(pid)?;
-    let started = Instant::now();
-    let answers = run(1_000..11_000).await;
-    let took = started.elapsed();
-    let mut wrong = Vec::new();
-    for (i, status, text) in &answers {
-        let (method, path, _, _, want) = &corpus[i % corpus.len()];
-        assert!(status.is_none_or(|s| s < 500), "a 5xx: {method} {path}: {text}");
-        if *status != Some(*want) {
-            wrong.push(format!("{method} {path} -> {status:?} (want {want}): {text}"));
-        }
-    }
-    assert!(wrong.is_empty(), "{} of 10,000 got another answer: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = support::rss_kib(pid)?;
-    eprintln!(
-        "BENCH 10,000 bad reviews over TLS in {took:?}; operator RSS {baseline} KiB before, {after} KiB after ({:+} KiB)",
-        i64::try_from(after)? - i64::try_from(baseline)?
-    );
-    assert!(after <= baseline + 8 * 1024, "RSS grew from {baseline} KiB to {after} KiB over 10,000 bad reviews");
+    let want = |i: usize| {
+        let (method, path, content_type, _, want) = &corpus[i % corpus.len()];
+        (*want, format!("{method} {path} ({content_type:?})"))
+    };
+    let baseline = support::ten_thousand_bad_requests("bad reviews over TLS", pid, send, want).await?;
 
     // A 100 MB body: refused or cut off after the limit, never read in full.
     let huge = http.post(format!("{base}{path}")).header(reqwest::header::CONTENT_TYPE, "application/json");
@@ -685,14 +663,9 @@ async fn bad_reviews_get_4xx_or_are_cut_off_and_memory_stays_where_it_was() -> R
     slow.flush().await?;
     let answered = http.post(format!("{base}{path}")).json(&good).send().await?;
     assert_eq!(answered.status().as_u16(), 200, "a good review is answered while a slow one waits");
-    let cut = tokio::time::timeout(Duration::from_secs(15), async {
-        use tokio::io::AsyncReadExt as _;
-        let mut seen = Vec::new();
-        let _ = slow.read_to_end(&mut seen).await;
-        String::from_utf8_lossy(&seen).into_owned()
-    })
-    .await
-    .context("a body that never finishes was not cut off within 15 s")?;
+    let cut = support::closed_within(&mut slow, Duration::from_secs(15))
+        .await
+        .context("a body that never finishes was not cut off within 15 s")?;
     assert!(cut.is_empty() || cut.starts_with("HTTP/1.1 4"), "an unfinished body gets a 4xx or nothing: {cut}");
     webhook.finish().await
 }

@@ -281,3 +281,69 @@ pub async fn api_authority(client: &kube::Client, namespace: &str, configmap: &s
     })
     .await
 }
+
+/// Fault table row 18's measure: requests `0..1_000` warm up, then `1_000..11_000` are sent, 8 at a time, by `send`
+/// (the request's index -> its status, or `None` when it failed, and the answer or error). Each must get exactly
+/// `want(i)` and none a 5xx; the resident memory of `pid` may grow by 8 MiB at most. Prints the figures as a
+/// `BENCH` line about `what`; returns the RSS before, in KiB.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn ten_thousand_bad_requests<F, Fut>(
+    what: &str,
+    pid: u32,
+    send: F,
+    want: impl Fn(usize) -> (u16, String),
+) -> Result<u64>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = (usize, Option<u16>, String)>,
+{
+    use futures::StreamExt as _;
+    let run = |range: std::ops::Range<usize>| futures::stream::iter(range.map(&send)).buffer_unordered(8);
+    for (i, status, text) in run(0..1_000).collect::<Vec<_>>().await {
+        let (code, request) = want(i);
+        anyhow::ensure!(status == Some(code), "warm-up request {i}, {request}: {status:?} (want {code}): {text}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline = rss_kib(pid)?;
+    let started = Instant::now();
+    let answers = run(1_000..11_000).collect::<Vec<_>>().await;
+    let took = started.elapsed();
+    let mut wrong = Vec::new();
+    for (i, status, text) in &answers {
+        let (code, request) = want(*i);
+        anyhow::ensure!(status.is_none_or(|s| s < 500), "a 5xx: {request}: {text}");
+        if *status != Some(code) {
+            wrong.push(format!("{request} -> {status:?} (want {code}): {text}"));
+        }
+    }
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "{} of 10,000 got another answer: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    eprintln!(
+        "BENCH 10,000 {what} in {took:?}; RSS {baseline} KiB before, {after} KiB after ({:+} KiB)",
+        i64::try_from(after)? - i64::try_from(baseline)?
+    );
+    anyhow::ensure!(after <= baseline + 8 * 1024, "RSS grew from {baseline} KiB to {after} KiB over 10,000 {what}");
+    Ok(baseline)
+}
+
+/// Whether the server closes `stream` (end of stream or an error) within `within`; what it sent before is returned.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&seen).into_owned()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
