@@ -135,6 +135,40 @@ fn every_rendered_config_passes_promtool_of_2_x_and_3_x() {
 }
 
 #[test]
+fn scrape_jobs_rendered_from_service_monitors_pass_promtool_of_2_x_and_3_x() {
+    use tsdb_operator_core::monitors::{ServiceMonitor, build_scrape_jobs};
+    let monitors = common::objects::<ServiceMonitor>("servicemonitors");
+    let refs: Vec<&ServiceMonitor> = monitors.iter().map(|(_, m)| m).collect();
+    let rendered = build_scrape_jobs(&refs);
+    assert_eq!(rendered.jobs.len(), 7, "the corpus renders 7 jobs (2 endpoints refused)");
+    assert_eq!(rendered.refused.len(), 2);
+    let text = serde_yaml::to_string(&serde_json::json!({
+        "global": {"scrape_interval": "30s", "scrape_timeout": "30s"},
+        "scrape_configs": rendered.jobs,
+    }))
+    .unwrap();
+    let dir = TempDir::new("service-monitors");
+    // promtool reads the files a job names: the pod's ServiceAccount token, here under the temp dir.
+    let token = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    assert!(text.contains(token), "the corpus names the token file");
+    let rooted_token = format!("{}{token}", dir.path());
+    write(&rooted_token, "dummy");
+    let text = text.replace(token, &rooted_token);
+    let config_file = format!("{}/prometheus.yml", dir.path());
+    write(&config_file, &text);
+    for promtool in [binary("promtool", 2), binary("promtool", 3)] {
+        let out = Command::new(&promtool).args(["check", "config", &config_file]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} check config failed:\n{}{}\n--- prometheus.yml\n{text}",
+            promtool.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+    }
+}
+
+#[test]
 fn promtool_loads_the_referenced_scrape_files() {
     // Guards the test above: promtool must actually read scrape_config_files, or a broken inline file would pass.
     let promtool = binary("promtool", 3);

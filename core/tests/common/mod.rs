@@ -16,7 +16,13 @@ pub fn settings() -> BuildSettings {
 }
 
 /// The clusters in `fixtures/<dir>/*.yaml`, by file stem, in name order.
+#[allow(dead_code)] // not every test binary uses it
 pub fn fixtures(dir: &str) -> Vec<(String, PrometheusCluster)> {
+    objects(dir)
+}
+
+/// The objects in `fixtures/<dir>/*.yaml`, by file stem, in name order.
+pub fn objects<T: serde::de::DeserializeOwned>(dir: &str) -> Vec<(String, T)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures").join(dir);
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("the fixtures directory exists")
@@ -30,8 +36,8 @@ pub fn fixtures(dir: &str) -> Vec<(String, PrometheusCluster)> {
         .map(|p| {
             let name = p.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let text = std::fs::read_to_string(&p).expect("a readable fixture");
-            let cluster = serde_yaml::from_str(&text).expect("a fixture that parses as a PrometheusCluster");
-            (name, cluster)
+            let object = serde_yaml::from_str(&text).expect("a fixture that parses as its kind");
+            (name, object)
         })
         .collect()
 }

@@ -1,0 +1,589 @@
+//! ServiceMonitor endpoints -> scrape jobs, with prometheus-operator's relabelings, and the refusals.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+use super::types::{Endpoint, RelabelConfig, ServiceMonitor, TlsConfig};
+use crate::build::is_label_name;
+
+/// The scrape jobs of the rendered monitors, and what was refused.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct ScrapeJobs {
+    /// One job per endpoint, in monitor (namespace, name) and endpoint order.
+    pub jobs: Vec<ScrapeJob>,
+    /// Monitors and endpoints not rendered, with the reason.
+    pub refused: Vec<Refused>,
+}
+
+/// A monitor, or one of its endpoints, that was not rendered.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// `ServiceMonitor <namespace>/<name>`.
+    pub object: String,
+    /// The field at fault, e.g. `spec.endpoints[1].basicAuth`.
+    pub field: String,
+    /// Why, and what to do.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.reason)
+    }
+}
+
+/// One `scrape_configs` entry, keys in prometheus-operator's order.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ScrapeJob {
+    /// `serviceMonitor/<namespace>/<name>/<endpoint index>`.
+    pub job_name: String,
+    /// `honor_labels`.
+    pub honor_labels: bool,
+    /// `honor_timestamps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub honor_timestamps: Option<bool>,
+    /// `track_timestamps_staleness`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track_timestamps_staleness: Option<bool>,
+    /// One `endpoints` discovery.
+    pub kubernetes_sd_configs: Vec<KubernetesSd>,
+    /// `scrape_interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrape_interval: Option<String>,
+    /// `scrape_timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrape_timeout: Option<String>,
+    /// `metrics_path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_path: Option<String>,
+    /// `proxy_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<String>,
+    /// `params`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<BTreeMap<String, Vec<String>>>,
+    /// `scheme`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// `follow_redirects`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow_redirects: Option<bool>,
+    /// `enable_http2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_http2: Option<bool>,
+    /// `tls_config`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<Tls>,
+    /// `bearer_token_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<String>,
+    /// The generated relabelings, then the endpoint's own.
+    pub relabel_configs: Vec<Relabel>,
+    /// `sample_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_limit: Option<u64>,
+    /// `target_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_limit: Option<u64>,
+    /// `label_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_limit: Option<u64>,
+    /// `label_name_length_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_name_length_limit: Option<u64>,
+    /// `label_value_length_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_value_length_limit: Option<u64>,
+    /// `keep_dropped_targets`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_dropped_targets: Option<u64>,
+    /// `scrape_protocols`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scrape_protocols: Vec<String>,
+    /// `body_size_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_size_limit: Option<String>,
+    /// `metric_relabel_configs`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metric_relabel_configs: Vec<Relabel>,
+}
+
+/// A `kubernetes_sd_configs` entry.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesSd {
+    /// Always `endpoints`.
+    pub role: &'static str,
+    /// The namespaces to watch; absent: all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Namespaces>,
+    /// `attach_metadata`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_metadata: Option<NodeMetadata>,
+}
+
+/// `namespaces.names`.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Namespaces {
+    /// The names.
+    pub names: Vec<String>,
+}
+
+/// `attach_metadata.node`.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeMetadata {
+    /// Whether node labels are attached.
+    pub node: bool,
+}
+
+/// `tls_config`.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    /// `ca_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// `key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// `server_name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// `insecure_skip_verify`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// A `relabel_configs` entry as Prometheus reads it.
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Relabel {
+    /// `source_labels`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_labels: Vec<String>,
+    /// `separator`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
+    /// `target_label`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_label: Option<String>,
+    /// `regex`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `modulus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modulus: Option<u64>,
+    /// `replacement`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+    /// `action`, lower case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+impl Relabel {
+    fn keep_or_drop(action: &str, sources: &[String], regex: String) -> Self {
+        Self { action: Some(action.to_owned()), source_labels: sources.to_vec(), regex: Some(regex), ..Self::default() }
+    }
+
+    /// `source` into `target` when it is not empty.
+    fn copy(source: String, target: String) -> Self {
+        Self {
+            source_labels: vec![source],
+            target_label: Some(target),
+            regex: Some("(.+)".to_owned()),
+            replacement: Some("${1}".to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// prometheus-operator's label name sanitizer: every character outside `[a-zA-Z0-9_]` becomes `_`.
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+/// Renders the endpoints of `monitors` (already chosen and sorted, see [`super::select`]).
+pub fn build_scrape_jobs(monitors: &[&ServiceMonitor]) -> ScrapeJobs {
+    let mut out = ScrapeJobs::default();
+    for monitor in monitors {
+        let namespace = monitor.metadata.namespace.clone().unwrap_or_default();
+        let name = monitor.metadata.name.clone().unwrap_or_default();
+        let object = format!("ServiceMonitor {namespace}/{name}");
+        if let Err(refused) = check_monitor(monitor) {
+            out.refused.push(Refused { object, field: refused.0, reason: refused.1 });
+            continue;
+        }
+        for (i, endpoint) in monitor.spec.endpoints.iter().enumerate() {
+            match check_endpoint(endpoint) {
+                Ok(()) => out.jobs.push(job(monitor, &namespace, &name, i, endpoint)),
+                Err((field, reason)) => {
+                    out.refused.push(Refused {
+                        object: object.clone(),
+                        field: format!("spec.endpoints[{i}].{field}"),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A refused field (relative path) and the reason.
+type Fault = (String, String);
+
+const CREDENTIALS: &str = "credentials from Secrets or ConfigMaps are not supported yet: use a file in the \
+                           Prometheus pod (bearerTokenFile, tlsConfig.caFile/certFile/keyFile) or scrape without them";
+
+fn unsupported(map: &BTreeMap<String, serde_json::Value>, prefix: &str) -> Result<(), Fault> {
+    match map.keys().next() {
+        None => Ok(()),
+        Some(key) => {
+            let reason = match key.as_str() {
+                "basicAuth" | "authorization" | "oauth2" | "bearerTokenSecret" | "ca" | "cert" | "keySecret" => {
+                    CREDENTIALS.to_owned()
+                }
+                _ => "this field is not supported yet (docs/prometheus-operator.md lists what is)".to_owned(),
+            };
+            Err((format!("{prefix}{key}"), reason))
+        }
+    }
+}
+
+fn check_monitor(monitor: &ServiceMonitor) -> Result<(), (String, String)> {
+    let spec = &monitor.spec;
+    unsupported(&spec.unsupported, "spec.")?;
+    if let Some(label) = &spec.job_label
+        && label.is_empty()
+    {
+        return Err(("spec.jobLabel".to_owned(), "must not be empty when set".to_owned()));
+    }
+    if let Some(limit) = &spec.body_size_limit
+        && !is_byte_size(limit)
+    {
+        return Err(("spec.bodySizeLimit".to_owned(), format!("{limit:?} is not a size such as 10MB or 512KiB")));
+    }
+    for protocol in &spec.scrape_protocols {
+        if !SCRAPE_PROTOCOLS.contains(&protocol.as_str()) {
+            return Err((
+                "spec.scrapeProtocols".to_owned(),
+                format!("{protocol:?} is not one of {}", SCRAPE_PROTOCOLS.join(", ")),
+            ));
+        }
+    }
+    for expression in spec.selector.match_expressions.iter().flatten() {
+        if !["In", "NotIn", "Exists", "DoesNotExist"].contains(&expression.operator.as_str()) {
+            return Err((
+                "spec.selector.matchExpressions".to_owned(),
+                format!("operator {:?} is not In, NotIn, Exists or DoesNotExist", expression.operator),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Scrape protocols every Prometheus this operator runs (2.x and 3.x) knows.
+const SCRAPE_PROTOCOLS: [&str; 4] =
+    ["PrometheusProto", "OpenMetricsText0.0.1", "OpenMetricsText1.0.0", "PrometheusText0.0.4"];
+
+fn is_byte_size(s: &str) -> bool {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let unit = &s[digits..];
+    digits > 0 && ["B", "KB", "MB", "GB", "TB", "PB", "EB", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"].contains(&unit)
+}
+
+fn check_endpoint(endpoint: &Endpoint) -> Result<(), Fault> {
+    unsupported(&endpoint.unsupported, "")?;
+    if let Some(tls) = &endpoint.tls_config {
+        unsupported(&tls.unsupported, "tlsConfig.")?;
+    }
+    for (field, value) in [("interval", &endpoint.interval), ("scrapeTimeout", &endpoint.scrape_timeout)] {
+        if let Some(v) = value
+            && let Err(e) = crate::duration::parse(v)
+        {
+            return Err((field.to_owned(), format!("{e}; use a Prometheus duration such as 30s or 1m")));
+        }
+    }
+    if let (Some(interval), Some(timeout)) = (&endpoint.interval, &endpoint.scrape_timeout)
+        && crate::duration::parse(timeout).ok() > crate::duration::parse(interval).ok()
+    {
+        return Err(("scrapeTimeout".to_owned(), format!("{timeout} is longer than the interval {interval}")));
+    }
+    if let Some(scheme) = &endpoint.scheme
+        && !["http", "https"].contains(&scheme.as_str())
+    {
+        return Err(("scheme".to_owned(), format!("{scheme:?} is not http or https")));
+    }
+    if let Some(path) = &endpoint.path
+        && !path.starts_with('/')
+    {
+        return Err(("path".to_owned(), format!("{path:?} must start with /")));
+    }
+    for (field, rules) in [("relabelings", &endpoint.relabelings), ("metricRelabelings", &endpoint.metric_relabelings)]
+    {
+        for (i, rule) in rules.iter().enumerate() {
+            check_relabel(rule).map_err(|reason| (format!("{field}[{i}]"), reason))?;
+        }
+    }
+    Ok(())
+}
+
+/// Prometheus' own checks of a relabel rule, so that one bad rule never makes it refuse the whole configuration.
+fn check_relabel(rule: &RelabelConfig) -> Result<(), String> {
+    let action = rule.action.as_deref().unwrap_or("replace").to_ascii_lowercase();
+    let target = rule.target_label.as_deref();
+    if let Some(regex) = &rule.regex
+        && let Err(e) = regex::Regex::new(&format!("^(?:{regex})$"))
+    {
+        return Err(format!("regex {regex:?} does not compile: {e}"));
+    }
+    for source in &rule.source_labels {
+        if !is_label_name(source) {
+            return Err(format!("source label {source:?} is not a label name"));
+        }
+    }
+    match action.as_str() {
+        "replace" => match target {
+            Some(t) if is_target_template(t) => Ok(()),
+            Some(t) => Err(format!("target label {t:?} is not a label name or a ${{1}} template")),
+            None => Err("action replace needs targetLabel".to_owned()),
+        },
+        "hashmod" | "lowercase" | "uppercase" | "keepequal" | "dropequal" => {
+            if !target.is_some_and(is_label_name) {
+                return Err(format!("action {action} needs targetLabel, a label name"));
+            }
+            if action == "hashmod" && rule.modulus.unwrap_or(0) == 0 {
+                return Err("action hashmod needs a modulus above 0".to_owned());
+            }
+            if (action == "keepequal" || action == "dropequal") && rule.regex.is_some() {
+                return Err(format!("action {action} takes no regex"));
+            }
+            Ok(())
+        }
+        "keep" | "drop" | "labelmap" => Ok(()),
+        "labeldrop" | "labelkeep" => {
+            if rule.source_labels.is_empty() && target.is_none() && rule.modulus.is_none() {
+                Ok(())
+            } else {
+                Err(format!("action {action} takes only a regex"))
+            }
+        }
+        other => Err(format!(
+            "action {other:?} is not one of replace, keep, drop, keepequal, dropequal, hashmod, labelmap, labeldrop, \
+             labelkeep, lowercase, uppercase"
+        )),
+    }
+}
+
+/// A label name, or one made of `$1`, `${name}` and name characters, as `replace` accepts.
+fn is_target_template(t: &str) -> bool {
+    let mut rest = t;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("${") {
+            let Some(end) = after.find('}') else { return false };
+            if end == 0 || !after[..end].chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return false;
+            }
+            rest = &after[end + 1..];
+        } else if let Some(after) = rest.strip_prefix('$') {
+            let n = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').count();
+            if n == 0 {
+                return false;
+            }
+            rest = &after[n..];
+        } else {
+            let c = rest.chars().next().unwrap_or('-');
+            if !(c.is_ascii_alphanumeric() || c == '_') {
+                return false;
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    !t.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn relabel(rule: &RelabelConfig) -> Relabel {
+    Relabel {
+        source_labels: rule.source_labels.clone(),
+        separator: rule.separator.clone(),
+        target_label: rule.target_label.clone(),
+        regex: rule.regex.clone(),
+        modulus: rule.modulus,
+        replacement: rule.replacement.clone(),
+        action: rule.action.as_deref().map(str::to_ascii_lowercase),
+    }
+}
+
+fn tls(config: &TlsConfig) -> Tls {
+    Tls {
+        ca_file: config.ca_file.clone(),
+        cert_file: config.cert_file.clone(),
+        key_file: config.key_file.clone(),
+        server_name: config.server_name.clone(),
+        insecure_skip_verify: config.insecure_skip_verify,
+    }
+}
+
+fn port_text(port: &IntOrString) -> String {
+    match port {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    }
+}
+
+fn job(monitor: &ServiceMonitor, namespace: &str, name: &str, i: usize, endpoint: &Endpoint) -> ScrapeJob {
+    let spec = &monitor.spec;
+    let names = if spec.namespace_selector.any {
+        None
+    } else if spec.namespace_selector.match_names.is_empty() {
+        Some(Namespaces { names: vec![namespace.to_owned()] })
+    } else {
+        Some(Namespaces { names: spec.namespace_selector.match_names.clone() })
+    };
+    ScrapeJob {
+        job_name: format!("serviceMonitor/{namespace}/{name}/{i}"),
+        honor_labels: endpoint.honor_labels,
+        honor_timestamps: endpoint.honor_timestamps,
+        track_timestamps_staleness: endpoint.track_timestamps_staleness,
+        kubernetes_sd_configs: vec![KubernetesSd {
+            role: "endpoints",
+            namespaces: names,
+            attach_metadata: spec.attach_metadata.as_ref().map(|m| NodeMetadata { node: m.node.unwrap_or(false) }),
+        }],
+        scrape_interval: endpoint.interval.clone(),
+        scrape_timeout: endpoint.scrape_timeout.clone(),
+        metrics_path: endpoint.path.clone(),
+        proxy_url: endpoint.proxy_url.clone(),
+        params: endpoint.params.clone(),
+        scheme: endpoint.scheme.clone(),
+        follow_redirects: endpoint.follow_redirects,
+        enable_http2: endpoint.enable_http2,
+        tls_config: endpoint.tls_config.as_ref().map(tls),
+        bearer_token_file: endpoint.bearer_token_file.clone(),
+        relabel_configs: relabelings(monitor, endpoint),
+        sample_limit: spec.sample_limit,
+        target_limit: spec.target_limit,
+        label_limit: spec.label_limit,
+        label_name_length_limit: spec.label_name_length_limit,
+        label_value_length_limit: spec.label_value_length_limit,
+        keep_dropped_targets: spec.keep_dropped_targets,
+        scrape_protocols: spec.scrape_protocols.clone(),
+        body_size_limit: spec.body_size_limit.clone(),
+        metric_relabel_configs: endpoint.metric_relabelings.iter().map(relabel).collect(),
+    }
+}
+
+/// prometheus-operator's relabelings of an endpoint, in its order, then the endpoint's own.
+fn relabelings(monitor: &ServiceMonitor, endpoint: &Endpoint) -> Vec<Relabel> {
+    let spec = &monitor.spec;
+    let service_label = |key: &str| {
+        let key = sanitize(key);
+        vec![format!("__meta_kubernetes_service_label_{key}"), format!("__meta_kubernetes_service_labelpresent_{key}")]
+    };
+    let present = |key: &str| vec![format!("__meta_kubernetes_service_labelpresent_{}", sanitize(key))];
+    // The job name as it was, for rules that want it.
+    let mut rules = vec![Relabel {
+        source_labels: vec!["job".to_owned()],
+        target_label: Some("__tmp_prometheus_job_name".to_owned()),
+        ..Relabel::default()
+    }];
+    // The selected Services.
+    for (key, value) in spec.selector.match_labels.iter().flatten() {
+        rules.push(Relabel::keep_or_drop("keep", &service_label(key), format!("({value});true")));
+    }
+    for expression in spec.selector.match_expressions.iter().flatten() {
+        let values = expression.values.as_deref().unwrap_or_default().join("|");
+        let rule = match expression.operator.as_str() {
+            "In" => Relabel::keep_or_drop("keep", &service_label(&expression.key), format!("({values});true")),
+            "NotIn" => Relabel::keep_or_drop("drop", &service_label(&expression.key), format!("({values});true")),
+            "Exists" => Relabel::keep_or_drop("keep", &present(&expression.key), "true".to_owned()),
+            _ => Relabel::keep_or_drop("drop", &present(&expression.key), "true".to_owned()),
+        };
+        rules.push(rule);
+    }
+    // The endpoint's port.
+    let port_rule = match (&endpoint.port, &endpoint.target_port) {
+        (Some(port), _) if !port.is_empty() => Some(("__meta_kubernetes_endpoint_port_name", port.clone())),
+        (_, Some(IntOrString::String(name))) if !name.is_empty() => {
+            Some(("__meta_kubernetes_pod_container_port_name", name.clone()))
+        }
+        (_, Some(IntOrString::Int(n))) if *n != 0 => {
+            Some(("__meta_kubernetes_pod_container_port_number", n.to_string()))
+        }
+        _ => None,
+    };
+    if let Some((source, regex)) = port_rule {
+        rules.push(Relabel::keep_or_drop("keep", &[source.to_owned()], regex));
+    }
+    // Where the target is: node or pod, namespace, service, pod, container.
+    let target = vec![
+        "__meta_kubernetes_endpoint_address_target_kind".to_owned(),
+        "__meta_kubernetes_endpoint_address_target_name".to_owned(),
+    ];
+    for (kind, label) in [("Node", "node"), ("Pod", "pod")] {
+        rules.push(Relabel {
+            source_labels: target.clone(),
+            separator: Some(";".to_owned()),
+            regex: Some(format!("{kind};(.*)")),
+            replacement: Some("${1}".to_owned()),
+            target_label: Some(label.to_owned()),
+            ..Relabel::default()
+        });
+    }
+    for (source, label) in [
+        ("__meta_kubernetes_namespace", "namespace"),
+        ("__meta_kubernetes_service_name", "service"),
+        ("__meta_kubernetes_pod_name", "pod"),
+        ("__meta_kubernetes_pod_container_name", "container"),
+    ] {
+        rules.push(Relabel {
+            source_labels: vec![source.to_owned()],
+            target_label: Some(label.to_owned()),
+            ..Relabel::default()
+        });
+    }
+    if endpoint.filter_running.unwrap_or(true) {
+        rules.push(Relabel::keep_or_drop(
+            "drop",
+            &["__meta_kubernetes_pod_phase".to_owned()],
+            "(Failed|Succeeded)".to_owned(),
+        ));
+    }
+    for label in &spec.target_labels {
+        rules.push(Relabel::copy(format!("__meta_kubernetes_service_label_{}", sanitize(label)), sanitize(label)));
+    }
+    for label in &spec.pod_target_labels {
+        rules.push(Relabel::copy(format!("__meta_kubernetes_pod_label_{}", sanitize(label)), sanitize(label)));
+    }
+    // The job: the Service's name, or the value of its jobLabel label when it has one.
+    rules.push(Relabel {
+        source_labels: vec!["__meta_kubernetes_service_name".to_owned()],
+        target_label: Some("job".to_owned()),
+        replacement: Some("${1}".to_owned()),
+        ..Relabel::default()
+    });
+    if let Some(label) = &spec.job_label {
+        rules.push(Relabel::copy(format!("__meta_kubernetes_service_label_{}", sanitize(label)), "job".to_owned()));
+    }
+    // The endpoint label: the port's name, else the target port.
+    let endpoint_label = match (&endpoint.port, &endpoint.target_port) {
+        (Some(port), _) if !port.is_empty() => Some(port.clone()),
+        (_, Some(target)) if !port_text(target).is_empty() => Some(port_text(target)),
+        _ => None,
+    };
+    if let Some(value) = endpoint_label {
+        rules.push(Relabel {
+            target_label: Some("endpoint".to_owned()),
+            replacement: Some(value),
+            ..Relabel::default()
+        });
+    }
+    rules.extend(endpoint.relabelings.iter().map(relabel));
+    rules
+}

@@ -1,0 +1,199 @@
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::*;
+
+#[allow(clippy::needless_pass_by_value)] // reads like the YAML it stands for
+fn monitor(namespace: &str, name: &str, labels: &[(&str, &str)], spec: serde_json::Value) -> ServiceMonitor {
+    serde_json::from_value(json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<serde_json::Map<_, _>>()},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+#[allow(clippy::needless_pass_by_value)]
+fn web(spec: serde_json::Value) -> ServiceMonitor {
+    monitor("shop", "web", &[], spec)
+}
+
+fn rendered(m: &ServiceMonitor) -> ScrapeJobs {
+    build_scrape_jobs(&[m])
+}
+
+/// The rules of `job` as YAML flow text, one per line, for assertions that read like the configuration.
+fn rules(job: &render::ScrapeJob) -> Vec<String> {
+    job.relabel_configs.iter().map(|r| serde_json::to_string(r).unwrap()).collect()
+}
+
+#[test]
+fn a_monitor_selects_services_by_label_and_port_and_labels_targets_as_prometheus_operator_does() {
+    let m = web(json!({
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "web"},
+                     "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "edge"]},
+                                          {"key": "canary", "operator": "DoesNotExist"}]},
+        "endpoints": [{"port": "metrics", "interval": "15s"}],
+        "targetLabels": ["team"], "podTargetLabels": ["app.kubernetes.io/version"],
+    }));
+    let out = rendered(&m);
+    assert!(out.refused.is_empty(), "{:?}", out.refused);
+    let job = &out.jobs[0];
+    assert_eq!(job.job_name, "serviceMonitor/shop/web/0");
+    assert_eq!(job.scrape_interval.as_deref(), Some("15s"));
+    assert_eq!(job.kubernetes_sd_configs[0].namespaces.as_ref().unwrap().names, ["shop"], "its own namespace");
+    let rules = rules(job);
+    let want = [
+        r#"{"source_labels":["job"],"target_label":"__tmp_prometheus_job_name"}"#,
+        r#"{"source_labels":["__meta_kubernetes_service_label_app_kubernetes_io_name","__meta_kubernetes_service_labelpresent_app_kubernetes_io_name"],"regex":"(web);true","action":"keep"}"#,
+        r#"{"source_labels":["__meta_kubernetes_service_label_tier","__meta_kubernetes_service_labelpresent_tier"],"regex":"(front|edge);true","action":"keep"}"#,
+        r#"{"source_labels":["__meta_kubernetes_service_labelpresent_canary"],"regex":"true","action":"drop"}"#,
+        r#"{"source_labels":["__meta_kubernetes_endpoint_port_name"],"regex":"metrics","action":"keep"}"#,
+    ];
+    assert_eq!(rules[..want.len()], want);
+    let tail = [
+        r#"{"source_labels":["__meta_kubernetes_service_label_team"],"target_label":"team","regex":"(.+)","replacement":"${1}"}"#,
+        r#"{"source_labels":["__meta_kubernetes_pod_label_app_kubernetes_io_version"],"target_label":"app_kubernetes_io_version","regex":"(.+)","replacement":"${1}"}"#,
+        r#"{"source_labels":["__meta_kubernetes_service_name"],"target_label":"job","replacement":"${1}"}"#,
+        r#"{"target_label":"endpoint","replacement":"metrics"}"#,
+    ];
+    assert_eq!(rules[rules.len() - tail.len()..], tail);
+    for label in ["node", "pod", "namespace", "service", "container"] {
+        assert!(rules.iter().any(|r| r.contains(&format!("\"target_label\":\"{label}\""))), "{label}: {rules:?}");
+    }
+    assert!(rules.iter().any(|r| r.contains("(Failed|Succeeded)")), "finished pods are dropped by default");
+}
+
+#[test]
+fn job_label_target_port_and_namespace_selector_follow_prometheus_operator() {
+    let m = web(json!({
+        "jobLabel": "app.kubernetes.io/name",
+        "namespaceSelector": {"matchNames": ["a", "b"]},
+        "endpoints": [{"targetPort": 9100, "filterRunning": false},
+                      {"targetPort": "http-metrics", "path": "/m", "scheme": "https",
+                       "tlsConfig": {"caFile": "/etc/ca.crt", "serverName": "web"}}],
+    }));
+    let out = rendered(&m);
+    assert!(out.refused.is_empty(), "{:?}", out.refused);
+    let (first, second) = (&out.jobs[0], &out.jobs[1]);
+    assert_eq!(first.kubernetes_sd_configs[0].namespaces.as_ref().unwrap().names, ["a", "b"]);
+    let first_rules = rules(first);
+    assert!(
+        first_rules.contains(
+            &r#"{"source_labels":["__meta_kubernetes_pod_container_port_number"],"regex":"9100","action":"keep"}"#
+                .to_owned()
+        )
+    );
+    assert!(first_rules.contains(&r#"{"source_labels":["__meta_kubernetes_service_label_app_kubernetes_io_name"],"target_label":"job","regex":"(.+)","replacement":"${1}"}"#.to_owned()));
+    assert!(first_rules.contains(&r#"{"target_label":"endpoint","replacement":"9100"}"#.to_owned()));
+    assert!(!first_rules.iter().any(|r| r.contains("Failed|Succeeded")), "filterRunning: false");
+    assert!(rules(second).contains(&r#"{"source_labels":["__meta_kubernetes_pod_container_port_name"],"regex":"http-metrics","action":"keep"}"#.to_owned()));
+    assert_eq!(second.job_name, "serviceMonitor/shop/web/1");
+    assert_eq!((second.metrics_path.as_deref(), second.scheme.as_deref()), (Some("/m"), Some("https")));
+    assert_eq!(second.tls_config.as_ref().unwrap().ca_file.as_deref(), Some("/etc/ca.crt"));
+
+    let any = rendered(&web(json!({"namespaceSelector": {"any": true}, "endpoints": [{"port": "m"}]})));
+    assert_eq!(any.jobs[0].kubernetes_sd_configs[0].namespaces, None, "every namespace");
+}
+
+#[test]
+fn the_endpoints_own_relabelings_come_last_with_actions_in_lower_case() {
+    let m = web(json!({"endpoints": [{"port": "m",
+        "relabelings": [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance", "action": "Replace"}],
+        "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "go_.*", "action": "Drop"}]}]}));
+    let out = rendered(&m);
+    let last = out.jobs[0].relabel_configs.last().unwrap();
+    assert_eq!(last.target_label.as_deref(), Some("instance"));
+    assert_eq!(last.action.as_deref(), Some("replace"));
+    assert_eq!(out.jobs[0].metric_relabel_configs[0].action.as_deref(), Some("drop"));
+}
+
+#[test]
+fn credentials_from_secrets_refuse_that_endpoint_only_and_name_the_field() {
+    let m = web(json!({"endpoints": [
+        {"port": "a"},
+        {"port": "b", "basicAuth": {"username": {"name": "s", "key": "u"}, "password": {"name": "s", "key": "p"}}},
+        {"port": "c", "tlsConfig": {"ca": {"secret": {"name": "s", "key": "ca"}}}},
+    ]}));
+    let out = rendered(&m);
+    assert_eq!(out.jobs.len(), 1, "the endpoint without credentials is still scraped");
+    assert_eq!(out.jobs[0].job_name, "serviceMonitor/shop/web/0");
+    let fields: Vec<&str> = out.refused.iter().map(|r| r.field.as_str()).collect();
+    assert_eq!(fields, ["spec.endpoints[1].basicAuth", "spec.endpoints[2].tlsConfig.ca"]);
+    assert!(
+        out.refused[0].to_string().starts_with("ServiceMonitor shop/web: spec.endpoints[1].basicAuth: credentials")
+    );
+}
+
+#[test]
+fn values_prometheus_would_refuse_are_refused_here_so_the_other_monitors_still_load() {
+    let cases = [
+        (json!({"interval": "15 seconds"}), "spec.endpoints[0].interval"),
+        (json!({"interval": "10s", "scrapeTimeout": "30s"}), "spec.endpoints[0].scrapeTimeout"),
+        (json!({"scheme": "ftp"}), "spec.endpoints[0].scheme"),
+        (json!({"path": "metrics"}), "spec.endpoints[0].path"),
+        (json!({"relabelings": [{"regex": "(unclosed", "targetLabel": "x"}]}), "spec.endpoints[0].relabelings[0]"),
+        (json!({"relabelings": [{"targetLabel": "bad-label"}]}), "spec.endpoints[0].relabelings[0]"),
+        (json!({"relabelings": [{"action": "hashmod", "targetLabel": "h"}]}), "spec.endpoints[0].relabelings[0]"),
+        (json!({"relabelings": [{"action": "explode"}]}), "spec.endpoints[0].relabelings[0]"),
+        (
+            json!({"metricRelabelings": [{"action": "labeldrop", "regex": "x", "targetLabel": "y"}]}),
+            "spec.endpoints[0].metricRelabelings[0]",
+        ),
+        (json!({"somethingNew": true}), "spec.endpoints[0].somethingNew"),
+    ];
+    for (endpoint, field) in cases {
+        let out = rendered(&web(json!({"endpoints": [endpoint.clone()]})));
+        assert!(out.jobs.is_empty(), "{endpoint}: {:?}", out.jobs);
+        assert_eq!(out.refused.len(), 1, "{endpoint}");
+        assert_eq!(out.refused[0].field, field, "{endpoint}: {}", out.refused[0]);
+    }
+    let template =
+        rendered(&web(json!({"endpoints": [{"relabelings": [{"targetLabel": "${1}_x", "regex": "(.*)"}]}]})));
+    assert!(template.refused.is_empty(), "a ${{1}} template is a valid replace target: {:?}", template.refused);
+    for (spec, field) in [
+        (json!({"scrapeClass": "tls", "endpoints": [{"port": "m"}]}), "spec.scrapeClass"),
+        (json!({"bodySizeLimit": "lots", "endpoints": [{"port": "m"}]}), "spec.bodySizeLimit"),
+        (json!({"scrapeProtocols": ["Telepathy"], "endpoints": [{"port": "m"}]}), "spec.scrapeProtocols"),
+    ] {
+        let out = rendered(&web(spec));
+        assert!(out.jobs.is_empty());
+        assert_eq!(out.refused[0].field, field);
+    }
+}
+
+#[test]
+fn selection_follows_the_cluster_selectors_as_prometheus_operator_does() {
+    let monitors = vec![
+        monitor("b", "two", &[("team", "obs")], json!({})),
+        monitor("a", "one", &[("team", "obs")], json!({})),
+        monitor("a", "other-team", &[("team", "web")], json!({})),
+        monitor("c", "unlabelled-namespace", &[("team", "obs")], json!({})),
+    ];
+    let namespaces = BTreeMap::from([
+        ("a".to_owned(), BTreeMap::from([("monitoring".to_owned(), "on".to_owned())])),
+        ("b".to_owned(), BTreeMap::from([("monitoring".to_owned(), "on".to_owned())])),
+        ("c".to_owned(), BTreeMap::new()),
+    ]);
+    let by_team: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+        serde_json::from_value(json!({"matchLabels": {"team": "obs"}})).unwrap();
+    let labelled: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+        serde_json::from_value(json!({"matchLabels": {"monitoring": "on"}})).unwrap();
+    let everything = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::default();
+    let names = |chosen: Vec<&ServiceMonitor>| -> Vec<String> {
+        chosen
+            .iter()
+            .map(|m| format!("{}/{}", m.metadata.namespace.as_deref().unwrap(), m.metadata.name.as_deref().unwrap()))
+            .collect()
+    };
+    assert!(select(&monitors, None, Some(&everything), "a", &namespaces).is_empty(), "no selector: none");
+    assert_eq!(names(select(&monitors, Some(&by_team), None, "a", &namespaces)), ["a/one"], "own namespace only");
+    assert_eq!(names(select(&monitors, Some(&by_team), Some(&labelled), "a", &namespaces)), ["a/one", "b/two"]);
+    assert_eq!(
+        names(select(&monitors, Some(&everything), Some(&everything), "x", &namespaces)),
+        ["a/one", "a/other-team", "b/two", "c/unlabelled-namespace"],
+        "empty selectors: everything, sorted"
+    );
+}

@@ -1,0 +1,27 @@
+//! Snapshots of the scrape jobs rendered from a corpus of real-world ServiceMonitors (`fixtures/servicemonitors/`),
+//! and of what was refused, stored in `snapshots/monitors/` and reviewed like code. `tests/promtool.rs` checks the
+//! same jobs with the real `promtool`.
+
+mod common;
+
+use tsdb_operator_core::monitors::{ServiceMonitor, build_scrape_jobs};
+
+#[test]
+fn every_service_monitor_renders_the_reviewed_scrape_jobs() {
+    for (name, monitor) in common::objects::<ServiceMonitor>("servicemonitors") {
+        let rendered = build_scrape_jobs(&[&monitor]);
+        assert_eq!(
+            rendered.jobs.len() + rendered.refused.len(),
+            monitor.spec.endpoints.len(),
+            "{name}: each endpoint is a job or a refusal"
+        );
+        insta::with_settings!({
+            snapshot_path => "../../snapshots/monitors",
+            prepend_module_to_snapshot => false,
+            description => format!("fixtures/servicemonitors/{name}.yaml"),
+            omit_expression => true,
+        }, {
+            insta::assert_yaml_snapshot!(name, rendered);
+        });
+    }
+}
