@@ -242,7 +242,8 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     eventually("the operator to fill in the webhook's caBundle", Duration::from_mins(1), || async {
         let config = configurations.get(&fullname).await?;
         let hooks = config.webhooks.unwrap_or_default();
-        let filled = hooks.len() == 2
+        // Two that validate, two that record deletes (the audit trail is on).
+        let filled = hooks.len() == 4
             && hooks.iter().all(|h| h.client_config.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty()));
         Ok(filled.then_some(()))
     })

@@ -40,35 +40,47 @@ pub const CLUSTER_SET_PATH: &str = "/validate-observability-merlionos-org-v1-pro
 /// The names of the two webhooks (the seed's for PrometheusClusters).
 pub const WEBHOOK_NAMES: [&str; 2] = ["vprometheuscluster.merlionos.org", "vprometheusclusterset.merlionos.org"];
 
-/// The ValidatingWebhookConfiguration `name` for the operator's webhook: one webhook per kind, `CREATE` and
-/// `UPDATE` of the main resource (never `/status`), `failurePolicy: Fail`, `sideEffects: None`, a 10 s timeout.
+/// The names of the two webhooks that record deletes in the audit trail.
+pub const DELETE_WEBHOOK_NAMES: [&str; 2] = ["dprometheuscluster.merlionos.org", "dprometheusclusterset.merlionos.org"];
+
+/// The ValidatingWebhookConfiguration `name` for the operator's webhook: one webhook per kind for `CREATE` and
+/// `UPDATE` of the main resource (never `/status`), `failurePolicy: Fail`, a 10 s timeout; and one per kind for
+/// `DELETE`, which only records who deleted what in the audit trail: `failurePolicy: Ignore` and a 5 s timeout, so
+/// a delete never waits for, or fails with, the webhook. All with `sideEffects: None` (dry runs are not recorded).
 /// `client` gives the client configuration for a path (a Service, or a URL); its `caBundle` is left to
-/// cert-manager or to the operator. The chart renders the same configuration.
+/// cert-manager or to the operator. The chart renders the same configuration (the delete webhooks with the audit
+/// trail on).
 pub fn webhook_configuration(
     name: &str,
     client: impl Fn(&str) -> WebhookClientConfig,
 ) -> ValidatingWebhookConfiguration {
-    let hook = |name: &str, path: &str, resource: &str| ValidatingWebhook {
+    let hook = |name: &str, path: &str, resource: &str, delete: bool| ValidatingWebhook {
         name: name.to_owned(),
         client_config: client(path),
         rules: Some(vec![RuleWithOperations {
             api_groups: Some(vec![crate::constants::GROUP.to_owned()]),
             api_versions: Some(vec!["v1".to_owned()]),
-            operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+            operations: Some(if delete {
+                vec!["DELETE".to_owned()]
+            } else {
+                vec!["CREATE".to_owned(), "UPDATE".to_owned()]
+            }),
             resources: Some(vec![resource.to_owned()]),
             scope: Some("*".to_owned()),
         }]),
-        failure_policy: Some("Fail".to_owned()),
+        failure_policy: Some(if delete { "Ignore" } else { "Fail" }.to_owned()),
         side_effects: "None".to_owned(),
         admission_review_versions: vec!["v1".to_owned()],
-        timeout_seconds: Some(10),
+        timeout_seconds: Some(if delete { 5 } else { 10 }),
         ..ValidatingWebhook::default()
     };
     ValidatingWebhookConfiguration {
         metadata: ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() },
         webhooks: Some(vec![
-            hook(WEBHOOK_NAMES[0], CLUSTER_PATH, "prometheusclusters"),
-            hook(WEBHOOK_NAMES[1], CLUSTER_SET_PATH, "prometheusclustersets"),
+            hook(WEBHOOK_NAMES[0], CLUSTER_PATH, "prometheusclusters", false),
+            hook(WEBHOOK_NAMES[1], CLUSTER_SET_PATH, "prometheusclustersets", false),
+            hook(DELETE_WEBHOOK_NAMES[0], CLUSTER_PATH, "prometheusclusters", true),
+            hook(DELETE_WEBHOOK_NAMES[1], CLUSTER_SET_PATH, "prometheusclustersets", true),
         ]),
     }
 }
