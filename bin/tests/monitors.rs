@@ -1,7 +1,7 @@
-//! prometheus-operator's ServiceMonitor, rendered by the core, on the real control plane with real Prometheus: a
-//! pod (run by the process kubelet) behind a Service, the jobs the core renders from a ServiceMonitor given to a
-//! real Prometheus (outside the cluster, so its Kubernetes discovery is pointed at the test API server), and the
-//! series that arrive carry the labels prometheus-operator gives them.
+//! prometheus-operator's ServiceMonitor and PodMonitor, rendered by the core, on the real control plane with real
+//! Prometheus: a pod (run by the process kubelet) behind a Service, the jobs the core renders from a ServiceMonitor
+//! and a PodMonitor given to a real Prometheus (outside the cluster, so its Kubernetes discovery is pointed at the
+//! test API server), and the series that arrive carry the labels prometheus-operator gives them.
 
 mod support;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 use support::{env, eventually};
-use tsdb_operator_core::monitors::{ServiceMonitor, build_scrape_jobs};
+use tsdb_operator_core::monitors::{PodMonitor, ServiceMonitor, build_pod_monitor_jobs, build_scrape_jobs};
 use tsdb_operator_testenv::paths::{self, PrometheusMajor};
 use tsdb_operator_testenv::process::{ProcessBuilder, free_port};
 
@@ -51,7 +51,7 @@ fn jobs_for_the_test_api_server(jobs: &Value, token_file: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_monitors_targets_carry_the_labels_prometheus_operator_gives_them() -> Result<()> {
+async fn service_and_pod_monitor_targets_carry_the_labels_prometheus_operator_gives_them() -> Result<()> {
     let env = env();
     let ns = support::namespace("monitors").await;
     env.cp.apply_yaml(&app_pod(&ns)).await?;
@@ -62,7 +62,15 @@ async fn a_service_monitors_targets_carry_the_labels_prometheus_operator_gives_t
          spec:\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: web\n  targetLabels: [team]\n  \
          podTargetLabels: [app.kubernetes.io/version]\n  endpoints:\n    - port: metrics\n      interval: 1s\n"
     ))?;
-    let rendered = build_scrape_jobs(&[&monitor]);
+    let pod_monitor: PodMonitor = serde_yaml::from_str(&format!(
+        "apiVersion: monitoring.coreos.com/v1\nkind: PodMonitor\nmetadata:\n  name: web\n  namespace: {ns}\n\
+         spec:\n  selector:\n    matchLabels:\n      app: web\n  podTargetLabels: [app.kubernetes.io/version]\n  \
+         podMetricsEndpoints:\n    - port: metrics\n      interval: 1s\n"
+    ))?;
+    let mut rendered = build_scrape_jobs(&[&monitor]);
+    let pods = build_pod_monitor_jobs(&[&pod_monitor]);
+    rendered.jobs.extend(pods.jobs);
+    rendered.refused.extend(pods.refused);
     anyhow::ensure!(rendered.refused.is_empty(), "{:?}", rendered.refused);
 
     // Prometheus discovers with the least a ServiceAccount needs: list and watch of the namespace's Services,
@@ -91,7 +99,7 @@ async fn a_service_monitors_targets_carry_the_labels_prometheus_operator_gives_t
         .spawn(&env.workdir)?;
 
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
-    let series = eventually("the app's series scraped through the ServiceMonitor", Duration::from_mins(3), || async {
+    let series = eventually("the app's series scraped through both monitors", Duration::from_mins(3), || async {
         let answer: Value = http
             .get(format!("http://127.0.0.1:{port}/api/v1/query"))
             .query(&[("query", "up == 1")])
@@ -100,13 +108,17 @@ async fn a_service_monitors_targets_carry_the_labels_prometheus_operator_gives_t
             .json()
             .await?;
         let result = answer["data"]["result"].as_array().cloned().unwrap_or_default();
-        Ok((!result.is_empty()).then_some(result))
+        Ok((result.len() >= 2).then_some(result))
     })
     .await?;
     scraper.stop()?;
 
-    assert_eq!(series.len(), 1, "only the selected Service's endpoint is scraped: {series:?}");
-    let labels: BTreeMap<String, String> = serde_json::from_value(series[0]["metric"].clone())?;
+    assert_eq!(series.len(), 2, "the selected Service's endpoint and the pod, once each: {series:?}");
+    let labelled = |job: &str| -> Result<BTreeMap<String, String>> {
+        let found = series.iter().find(|s| s["metric"]["job"] == job).with_context(|| format!("job {job}"))?;
+        Ok(serde_json::from_value(found["metric"].clone())?)
+    };
+    let labels = labelled("web")?;
     let pod_ip = labels.get("instance").and_then(|i| i.strip_suffix(":9090")).context("instance")?.to_owned();
     assert!(pod_ip.starts_with("10."), "the pod's address: {pod_ip}");
     let want: BTreeMap<String, String> = [
@@ -125,5 +137,11 @@ async fn a_service_monitors_targets_carry_the_labels_prometheus_operator_gives_t
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     assert_eq!(labels, want);
+    // The PodMonitor's target: no service, the job named after the monitor.
+    let mut want = want;
+    want.remove("service");
+    want.remove("team");
+    want.insert("job".to_owned(), format!("{ns}/web"));
+    assert_eq!(labelled(&format!("{ns}/web"))?, want);
     support::release_namespace(&ns).await
 }

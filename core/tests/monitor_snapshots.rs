@@ -1,10 +1,11 @@
-//! Snapshots of the scrape jobs rendered from a corpus of real-world ServiceMonitors (`fixtures/servicemonitors/`),
+//! Snapshots of the scrape jobs rendered from a corpus of real-world ServiceMonitors and PodMonitors
+//! (`fixtures/servicemonitors/`, `fixtures/podmonitors/`),
 //! and of what was refused, stored in `snapshots/monitors/` and reviewed like code. `tests/promtool.rs` checks the
 //! same jobs with the real `promtool`.
 
 mod common;
 
-use tsdb_operator_core::monitors::{ServiceMonitor, build_scrape_jobs};
+use tsdb_operator_core::monitors::{PodMonitor, ServiceMonitor, build_pod_monitor_jobs, build_scrape_jobs};
 
 #[test]
 fn every_service_monitor_renders_the_reviewed_scrape_jobs() {
@@ -22,6 +23,26 @@ fn every_service_monitor_renders_the_reviewed_scrape_jobs() {
             omit_expression => true,
         }, {
             insta::assert_yaml_snapshot!(name, rendered);
+        });
+    }
+}
+
+#[test]
+fn every_pod_monitor_renders_the_reviewed_scrape_jobs() {
+    for (name, monitor) in common::objects::<PodMonitor>("podmonitors") {
+        let rendered = build_pod_monitor_jobs(&[&monitor]);
+        assert_eq!(
+            rendered.jobs.len() + rendered.refused.len(),
+            monitor.spec.pod_metrics_endpoints.len(),
+            "{name}: each endpoint is a job or a refusal"
+        );
+        insta::with_settings!({
+            snapshot_path => "../../snapshots/monitors",
+            prepend_module_to_snapshot => false,
+            description => format!("fixtures/podmonitors/{name}.yaml"),
+            omit_expression => true,
+        }, {
+            insta::assert_yaml_snapshot!(format!("pod__{name}"), rendered);
         });
     }
 }

@@ -135,13 +135,18 @@ fn every_rendered_config_passes_promtool_of_2_x_and_3_x() {
 }
 
 #[test]
-fn scrape_jobs_rendered_from_service_monitors_pass_promtool_of_2_x_and_3_x() {
-    use tsdb_operator_core::monitors::{ServiceMonitor, build_scrape_jobs};
+fn scrape_jobs_rendered_from_service_and_pod_monitors_pass_promtool_of_2_x_and_3_x() {
+    use tsdb_operator_core::monitors::{PodMonitor, ServiceMonitor, build_pod_monitor_jobs, build_scrape_jobs};
     let monitors = common::objects::<ServiceMonitor>("servicemonitors");
     let refs: Vec<&ServiceMonitor> = monitors.iter().map(|(_, m)| m).collect();
-    let rendered = build_scrape_jobs(&refs);
-    assert_eq!(rendered.jobs.len(), 7, "the corpus renders 7 jobs (2 endpoints refused)");
-    assert_eq!(rendered.refused.len(), 2);
+    let mut rendered = build_scrape_jobs(&refs);
+    let pod_monitors = common::objects::<PodMonitor>("podmonitors");
+    let refs: Vec<&PodMonitor> = pod_monitors.iter().map(|(_, m)| m).collect();
+    let pods = build_pod_monitor_jobs(&refs);
+    rendered.jobs.extend(pods.jobs);
+    rendered.refused.extend(pods.refused);
+    assert_eq!(rendered.jobs.len(), 9, "the corpus renders 9 jobs (3 endpoints refused)");
+    assert_eq!(rendered.refused.len(), 3);
     let text = serde_yaml::to_string(&serde_json::json!({
         "global": {"scrape_interval": "30s", "scrape_timeout": "30s"},
         "scrape_configs": rendered.jobs,

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use super::types::{Endpoint, RelabelConfig, ServiceMonitor, TlsConfig};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::types::{Endpoint, JobOptions, NamespaceSelector, PodMonitor, RelabelConfig, ServiceMonitor, TlsConfig};
 use crate::build::is_label_name;
 
 /// The scrape jobs of the rendered monitors, and what was refused.
@@ -205,26 +207,109 @@ fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
-/// Renders the endpoints of `monitors` (already chosen and sorted, see [`super::select`]).
+/// What a monitor selects: a Service's endpoints or a pod's containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Service,
+    Pod,
+}
+
+/// The fields of a ServiceMonitor or a PodMonitor that rendering reads.
+struct View<'a> {
+    kind: Kind,
+    namespace: &'a str,
+    name: &'a str,
+    job_label: Option<&'a str>,
+    target_labels: &'a [String],
+    pod_target_labels: &'a [String],
+    endpoints: &'a [Endpoint],
+    endpoints_field: &'static str,
+    selector: &'a LabelSelector,
+    namespace_selector: &'a NamespaceSelector,
+    options: &'a JobOptions,
+    unsupported: &'a BTreeMap<String, serde_json::Value>,
+}
+
+impl<'a> View<'a> {
+    fn service(m: &'a ServiceMonitor) -> Self {
+        let spec = &m.spec;
+        View {
+            kind: Kind::Service,
+            namespace: m.metadata.namespace.as_deref().unwrap_or_default(),
+            name: m.metadata.name.as_deref().unwrap_or_default(),
+            job_label: spec.job_label.as_deref(),
+            target_labels: &spec.target_labels,
+            pod_target_labels: &spec.pod_target_labels,
+            endpoints: &spec.endpoints,
+            endpoints_field: "endpoints",
+            selector: &spec.selector,
+            namespace_selector: &spec.namespace_selector,
+            options: &spec.options,
+            unsupported: &spec.unsupported,
+        }
+    }
+
+    fn pod(m: &'a PodMonitor) -> Self {
+        let spec = &m.spec;
+        View {
+            kind: Kind::Pod,
+            namespace: m.metadata.namespace.as_deref().unwrap_or_default(),
+            name: m.metadata.name.as_deref().unwrap_or_default(),
+            job_label: spec.job_label.as_deref(),
+            target_labels: &[],
+            pod_target_labels: &spec.pod_target_labels,
+            endpoints: &spec.pod_metrics_endpoints,
+            endpoints_field: "podMetricsEndpoints",
+            selector: &spec.selector,
+            namespace_selector: &spec.namespace_selector,
+            options: &spec.options,
+            unsupported: &spec.unsupported,
+        }
+    }
+
+    /// `ServiceMonitor <ns>/<name>` or `PodMonitor <ns>/<name>`.
+    fn object(&self) -> String {
+        let kind = match self.kind {
+            Kind::Service => "ServiceMonitor",
+            Kind::Pod => "PodMonitor",
+        };
+        format!("{kind} {}/{}", self.namespace, self.name)
+    }
+
+    /// The meta label prefix of the selected objects' labels.
+    fn label_meta(&self) -> &'static str {
+        match self.kind {
+            Kind::Service => "__meta_kubernetes_service_label",
+            Kind::Pod => "__meta_kubernetes_pod_label",
+        }
+    }
+}
+
+/// Renders the endpoints of ServiceMonitors (already chosen and sorted, see [`super::select`]).
 pub fn build_scrape_jobs(monitors: &[&ServiceMonitor]) -> ScrapeJobs {
+    render(monitors.iter().map(|m| View::service(m)))
+}
+
+/// Renders the endpoints of PodMonitors (already chosen and sorted, see [`super::select`]): jobs named
+/// `podMonitor/<ns>/<name>/<i>`, pod discovery, `job` = `<ns>/<name>` unless `jobLabel` says otherwise.
+pub fn build_pod_monitor_jobs(monitors: &[&PodMonitor]) -> ScrapeJobs {
+    render(monitors.iter().map(|m| View::pod(m)))
+}
+
+fn render<'a>(views: impl Iterator<Item = View<'a>>) -> ScrapeJobs {
     let mut out = ScrapeJobs::default();
-    for monitor in monitors {
-        let namespace = monitor.metadata.namespace.clone().unwrap_or_default();
-        let name = monitor.metadata.name.clone().unwrap_or_default();
-        let object = format!("ServiceMonitor {namespace}/{name}");
-        if let Err(refused) = check_monitor(monitor) {
-            out.refused.push(Refused { object, field: refused.0, reason: refused.1 });
+    for view in views {
+        let object = view.object();
+        if let Err((field, reason)) = check_monitor(&view) {
+            out.refused.push(Refused { object, field, reason });
             continue;
         }
-        for (i, endpoint) in monitor.spec.endpoints.iter().enumerate() {
+        for (i, endpoint) in view.endpoints.iter().enumerate() {
             match check_endpoint(endpoint) {
-                Ok(()) => out.jobs.push(job(monitor, &namespace, &name, i, endpoint)),
+                Ok(()) => out.jobs.push(job(&view, i, endpoint)),
                 Err((field, reason)) => {
-                    out.refused.push(Refused {
-                        object: object.clone(),
-                        field: format!("spec.endpoints[{i}].{field}"),
-                        reason,
-                    });
+                    let field = format!("spec.{}[{i}].{field}", view.endpoints_field);
+                    out.refused.push(Refused { object: object.clone(), field, reason });
                 }
             }
         }
@@ -253,20 +338,17 @@ fn unsupported(map: &BTreeMap<String, serde_json::Value>, prefix: &str) -> Resul
     }
 }
 
-fn check_monitor(monitor: &ServiceMonitor) -> Result<(), (String, String)> {
-    let spec = &monitor.spec;
-    unsupported(&spec.unsupported, "spec.")?;
-    if let Some(label) = &spec.job_label
-        && label.is_empty()
-    {
+fn check_monitor(view: &View<'_>) -> Result<(), Fault> {
+    unsupported(view.unsupported, "spec.")?;
+    if view.job_label.is_some_and(str::is_empty) {
         return Err(("spec.jobLabel".to_owned(), "must not be empty when set".to_owned()));
     }
-    if let Some(limit) = &spec.body_size_limit
+    if let Some(limit) = &view.options.body_size_limit
         && !is_byte_size(limit)
     {
         return Err(("spec.bodySizeLimit".to_owned(), format!("{limit:?} is not a size such as 10MB or 512KiB")));
     }
-    for protocol in &spec.scrape_protocols {
+    for protocol in &view.options.scrape_protocols {
         if !SCRAPE_PROTOCOLS.contains(&protocol.as_str()) {
             return Err((
                 "spec.scrapeProtocols".to_owned(),
@@ -274,7 +356,7 @@ fn check_monitor(monitor: &ServiceMonitor) -> Result<(), (String, String)> {
             ));
         }
     }
-    for expression in spec.selector.match_expressions.iter().flatten() {
+    for expression in view.selector.match_expressions.iter().flatten() {
         if !["In", "NotIn", "Exists", "DoesNotExist"].contains(&expression.operator.as_str()) {
             return Err((
                 "spec.selector.matchExpressions".to_owned(),
@@ -437,24 +519,28 @@ fn port_text(port: &IntOrString) -> String {
     }
 }
 
-fn job(monitor: &ServiceMonitor, namespace: &str, name: &str, i: usize, endpoint: &Endpoint) -> ScrapeJob {
-    let spec = &monitor.spec;
-    let names = if spec.namespace_selector.any {
+fn job(view: &View<'_>, i: usize, endpoint: &Endpoint) -> ScrapeJob {
+    let names = if view.namespace_selector.any {
         None
-    } else if spec.namespace_selector.match_names.is_empty() {
-        Some(Namespaces { names: vec![namespace.to_owned()] })
+    } else if view.namespace_selector.match_names.is_empty() {
+        Some(Namespaces { names: vec![view.namespace.to_owned()] })
     } else {
-        Some(Namespaces { names: spec.namespace_selector.match_names.clone() })
+        Some(Namespaces { names: view.namespace_selector.match_names.clone() })
     };
+    let (prefix, role) = match view.kind {
+        Kind::Service => ("serviceMonitor", "endpoints"),
+        Kind::Pod => ("podMonitor", "pod"),
+    };
+    let options = view.options;
     ScrapeJob {
-        job_name: format!("serviceMonitor/{namespace}/{name}/{i}"),
+        job_name: format!("{prefix}/{}/{}/{i}", view.namespace, view.name),
         honor_labels: endpoint.honor_labels,
         honor_timestamps: endpoint.honor_timestamps,
         track_timestamps_staleness: endpoint.track_timestamps_staleness,
         kubernetes_sd_configs: vec![KubernetesSd {
-            role: "endpoints",
+            role,
             namespaces: names,
-            attach_metadata: spec.attach_metadata.as_ref().map(|m| NodeMetadata { node: m.node.unwrap_or(false) }),
+            attach_metadata: options.attach_metadata.as_ref().map(|m| NodeMetadata { node: m.node.unwrap_or(false) }),
         }],
         scrape_interval: endpoint.interval.clone(),
         scrape_timeout: endpoint.scrape_timeout.clone(),
@@ -466,110 +552,90 @@ fn job(monitor: &ServiceMonitor, namespace: &str, name: &str, i: usize, endpoint
         enable_http2: endpoint.enable_http2,
         tls_config: endpoint.tls_config.as_ref().map(tls),
         bearer_token_file: endpoint.bearer_token_file.clone(),
-        relabel_configs: relabelings(monitor, endpoint),
-        sample_limit: spec.sample_limit,
-        target_limit: spec.target_limit,
-        label_limit: spec.label_limit,
-        label_name_length_limit: spec.label_name_length_limit,
-        label_value_length_limit: spec.label_value_length_limit,
-        keep_dropped_targets: spec.keep_dropped_targets,
-        scrape_protocols: spec.scrape_protocols.clone(),
-        body_size_limit: spec.body_size_limit.clone(),
+        relabel_configs: relabelings(view, endpoint),
+        sample_limit: options.sample_limit,
+        target_limit: options.target_limit,
+        label_limit: options.label_limit,
+        label_name_length_limit: options.label_name_length_limit,
+        label_value_length_limit: options.label_value_length_limit,
+        keep_dropped_targets: options.keep_dropped_targets,
+        scrape_protocols: options.scrape_protocols.clone(),
+        body_size_limit: options.body_size_limit.clone(),
         metric_relabel_configs: endpoint.metric_relabelings.iter().map(relabel).collect(),
     }
 }
 
 /// prometheus-operator's relabelings of an endpoint, in its order, then the endpoint's own.
-fn relabelings(monitor: &ServiceMonitor, endpoint: &Endpoint) -> Vec<Relabel> {
-    let spec = &monitor.spec;
-    let service_label = |key: &str| {
-        let key = sanitize(key);
-        vec![format!("__meta_kubernetes_service_label_{key}"), format!("__meta_kubernetes_service_labelpresent_{key}")]
-    };
-    let present = |key: &str| vec![format!("__meta_kubernetes_service_labelpresent_{}", sanitize(key))];
+fn relabelings(view: &View<'_>, endpoint: &Endpoint) -> Vec<Relabel> {
+    let meta = view.label_meta();
+    let running_filter =
+        || Relabel::keep_or_drop("drop", &["__meta_kubernetes_pod_phase".to_owned()], "(Failed|Succeeded)".to_owned());
     // The job name as it was, for rules that want it.
     let mut rules = vec![Relabel {
         source_labels: vec!["job".to_owned()],
         target_label: Some("__tmp_prometheus_job_name".to_owned()),
         ..Relabel::default()
     }];
-    // The selected Services.
-    for (key, value) in spec.selector.match_labels.iter().flatten() {
-        rules.push(Relabel::keep_or_drop("keep", &service_label(key), format!("({value});true")));
+    let filter_running = endpoint.filter_running.unwrap_or(true);
+    if view.kind == Kind::Pod && filter_running {
+        rules.push(running_filter());
     }
-    for expression in spec.selector.match_expressions.iter().flatten() {
-        let values = expression.values.as_deref().unwrap_or_default().join("|");
-        let rule = match expression.operator.as_str() {
-            "In" => Relabel::keep_or_drop("keep", &service_label(&expression.key), format!("({values});true")),
-            "NotIn" => Relabel::keep_or_drop("drop", &service_label(&expression.key), format!("({values});true")),
-            "Exists" => Relabel::keep_or_drop("keep", &present(&expression.key), "true".to_owned()),
-            _ => Relabel::keep_or_drop("drop", &present(&expression.key), "true".to_owned()),
-        };
-        rules.push(rule);
-    }
-    // The endpoint's port.
-    let port_rule = match (&endpoint.port, &endpoint.target_port) {
-        (Some(port), _) if !port.is_empty() => Some(("__meta_kubernetes_endpoint_port_name", port.clone())),
-        (_, Some(IntOrString::String(name))) if !name.is_empty() => {
-            Some(("__meta_kubernetes_pod_container_port_name", name.clone()))
+    rules.extend(selection(view, endpoint));
+    match view.kind {
+        Kind::Service => {
+            // Where the target is: node or pod, namespace, service, pod, container.
+            let target = vec![
+                "__meta_kubernetes_endpoint_address_target_kind".to_owned(),
+                "__meta_kubernetes_endpoint_address_target_name".to_owned(),
+            ];
+            for (kind, label) in [("Node", "node"), ("Pod", "pod")] {
+                rules.push(Relabel {
+                    source_labels: target.clone(),
+                    separator: Some(";".to_owned()),
+                    regex: Some(format!("{kind};(.*)")),
+                    replacement: Some("${1}".to_owned()),
+                    target_label: Some(label.to_owned()),
+                    ..Relabel::default()
+                });
+            }
+            rules.extend(copies(&[
+                ("__meta_kubernetes_namespace", "namespace"),
+                ("__meta_kubernetes_service_name", "service"),
+                ("__meta_kubernetes_pod_name", "pod"),
+                ("__meta_kubernetes_pod_container_name", "container"),
+            ]));
+            if filter_running {
+                rules.push(running_filter());
+            }
         }
-        (_, Some(IntOrString::Int(n))) if *n != 0 => {
-            Some(("__meta_kubernetes_pod_container_port_number", n.to_string()))
-        }
-        _ => None,
-    };
-    if let Some((source, regex)) = port_rule {
-        rules.push(Relabel::keep_or_drop("keep", &[source.to_owned()], regex));
+        Kind::Pod => rules.extend(copies(&[
+            ("__meta_kubernetes_namespace", "namespace"),
+            ("__meta_kubernetes_pod_container_name", "container"),
+            ("__meta_kubernetes_pod_name", "pod"),
+        ])),
     }
-    // Where the target is: node or pod, namespace, service, pod, container.
-    let target = vec![
-        "__meta_kubernetes_endpoint_address_target_kind".to_owned(),
-        "__meta_kubernetes_endpoint_address_target_name".to_owned(),
-    ];
-    for (kind, label) in [("Node", "node"), ("Pod", "pod")] {
-        rules.push(Relabel {
-            source_labels: target.clone(),
-            separator: Some(";".to_owned()),
-            regex: Some(format!("{kind};(.*)")),
-            replacement: Some("${1}".to_owned()),
-            target_label: Some(label.to_owned()),
-            ..Relabel::default()
-        });
-    }
-    for (source, label) in [
-        ("__meta_kubernetes_namespace", "namespace"),
-        ("__meta_kubernetes_service_name", "service"),
-        ("__meta_kubernetes_pod_name", "pod"),
-        ("__meta_kubernetes_pod_container_name", "container"),
-    ] {
-        rules.push(Relabel {
-            source_labels: vec![source.to_owned()],
-            target_label: Some(label.to_owned()),
-            ..Relabel::default()
-        });
-    }
-    if endpoint.filter_running.unwrap_or(true) {
-        rules.push(Relabel::keep_or_drop(
-            "drop",
-            &["__meta_kubernetes_pod_phase".to_owned()],
-            "(Failed|Succeeded)".to_owned(),
-        ));
-    }
-    for label in &spec.target_labels {
+    for label in view.target_labels {
         rules.push(Relabel::copy(format!("__meta_kubernetes_service_label_{}", sanitize(label)), sanitize(label)));
     }
-    for label in &spec.pod_target_labels {
+    for label in view.pod_target_labels {
         rules.push(Relabel::copy(format!("__meta_kubernetes_pod_label_{}", sanitize(label)), sanitize(label)));
     }
-    // The job: the Service's name, or the value of its jobLabel label when it has one.
-    rules.push(Relabel {
-        source_labels: vec!["__meta_kubernetes_service_name".to_owned()],
-        target_label: Some("job".to_owned()),
-        replacement: Some("${1}".to_owned()),
-        ..Relabel::default()
+    // The job: the Service's name (a PodMonitor's `<ns>/<name>`), or the value of the jobLabel label.
+    rules.push(match view.kind {
+        Kind::Service => Relabel {
+            source_labels: vec!["__meta_kubernetes_service_name".to_owned()],
+            target_label: Some("job".to_owned()),
+            replacement: Some("${1}".to_owned()),
+            ..Relabel::default()
+        },
+        Kind::Pod => Relabel {
+            target_label: Some("job".to_owned()),
+            replacement: Some(format!("{}/{}", view.namespace, view.name)),
+            ..Relabel::default()
+        },
     });
-    if let Some(label) = &spec.job_label {
-        rules.push(Relabel::copy(format!("__meta_kubernetes_service_label_{}", sanitize(label)), "job".to_owned()));
+    if let Some(label) = view.job_label {
+        rules.push(Relabel::copy(format!("{meta}_{}", sanitize(label)), "job".to_owned()));
     }
     // The endpoint label: the port's name, else the target port.
     let endpoint_label = match (&endpoint.port, &endpoint.target_port) {
@@ -586,4 +652,60 @@ fn relabelings(monitor: &ServiceMonitor, endpoint: &Endpoint) -> Vec<Relabel> {
     }
     rules.extend(endpoint.relabelings.iter().map(relabel));
     rules
+}
+
+/// The keep and drop rules of the monitor's selector and of the endpoint's port.
+fn selection(view: &View<'_>, endpoint: &Endpoint) -> Vec<Relabel> {
+    let meta = view.label_meta();
+    let selected_label = |key: &str| {
+        let key = sanitize(key);
+        vec![format!("{meta}_{key}"), format!("{meta}present_{key}")]
+    };
+    let present = |key: &str| vec![format!("{meta}present_{}", sanitize(key))];
+    let mut rules = Vec::new();
+    // The selected Services or pods.
+    for (key, value) in view.selector.match_labels.iter().flatten() {
+        rules.push(Relabel::keep_or_drop("keep", &selected_label(key), format!("({value});true")));
+    }
+    for expression in view.selector.match_expressions.iter().flatten() {
+        let values = expression.values.as_deref().unwrap_or_default().join("|");
+        let rule = match expression.operator.as_str() {
+            "In" => Relabel::keep_or_drop("keep", &selected_label(&expression.key), format!("({values});true")),
+            "NotIn" => Relabel::keep_or_drop("drop", &selected_label(&expression.key), format!("({values});true")),
+            "Exists" => Relabel::keep_or_drop("keep", &present(&expression.key), "true".to_owned()),
+            _ => Relabel::keep_or_drop("drop", &present(&expression.key), "true".to_owned()),
+        };
+        rules.push(rule);
+    }
+    // The endpoint's port: a Service port's name, or a container port's name or number.
+    let port_name_meta = match view.kind {
+        Kind::Service => "__meta_kubernetes_endpoint_port_name",
+        Kind::Pod => "__meta_kubernetes_pod_container_port_name",
+    };
+    let port_rule = match (&endpoint.port, &endpoint.target_port) {
+        (Some(port), _) if !port.is_empty() => Some((port_name_meta, port.clone())),
+        (_, Some(IntOrString::String(name))) if !name.is_empty() => {
+            Some(("__meta_kubernetes_pod_container_port_name", name.clone()))
+        }
+        (_, Some(IntOrString::Int(n))) if *n != 0 => {
+            Some(("__meta_kubernetes_pod_container_port_number", n.to_string()))
+        }
+        _ => None,
+    };
+    if let Some((source, regex)) = port_rule {
+        rules.push(Relabel::keep_or_drop("keep", &[source.to_owned()], regex));
+    }
+    rules
+}
+
+/// `source` copied into `target` as is, for each pair.
+fn copies(pairs: &[(&str, &str)]) -> Vec<Relabel> {
+    pairs
+        .iter()
+        .map(|(source, target)| Relabel {
+            source_labels: vec![(*source).to_owned()],
+            target_label: Some((*target).to_owned()),
+            ..Relabel::default()
+        })
+        .collect()
 }

@@ -197,3 +197,37 @@ fn selection_follows_the_cluster_selectors_as_prometheus_operator_does() {
         "empty selectors: everything, sorted"
     );
 }
+
+#[test]
+fn a_pod_monitor_selects_pods_by_label_and_container_port_and_names_the_job_after_itself() {
+    let m: PodMonitor = serde_json::from_value(json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": {"name": "workers", "namespace": "jobs"},
+        "spec": {"selector": {"matchLabels": {"app": "worker"}}, "podTargetLabels": ["team"],
+                 "podMetricsEndpoints": [{"port": "metrics"}, {"port": "m", "authorization": {"type": "Bearer"}}]},
+    }))
+    .unwrap();
+    let out = build_pod_monitor_jobs(&[&m]);
+    assert_eq!(out.jobs.len(), 1);
+    assert_eq!(
+        out.refused[0].to_string().split(": ").take(2).collect::<Vec<_>>(),
+        ["PodMonitor jobs/workers", "spec.podMetricsEndpoints[1].authorization"]
+    );
+    let job = &out.jobs[0];
+    assert_eq!(job.job_name, "podMonitor/jobs/workers/0");
+    assert_eq!(job.kubernetes_sd_configs[0].role, "pod");
+    let rules = rules(job);
+    let want = [
+        r#"{"source_labels":["job"],"target_label":"__tmp_prometheus_job_name"}"#,
+        r#"{"source_labels":["__meta_kubernetes_pod_phase"],"regex":"(Failed|Succeeded)","action":"drop"}"#,
+        r#"{"source_labels":["__meta_kubernetes_pod_label_app","__meta_kubernetes_pod_labelpresent_app"],"regex":"(worker);true","action":"keep"}"#,
+        r#"{"source_labels":["__meta_kubernetes_pod_container_port_name"],"regex":"metrics","action":"keep"}"#,
+        r#"{"source_labels":["__meta_kubernetes_namespace"],"target_label":"namespace"}"#,
+        r#"{"source_labels":["__meta_kubernetes_pod_container_name"],"target_label":"container"}"#,
+        r#"{"source_labels":["__meta_kubernetes_pod_name"],"target_label":"pod"}"#,
+        r#"{"source_labels":["__meta_kubernetes_pod_label_team"],"target_label":"team","regex":"(.+)","replacement":"${1}"}"#,
+        r#"{"target_label":"job","replacement":"jobs/workers"}"#,
+        r#"{"target_label":"endpoint","replacement":"metrics"}"#,
+    ];
+    assert_eq!(rules, want);
+}

@@ -32,6 +32,48 @@ pub struct ServiceMonitorSpec {
     /// The namespaces of those Services (the monitor's own by default).
     #[serde(default)]
     pub namespace_selector: NamespaceSelector,
+    /// Limits and options of every job (`sampleLimit`, ..., `attachMetadata`).
+    #[serde(flatten)]
+    pub options: JobOptions,
+    /// Fields this version does not render; a monitor with any of them is refused.
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// `monitoring.coreos.com/v1` `PodMonitor`: which pods to scrape directly, and how. Its endpoints take the same
+/// fields as a ServiceMonitor's (prometheus-operator's CRD prunes those a PodMonitor does not have).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(group = "monitoring.coreos.com", version = "v1", kind = "PodMonitor", namespaced, schema = "disabled")]
+#[serde(rename_all = "camelCase")]
+pub struct PodMonitorSpec {
+    /// Label of the pod whose value becomes the `job` label (else `<namespace>/<name>` of the monitor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_label: Option<String>,
+    /// Pod labels copied onto the targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_target_labels: Vec<String>,
+    /// One scrape job per endpoint.
+    #[serde(default)]
+    pub pod_metrics_endpoints: Vec<Endpoint>,
+    /// The pods to scrape.
+    #[serde(default)]
+    pub selector: LabelSelector,
+    /// The namespaces of those pods (the monitor's own by default).
+    #[serde(default)]
+    pub namespace_selector: NamespaceSelector,
+    /// Limits and options of every job (`sampleLimit`, ..., `attachMetadata`).
+    #[serde(flatten)]
+    pub options: JobOptions,
+    /// Fields this version does not render; a monitor with any of them is refused.
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// The limits and options a monitor gives each of its jobs (flattened into its spec). Declared before the spec's
+/// `unsupported` map, which receives only what no field took.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobOptions {
     /// `sample_limit` of each job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_limit: Option<u64>,
@@ -59,9 +101,6 @@ pub struct ServiceMonitorSpec {
     /// Node metadata on the targets (`attach_metadata.node`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach_metadata: Option<AttachMetadata>,
-    /// Fields this version does not render; a monitor with any of them is refused.
-    #[serde(flatten)]
-    pub unsupported: BTreeMap<String, serde_json::Value>,
 }
 
 /// Where the selected Services live.
