@@ -169,3 +169,128 @@ async fn postgres_down_then_slow_loses_nothing_and_never_blocks_the_recorder() -
     pg.drop_database(&name)?;
     Ok(())
 }
+
+/// A database whose tablespace is a 24 MiB tmpfs, so that a test can fill its disk; everything is removed when it
+/// is dropped (database, tablespace, mount).
+struct SmallDisk {
+    pg: &'static Postgres,
+    dir: std::path::PathBuf,
+    tablespace: String,
+    database: String,
+}
+
+impl SmallDisk {
+    fn create(pg: &'static Postgres, prefix: &str) -> Result<Self> {
+        let id = std::process::id();
+        // Under the server's own home: its /tmp may be private to it.
+        let dir = std::path::PathBuf::from(format!("/var/lib/postgresql/tsdb-{prefix}-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let owner = |flag: &str| -> Result<String> {
+            let out = std::process::Command::new("id").args([flag, "postgres"]).output()?;
+            Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        };
+        let options = format!("size=24m,mode=0700,uid={},gid={}", owner("-u")?, owner("-g")?);
+        let mounted =
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &options, "tmpfs"]).arg(&dir).status()?;
+        anyhow::ensure!(mounted.success(), "could not mount a tmpfs on {} (the test needs root)", dir.display());
+        let disk = Self { pg, dir, tablespace: format!("tsdb_{prefix}_{id}"), database: format!("tsdb_{prefix}_{id}") };
+        pg.psql("postgres", &format!("CREATE TABLESPACE {} LOCATION '{}'", disk.tablespace, disk.dir.display()))?;
+        pg.psql("postgres", &format!("CREATE DATABASE {} TABLESPACE {}", disk.database, disk.tablespace))?;
+        Ok(disk)
+    }
+
+    /// Fills the disk with a table of its own, in committed steps, until PostgreSQL says it is full.
+    fn fill(&self) -> Result<()> {
+        self.pg
+            .psql(&self.database, "CREATE TABLE filler(x text); ALTER TABLE filler ALTER COLUMN x SET STORAGE PLAIN")?;
+        for _ in 0..200 {
+            let step = "INSERT INTO filler SELECT repeat(md5(g::text), 8) FROM generate_series(1, 2500) g";
+            match self.pg.psql(&self.database, step) {
+                Ok(_) => {}
+                Err(e) if format!("{e:#}").contains("No space left on device") => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        anyhow::bail!("the 24 MiB tablespace did not fill up")
+    }
+
+    /// Frees the disk (dropping a table needs no new space, unlike TRUNCATE).
+    fn free(&self) -> Result<()> {
+        self.pg.psql(&self.database, "DROP TABLE filler")?;
+        Ok(())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = self.pg.drop_database(&self.database);
+        let _ = self.pg.psql("postgres", &format!("DROP TABLESPACE IF EXISTS {}", self.tablespace));
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Fault table row 15, disk full: the audit database on a tablespace that fills up while 100 records a second
+/// arrive. Every insert fails with "No space left on device" for 4 s; recording never blocks, nothing is dropped,
+/// and once space is freed every record is stored exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_disk_full_loses_nothing_and_never_blocks_the_recorder() -> Result<()> {
+    let pg = Postgres::local()?;
+    let disk = SmallDisk::create(pg, "audit_full")?;
+    let store = Arc::new(SqlStore::connect(&pg.dsn(&disk.database)).await?);
+    let dir = std::env::temp_dir().join(format!("tsdb-audit-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let metrics = AuditMetrics::default();
+    let limits = Limits { max_backoff: Duration::from_secs(1), ..Limits::default() };
+    let (recorder, task) = audit::start(store.clone(), &dir, limits, metrics.clone())?;
+
+    // 100 records a second for 8 s: 2 s normal, 4 s with the disk full, 2 s after it was freed.
+    let (full_at, freed_at, end) = (200, 600, 800);
+    let mut slowest_record = Duration::ZERO;
+    let mut errors_while_full = 0;
+    let started = Instant::now();
+    for i in 0..end {
+        if i == full_at {
+            disk.fill()?;
+        }
+        if i == freed_at {
+            errors_while_full = metrics.write_errors.get();
+            disk.free()?;
+        }
+        let at = chrono::Utc::now().to_rfc3339();
+        let t = Instant::now();
+        recorder.record(record(i, "full", &format!("c{}", i % 5), "tsdb-operator", &at));
+        slowest_record = slowest_record.max(t.elapsed());
+        let next = started + Duration::from_millis(10 * (i as u64 + 1));
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let drained = Instant::now();
+    let mut stored = 0;
+    for _ in 0..600 {
+        stored = store.count().await.unwrap_or(0);
+        if stored >= i64::try_from(end)? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "{end} records at 100/s with the disk full for 4 s: all stored {:?} after the load ended; slowest record() \
+         call {slowest_record:?}; {errors_while_full} failed writes while full",
+        drained.elapsed()
+    );
+    assert!(errors_while_full > 0, "the full disk was seen");
+    assert_eq!(stored, i64::try_from(end)?, "every record stored");
+    let in_order = pg.psql(
+        &disk.database,
+        "SELECT count(*) FROM (SELECT event_id, lag(event_id) OVER (ORDER BY id) AS before FROM audit_log) t \
+         WHERE before > event_id",
+    )?;
+    assert_eq!(in_order.trim(), "0", "stored in the order recorded");
+    assert_eq!(pg.psql(&disk.database, "SELECT count(DISTINCT event_id) FROM audit_log")?.trim(), end.to_string());
+    assert_eq!(metrics.dropped.get(), 0);
+    drop(recorder);
+    task.await?;
+    drop(store);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
