@@ -138,6 +138,24 @@ async fn postgres_down_then_slow_loses_nothing_and_never_blocks_the_recorder() -
         tokio::time::sleep_until(next.into()).await;
     }
     pg.psql(&name, "DROP TRIGGER slow ON audit_log")?;
+    let drained = all_stored_once_in_order(&store, pg, &name, end).await?;
+    eprintln!(
+        "{end} records at 100/s through a 6 s outage and 6 s of 2 s statements: all stored {drained:?} after the \
+         load ended; slowest record() call {slowest_record:?}; {} failed writes retried",
+        metrics.write_errors.get()
+    );
+    assert!(metrics.write_errors.get() > 0, "the outage was seen");
+    assert_eq!(metrics.dropped.get(), 0);
+    drop(recorder);
+    task.await?;
+    std::fs::remove_dir_all(&dir)?;
+    pg.drop_database(&name)?;
+    Ok(())
+}
+
+/// Waits (up to a minute) until `end` records are in `database`, then checks each is there once and in the order
+/// recorded; returns how long the wait took.
+async fn all_stored_once_in_order(store: &SqlStore, pg: &Postgres, database: &str, end: usize) -> Result<Duration> {
     let drained = Instant::now();
     let mut stored = 0;
     for _ in 0..600 {
@@ -147,27 +165,16 @@ async fn postgres_down_then_slow_loses_nothing_and_never_blocks_the_recorder() -
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!(
-        "{end} records at 100/s through a 6 s outage and 6 s of 2 s statements: all stored {:?} after the load \
-         ended; slowest record() call {slowest_record:?}; {} failed writes retried",
-        drained.elapsed(),
-        metrics.write_errors.get()
-    );
+    let took = drained.elapsed();
     assert_eq!(stored, i64::try_from(end)?, "every record stored");
     let in_order = pg.psql(
-        &name,
+        database,
         "SELECT count(*) FROM (SELECT event_id, lag(event_id) OVER (ORDER BY id) AS before FROM audit_log) t \
          WHERE before > event_id",
     )?;
     assert_eq!(in_order.trim(), "0", "stored in the order recorded");
-    assert_eq!(pg.psql(&name, "SELECT count(DISTINCT event_id) FROM audit_log")?.trim(), end.to_string());
-    assert!(metrics.write_errors.get() > 0, "the outage was seen");
-    assert_eq!(metrics.dropped.get(), 0);
-    drop(recorder);
-    task.await?;
-    std::fs::remove_dir_all(&dir)?;
-    pg.drop_database(&name)?;
-    Ok(())
+    assert_eq!(pg.psql(database, "SELECT count(DISTINCT event_id) FROM audit_log")?.trim(), end.to_string());
+    Ok(took)
 }
 
 /// A database whose tablespace is a 24 MiB tmpfs, so that a test can fill its disk; everything is removed when it
@@ -264,29 +271,12 @@ async fn postgres_disk_full_loses_nothing_and_never_blocks_the_recorder() -> Res
         let next = started + Duration::from_millis(10 * (i as u64 + 1));
         tokio::time::sleep_until(next.into()).await;
     }
-    let drained = Instant::now();
-    let mut stored = 0;
-    for _ in 0..600 {
-        stored = store.count().await.unwrap_or(0);
-        if stored >= i64::try_from(end)? {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let drained = all_stored_once_in_order(&store, pg, &disk.database, end).await?;
     eprintln!(
-        "{end} records at 100/s with the disk full for 4 s: all stored {:?} after the load ended; slowest record() \
-         call {slowest_record:?}; {errors_while_full} failed writes while full",
-        drained.elapsed()
+        "{end} records at 100/s with the disk full for 4 s: all stored {drained:?} after the load ended; slowest \
+         record() call {slowest_record:?}; {errors_while_full} failed writes while full"
     );
     assert!(errors_while_full > 0, "the full disk was seen");
-    assert_eq!(stored, i64::try_from(end)?, "every record stored");
-    let in_order = pg.psql(
-        &disk.database,
-        "SELECT count(*) FROM (SELECT event_id, lag(event_id) OVER (ORDER BY id) AS before FROM audit_log) t \
-         WHERE before > event_id",
-    )?;
-    assert_eq!(in_order.trim(), "0", "stored in the order recorded");
-    assert_eq!(pg.psql(&disk.database, "SELECT count(DISTINCT event_id) FROM audit_log")?.trim(), end.to_string());
     assert_eq!(metrics.dropped.get(), 0);
     drop(recorder);
     task.await?;
