@@ -4,6 +4,10 @@
 //!
 //! `cargo run --release -p tsdb-operator-benches --bin apply_latency -- --iterations 20`
 //! (build the operator first: `cargo build --release -p tsdb-operator --bin tsdb-operator`).
+//!
+//! With `--audit-outage`, also the operator with its audit trail on the machine's PostgreSQL, measured the same way
+//! while PostgreSQL answers and while it refuses every connection (fault table row 15: recording must never slow
+//! reconciliation).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -124,11 +128,13 @@ fn ms(d: Duration) -> f64 {
 async fn main() -> Result<()> {
     let mut iterations = 20usize;
     let mut operator = PathBuf::from("target/release/tsdb-operator");
+    let mut audit_outage = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--iterations" => iterations = args.next().context("--iterations N")?.parse()?,
             "--operator" => operator = args.next().context("--operator PATH")?.into(),
+            "--audit-outage" => audit_outage = true,
             _ => {}
         }
     }
@@ -159,7 +165,51 @@ async fn main() -> Result<()> {
     op.stop()?;
 
     println!("CR apply -> ConfigMap, Service and StatefulSet exist ({iterations} iterations, {})", operator.display());
-    report(&format!("one at a time ({} ms pause before each create)", SETTLE.as_millis()), null_idle, ours_idle);
+    report(
+        &format!("one at a time ({} ms pause before each create)", SETTLE.as_millis()),
+        null_idle.clone(),
+        ours_idle,
+    );
     report("back to back (each create right after the previous children appeared)", null_b2b, ours_b2b);
+    if audit_outage {
+        let (up, down) = with_audit_outage(&cp, &operator, &workdir, iterations).await?;
+        println!("  with the audit trail on PostgreSQL, one at a time:");
+        report("PostgreSQL answering", null_idle.clone(), up.clone());
+        report("PostgreSQL refusing every connection", null_idle, down.clone());
+        let (mu, md) = (quantile(up, 0.5), quantile(down, 0.5));
+        println!("    outage / answering (median): {:.2}x", md.as_secs_f64() / mu.as_secs_f64());
+    }
     Ok(())
+}
+
+/// The operator with `--audit-dsn` on a fresh database of the machine's PostgreSQL: latencies while the database
+/// answers, then while it refuses every connection (restored afterwards).
+async fn with_audit_outage(
+    cp: &ControlPlane,
+    operator: &std::path::Path,
+    workdir: &Workdir,
+    iterations: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let pg = tsdb_operator_testenv::postgres::Postgres::local()?;
+    let db = pg.create_database("apply_latency_audit")?;
+    let ns = cp.namespace("audited").await;
+    let mut op = ProcessBuilder::new("tsdb-operator-audited", operator)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .arg("--metrics-bind-address=0")
+        .arg("--health-probe-bind-address=0")
+        .arg(format!("--watch-namespace={ns}"))
+        .arg(format!("--audit-dsn={}", pg.dsn(&db)))
+        .arg(format!("--audit-spool-dir={}", workdir.subdir("audit-spool")?.display()))
+        .spawn(workdir)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let client = cp.client();
+    let up = measure(&client, &ns, "au", iterations, SETTLE).await?;
+    pg.psql("postgres", &format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))?;
+    pg.psql("postgres", &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"))?;
+    let down = measure(&client, &ns, "ad", iterations, SETTLE).await;
+    pg.psql("postgres", &format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))?;
+    op.stop()?;
+    pg.drop_database(&db)?;
+    Ok((up, down?))
 }
