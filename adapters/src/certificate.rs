@@ -95,15 +95,6 @@ pub enum Publish {
 /// The key of the bundle in a [`Publish::ConfigMap`], as in the `kube-root-ca.crt` ConfigMap.
 pub const CONFIGMAP_KEY: &str = "ca.crt";
 
-impl std::fmt::Display for Publish {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::WebhookConfiguration(name) => write!(f, "ValidatingWebhookConfiguration {name}"),
-            Self::ConfigMap(name) => write!(f, "ConfigMap {name}"),
-        }
-    }
-}
-
 /// The serving certificate for the TLS server, kept current by [`ManagedCertificate::sync`].
 pub struct ManagedCertificate {
     client: kube::Client,

@@ -24,7 +24,7 @@ fn rendered(m: &ServiceMonitor) -> ScrapeJobs {
     build_scrape_jobs(&[m])
 }
 
-/// The rules of `job` as YAML flow text, one per line, for assertions that read like the configuration.
+/// The rules of `job` as compact JSON, one string per rule, for assertions that read like the configuration.
 fn rules(job: &render::ScrapeJob) -> Vec<String> {
     job.relabel_configs.iter().map(|r| serde_json::to_string(r).unwrap()).collect()
 }
