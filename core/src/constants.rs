@@ -124,10 +124,18 @@ pub mod conditions {
     pub const HEALING: &str = "Healing";
     /// Self-healing does nothing: disabled, paused, or the circuit breaker is open (set by the healer).
     pub const HEALING_SUSPENDED: &str = "HealingSuspended";
+    /// The ServiceMonitors and PodMonitors the cluster selects are all scraped (only with a monitor selector).
+    pub const MONITORS_ACCEPTED: &str = "MonitorsAccepted";
 }
 
 /// Condition reasons (CamelCase).
 pub mod reasons {
+    /// Every selected monitor endpoint is scraped.
+    pub const MONITORS_RENDERED: &str = "MonitorsRendered";
+    /// Some selected monitors or endpoints are not scraped; the message names each field and why.
+    pub const MONITORS_REFUSED: &str = "MonitorsRefused";
+    /// A monitor selector is set but prometheus-operator's CRD of that kind is not installed.
+    pub const MONITOR_CRD_MISSING: &str = "MonitorCrdMissing";
     /// All replicas are ready.
     pub const ALL_REPLICAS_READY: &str = "AllReplicasReady";
     /// Some replicas are not ready yet.

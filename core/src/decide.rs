@@ -30,6 +30,7 @@ use crate::build::BuildSettings;
 use crate::constants::{FIELD_MANAGER, FINALIZER, conditions, containers, reasons};
 use crate::crd::{Phase, PrometheusCluster, PrometheusClusterStatus};
 use crate::events::Action;
+use crate::monitors::{self, ClusterMonitors, ObservedMonitors};
 use crate::plan::{self, ApplyReason, ChildKey, Step};
 use crate::status::{self, Problem, StatusInput};
 use crate::storage::{ObservedClaim, ObservedStorage, StorageRefusal};
@@ -54,6 +55,9 @@ pub struct ClusterObservation<'a> {
     pub secrets: Option<&'a BTreeMap<String, BTreeSet<String>>>,
     /// What the pods' agents reported (Prometheus rejected its configuration).
     pub agent_problems: &'a [Problem],
+    /// prometheus-operator's ServiceMonitors and PodMonitors and the namespaces' labels, for a cluster with a
+    /// monitor selector; `None` when not observed, which chooses no monitor.
+    pub monitors: Option<ObservedMonitors<'a>>,
 }
 
 impl<'a> ClusterObservation<'a> {
@@ -68,6 +72,7 @@ impl<'a> ClusterObservation<'a> {
             class_allows_expansion: None,
             secrets: None,
             agent_problems: &[],
+            monitors: None,
         }
     }
 }
@@ -176,9 +181,32 @@ impl ClusterDecision {
 }
 
 /// Names of the objects a cluster named `cluster` owns besides its pods and claims: the ConfigMap
-/// `<name>-config`, and the Service, StatefulSet and PodDisruptionBudget `<name>`.
+/// `<name>-config`, and the Service, StatefulSet and PodDisruptionBudget `<name>`. With a monitor selector it also
+/// owns the ServiceAccount, Role and RoleBinding `<name>-discovery`: [`children_to_read`] lists them all.
 pub fn child_names(cluster: &str) -> [String; 2] {
     [format!("{cluster}-config"), cluster.to_owned()]
+}
+
+/// Every object the observation of a cluster named `cluster` must hold when it exists (owned by the cluster or
+/// not), in apply order: the ConfigMap, the discovery ServiceAccount, Role and RoleBinding, the Service, the
+/// StatefulSet and the PodDisruptionBudget (in the API of `settings.pdb_api`).
+pub fn children_to_read(cluster: &str, settings: &BuildSettings) -> Vec<ChildKey> {
+    let [config, main] = child_names(cluster);
+    let discovery = crate::build::discovery::discovery_name(cluster);
+    let key = |api_version: &str, kind: &str, name: &str| ChildKey {
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    };
+    vec![
+        key("v1", "ConfigMap", &config),
+        key("v1", "ServiceAccount", &discovery),
+        key("rbac.authorization.k8s.io/v1", "Role", &discovery),
+        key("rbac.authorization.k8s.io/v1", "RoleBinding", &discovery),
+        key("v1", "Service", &main),
+        key("apps/v1", "StatefulSet", &main),
+        key(settings.pdb_api.api_version(), "PodDisruptionBudget", &main),
+    ]
 }
 
 /// The Secrets whose keys [`ClusterObservation::secrets`] must hold; none for a spec that fails validation.
@@ -226,7 +254,8 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         claims: obs.claims,
         class_allows_expansion: obs.class_allows_expansion,
     };
-    let (plan, storage) = match plan::plan_cluster(pc, settings, obs.children, &observed_storage) {
+    let chosen = obs.monitors.as_ref().map(|m| monitors::choose_for_cluster(pc, m)).unwrap_or_default();
+    let (plan, storage) = match plan::plan_cluster(pc, settings, &chosen.jobs, obs.children, &observed_storage) {
         Ok(planned) => planned,
         Err(e) => return d.rejected(e.to_string(), sts.as_ref()),
     };
@@ -234,7 +263,7 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
     let observed_sts = observed_stateful_set_json(obs.children);
     let stages = stages(plan.steps, observed_sts);
     let predicted = predict_stateful_set(sts, observed_sts, stages.iter().flat_map(|s| &s.steps));
-    let status = status::build_status(&StatusInput {
+    let mut status = status::build_status(&StatusInput {
         cluster: pc,
         stateful_set: predicted.as_ref(),
         pods: obs.pods,
@@ -244,6 +273,8 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         resizing: &storage.resizing,
         now,
     });
+    let monitors_condition = pc.spec.selects_monitors().then(|| monitors_condition(pc, &chosen));
+    status::set_condition(&mut status, pc, conditions::MONITORS_ACCEPTED, monitors_condition, now);
     let mut events = Vec::new();
     let old_phase = pc.status.as_ref().and_then(|s| s.phase);
     if let Some(new) = status.phase
@@ -265,6 +296,53 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         next,
         found,
     }
+}
+
+/// Refusals named in full in the `MonitorsAccepted` message; the rest are counted.
+const REFUSALS_SHOWN: usize = 5;
+
+/// The `MonitorsAccepted` condition of a cluster with a monitor selector.
+fn monitors_condition(
+    pc: &PrometheusCluster,
+    chosen: &ClusterMonitors,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let own = pc.metadata.namespace.as_deref().unwrap_or_default();
+    if !chosen.missing_crds.is_empty() {
+        let kinds = chosen.missing_crds.join(" and ");
+        let message = format!(
+            "a selector for {kinds} is set but the CRD of {kinds} (monitoring.coreos.com/v1) is not installed: \
+             install prometheus-operator's CRDs; nothing of that kind is scraped until then"
+        );
+        return status::new_condition(conditions::MONITORS_ACCEPTED, false, reasons::MONITOR_CRD_MISSING, message);
+    }
+    let counted = format!(
+        "{} ServiceMonitors and {} PodMonitors chosen, {} scrape jobs",
+        chosen.service_monitors,
+        chosen.pod_monitors,
+        chosen.jobs.len()
+    );
+    if !chosen.refused.is_empty() {
+        let shown: Vec<String> = chosen.refused.iter().take(REFUSALS_SHOWN).map(ToString::to_string).collect();
+        let more = chosen.refused.len().saturating_sub(REFUSALS_SHOWN);
+        let more = if more > 0 { format!("; and {more} more") } else { String::new() };
+        let message = format!("{counted}; not scraped: {}{more}", shown.join("; "));
+        return status::new_condition(conditions::MONITORS_ACCEPTED, false, reasons::MONITORS_REFUSED, message);
+    }
+    let mut message = counted;
+    if chosen.all_namespaces || !chosen.other_namespaces.is_empty() {
+        let outside = if chosen.all_namespaces {
+            "every namespace".to_owned()
+        } else {
+            chosen.other_namespaces.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        let account = crate::build::discovery::discovery_name(pc.metadata.name.as_deref().unwrap_or_default());
+        let account = pc.spec.service_account_name.as_deref().filter(|s| !s.is_empty()).unwrap_or(&account);
+        message = format!(
+            "{message}; some jobs discover targets outside {own} ({outside}): bind ServiceAccount {own}/{account} \
+             to list and watch services, endpoints and pods there"
+        );
+    }
+    status::new_condition(conditions::MONITORS_ACCEPTED, true, reasons::MONITORS_RENDERED, message)
 }
 
 /// The decisions that change nothing.

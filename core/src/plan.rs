@@ -60,10 +60,13 @@ impl ChildKey {
         match self.kind.as_str() {
             "ConfigMap" => 0,
             "Secret" => 1,
-            "Service" => 2,
-            "StatefulSet" => 3,
-            "PodDisruptionBudget" => 4,
-            _ => 5,
+            "ServiceAccount" => 2,
+            "Role" => 3,
+            "RoleBinding" => 4,
+            "Service" => 5,
+            "StatefulSet" => 6,
+            "PodDisruptionBudget" => 7,
+            _ => 8,
         }
     }
 
@@ -252,16 +255,17 @@ pub fn plan_objects(
 pub fn plan_cluster(
     cluster: &PrometheusCluster,
     settings: &BuildSettings,
+    monitor_jobs: &[crate::monitors::ScrapeJob],
     observed: &BTreeMap<ChildKey, Value>,
     storage: &ObservedStorage<'_>,
 ) -> build::Result<(Plan, StorageDecision)> {
     let decision = storage::decide_storage(&cluster.spec.storage, storage);
     let desired = if decision.render == cluster.spec.storage {
-        build::build(cluster, settings)?
+        build::build_with_monitors(cluster, settings, monitor_jobs)?
     } else {
         let mut adjusted = cluster.clone();
         adjusted.spec.storage = decision.render.clone();
-        build::build(&adjusted, settings)?
+        build::build_with_monitors(&adjusted, settings, monitor_jobs)?
     };
     let mut plan = plan_objects(&desired, settings, observed)?;
     let sts_key = |k: &ChildKey| k.kind == "StatefulSet";

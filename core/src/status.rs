@@ -270,6 +270,23 @@ pub fn merge_conditions(
     out
 }
 
+/// Sets the condition `type_` of `status` to `condition` (its `observedGeneration` and `lastTransitionTime` as
+/// [`merge_conditions`] sets them against the cluster's previous status), or removes it when `condition` is
+/// `None`. Conditions stay sorted by type.
+pub fn set_condition(
+    status: &mut PrometheusClusterStatus,
+    cluster: &PrometheusCluster,
+    type_: &str,
+    condition: Option<Condition>,
+    now: Timestamp,
+) {
+    status.conditions.retain(|c| c.type_ != type_);
+    let Some(condition) = condition else { return };
+    let previous = cluster.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    status.conditions.extend(merge_conditions(previous, vec![condition], cluster.metadata.generation, now));
+    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
 /// The status after a reconcile failed with `error` (already rendered with its causes) before it could say
 /// anything else: the previous status, with `Progressing=False` and `Degraded=True` carrying
 /// [`reasons::RECONCILE_FAILED`] and the error, and an `Active` phase turned `Degraded`, so the status never goes on

@@ -331,7 +331,10 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
     }
     check_image(&mut errs, "spec.image", &spec.image, DEFAULT_IMAGE);
     if let Some(version) = crate::build::version::PrometheusVersion::from_image(&spec.image)
-        && let Some(reason) = crate::build::version::unsupported(version, spec.additional_scrape_configs.is_some())
+        && let Some(reason) = crate::build::version::unsupported(
+            version,
+            spec.additional_scrape_configs.is_some() || spec.selects_monitors(),
+        )
     {
         errs.push(FieldError::invalid("spec.image", &spec.image, format!("is Prometheus {version}, {reason}")));
     }
@@ -360,6 +363,17 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
     check_interval(&mut errs, "spec.evaluationInterval", &spec.evaluation_interval);
     check_external_labels(&mut errs, spec);
     check_node_selector(&mut errs, &spec.node_selector);
+    let selectors = [
+        ("spec.serviceMonitorSelector", &spec.service_monitor_selector),
+        ("spec.serviceMonitorNamespaceSelector", &spec.service_monitor_namespace_selector),
+        ("spec.podMonitorSelector", &spec.pod_monitor_selector),
+        ("spec.podMonitorNamespaceSelector", &spec.pod_monitor_namespace_selector),
+    ];
+    for (field, selector) in selectors {
+        if let Some(selector) = selector {
+            check_label_selector(&mut errs, field, selector);
+        }
+    }
     let object_names = [
         ("spec.priorityClassName", &spec.priority_class_name, "use the name of an existing PriorityClass"),
         (

@@ -247,6 +247,8 @@ prop_compose! {
             (labels(), option::of(text()), labels(), option::of(text())),
         (healing_enabled, probe_interval, failure_threshold, startup_budget, cooldown) in
             (any::<bool>(), text(), any::<i32>(), text(), text()),
+        (service_monitor_selector, pod_monitor_selector, service_monitor_namespace_selector) in
+            (selector(), selector(), selector()),
     ) -> PrometheusClusterSpec {
         PrometheusClusterSpec {
             replicas,
@@ -263,6 +265,10 @@ prop_compose! {
                 object_storage_config_secret_ref: thanos_secret,
             },
             additional_scrape_configs,
+            service_monitor_selector,
+            service_monitor_namespace_selector,
+            pod_monitor_selector,
+            pod_monitor_namespace_selector: None,
             paused,
             scrape_interval,
             evaluation_interval,

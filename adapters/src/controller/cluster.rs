@@ -145,6 +145,24 @@ pub async fn run(
         .modify(strip_managed_fields);
     let clusters = reflector::reflector(writer, clusters).applied_objects();
     let reporter = report_unreadable(ctx.clone(), unreadable_rx);
+    // prometheus-operator's monitors: every change reconciles the clusters that select monitors.
+    let (monitors_tx, monitors_rx) = tokio::sync::mpsc::unbounded_channel();
+    let monitor_cache = super::monitors::run(ctx.clone(), ctx.monitors.clone(), monitors_tx);
+    let selecting = store.clone();
+    let monitor_triggers = futures::stream::unfold(monitors_rx, |mut rx| async move {
+        rx.recv().await?;
+        while rx.try_recv().is_ok() {}
+        Some(((), rx))
+    })
+    .flat_map(move |()| {
+        let refs: Vec<reflector::ObjectRef<PrometheusCluster>> = selecting
+            .state()
+            .iter()
+            .filter(|pc| pc.spec.selects_monitors())
+            .map(|pc| reflector::ObjectRef::from_obj(pc.as_ref()))
+            .collect();
+        futures::stream::iter(refs)
+    });
     // Each watch backs off and recovers on its own; errors are logged here and never reach the controller, which
     // would pause all its watches together after an error of any of them (after an API-server restart every watch
     // must relist once, and those pauses added up to 10 s).
@@ -152,6 +170,7 @@ pub async fn run(
         .owns_stream(recovering(owned_metadata::<StatefulSet>(&ctx, &owned)))
         .owns_stream(recovering(owned_metadata::<Service>(&ctx, &owned)))
         .owns_stream(recovering(owned_metadata::<ConfigMap>(&ctx, &owned)))
+        .reconcile_on(monitor_triggers)
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -160,8 +179,11 @@ pub async fn run(
                 tracing::debug!(error = %e, "reconcile failed");
             }
         });
-    // The reporter ends when the watch (and with it the sender) is dropped.
-    tokio::join!(controller, reporter);
+    // The reporter ends when the watch (and with it the sender) is dropped; the monitor cache with the controller.
+    tokio::select! {
+        () = async { tokio::join!(controller, reporter); } => {}
+        () = monitor_cache => {}
+    }
 }
 
 /// PrometheusClusters as dynamic objects, in the watched namespace or all namespaces.
@@ -349,10 +371,9 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
     let name = pc.name_any();
 
     // observe: the reads are independent and sent at once.
-    let pdb_version = ctx.settings.pdb_api.api_version();
     let secret_names = decide::secrets_to_read(pc);
     let (children, secrets, pods, claims) = tokio::join!(
-        children::observe_children(&ctx.client, &ns, &name, pdb_version),
+        children::observe_children(&ctx.client, &ns, &name, &ctx.settings),
         observe_secrets(ctx, &ns, &secret_names),
         children::observe_pods(&ctx.client, &ns, &name),
         children::observe_claims(&ctx.client, &ns, &name),
@@ -368,6 +389,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         },
         observe_reload_problems(ctx, &pods),
     );
+    let monitors = pc.spec.selects_monitors().then(|| ctx.monitors.snapshot(&ns));
     let observation = ClusterObservation {
         cluster: pc,
         children: &children,
@@ -376,6 +398,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         class_allows_expansion: class_allows_expansion?,
         secrets: Some(&secrets),
         agent_problems: &agent_problems,
+        monitors: monitors.as_ref().map(super::monitors::MonitorSnapshot::observed),
     };
 
     // decide

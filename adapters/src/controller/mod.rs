@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cluster;
 pub mod clusterset;
 pub mod heal;
+pub mod monitors;
 
 use kube::Client;
 use tsdb_operator_core::build::BuildSettings;
@@ -32,6 +33,8 @@ pub struct Context {
     pub namespace: Option<String>,
     /// HTTP client for the agents in the Prometheus pods (short timeouts).
     pub http: reqwest::Client,
+    /// prometheus-operator's monitors and the namespaces' labels, kept current by the cluster controller.
+    pub monitors: std::sync::Arc<monitors::MonitorCache>,
 }
 
 impl Context {
@@ -51,6 +54,7 @@ impl Context {
             backoff: backoff::Backoff::default(),
             concurrency: 8,
             namespace: None,
+            monitors: std::sync::Arc::default(),
         }
     }
 }

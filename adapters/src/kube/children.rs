@@ -12,6 +12,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
+use tsdb_operator_core::build::BuildSettings;
 use tsdb_operator_core::constants::{FIELD_MANAGER, labels};
 use tsdb_operator_core::plan::{ChildKey, Step};
 use tsdb_operator_core::storage::{ObservedClaim, is_data_claim_of};
@@ -79,45 +80,31 @@ impl Error {
     }
 }
 
-/// The kinds of children a cluster may own, with their resource names.
-fn child_kinds(cluster: &str, pdb_api_version: &str) -> Vec<(ApiResource, String)> {
-    let ar = |group: &str, version: &str, kind: &str, plural: &str| {
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-    };
-    let (pdb_group, pdb_version) = pdb_api_version.split_once('/').unwrap_or(("policy", "v1"));
-    let [config, main] = tsdb_operator_core::decide::child_names(cluster);
-    vec![
-        (ar("", "v1", "ConfigMap", "configmaps"), config),
-        (ar("", "v1", "Service", "services"), main.clone()),
-        (ar("apps", "v1", "StatefulSet", "statefulsets"), main.clone()),
-        (ar(pdb_group, pdb_version, "PodDisruptionBudget", "poddisruptionbudgets"), main),
-    ]
-}
-
 fn resource_for(key: &ChildKey) -> ApiResource {
     let (group, version) = key.api_version.split_once('/').unwrap_or(("", key.api_version.as_str()));
     let plural = format!("{}s", key.kind.to_ascii_lowercase());
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, &key.kind), &plural)
 }
 
-/// Reads the objects that carry the names of cluster `name`'s children in `namespace`, as JSON keyed by kind and
-/// name, owned by the cluster or not (the core judges ownership).
+/// Reads the objects that carry the names of cluster `name`'s children in `namespace`
+/// ([`decide::children_to_read`](tsdb_operator_core::decide::children_to_read)), as JSON keyed by kind and name,
+/// owned by the cluster or not (the core judges ownership).
 pub async fn observe_children(
     client: &Client,
     namespace: &str,
     name: &str,
-    pdb_api_version: &str,
+    settings: &BuildSettings,
 ) -> Result<BTreeMap<ChildKey, Value>, Error> {
     // The reads are independent: send them at once.
-    let reads = child_kinds(name, pdb_api_version).into_iter().map(|(ar, child_name)| async move {
+    let reads = tsdb_operator_core::decide::children_to_read(name, settings).into_iter().map(|key| async move {
+        let ar = resource_for(&key);
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
-        let obj = api.get_opt(&child_name).await.map_err(|source| Error::Read {
+        let obj = api.get_opt(&key.name).await.map_err(|source| Error::Read {
             kind: ar.kind.clone(),
-            name: child_name.clone(),
+            name: key.name.clone(),
             source,
         })?;
         let Some(obj) = obj else { return Ok(None) };
-        let key = ChildKey { api_version: ar.api_version.clone(), kind: ar.kind.clone(), name: child_name };
         let mut value = serde_json::to_value(&obj).unwrap_or(Value::Null);
         if let Some(map) = value.as_object_mut() {
             map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_core::decide::{self, ClusterObservation, Outcome};
+use tsdb_operator_core::monitors::{ObservedMonitors, PodMonitor, ServiceMonitor};
 use tsdb_operator_core::plan::{ChildKey, Step};
 use tsdb_operator_core::storage::{self, ObservedClaim};
 use tsdb_operator_core::validate;
@@ -301,18 +302,61 @@ fn cmd_validate(file: &Path) -> Result<ExitCode> {
 fn observed_for(pc: &PrometheusCluster, observed: &[Value]) -> BTreeMap<ChildKey, Value> {
     let name = pc.metadata.name.clone().unwrap_or_default();
     let ns = pc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let child_names = decide::child_names(&name);
+    let children = decide::children_to_read(&name, &BuildSettings::default());
     observed
         .iter()
         .filter(|o| o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default") == ns)
         .filter(|o| {
             let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
             let oname = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-            matches!(kind, "ConfigMap" | "Service" | "StatefulSet" | "PodDisruptionBudget")
-                && child_names.iter().any(|c| c == oname)
+            children.iter().any(|c| c.kind == kind && c.name == oname)
         })
         .filter_map(|o| ChildKey::of(o).map(|k| (k, o.clone())))
         .collect()
+}
+
+/// The ServiceMonitors, PodMonitors and Namespaces among the observed documents (documents of a kind that does
+/// not decode are reported). Without any, no monitor is chosen.
+fn observed_monitors(observed: &[Value]) -> Result<Monitors> {
+    let of_kind =
+        |kind: &'static str| observed.iter().filter(move |o| o.get("kind").and_then(Value::as_str) == Some(kind));
+    let decode = |o: &Value| {
+        let id = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        (o.clone(), id)
+    };
+    let mut services = Vec::new();
+    for (o, id) in of_kind("ServiceMonitor").map(decode) {
+        services.push(serde_json::from_value(o).with_context(|| format!("ServiceMonitor {id}"))?);
+    }
+    let mut pods = Vec::new();
+    for (o, id) in of_kind("PodMonitor").map(decode) {
+        pods.push(serde_json::from_value(o).with_context(|| format!("PodMonitor {id}"))?);
+    }
+    let namespaces = of_kind("Namespace")
+        .filter_map(|o| {
+            let name = o.pointer("/metadata/name").and_then(Value::as_str)?.to_owned();
+            let labels = o.pointer("/metadata/labels").cloned().and_then(|l| serde_json::from_value(l).ok());
+            Some((name, labels.unwrap_or_default()))
+        })
+        .collect();
+    Ok(Monitors { services, pods, namespaces })
+}
+
+/// The monitors and namespaces among the observed documents.
+struct Monitors {
+    services: Vec<ServiceMonitor>,
+    pods: Vec<PodMonitor>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Monitors {
+    fn observed(&self) -> ObservedMonitors<'_> {
+        ObservedMonitors {
+            service_monitors: Some(&self.services),
+            pod_monitors: Some(&self.pods),
+            namespaces: &self.namespaces,
+        }
+    }
 }
 
 /// The cluster's data volume claims among the observed documents.
@@ -354,6 +398,7 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
         Some(p) => documents(&read_input(p)?, p)?,
         None => Vec::new(),
     };
+    let monitors = observed_monitors(&observed_docs)?;
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut out = String::new();
     let mut failed = false;
@@ -372,6 +417,7 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
             class_allows_expansion,
             secrets: None,
             agent_problems: &[],
+            monitors: Some(monitors.observed()),
         };
         let decision = decide::decide_cluster(&observation, settings, now);
         let steps: Vec<&Step> = decision.steps().collect();

@@ -26,6 +26,8 @@ use crate::crd::cluster::{DEFAULT_INTERVAL, DEFAULT_REPLICA_LABEL};
 pub const CONFIG_KEY: &str = "prometheus.yml";
 /// ConfigMap key of the scrape configs rendered from `additionalScrapeConfigs.inline`.
 pub const INLINE_SCRAPE_KEY: &str = "additional-scrape-configs.yml";
+/// ConfigMap key of the scrape jobs rendered from the selected ServiceMonitors and PodMonitors.
+pub const MONITOR_SCRAPE_KEY: &str = "monitor-scrape-configs.yml";
 /// Job name of the self-scrape job.
 pub const SELF_SCRAPE_JOB: &str = "prometheus";
 /// Environment variable holding the pod name, set on the Prometheus container from `metadata.name`.
@@ -83,6 +85,11 @@ impl ConfigPaths {
     /// Path of the inline scrape configs file.
     pub fn inline_scrape_file(&self) -> String {
         format!("{}/{INLINE_SCRAPE_KEY}", self.config_dir)
+    }
+
+    /// Path of the monitors' scrape configs file.
+    pub fn monitor_scrape_file(&self) -> String {
+        format!("{}/{MONITOR_SCRAPE_KEY}", self.config_dir)
     }
 
     /// Path of a key of a mounted remote write Secret.
@@ -173,12 +180,20 @@ pub struct ConfigFiles {
     pub prometheus_yml: String,
     /// `additional-scrape-configs.yml`, only with `additionalScrapeConfigs.inline`.
     pub inline_scrape_configs_yml: Option<String>,
+    /// `monitor-scrape-configs.yml`, only when the cluster selects monitors (then always, with no jobs as an
+    /// empty list, so that `prometheus.yml` does not change as monitors come and go).
+    pub monitor_scrape_configs_yml: Option<String>,
 }
 
 /// Where the additional scrape configs come from, once checked.
 enum ScrapeSource<'a> {
     Inline(Vec<serde_yaml::Value>),
     Secret { key: &'a str },
+}
+
+#[derive(Serialize)]
+struct MonitorScrapeFile<'a> {
+    scrape_configs: &'a [crate::monitors::ScrapeJob],
 }
 
 #[derive(Serialize)]
@@ -195,11 +210,14 @@ pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> R
     let evaluation_interval = non_empty(&spec.evaluation_interval).unwrap_or(DEFAULT_INTERVAL);
     check_duration("spec.evaluationInterval", evaluation_interval)?;
 
-    let scrape_config_files = match scrape_source(ctx)? {
+    let mut scrape_config_files = match scrape_source(ctx)? {
         None => vec![],
         Some(ScrapeSource::Inline(_)) => vec![paths.inline_scrape_file()],
         Some(ScrapeSource::Secret { key }) => vec![format!("{}/{key}", paths.extra_secret_dir)],
     };
+    if spec.selects_monitors() {
+        scrape_config_files.push(paths.monitor_scrape_file());
+    }
 
     Ok(PrometheusConfig {
         global: GlobalConfig {
@@ -227,7 +245,12 @@ pub fn build_config_files(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result
         Some(ScrapeSource::Inline(entries)) => Some(to_yaml(&ScrapeConfigFile { scrape_configs: &entries })?),
         _ => None,
     };
-    Ok(ConfigFiles { prometheus_yml, inline_scrape_configs_yml })
+    let monitor_scrape_configs_yml = if ctx.cluster.spec.selects_monitors() {
+        Some(to_yaml(&MonitorScrapeFile { scrape_configs: ctx.monitor_jobs })?)
+    } else {
+        None
+    };
+    Ok(ConfigFiles { prometheus_yml, inline_scrape_configs_yml, monitor_scrape_configs_yml })
 }
 
 /// Renders the ConfigMap `<name>-config` with the files for the pod's paths.
@@ -236,6 +259,9 @@ pub fn build_config_map(ctx: &BuildContext<'_>) -> Result<ConfigMap> {
     let mut data = super::map([(CONFIG_KEY.to_owned(), files.prometheus_yml)]);
     if let Some(inline) = files.inline_scrape_configs_yml {
         data.insert(INLINE_SCRAPE_KEY.to_owned(), inline);
+    }
+    if let Some(monitors) = files.monitor_scrape_configs_yml {
+        data.insert(MONITOR_SCRAPE_KEY.to_owned(), monitors);
     }
     Ok(ConfigMap { metadata: ctx.object_meta(ctx.config_map_name()), data: Some(data), ..ConfigMap::default() })
 }

@@ -16,6 +16,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod discovery;
 pub mod pdb;
 pub mod service;
 pub mod statefulset;
@@ -24,8 +25,9 @@ pub mod version;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
@@ -101,12 +103,23 @@ pub struct DesiredObjects {
     pub stateful_set: StatefulSet,
     /// `<name>`: only when there is more than one replica.
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// `<name>-discovery`: only when the cluster selects prometheus-operator's monitors.
+    pub discovery: Option<discovery::DiscoveryObjects>,
 }
 
 impl DesiredObjects {
-    /// The objects in apply order: ConfigMap, Service, PodDisruptionBudget, StatefulSet.
+    /// The objects in apply order: ConfigMap, the discovery ServiceAccount, Role and RoleBinding, Service,
+    /// PodDisruptionBudget, StatefulSet (pods need their ServiceAccount to exist).
     pub fn objects(&self, settings: &BuildSettings) -> Vec<DesiredObject<'_>> {
-        let mut out = vec![DesiredObject::ConfigMap(&self.config_map), DesiredObject::Service(&self.service)];
+        let mut out = vec![DesiredObject::ConfigMap(&self.config_map)];
+        if let Some(d) = &self.discovery {
+            if let Some(sa) = &d.service_account {
+                out.push(DesiredObject::ServiceAccount(sa));
+            }
+            out.push(DesiredObject::Role(&d.role));
+            out.push(DesiredObject::RoleBinding(&d.role_binding));
+        }
+        out.push(DesiredObject::Service(&self.service));
         if let Some(pdb) = &self.pod_disruption_budget {
             out.push(DesiredObject::PodDisruptionBudget(pdb, settings.pdb_api));
         }
@@ -135,6 +148,12 @@ pub enum DesiredObject<'a> {
     StatefulSet(&'a StatefulSet),
     /// The PodDisruptionBudget and the API it is applied under.
     PodDisruptionBudget(&'a PodDisruptionBudget, PdbApi),
+    /// The discovery ServiceAccount.
+    ServiceAccount(&'a ServiceAccount),
+    /// The discovery Role.
+    Role(&'a Role),
+    /// The discovery RoleBinding.
+    RoleBinding(&'a RoleBinding),
 }
 
 impl DesiredObject<'_> {
@@ -145,6 +164,9 @@ impl DesiredObject<'_> {
             DesiredObject::Service(_) => <Service as k8s_openapi::Resource>::API_VERSION,
             DesiredObject::StatefulSet(_) => <StatefulSet as k8s_openapi::Resource>::API_VERSION,
             DesiredObject::PodDisruptionBudget(_, api) => api.api_version(),
+            DesiredObject::ServiceAccount(_) => <ServiceAccount as k8s_openapi::Resource>::API_VERSION,
+            DesiredObject::Role(_) => <Role as k8s_openapi::Resource>::API_VERSION,
+            DesiredObject::RoleBinding(_) => <RoleBinding as k8s_openapi::Resource>::API_VERSION,
         }
     }
 
@@ -155,6 +177,9 @@ impl DesiredObject<'_> {
             DesiredObject::Service(_) => <Service as k8s_openapi::Resource>::KIND,
             DesiredObject::StatefulSet(_) => <StatefulSet as k8s_openapi::Resource>::KIND,
             DesiredObject::PodDisruptionBudget(..) => <PodDisruptionBudget as k8s_openapi::Resource>::KIND,
+            DesiredObject::ServiceAccount(_) => <ServiceAccount as k8s_openapi::Resource>::KIND,
+            DesiredObject::Role(_) => <Role as k8s_openapi::Resource>::KIND,
+            DesiredObject::RoleBinding(_) => <RoleBinding as k8s_openapi::Resource>::KIND,
         }
     }
 
@@ -165,6 +190,9 @@ impl DesiredObject<'_> {
             DesiredObject::Service(o) => &o.metadata,
             DesiredObject::StatefulSet(o) => &o.metadata,
             DesiredObject::PodDisruptionBudget(o, _) => &o.metadata,
+            DesiredObject::ServiceAccount(o) => &o.metadata,
+            DesiredObject::Role(o) => &o.metadata,
+            DesiredObject::RoleBinding(o) => &o.metadata,
         };
         metadata.name.as_deref()
     }
@@ -187,6 +215,9 @@ impl serde::Serialize for DesiredObject<'_> {
             DesiredObject::Service(o) => o.serialize(serializer),
             DesiredObject::StatefulSet(o) => o.serialize(serializer),
             DesiredObject::PodDisruptionBudget(o, _) => o.serialize(serializer),
+            DesiredObject::ServiceAccount(o) => o.serialize(serializer),
+            DesiredObject::Role(o) => o.serialize(serializer),
+            DesiredObject::RoleBinding(o) => o.serialize(serializer),
         }
     }
 }
@@ -355,6 +386,9 @@ pub struct BuildContext<'a> {
     pub storage_size: &'a str,
     /// Thanos image.
     pub thanos_image: &'a str,
+    /// The scrape jobs of the prometheus-operator monitors the cluster selects
+    /// ([`crate::monitors::choose_for_cluster`]); empty unless given with [`BuildContext::with_monitor_jobs`].
+    pub monitor_jobs: &'a [crate::monitors::ScrapeJob],
 }
 
 impl<'a> BuildContext<'a> {
@@ -381,7 +415,15 @@ impl<'a> BuildContext<'a> {
             retention,
             storage_size,
             thanos_image,
+            monitor_jobs: &[],
         })
+    }
+
+    /// The context with the scrape jobs of the monitors the cluster selects.
+    #[must_use]
+    pub fn with_monitor_jobs(mut self, jobs: &'a [crate::monitors::ScrapeJob]) -> Self {
+        self.monitor_jobs = jobs;
+        self
     }
 
     /// Whether the Thanos sidecar runs.
@@ -447,12 +489,26 @@ impl<'a> BuildContext<'a> {
 /// See [`Error`]: the spec asks for something that cannot be rendered into objects Kubernetes and Prometheus
 /// accept.
 pub fn build(cluster: &PrometheusCluster, settings: &BuildSettings) -> Result<DesiredObjects> {
-    let ctx = BuildContext::new(cluster, settings)?;
+    build_with_monitors(cluster, settings, &[])
+}
+
+/// [`build`] with the scrape jobs of the prometheus-operator monitors the cluster selects
+/// ([`crate::monitors::choose_for_cluster`]), written to the ConfigMap's `monitor-scrape-configs.yml`.
+///
+/// # Errors
+/// As [`build`].
+pub fn build_with_monitors(
+    cluster: &PrometheusCluster,
+    settings: &BuildSettings,
+    monitor_jobs: &[crate::monitors::ScrapeJob],
+) -> Result<DesiredObjects> {
+    let ctx = BuildContext::new(cluster, settings)?.with_monitor_jobs(monitor_jobs);
     Ok(DesiredObjects {
         config_map: config::build_config_map(&ctx)?,
         service: service::build_service(&ctx),
         stateful_set: statefulset::build_statefulset(&ctx)?,
         pod_disruption_budget: pdb::build_pdb(&ctx),
+        discovery: discovery::build_discovery(&ctx),
     })
 }
 

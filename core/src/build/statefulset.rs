@@ -95,7 +95,7 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         priority_class_name: spec.priority_class_name.clone().filter(|p| !p.is_empty()),
-        service_account_name: spec.service_account_name.clone().filter(|s| !s.is_empty()),
+        service_account_name: super::discovery::pod_service_account(ctx),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
         ..PodSpec::default()
     };

@@ -60,7 +60,8 @@ pub fn needs_expand_external_labels_flag(version: Option<PrometheusVersion>) -> 
 /// replica label), and anything before 2.43 with additional scrape configs (no `scrape_config_files`).
 pub fn check_supported(ctx: &BuildContext<'_>) -> Result<()> {
     let Some(version) = ctx.version else { return Ok(()) };
-    match unsupported(version, ctx.cluster.spec.additional_scrape_configs.is_some()) {
+    let spec = &ctx.cluster.spec;
+    match unsupported(version, spec.additional_scrape_configs.is_some() || spec.selects_monitors()) {
         Some(reason) => Err(Error::UnsupportedPrometheusVersion { image: ctx.image.to_owned(), version, reason }),
         None => Ok(()),
     }
@@ -74,8 +75,8 @@ pub fn unsupported(version: PrometheusVersion, additional_scrape_configs: bool) 
     }
     if version < MIN_SCRAPE_CONFIG_FILES && additional_scrape_configs {
         return Some(
-            "older than 2.43, which additionalScrapeConfigs needs (scrape_config_files); use 2.43 or later, or remove \
-             additionalScrapeConfigs",
+            "older than 2.43, which additionalScrapeConfigs and monitor selectors need (scrape_config_files); use 2.43 \
+             or later, or remove additionalScrapeConfigs, serviceMonitorSelector and podMonitorSelector",
         );
     }
     None

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecretKeySelector, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,26 @@ pub struct PrometheusClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_scrape_configs: Option<AdditionalScrapeConfigs>,
 
+    /// prometheus-operator's `ServiceMonitor`s (`monitoring.coreos.com/v1`) to scrape, by their labels, as in
+    /// prometheus-operator: unset selects none, `{}` selects every one in the namespaces of
+    /// `serviceMonitorNamespaceSelector`. Their endpoints become scrape jobs, hot-reloaded without a restart; what
+    /// cannot be rendered is named in the `MonitorsAccepted` condition. Needs the ServiceMonitor CRD installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_monitor_selector: Option<LabelSelector>,
+
+    /// Namespaces whose ServiceMonitors `serviceMonitorSelector` may choose, by their labels: unset means the
+    /// cluster's own namespace, `{}` every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_monitor_namespace_selector: Option<LabelSelector>,
+
+    /// prometheus-operator's `PodMonitor`s to scrape, by their labels; as `serviceMonitorSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_monitor_selector: Option<LabelSelector>,
+
+    /// Namespaces whose PodMonitors `podMonitorSelector` may choose; as `serviceMonitorNamespaceSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_monitor_namespace_selector: Option<LabelSelector>,
+
     /// Stop all changes to this cluster's objects. The operator keeps reporting status and says that it is paused
     /// in the `Paused` condition.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -175,7 +195,10 @@ pub struct PrometheusClusterSpec {
 
     /// ServiceAccount of the Prometheus pods (an existing one in the cluster's namespace), for workload identity
     /// such as EKS IRSA or GKE Workload Identity: without `backup.credentialsSecretRef`, the agent then uploads with
-    /// the credentials the environment provides. Default: the namespace's `default` ServiceAccount.
+    /// the credentials the environment provides. Default: with `serviceMonitorSelector` or `podMonitorSelector`,
+    /// `<name>-discovery`, which the operator creates; otherwise the namespace's `default` ServiceAccount. With a
+    /// monitor selector the operator binds this ServiceAccount (its own or yours) to a Role that may list and watch
+    /// Services, Endpoints and Pods in the cluster's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::MAX_NAME))]
     pub service_account_name: Option<String>,
@@ -187,6 +210,15 @@ pub struct PrometheusClusterSpec {
     /// Create this cluster from a backup. Only empty data directories are restored into; see `RestoreSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreSpec>,
+}
+
+impl PrometheusClusterSpec {
+    /// Whether the cluster scrapes prometheus-operator's monitors (`serviceMonitorSelector` or
+    /// `podMonitorSelector` set): its Prometheus then needs the Kubernetes API (a ServiceAccount with discovery
+    /// rights) and `scrape_config_files` (Prometheus 2.43 or later).
+    pub fn selects_monitors(&self) -> bool {
+        self.service_monitor_selector.is_some() || self.pod_monitor_selector.is_some()
+    }
 }
 
 impl Default for PrometheusClusterSpec {
@@ -203,6 +235,10 @@ impl Default for PrometheusClusterSpec {
             remote_write: Vec::new(),
             thanos: ThanosSpec::default(),
             additional_scrape_configs: None,
+            service_monitor_selector: None,
+            service_monitor_namespace_selector: None,
+            pod_monitor_selector: None,
+            pod_monitor_namespace_selector: None,
             paused: false,
             scrape_interval: default_interval(),
             evaluation_interval: default_interval(),

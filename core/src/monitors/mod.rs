@@ -21,10 +21,14 @@
 mod render;
 mod types;
 
-pub use render::{Refused, ScrapeJobs, build_pod_monitor_jobs, build_scrape_jobs};
+pub use render::{KubernetesSd, Refused, ScrapeJob, ScrapeJobs, build_pod_monitor_jobs, build_scrape_jobs};
 pub use types::*;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::crd::PrometheusCluster;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -54,6 +58,85 @@ pub fn select<'a, M: kube::Resource>(
         .collect();
     chosen.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
     chosen
+}
+
+/// What the operator saw of prometheus-operator's objects, for the decisions of the clusters that select them.
+#[derive(Debug, Clone, Copy)]
+pub struct ObservedMonitors<'a> {
+    /// Every ServiceMonitor the operator may read; `None` when the ServiceMonitor CRD is not installed.
+    pub service_monitors: Option<&'a [ServiceMonitor]>,
+    /// Every PodMonitor the operator may read; `None` when the PodMonitor CRD is not installed.
+    pub pod_monitors: Option<&'a [PodMonitor]>,
+    /// The labels of every namespace, for the namespace selectors.
+    pub namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// What one cluster's monitor selectors chose, rendered ([`choose_for_cluster`]).
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMonitors {
+    /// ServiceMonitors chosen.
+    pub service_monitors: usize,
+    /// PodMonitors chosen.
+    pub pod_monitors: usize,
+    /// The scrape jobs, ServiceMonitors' first, each kind sorted by namespace and name.
+    pub jobs: Vec<ScrapeJob>,
+    /// Monitors and endpoints not rendered, with the reason.
+    pub refused: Vec<Refused>,
+    /// Kinds a selector asks for whose CRD is not installed (`ServiceMonitor`, `PodMonitor`).
+    pub missing_crds: Vec<&'static str>,
+    /// Namespaces other than the cluster's own that the jobs discover targets in (sorted); the discovery Role the
+    /// operator creates covers the cluster's own namespace only.
+    pub other_namespaces: BTreeSet<String>,
+    /// Whether a job discovers in every namespace (`namespaceSelector.any`).
+    pub all_namespaces: bool,
+}
+
+/// The monitors `cluster`'s selectors choose among `observed`, rendered into scrape jobs; the refusals and the
+/// CRDs that are missing. A cluster without monitor selectors gets an empty result.
+pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>) -> ClusterMonitors {
+    let spec = &cluster.spec;
+    let own = cluster.metadata.namespace.as_deref().unwrap_or_default();
+    let mut out = ClusterMonitors::default();
+    let mut rendered = ScrapeJobs::default();
+    if let Some(selector) = &spec.service_monitor_selector {
+        match observed.service_monitors {
+            Some(all) => {
+                let chosen = select(
+                    all,
+                    Some(selector),
+                    spec.service_monitor_namespace_selector.as_ref(),
+                    own,
+                    observed.namespaces,
+                );
+                out.service_monitors = chosen.len();
+                rendered = build_scrape_jobs(&chosen);
+            }
+            None => out.missing_crds.push("ServiceMonitor"),
+        }
+    }
+    if let Some(selector) = &spec.pod_monitor_selector {
+        match observed.pod_monitors {
+            Some(all) => {
+                let chosen =
+                    select(all, Some(selector), spec.pod_monitor_namespace_selector.as_ref(), own, observed.namespaces);
+                out.pod_monitors = chosen.len();
+                let pods = build_pod_monitor_jobs(&chosen);
+                rendered.jobs.extend(pods.jobs);
+                rendered.refused.extend(pods.refused);
+            }
+            None => out.missing_crds.push("PodMonitor"),
+        }
+    }
+    for sd in rendered.jobs.iter().flat_map(|j| &j.kubernetes_sd_configs) {
+        match &sd.namespaces {
+            None => out.all_namespaces = true,
+            Some(ns) => out.other_namespaces.extend(ns.names.iter().filter(|n| n.as_str() != own).cloned()),
+        }
+    }
+    out.jobs = rendered.jobs;
+    out.refused = rendered.refused;
+    out
 }
 
 #[cfg(test)]

@@ -60,21 +60,13 @@ fn resource(key: &ChildKey) -> ApiResource {
 async fn reconcile(pc: Arc<PrometheusCluster>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
     let (ns, name, client) = (pc.namespace().unwrap_or_default(), pc.name_any(), &ctx.client);
     // Observe: the objects with the children's names, pods, claims and their class, referenced Secrets.
-    let [config, main] = decide::child_names(&name);
-    let pdb = ctx.settings.pdb_api.api_version();
     let mut children = BTreeMap::new();
-    for (api_version, kind, child) in [
-        ("v1", "ConfigMap", &config),
-        ("v1", "Service", &main),
-        ("apps/v1", "StatefulSet", &main),
-        (pdb, "PodDisruptionBudget", &main),
-    ] {
-        let key = ChildKey { api_version: api_version.into(), kind: kind.into(), name: child.clone() };
+    for key in decide::children_to_read(&name, &ctx.settings) {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource(&key));
-        if let Some(object) = api.get_opt(child).await? {
+        if let Some(object) = api.get_opt(&key.name).await? {
             let mut value = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
-            value["apiVersion"] = json!(api_version);
-            value["kind"] = json!(kind);
+            value["apiVersion"] = json!(key.api_version);
+            value["kind"] = json!(key.kind);
             children.insert(key, value);
         }
     }

@@ -1,0 +1,242 @@
+//! The decision for a cluster that selects prometheus-operator's ServiceMonitors and PodMonitors: which monitors it
+//! chooses, where their scrape jobs go (`monitor-scrape-configs.yml` in the ConfigMap, listed in
+//! `scrape_config_files`), the ServiceAccount, Role and RoleBinding for Kubernetes service discovery (applied before
+//! the StatefulSet, removed with the selectors), and the `MonitorsAccepted` condition.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::settings;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use tsdb_operator_core::constants::{conditions, reasons};
+use tsdb_operator_core::crd::PrometheusCluster;
+use tsdb_operator_core::decide::{self, ClusterDecision, ClusterObservation};
+use tsdb_operator_core::monitors::{ObservedMonitors, PodMonitor, ServiceMonitor};
+use tsdb_operator_core::plan::{ChildKey, Step};
+
+type Namespaces = BTreeMap<String, BTreeMap<String, String>>;
+
+fn now() -> Timestamp {
+    "2026-12-05T10:00:00Z".parse().expect("a timestamp")
+}
+
+fn cluster(spec: Value) -> PrometheusCluster {
+    let mut pc = PrometheusCluster::new("web", serde_json::from_value(spec).expect("a spec"));
+    pc.metadata.namespace = Some("monitoring".to_owned());
+    pc.metadata.uid = Some("uid-1".to_owned());
+    pc.metadata.generation = Some(1);
+    pc
+}
+
+fn service_monitor(namespace: &str, name: &str, labels: &Value, endpoints: &Value) -> ServiceMonitor {
+    serde_json::from_value(json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "endpoints": endpoints},
+    }))
+    .expect("a ServiceMonitor")
+}
+
+fn pod_monitor(namespace: &str, name: &str, labels: &Value) -> PodMonitor {
+    serde_json::from_value(json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "podMetricsEndpoints": [{"port": "metrics"}]},
+    }))
+    .expect("a PodMonitor")
+}
+
+fn namespaces() -> Namespaces {
+    let mut out = Namespaces::new();
+    out.insert("monitoring".to_owned(), BTreeMap::new());
+    out.insert("shop".to_owned(), BTreeMap::from([("team".to_owned(), "shop".to_owned())]));
+    out.insert("other".to_owned(), BTreeMap::new());
+    out
+}
+
+fn decide(
+    pc: &PrometheusCluster,
+    children: &BTreeMap<ChildKey, Value>,
+    services: Option<&[ServiceMonitor]>,
+    pods: Option<&[PodMonitor]>,
+) -> ClusterDecision {
+    let namespaces = namespaces();
+    let observation = ClusterObservation {
+        monitors: Some(ObservedMonitors { service_monitors: services, pod_monitors: pods, namespaces: &namespaces }),
+        ..ClusterObservation::of(pc, children)
+    };
+    decide::decide_cluster(&observation, &settings(), now())
+}
+
+fn applied<'a>(d: &'a ClusterDecision, kind: &str) -> Option<&'a Value> {
+    d.steps().find_map(|s| match s {
+        Step::Apply { key, manifest, .. } if key.kind == kind => Some(manifest),
+        _ => None,
+    })
+}
+
+fn monitors_condition(d: &ClusterDecision) -> Option<&Condition> {
+    d.status.conditions.iter().find(|c| c.type_ == conditions::MONITORS_ACCEPTED)
+}
+
+fn job_names(config_map: &Value) -> Vec<String> {
+    let file = config_map["data"]["monitor-scrape-configs.yml"].as_str().expect("the monitors file");
+    let parsed: Value = serde_yaml::from_str(file).expect("YAML");
+    parsed["scrape_configs"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|j| j["job_name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn team_monitors() -> Vec<ServiceMonitor> {
+    vec![
+        service_monitor("monitoring", "api", &json!({"team": "web"}), &json!([{"port": "http"}])),
+        service_monitor("monitoring", "unlabelled", &json!({}), &json!([{"port": "http"}])),
+        service_monitor("shop", "cart", &json!({"team": "web"}), &json!([{"port": "http"}])),
+    ]
+}
+
+#[test]
+fn the_selected_monitors_become_jobs_in_their_own_file_with_discovery_rights_before_the_pods() {
+    let pc = cluster(json!({"serviceMonitorSelector": {"matchLabels": {"team": "web"}},
+        "podMonitorSelector": {}}));
+    let services = team_monitors();
+    let pods = vec![pod_monitor("monitoring", "batch", &json!({})), pod_monitor("other", "far", &json!({}))];
+    let d = decide(&pc, &BTreeMap::new(), Some(&services), Some(&pods));
+
+    let config_map = applied(&d, "ConfigMap").expect("the ConfigMap");
+    // No namespace selector: the cluster's own namespace only; the selector picks by label.
+    assert_eq!(job_names(config_map), ["serviceMonitor/monitoring/api/0", "podMonitor/monitoring/batch/0"]);
+    let prometheus_yml = config_map["data"]["prometheus.yml"].as_str().expect("prometheus.yml");
+    assert!(prometheus_yml.contains("/etc/prometheus/config/monitor-scrape-configs.yml"), "{prometheus_yml}");
+
+    let kinds: Vec<&str> = d
+        .steps()
+        .filter_map(|s| match s {
+            Step::Apply { key, .. } => Some(key.kind.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service", "StatefulSet"]);
+    let role = applied(&d, "Role").expect("the Role");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["endpoints", "pods", "services"], "verbs": ["list", "watch"]}])
+    );
+    let binding = applied(&d, "RoleBinding").expect("the RoleBinding");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "web-discovery", "namespace": "monitoring"}])
+    );
+    assert_eq!(binding["roleRef"]["name"], "web-discovery");
+    let sts = applied(&d, "StatefulSet").expect("the StatefulSet");
+    assert_eq!(sts["spec"]["template"]["spec"]["serviceAccountName"], "web-discovery");
+
+    let condition = monitors_condition(&d).expect("MonitorsAccepted");
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", reasons::MONITORS_RENDERED));
+    assert_eq!(condition.message, "1 ServiceMonitors and 1 PodMonitors chosen, 2 scrape jobs");
+}
+
+#[test]
+fn namespace_selectors_choose_monitors_elsewhere_and_the_condition_names_the_rights_they_need() {
+    let pc = cluster(json!({"serviceMonitorSelector": {"matchLabels": {"team": "web"}},
+        "serviceMonitorNamespaceSelector": {"matchLabels": {"team": "shop"}}}));
+    let services = team_monitors();
+    let d = decide(&pc, &BTreeMap::new(), Some(&services), None);
+    assert_eq!(job_names(applied(&d, "ConfigMap").expect("the ConfigMap")), ["serviceMonitor/shop/cart/0"]);
+    let condition = monitors_condition(&d).expect("MonitorsAccepted");
+    assert_eq!(condition.status, "True");
+    assert!(
+        condition.message.contains("outside monitoring (shop): bind ServiceAccount monitoring/web-discovery"),
+        "{}",
+        condition.message
+    );
+}
+
+#[test]
+fn a_refused_endpoint_is_named_in_the_condition_and_the_rest_is_still_scraped() {
+    let pc = cluster(json!({"serviceMonitorSelector": {}}));
+    let services = vec![service_monitor(
+        "monitoring",
+        "vault",
+        &json!({}),
+        &json!([{"port": "http"}, {"port": "https", "basicAuth": {"username": {"name": "s", "key": "u"}}}]),
+    )];
+    let d = decide(&pc, &BTreeMap::new(), Some(&services), None);
+    assert_eq!(job_names(applied(&d, "ConfigMap").expect("the ConfigMap")), ["serviceMonitor/monitoring/vault/0"]);
+    let condition = monitors_condition(&d).expect("MonitorsAccepted");
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reasons::MONITORS_REFUSED));
+    assert!(
+        condition.message.contains("ServiceMonitor monitoring/vault: spec.endpoints[1].basicAuth: credentials"),
+        "{}",
+        condition.message
+    );
+    // A refused monitor is not a degraded cluster: the others are scraped.
+    let degraded = d.status.conditions.iter().find(|c| c.type_ == conditions::DEGRADED).expect("Degraded");
+    assert_eq!(degraded.status, "False");
+}
+
+#[test]
+fn a_missing_crd_is_reported_and_the_cluster_still_runs_with_an_empty_monitor_file() {
+    let pc = cluster(json!({"serviceMonitorSelector": {}}));
+    let d = decide(&pc, &BTreeMap::new(), None, Some(&[]));
+    let condition = monitors_condition(&d).expect("MonitorsAccepted");
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reasons::MONITOR_CRD_MISSING));
+    assert!(condition.message.contains("ServiceMonitor"), "{}", condition.message);
+    let config_map = applied(&d, "ConfigMap").expect("the ConfigMap");
+    assert!(job_names(config_map).is_empty());
+    assert!(applied(&d, "StatefulSet").is_some());
+}
+
+#[test]
+fn the_users_own_service_account_is_bound_and_none_is_created() {
+    let pc = cluster(json!({"serviceMonitorSelector": {}, "serviceAccountName": "scraper"}));
+    let d = decide(&pc, &BTreeMap::new(), Some(&[]), None);
+    assert!(applied(&d, "ServiceAccount").is_none());
+    let binding = applied(&d, "RoleBinding").expect("the RoleBinding");
+    assert_eq!(binding["subjects"][0]["name"], "scraper");
+    let sts = applied(&d, "StatefulSet").expect("the StatefulSet");
+    assert_eq!(sts["spec"]["template"]["spec"]["serviceAccountName"], "scraper");
+}
+
+#[test]
+fn removing_the_selectors_removes_the_discovery_objects_the_file_and_the_condition() {
+    let pc = cluster(json!({"serviceMonitorSelector": {}}));
+    let first = decide(&pc, &BTreeMap::new(), Some(&[]), None);
+    let mut children = BTreeMap::new();
+    for step in first.steps() {
+        if let Step::Apply { key, manifest, .. } = step {
+            children.insert(key.clone(), manifest.clone());
+        }
+    }
+    let mut plain = cluster(json!({}));
+    plain.status = Some(first.status.clone());
+    let d = decide(&plain, &children, Some(&[]), None);
+    let deleted: Vec<&str> = d
+        .steps()
+        .filter_map(|s| match s {
+            Step::Delete { key } => Some(key.kind.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, ["RoleBinding", "Role", "ServiceAccount"]);
+    let config_map = applied(&d, "ConfigMap").expect("the ConfigMap changes");
+    assert!(config_map["data"].get("monitor-scrape-configs.yml").is_none());
+    assert!(monitors_condition(&d).is_none());
+    let sts = applied(&d, "StatefulSet").expect("the StatefulSet changes");
+    assert!(sts["spec"]["template"]["spec"].get("serviceAccountName").is_none());
+}
+
+#[test]
+fn monitor_selectors_need_prometheus_2_43() {
+    let pc = cluster(json!({"serviceMonitorSelector": {}, "image": "prom/prometheus:v2.40.0"}));
+    let d = decide(&pc, &BTreeMap::new(), Some(&[]), None);
+    let degraded = d.status.conditions.iter().find(|c| c.type_ == conditions::DEGRADED).expect("Degraded");
+    assert!(degraded.message.contains("serviceMonitorSelector"), "{}", degraded.message);
+    assert_eq!(d.steps().count(), 0);
+}
