@@ -772,3 +772,251 @@ async fn crashing_containers_back_off_or_fail_per_restart_policy() {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
 }
+
+/// The line of `logs` that starts with `prefix`, without it.
+fn log_line<'a>(logs: &'a str, prefix: &str) -> Option<&'a str> {
+    logs.lines().find_map(|line| line.strip_prefix(prefix))
+}
+
+/// Creates the Role `name` with `verbs` on pods and binds it to the ServiceAccount `name`; waits until the API
+/// server's authorizer grants the first verb to the ServiceAccount (RoleBindings take effect asynchronously).
+async fn grant_on_pods(cp: &ControlPlane, client: &Client, ns: &str, name: &str, verbs: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let params = PostParams::default();
+    let role: Role = serde_yaml::from_str(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}}}\n\
+         rules: [{{apiGroups: [''], resources: [pods], verbs: [{verbs}]}}]\n"
+    ))?;
+    Api::<Role>::namespaced(client.clone(), ns).create(&params, &role).await?;
+    let binding: RoleBinding = serde_yaml::from_str(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}}}\n\
+         subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\n"
+    ))?;
+    Api::<RoleBinding>::namespaced(client.clone(), ns).create(&params, &binding).await?;
+    let user = format!("system:serviceaccount:{ns}:{name}");
+    let as_sa: Api<Pod> = Api::namespaced(
+        cp.client_impersonating(&user, &["system:serviceaccounts", &format!("system:serviceaccounts:{ns}")])?,
+        ns,
+    );
+    wait_for(&format!("{user} to be allowed to list pods"), Duration::from_secs(10), || async {
+        as_sa.list(&kube::api::ListParams::default()).await.ok().map(drop)
+    })
+    .await;
+    Ok(())
+}
+
+/// Deletes the pods and waits until they are gone (their processes stopped, their sandboxes removed).
+async fn delete_pods(pods: &Api<Pod>, names: &[&str]) -> anyhow::Result<()> {
+    for name in names {
+        pods.delete(name, &DeleteParams { grace_period_seconds: Some(2), ..DeleteParams::default() }).await?;
+    }
+    for name in names {
+        wait_for(&format!("pod {name} to be gone"), Duration::from_secs(30), || async {
+            pods.get_opt(name).await.ok().flatten().is_none().then_some(())
+        })
+        .await;
+    }
+    Ok(())
+}
+
+/// The ClusterIP of the Service `default/kubernetes`.
+async fn kubernetes_service_ip(client: &Client) -> anyhow::Result<String> {
+    let service = Api::<Service>::namespaced(client.clone(), "default").get("kubernetes").await?;
+    service.spec.and_then(|s| s.cluster_ip).ok_or_else(|| anyhow::anyhow!("the kubernetes Service has no ClusterIP"))
+}
+
+/// The HTTP status and the JSON body `API_CLIENT_SCRIPT` logged (the body between its first line and the status).
+fn response(logs: &str) -> anyhow::Result<(&str, serde_json::Value)> {
+    let (_, rest) = logs.split_once('\n').unwrap_or_default();
+    let (body, status) =
+        rest.rsplit_once("\nstatus ").ok_or_else(|| anyhow::anyhow!("no HTTP status in the output: {logs}"))?;
+    Ok((status.trim(), serde_json::from_str(body)?))
+}
+
+/// Lists the pods of its own namespace from inside its network namespace, through the `kubernetes` Service, with
+/// its service account token, and reports what it got.
+const API_CLIENT_SCRIPT: &str = r#"d=/var/run/secrets/kubernetes.io/serviceaccount
+echo "env $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT $KUBERNETES_SERVICE_PORT_HTTPS"
+if [ ! -e "$d/token" ]; then echo "no token"; exit 0; fi
+curl -sS --max-time 10 --cacert "$d/ca.crt" -H "Authorization: Bearer $(cat "$d/token")" \
+  -w '\nstatus %{http_code}\n' "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/$(cat "$d/namespace")/pods"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_the_api_server_through_the_kubernetes_service_as_their_service_account() -> anyhow::Result<()> {
+    let kubelet = kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-sa").await;
+    // Each has its token Secret before a pod uses it (the ServiceAccount admission plugin refuses pods otherwise).
+    for name in ["lister", "stranger"] {
+        cp.service_account_token(&ns, name).await?;
+    }
+    grant_on_pods(cp, &client, &ns, "lister", "list").await?;
+    // `lister` may list pods, `stranger` may not, `untokened` runs as `lister` without the token volume. `early`
+    // mounts a token Secret that does not exist yet where the token goes, as a pod whose token Secret is late.
+    let path = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (name, account, automount) in [
+        ("lister", "lister", true),
+        ("stranger", "stranger", true),
+        ("untokened", "lister", false),
+        ("early", "lister", false),
+    ] {
+        let mut container =
+            serde_json::json!({"name": "main", "image": "busybox", "command": ["sh", "-c", API_CLIENT_SCRIPT]});
+        let mut volumes = serde_json::json!([]);
+        if name == "early" {
+            container["volumeMounts"] = serde_json::json!([{"name": "token", "mountPath": path}]);
+            volumes = serde_json::json!([{"name": "token", "secret": {"secretName": "early-token"}}]);
+        }
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "serviceAccountName": account,
+                "automountServiceAccountToken": automount,
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 2,
+                "containers": [container],
+                "volumes": volumes,
+            },
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+
+    // The admission plugin added the token Secret's volume, mounted where clients look for it.
+    let token_volume = |pod: &Pod| {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mount = spec.containers[0].volume_mounts.iter().flatten().find(|m| m.mount_path == path).cloned()?;
+        let volume = spec.volumes.iter().flatten().find(|v| v.name == mount.name)?.clone();
+        volume.secret?.secret_name
+    };
+    let lister = pods.get("lister").await?;
+    let secret = token_volume(&lister).ok_or_else(|| anyhow::anyhow!("no token volume in {lister:?}"))?;
+    assert!(secret.starts_with("lister-token-"), "the token Secret of lister: {secret}");
+    assert_eq!(token_volume(&pods.get("untokened").await?), None, "automountServiceAccountToken: false");
+
+    // Without its Secret a pod waits in ContainerCreating and starts nothing; once the Secret is there it runs.
+    let waiting = wait_for("early to wait for its Secret", Duration::from_secs(30), || async {
+        let pod = pods.get_opt("early").await.ok().flatten()?;
+        let waiting = pod.status?.container_statuses?.into_iter().next()?.state?.waiting?;
+        waiting.message.as_deref().is_some_and(|m| m.contains("\"early-token\" not found")).then_some(waiting)
+    })
+    .await;
+    assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(kubelet.faults().pid(&ns, "early", "main"), None, "nothing started without the token");
+    assert!(kubelet.faults().logs(&ns, "early", "main").unwrap_or_default().is_empty());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let mut token = secrets.get(&secret).await?;
+    token.metadata = kube::api::ObjectMeta { name: Some("early-token".to_owned()), ..Default::default() };
+    token.type_ = Some("Opaque".to_owned());
+    secrets.create(&PostParams::default(), &token).await?;
+
+    let cluster_ip = kubernetes_service_ip(&client).await?;
+    // The API server's serving certificate names the Service, as clients in pods address it.
+    let san = tokio::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(cp.ca_cert_path())
+        .output()
+        .await?;
+    let san = String::from_utf8_lossy(&san.stdout);
+    for name in [format!("IP Address:{cluster_ip}"), "DNS:kubernetes.default.svc".to_owned()] {
+        assert!(san.contains(&name), "{name} in the serving certificate: {san}");
+    }
+    let mut outputs = BTreeMap::new();
+    for name in ["lister", "stranger", "untokened", "early"] {
+        let logs = wait_for(&format!("the output of {name}"), Duration::from_mins(1), || async {
+            kubelet.faults().logs(&ns, name, "main").ok().filter(|l| l.contains("status ") || l.contains("no token"))
+        })
+        .await;
+        assert_eq!(log_line(&logs, "env "), Some(format!("{cluster_ip} 443 443").as_str()), "{name}: {logs}");
+        outputs.insert(name, logs);
+    }
+
+    // TLS verified against the token's ca.crt (the certificate names the ClusterIP), the token authenticated.
+    let (status, body) = response(&outputs["lister"])?;
+    assert_eq!(status, "200", "{body}");
+    let names: Vec<&str> =
+        body["items"].as_array().into_iter().flatten().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+    assert!(names.contains(&"lister"), "lister lists its own pod: {names:?}");
+
+    // The same request with another pod's token is that pod's identity, which has no Role.
+    let (status, body) = response(&outputs["stranger"])?;
+    assert_eq!(status, "403", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("User \"system:serviceaccount:{ns}:stranger\" cannot list resource \"pods\"")),
+        "{body}"
+    );
+    assert!(outputs["untokened"].contains("no token"), "{}", outputs["untokened"]);
+    let (status, body) = response(&outputs["early"])?;
+    assert_eq!(status, "200", "early runs with the token once it is there: {body}");
+
+    delete_pods(&pods, &["lister", "stranger", "untokened", "early"]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_discovers_pods_with_in_cluster_kubernetes_sd() -> anyhow::Result<()> {
+    kubelet().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client();
+    let ns = cp.namespace("kubelet-sd").await;
+    cp.service_account_token(&ns, "prometheus").await?;
+    grant_on_pods(cp, &client, &ns, "prometheus", "list, watch, get").await?;
+    let config: ConfigMap = from_yaml(
+        r"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: prometheus}
+data:
+  prometheus.yml: |
+    global: {scrape_interval: 1s}
+    scrape_configs:
+    - job_name: pods
+      kubernetes_sd_configs: [{role: pod, namespaces: {own_namespace: true}}]
+",
+    );
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &config).await?;
+    let pod: Pod = from_yaml(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: prom}
+spec:
+  serviceAccountName: prometheus
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: prometheus
+    image: quay.io/prometheus/prometheus:v3.5.0
+    args: [--config.file=/etc/prometheus/config/prometheus.yml]
+    ports: [{name: web, containerPort: 9090}]
+    readinessProbe:
+      httpGet: {path: /-/ready, port: web}
+      periodSeconds: 1
+    volumeMounts: [{name: config, mountPath: /etc/prometheus/config}]
+  volumes: [{name: config, configMap: {name: prometheus}}]
+",
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    let ip = pod_ip(&ready_pod(&pods, "prom", Duration::from_mins(1)).await)
+        .ok_or_else(|| anyhow::anyhow!("the pod has no IP"))?;
+    // Found through the API server (its own pod, port 9090), then scraped.
+    let target = wait_for("Prometheus to discover and scrape its own pod", Duration::from_secs(30), || async {
+        let (_, body) = get(ip, "/api/v1/targets").await?;
+        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+        body["data"]["activeTargets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["discoveredLabels"]["__meta_kubernetes_pod_name"] == "prom" && t["health"] == "up")
+            .cloned()
+    })
+    .await;
+    assert_eq!(target["discoveredLabels"]["__address__"], format!("{ip}:9090"), "{target}");
+    assert_eq!(target["discoveredLabels"]["__meta_kubernetes_namespace"], ns.as_str(), "{target}");
+    delete_pods(&pods, &["prom"]).await
+}

@@ -31,7 +31,9 @@ pub(crate) struct PodFacts {
     pub(crate) pod_ip: String,
     pub(crate) host_ip: String,
     pub(crate) hostname: String,
-    /// `(host, port)` of the API server, for `KUBERNETES_SERVICE_HOST`/`_PORT`.
+    /// `(host, port)` of the API server as the pod reaches it, for `KUBERNETES_SERVICE_HOST`/`_PORT`/`_PORT_HTTPS`:
+    /// the `kubernetes` Service's ClusterIP and port for pods in their own network namespace, the kubelet's own
+    /// address for `hostNetwork` pods.
     pub(crate) apiserver: Option<(String, u16)>,
 }
 

@@ -3,7 +3,8 @@
 //! Pods are addressed by namespace and name, containers by name. A frozen container (SIGSTOP to its process
 //! group) keeps its sockets open but answers nothing, so its probes time out; a killed one (SIGKILL) is
 //! restarted per `restartPolicy`; an unreachable pod has the host end of its veth set down, so neither the host
-//! (probes, tests) nor other pods reach it, and it reaches nothing, until made reachable again.
+//! (probes, tests) nor other pods reach it, and it reaches nothing (its connections to the `kubernetes` Service
+//! stall too), until made reachable again.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -20,6 +21,8 @@ pub(crate) struct PodEntry {
     pub(crate) uid: String,
     pub(crate) ip: IpAddr,
     pub(crate) veth_host: Option<String>,
+    /// Whether the pod is on the network, for the `kubernetes` Service in its namespace (`None` for `hostNetwork`).
+    pub(crate) link: Option<Arc<tokio::sync::watch::Sender<bool>>>,
     /// Container name -> PID (= process group) of its running process.
     pub(crate) containers: BTreeMap<String, u32>,
     pub(crate) dir: PathBuf,
@@ -137,6 +140,10 @@ impl Faults {
         let veth = entry
             .veth_host
             .ok_or_else(|| Error::HostNetwork { namespace: namespace.to_owned(), name: pod.to_owned() })?;
-        network::set_link(&veth, up).await
+        network::set_link(&veth, up).await?;
+        if let Some(link) = entry.link {
+            link.send_replace(up);
+        }
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //!   Pod (watch)   --> mod.rs: dispatch by UID                 |
 //!                       `-> pod.rs: one worker per pod        v
 //!                            network.rs  bridge tsdbbrI 10.213.I.1/24, netns tsdb-I-S + veth per pod
+//!                            service.rs  Service kubernetes: ClusterIP:443 in each netns -> the API server
 //!                            volumes.rs  ConfigMap/Secret/downwardAPI/projected (atomic ..data), emptyDir, PVC
 //!                            runtime.rs  ip netns exec + private mount ns + bind mounts, exec the program
 //!                            images.rs   image -> local program (Prometheus 2/3, tsdb-operator, host tools)
@@ -42,6 +43,7 @@ mod pod;
 mod probes;
 mod pv;
 mod runtime;
+mod service;
 mod status;
 mod volumes;
 
@@ -166,6 +168,17 @@ pub enum Error {
         pgid: u32,
         /// The signal.
         signal: &'static str,
+    },
+    /// The listener of the `kubernetes` Service could not be opened in a pod's network namespace.
+    #[error("failed to listen on {address} in network namespace {netns} (the kubernetes Service)")]
+    ServiceListener {
+        /// The network namespace.
+        netns: String,
+        /// The Service's ClusterIP and port.
+        address: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The kubelet thread or runtime could not start, or stopped before it was ready.
     #[error("failed to start the kubelet thread")]
@@ -422,6 +435,8 @@ pub(crate) struct Ctx {
     pub(crate) registry: Arc<faults::Registry>,
     pub(crate) state_dir: PathBuf,
     pub(crate) apiserver: Option<(String, u16)>,
+    /// The `kubernetes` Service emulated in pod network namespaces (`None` if it could not be read).
+    pub(crate) kubernetes_service: Option<service::KubernetesService>,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) shutdown_grace: Duration,
@@ -487,6 +502,7 @@ async fn run(builder: KubeletBuilder, ready: oneshot::Sender<Result<Ready>>, sto
             return;
         }
     };
+    let kubernetes_service = service::KubernetesService::discover(&client, apiserver.clone()).await;
     let registry = Arc::new(faults::Registry::default());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
@@ -496,6 +512,7 @@ async fn run(builder: KubeletBuilder, ready: oneshot::Sender<Result<Ready>>, sto
         registry: Arc::clone(&registry),
         state_dir: state_dir.clone(),
         apiserver,
+        kubernetes_service,
         backoff_base: builder.backoff_base,
         backoff_max: builder.backoff_max,
         shutdown_grace: builder.shutdown_grace,

@@ -4,7 +4,9 @@
 //! - the bridge `tsdbbrI` in the host namespace with `10.213.I.1/24` (the gateway, also the nodes' InternalIP),
 //! - per pod a network namespace `tsdb-I-S` (S = slot 2..=254), a veth pair whose host end `tsvIhS` is enslaved
 //!   to the bridge and whose pod end is renamed `eth0` with `10.213.I.S/24`, `lo` up and a default route via
-//!   the bridge.
+//!   the bridge,
+//! - per pod the `kubernetes` Service's ClusterIP on the namespace's `lo`, with a listener forwarding to the API
+//!   server (see `service`).
 //!
 //! # Guarantees
 //! - The index is claimed with an exclusive lock file `/run/tsdb-process-kubelet/I.pid` holding the owner's PID,
@@ -15,12 +17,14 @@
 //!   owning process dies.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::process::Command;
+use tokio::sync::watch;
 
+use super::service::{KubernetesService, ServiceProxy};
 use super::{Error, Result};
 
 /// Directory holding the lock files of the claimed subnet indexes.
@@ -35,12 +39,17 @@ pub(crate) struct Network {
     free_slots: Mutex<BTreeSet<u8>>,
 }
 
-/// The network sandbox of one pod: its namespace, its veth and its IP.
-#[derive(Debug, Clone)]
+/// The network sandbox of one pod: its namespace, its veth, its IP and the `kubernetes` Service in it.
+#[derive(Debug)]
 pub(crate) struct Sandbox {
     pub(crate) netns: String,
     pub(crate) veth_host: String,
     pub(crate) ip: Ipv4Addr,
+    /// Whether the pod is on the network (false while [`super::Faults::make_unreachable`] holds).
+    pub(crate) link: Arc<watch::Sender<bool>>,
+    /// `(ClusterIP, port)` of the `kubernetes` Service inside the namespace, if it is emulated.
+    pub(crate) kubernetes_service: Option<(IpAddr, u16)>,
+    proxy: Option<ServiceProxy>,
     slot: u8,
 }
 
@@ -84,21 +93,37 @@ impl Network {
         netns_prefix(self.index)
     }
 
-    /// Creates a network namespace joined to the bridge and returns it.
-    pub(crate) async fn create_sandbox(&self) -> Result<Sandbox> {
+    /// Creates a network namespace joined to the bridge, with `service` (the `kubernetes` Service) reachable in
+    /// it, and returns it.
+    pub(crate) async fn create_sandbox(&self, service: Option<&KubernetesService>) -> Result<Sandbox> {
         let slot = {
             let mut free = self.free_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             free.pop_first().ok_or(Error::NoFreePodIp { index: self.index })?
         };
-        let sandbox = Sandbox {
+        let mut sandbox = Sandbox {
             netns: format!("{}{slot}", self.netns_prefix()),
             veth_host: format!("tsv{}h{slot}", self.index),
             ip: Ipv4Addr::new(10, 213, self.index, slot),
+            link: Arc::new(watch::channel(true).0),
+            kubernetes_service: None,
+            proxy: None,
             slot,
         };
         if let Err(err) = self.configure(&sandbox).await {
-            self.remove_sandbox(&sandbox).await;
+            self.remove_sandbox(sandbox).await;
             return Err(err);
+        }
+        if let Some(service) = service {
+            match service.serve_in(&sandbox.netns, sandbox.link.subscribe()).await {
+                Ok(proxy) => {
+                    sandbox.proxy = Some(proxy);
+                    sandbox.kubernetes_service = Some(service.address());
+                }
+                Err(err) => {
+                    self.remove_sandbox(sandbox).await;
+                    return Err(err);
+                }
+            }
         }
         Ok(sandbox)
     }
@@ -121,8 +146,12 @@ impl Network {
         Ok(())
     }
 
-    /// Kills whatever still runs in the sandbox, deletes the namespace and the veth, and frees the IP.
-    pub(crate) async fn remove_sandbox(&self, sandbox: &Sandbox) {
+    /// Stops the `kubernetes` Service in the sandbox, kills whatever still runs in it, deletes the namespace and
+    /// the veth, and frees the IP.
+    pub(crate) async fn remove_sandbox(&self, sandbox: Sandbox) {
+        if let Some(proxy) = sandbox.proxy {
+            proxy.stop().await;
+        }
         remove_netns(&sandbox.netns).await;
         let _ = ip(&["link", "del", &sandbox.veth_host]).await;
         self.free_slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(sandbox.slot);

@@ -94,12 +94,13 @@ impl PodRun {
         let pod_ip: IpAddr = sandbox.as_ref().map_or(host_ip, |s| s.ip).into();
         let dir = ctx.state_dir.join("pods").join(&uid);
         let hostname = if host_network { gethostname() } else { spec.hostname.clone().unwrap_or_else(|| name.clone()) };
-        let facts = PodFacts {
-            pod_ip: pod_ip.to_string(),
-            host_ip: host_ip.to_string(),
-            hostname,
-            apiserver: ctx.apiserver.clone(),
+        // Pods in their own network namespace reach the API server through the `kubernetes` Service, hostNetwork
+        // pods at its real address.
+        let apiserver = match sandbox.and_then(|s| s.kubernetes_service) {
+            Some((ip, port)) => Some((ip.to_string(), port)),
+            None => ctx.apiserver.clone(),
         };
+        let facts = PodFacts { pod_ip: pod_ip.to_string(), host_ip: host_ip.to_string(), hostname, apiserver };
         let state = initial_state(&spec, host_ip.to_string(), pod_ip.to_string());
         ctx.registry.insert(
             &namespace,
@@ -108,6 +109,7 @@ impl PodRun {
                 uid: uid.clone(),
                 ip: pod_ip,
                 veth_host: sandbox.as_ref().map(|s| s.veth_host.clone()),
+                link: sandbox.as_ref().map(|s| Arc::clone(&s.link)),
                 containers: BTreeMap::new(),
                 dir: dir.clone(),
             },
@@ -272,10 +274,10 @@ pub(crate) async fn run_pod(
         run.write_status().await;
         finish_deletion(&ctx, &run).await;
     }
-    teardown(&ctx, &run, sandbox.as_ref()).await;
+    teardown(&ctx, &run, sandbox).await;
 }
 
-async fn teardown(ctx: &Ctx, run: &PodRun, sandbox: Option<&Sandbox>) {
+async fn teardown(ctx: &Ctx, run: &PodRun, sandbox: Option<Sandbox>) {
     if let Some(sandbox) = sandbox {
         ctx.network.remove_sandbox(sandbox).await;
     }
@@ -286,7 +288,7 @@ async fn teardown(ctx: &Ctx, run: &PodRun, sandbox: Option<&Sandbox>) {
 /// Creates the pod's network sandbox, retrying every 2 s; `None` if the kubelet shuts down meanwhile.
 async fn create_sandbox(ctx: &Ctx, name: &str, shutdown: &mut watch::Receiver<bool>) -> Option<Sandbox> {
     loop {
-        match ctx.network.create_sandbox().await {
+        match ctx.network.create_sandbox(ctx.kubernetes_service.as_ref()).await {
             Ok(sandbox) => return Some(sandbox),
             Err(err) => {
                 tracing::warn!(pod = %name, error = %err, "cannot create pod sandbox");
