@@ -145,3 +145,142 @@ async fn service_and_pod_monitor_targets_carry_the_labels_prometheus_operator_gi
     assert_eq!(labelled(&format!("{ns}/web"))?, want);
     support::release_namespace(&ns).await
 }
+
+/// A ServiceMonitor selecting the Services labelled `app.kubernetes.io/name: <service>`, labelled `labels`.
+fn service_monitor(ns: &str, name: &str, service: &str, labels: &str, endpoint: &str) -> String {
+    format!(
+        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: {name}\n  namespace: {ns}\n  \
+         labels: {labels}\nspec:\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: {service}\n  \
+         targetLabels: [team]\n  endpoints:\n    - {endpoint}\n"
+    )
+}
+
+/// The scrape pools of the active targets of the Prometheus at `ip` whose health is `up`.
+async fn healthy_pools(ip: &str) -> Result<std::collections::BTreeSet<String>> {
+    let targets = support::prom_get(ip, "/api/v1/targets?state=active").await?;
+    Ok(targets["data"]["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["health"] == "up")
+        .filter_map(|t| t["scrapePool"].as_str().map(str::to_owned))
+        .collect())
+}
+
+async fn monitors_condition(ns: &str, name: &str) -> Result<Option<(String, String, String)>> {
+    let api: kube::Api<tsdb_operator_core::crd::PrometheusCluster> = kube::Api::namespaced(support::client(), ns);
+    let pc = api.get(name).await?;
+    Ok(pc
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "MonitorsAccepted")
+        .map(|c| (c.status, c.reason, c.message)))
+}
+
+/// The whole path as a user meets it: prometheus-operator's CRDs installed, the operator running, a cluster that
+/// selects monitors by label. Its Prometheus discovers the app through the API server as the operator-made
+/// ServiceAccount (with only the Role the operator made), a new ServiceMonitor is scraped after a reload without a
+/// pod restart, a deleted one stops being scraped, and a monitor that cannot be rendered is named in the status
+/// while the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_scrapes_the_monitors_it_selects_and_follows_them_without_a_restart() -> Result<()> {
+    let env = env();
+    let ns = support::namespace("selects").await;
+    env.cp.apply_yaml(include_str!("../../fixtures/crds/monitoring.coreos.com.yaml")).await?;
+    let _operator = support::Operator::start(Some(&ns), &[])?;
+    env.cp.apply_yaml(&app_pod(&ns)).await?;
+    env.cp.apply_yaml(&service(&ns, "web", "{app.kubernetes.io/name: web, team: obs}")).await?;
+    env.cp.apply_yaml(&service(&ns, "other", "{app.kubernetes.io/name: other, team: obs}")).await?;
+    // The CRDs may take a moment to be served.
+    eventually("the ServiceMonitor CRD to be served", Duration::from_secs(30), || async {
+        let applied = env
+            .cp
+            .apply_yaml(&service_monitor(&ns, "web", "web", "{team: obs}", "port: metrics\n      interval: 1s"))
+            .await;
+        Ok(applied.is_ok().then_some(()))
+    })
+    .await?;
+    // Not selected: no `team: obs` label.
+    env.cp
+        .apply_yaml(&service_monitor(&ns, "ignored", "other", "{team: else}", "port: metrics\n      interval: 1s"))
+        .await?;
+    support::apply_cluster(
+        &ns,
+        "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: sel\nspec:\n  \
+         replicas: 1\n  image: prom/prometheus:v3.5.0\n  retention: 1d\n  scrapeInterval: 1s\n  storage:\n    \
+         size: 1Gi\n  serviceMonitorSelector:\n    matchLabels:\n      team: obs\n",
+    )
+    .await?;
+    support::wait_phase(&ns, "sel", tsdb_operator_core::crd::Phase::Active, 1, Duration::from_mins(3)).await?;
+    let pod = support::pods(&ns, "sel").await?.into_iter().next().context("the cluster's pod")?;
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("pod IP")?;
+    let uid = pod.metadata.uid.clone();
+    assert_eq!(pod.spec.as_ref().and_then(|s| s.service_account_name.as_deref()), Some("sel-discovery"));
+
+    // The selected monitor's target, found through the API server and labelled as prometheus-operator labels it.
+    let web = format!("serviceMonitor/{ns}/web/0");
+    eventually("the selected ServiceMonitor's target up", Duration::from_mins(2), || {
+        let (ip, web) = (ip.clone(), web.clone());
+        async move { Ok(healthy_pools(&ip).await?.contains(&web).then_some(())) }
+    })
+    .await?;
+    let up = support::prom_get(&ip, "/api/v1/query?query=up%7Bjob%3D%22web%22%7D").await?;
+    let metric = &up["data"]["result"][0]["metric"];
+    assert_eq!(
+        (&metric["namespace"], &metric["service"], &metric["pod"], &metric["endpoint"], &metric["team"]),
+        (&json!(ns), &json!("web"), &json!("web-0"), &json!("metrics"), &json!("obs")),
+        "{up}"
+    );
+    let condition = monitors_condition(&ns, "sel").await?.context("MonitorsAccepted")?;
+    assert_eq!(condition.0, "True", "{condition:?}");
+    assert!(condition.2.starts_with("1 ServiceMonitors and 0 PodMonitors chosen"), "{condition:?}");
+
+    // A new selected monitor is scraped after a reload, in the same pod.
+    env.cp
+        .apply_yaml(&service_monitor(&ns, "other", "other", "{team: obs}", "port: metrics\n      interval: 1s"))
+        .await?;
+    let other = format!("serviceMonitor/{ns}/other/0");
+    eventually("the new ServiceMonitor's target up", Duration::from_mins(2), || {
+        let (ip, other) = (ip.clone(), other.clone());
+        async move { Ok(healthy_pools(&ip).await?.contains(&other).then_some(())) }
+    })
+    .await?;
+    // A monitor that cannot be rendered is named; the others are still scraped.
+    env.cp
+        .apply_yaml(&service_monitor(
+            &ns,
+            "secret",
+            "other",
+            "{team: obs}",
+            "port: metrics\n      basicAuth: {username: {name: creds, key: user}}",
+        ))
+        .await?;
+    let refused = eventually("the refusal in the status", Duration::from_mins(1), || {
+        let ns = ns.clone();
+        async move { Ok(monitors_condition(&ns, "sel").await?.filter(|c| c.0 == "False")) }
+    })
+    .await?;
+    assert_eq!(refused.1, "MonitorsRefused");
+    assert!(refused.2.contains(&format!("ServiceMonitor {ns}/secret: spec.endpoints[0].basicAuth")), "{refused:?}");
+    // A deleted monitor stops being scraped.
+    let monitors = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        support::client(),
+        &ns,
+        &kube::api::ApiResource::erase::<ServiceMonitor>(&()),
+    );
+    monitors.delete("web", &kube::api::DeleteParams::default()).await?;
+    let pools = eventually("the deleted ServiceMonitor's target gone", Duration::from_mins(2), || {
+        let (ip, web) = (ip.clone(), web.clone());
+        async move {
+            let pools = healthy_pools(&ip).await?;
+            Ok((!pools.contains(&web)).then_some(pools))
+        }
+    })
+    .await?;
+    assert!(pools.contains(&other), "the other monitor is still scraped: {pools:?}");
+    let pod = support::pods(&ns, "sel").await?.into_iter().next().context("the cluster's pod")?;
+    assert_eq!(pod.metadata.uid, uid, "every change was a reload, never a restart");
+    support::release_namespace(&ns).await
+}

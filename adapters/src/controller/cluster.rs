@@ -526,8 +526,13 @@ async fn write_status(ctx: &Context, pc: &PrometheusCluster, status: &Prometheus
 }
 
 /// The condition types the cluster controller writes.
-const OWNED_CONDITIONS: [&str; 4] =
-    [conditions::AVAILABLE, conditions::PROGRESSING, conditions::DEGRADED, conditions::PAUSED];
+const OWNED_CONDITIONS: [&str; 5] = [
+    conditions::AVAILABLE,
+    conditions::PROGRESSING,
+    conditions::DEGRADED,
+    conditions::PAUSED,
+    conditions::MONITORS_ACCEPTED,
+];
 
 /// Cleanup when the cluster is deleted: bounded and free of external dependencies. Children are garbage
 /// collected through their ownerReferences; the cluster's metric series are removed (seed behaviour).
