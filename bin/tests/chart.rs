@@ -147,6 +147,25 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let deployment = deployments.get(&fullname).await?;
     let spec = deployment.spec.clone().context("spec")?;
     assert_eq!(spec.replicas, Some(1));
+    // The process kubelet would run the Deployment's pod with the host's operator binary under the image's name
+    // (pods reach the API server through the kubernetes Service). This test runs what is inside the image instead
+    // (below), so the Deployment is scaled to 0 first and its pod, which may have taken the leader lease, is gone
+    // (it releases the lease on the way out) before the image's operator starts.
+    deployments
+        .patch(
+            &fullname,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await?;
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    let selector = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client(), &ns);
+    eventually("the Deployment's pods gone", Duration::from_mins(1), || async {
+        let left = pods.list(&kube::api::ListParams::default().labels(&selector)).await?;
+        Ok(left.items.is_empty().then_some(()))
+    })
+    .await?;
     let pod = spec.template.spec.clone().context("pod spec")?;
     let manager = pod.containers.iter().find(|c| c.name == "manager").context("container manager")?;
     let args = manager.args.clone().unwrap_or_default();

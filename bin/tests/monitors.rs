@@ -155,6 +155,19 @@ fn service_monitor(ns: &str, name: &str, service: &str, labels: &str, endpoint: 
     )
 }
 
+/// Applies the ServiceMonitor `web` (labelled `team: obs`, selecting the Service `web`), once the CRD just
+/// installed is served.
+async fn apply_web_monitor(ns: &str) -> Result<()> {
+    eventually("the ServiceMonitor CRD to be served", Duration::from_secs(30), || async {
+        let applied = env()
+            .cp
+            .apply_yaml(&service_monitor(ns, "web", "web", "{team: obs}", "port: metrics\n      interval: 1s"))
+            .await;
+        Ok(applied.is_ok().then_some(()))
+    })
+    .await
+}
+
 /// The scrape pools of the active targets of the Prometheus at `ip` whose health is `up`.
 async fn healthy_pools(ip: &str) -> Result<std::collections::BTreeSet<String>> {
     let targets = support::prom_get(ip, "/api/v1/targets?state=active").await?;
@@ -193,15 +206,7 @@ async fn a_cluster_scrapes_the_monitors_it_selects_and_follows_them_without_a_re
     env.cp.apply_yaml(&app_pod(&ns)).await?;
     env.cp.apply_yaml(&service(&ns, "web", "{app.kubernetes.io/name: web, team: obs}")).await?;
     env.cp.apply_yaml(&service(&ns, "other", "{app.kubernetes.io/name: other, team: obs}")).await?;
-    // The CRDs may take a moment to be served.
-    eventually("the ServiceMonitor CRD to be served", Duration::from_secs(30), || async {
-        let applied = env
-            .cp
-            .apply_yaml(&service_monitor(&ns, "web", "web", "{team: obs}", "port: metrics\n      interval: 1s"))
-            .await;
-        Ok(applied.is_ok().then_some(()))
-    })
-    .await?;
+    apply_web_monitor(&ns).await?;
     // Not selected: no `team: obs` label.
     env.cp
         .apply_yaml(&service_monitor(&ns, "ignored", "other", "{team: else}", "port: metrics\n      interval: 1s"))
@@ -282,5 +287,104 @@ async fn a_cluster_scrapes_the_monitors_it_selects_and_follows_them_without_a_re
     assert!(pools.contains(&other), "the other monitor is still scraped: {pools:?}");
     let pod = support::pods(&ns, "sel").await?.into_iter().next().context("the cluster's pod")?;
     assert_eq!(pod.metadata.uid, uid, "every change was a reload, never a restart");
+    support::release_namespace(&ns).await
+}
+
+/// A Prometheus that receives remote write (`--web.enable-remote-write-receiver`) behind basic auth, in a pod.
+fn receiver(ns: &str, user: &str, password: &str) -> Result<String> {
+    let hash = bcrypt::hash(password, 4)?;
+    Ok(format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: receiver-web\n  namespace: {ns}\ndata:\n  web.yml: |\n    \
+         basic_auth_users:\n      {user}: \"{hash}\"\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: receiver\n  \
+         namespace: {ns}\nspec:\n  containers:\n    - name: prometheus\n      image: prom/prometheus:v3.5.0\n      \
+         args: [\"--config.file=/dev/null\", \"--storage.tsdb.path=data\", \"--web.listen-address=:9090\", \
+         \"--web.enable-remote-write-receiver\", \"--web.config.file=/etc/web/web.yml\"]\n      volumeMounts:\n        \
+         - name: web\n          mountPath: /etc/web\n  volumes:\n    - name: web\n      configMap:\n        name: receiver-web\n"
+    ))
+}
+
+/// The newest sample of `up{job="web"}` the receiver at `ip` holds, as (Unix time, value), asked with basic auth.
+async fn received_up(http: &reqwest::Client, ip: &str, password: &str) -> Result<Option<(f64, String)>> {
+    let answer: Value = http
+        .get(format!("http://{ip}:9090/api/v1/query"))
+        .basic_auth("greptime", Some(password))
+        .query(&[("query", "up{job=\"web\"}")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let value = &answer["data"]["result"][0]["value"];
+    Ok(value[0].as_f64().zip(value[1].as_str().map(str::to_owned)))
+}
+
+/// Agent mode as a user meets it: a cluster with `mode: Agent` selects a ServiceMonitor, scrapes the app and
+/// remote-writes into a second, real Prometheus (the receiver) with a `?db=public` query parameter, basic auth from
+/// a Secret and a header; the samples arrive, keep arriving after the receiver is restarted, and the agent itself
+/// answers no queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_and_survives_its_restart() -> Result<()> {
+    let env = env();
+    let ns = support::namespace("agent").await;
+    let password = "s3cret-for-the-receiver";
+    env.cp.apply_yaml(include_str!("../../fixtures/crds/monitoring.coreos.com.yaml")).await?;
+    let _operator = support::Operator::start(Some(&ns), &[])?;
+    env.cp.apply_yaml(&receiver(&ns, "greptime", password)?).await?;
+    env.cp.apply_yaml(&app_pod(&ns)).await?;
+    env.cp.apply_yaml(&service(&ns, "web", "{app.kubernetes.io/name: web, team: obs}")).await?;
+    env.cp
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: receiver-auth\n  namespace: {ns}\nstringData:\n  \
+             username: greptime\n  password: {password}\n"
+        ))
+        .await?;
+    apply_web_monitor(&ns).await?;
+    let receiver_ip = eventually("the receiver's pod IP", Duration::from_mins(1), || async {
+        Ok(env.kubelet.faults().pod_ip(&ns, "receiver").map(|ip| ip.to_string()))
+    })
+    .await?;
+    support::apply_cluster(
+        &ns,
+        &format!(
+            "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: edge\nspec:\n  \
+             mode: Agent\n  replicas: 1\n  image: prom/prometheus:v3.5.0\n  scrapeInterval: 1s\n  storage:\n    \
+             size: 1Gi\n  serviceMonitorSelector:\n    matchLabels:\n      team: obs\n  remoteWrite:\n    - url: \
+             http://{receiver_ip}:9090/api/v1/write?db=public\n      basicAuthSecretRef:\n        name: receiver-auth\n      \
+             headers:\n        X-Scope-OrgID: edge\n      queueConfig:\n        batchSendDeadline: 1s\n        \
+             minBackoff: 100ms\n        maxBackoff: 1s\n"
+        ),
+    )
+    .await?;
+    support::wait_phase(&ns, "edge", tsdb_operator_core::crd::Phase::Active, 1, Duration::from_mins(3)).await?;
+
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let (first, up) = eventually("the app's samples at the receiver", Duration::from_mins(2), || {
+        let (http, ip) = (http.clone(), receiver_ip.clone());
+        async move { received_up(&http, &ip, password).await }
+    })
+    .await?;
+    assert_eq!(up, "1");
+    // Without the credentials the receiver refuses, so what arrived came with the Secret's basic auth.
+    let refused = http.get(format!("http://{receiver_ip}:9090/api/v1/query?query=up")).send().await?;
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    // The agent answers no queries.
+    let agent = support::pods(&ns, "edge").await?.into_iter().next().context("the agent's pod")?;
+    let agent_ip = agent.status.and_then(|s| s.pod_ip).context("the agent's IP")?;
+    let query = http.get(format!("http://{agent_ip}:9090/api/v1/query?query=up")).send().await?;
+    assert!(!query.status().is_success(), "an agent answers no queries: {}", query.status());
+
+    // The receiver restarts (its process killed, the kubelet starts it again in the same pod); samples go on.
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    env.kubelet.faults().kill(&ns, "receiver", "prometheus")?;
+    let (after, _) = eventually("samples newer than the receiver's restart", Duration::from_mins(2), || {
+        let (http, ip) = (http.clone(), receiver_ip.clone());
+        async move {
+            Ok(match received_up(&http, &ip, password).await {
+                Ok(Some((at, value))) if at > killed_at + 2.0 => Some((at, value)),
+                _ => None,
+            })
+        }
+    })
+    .await?;
+    assert!(after > first, "samples kept arriving: first {first}, after the restart {after}");
     support::release_namespace(&ns).await
 }

@@ -188,8 +188,8 @@ pub fn child_names(cluster: &str) -> [String; 2] {
 }
 
 /// Every object the observation of a cluster named `cluster` must hold when it exists (owned by the cluster or
-/// not), in apply order: the ConfigMap, the discovery ServiceAccount, Role and RoleBinding, the Service, the
-/// StatefulSet and the PodDisruptionBudget (in the API of `settings.pdb_api`).
+/// not), in apply order: the ConfigMap, the discovery ServiceAccount and Role, the Service, the discovery
+/// RoleBinding, the StatefulSet and the PodDisruptionBudget (in the API of `settings.pdb_api`).
 pub fn children_to_read(cluster: &str, settings: &BuildSettings) -> Vec<ChildKey> {
     let [config, main] = child_names(cluster);
     let discovery = crate::build::discovery::discovery_name(cluster);
@@ -202,8 +202,8 @@ pub fn children_to_read(cluster: &str, settings: &BuildSettings) -> Vec<ChildKey
         key("v1", "ConfigMap", &config),
         key("v1", "ServiceAccount", &discovery),
         key("rbac.authorization.k8s.io/v1", "Role", &discovery),
-        key("rbac.authorization.k8s.io/v1", "RoleBinding", &discovery),
         key("v1", "Service", &main),
+        key("rbac.authorization.k8s.io/v1", "RoleBinding", &discovery),
         key("apps/v1", "StatefulSet", &main),
         key(settings.pdb_api.api_version(), "PodDisruptionBudget", &main),
     ]
@@ -513,7 +513,12 @@ fn stages(steps: Vec<Step>, before: Option<&Value>) -> Vec<Stage> {
         Step::Delete { .. } => 3,
         Step::Orphan { .. } => 2,
         Step::Resize { .. } => 0,
-        Step::Apply { key, .. } if matches!(key.kind.as_str(), "ConfigMap" | "Secret" | "Service") => 0,
+        // A RoleBinding after its Role: the API server checks a binding against the Role it names.
+        Step::Apply { key, .. }
+            if matches!(key.kind.as_str(), "ConfigMap" | "Secret" | "ServiceAccount" | "Role" | "Service") =>
+        {
+            0
+        }
         Step::Apply { .. } => 1,
     };
     let mut out: Vec<Stage> = Vec::new();

@@ -390,6 +390,9 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
         }
     }
     check_self_healing(&mut errs, &spec.self_healing);
+    if spec.mode == crate::crd::Mode::Agent {
+        check_agent(&mut errs, spec);
+    }
     finish(errs)
 }
 
@@ -716,6 +719,113 @@ fn check_remote_write(errs: &mut Vec<FieldError>, entries: &[RemoteWriteSpec]) {
                 "basicAuthSecretRef and bearerTokenSecretRef are mutually exclusive: keep one of them",
             ));
         }
+        check_remote_write_options(errs, &field, rw);
+    }
+}
+
+/// Headers Prometheus sets itself and refuses in `headers`.
+const RESERVED_HEADERS: [&str; 14] = [
+    "authorization",
+    "host",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "user-agent",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "www-authenticate",
+    "accept-encoding",
+    "x-prometheus-remote-write-version",
+    "x-prometheus-scrape-timeout-seconds",
+];
+
+fn check_remote_write_options(errs: &mut Vec<FieldError>, field: &str, rw: &RemoteWriteSpec) {
+    for (name, value) in &rw.headers {
+        let token =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            errs.push(FieldError::invalid(
+                format!("{field}.headers"),
+                name,
+                "is not an HTTP header name: use letters, digits and -",
+            ));
+        } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            errs.push(FieldError::forbidden(
+                format!("{field}.headers.{name}"),
+                "Prometheus sets this header itself: use basicAuthSecretRef or bearerTokenSecretRef for credentials",
+            ));
+        }
+        if value.contains(['\r', '\n']) {
+            errs.push(FieldError::invalid_value(
+                format!("{field}.headers.{name}"),
+                BadValue::Elided,
+                "a header value cannot contain a line break",
+            ));
+        }
+    }
+    for (j, rule) in rw.write_relabel_configs.iter().enumerate() {
+        if let Err(reason) = crate::monitors::check_relabel(rule) {
+            errs.push(FieldError::invalid_value(format!("{field}.writeRelabelConfigs[{j}]"), BadValue::Elided, reason));
+        }
+    }
+    if let Some(queue) = &rw.queue_config {
+        let durations = [
+            ("batchSendDeadline", &queue.batch_send_deadline, "5s"),
+            ("minBackoff", &queue.min_backoff, "30ms"),
+            ("maxBackoff", &queue.max_backoff, "5s"),
+            ("sampleAgeLimit", &queue.sample_age_limit, "1h"),
+        ];
+        for (name, value, example) in durations {
+            if let Some(value) = value {
+                check_duration(errs, &format!("{field}.queueConfig.{name}"), value, false, example);
+            }
+        }
+        if let (Some(min), Some(max)) = (queue.min_shards, queue.max_shards)
+            && min > max
+        {
+            errs.push(FieldError::invalid_value(
+                format!("{field}.queueConfig.minShards"),
+                BadValue::Int(min.into()),
+                format!("must not exceed maxShards ({max})"),
+            ));
+        }
+    }
+    if let Some(interval) = rw.metadata_config.as_ref().and_then(|m| m.send_interval.as_ref()) {
+        check_duration(errs, &format!("{field}.metadataConfig.sendInterval"), interval, false, "1m");
+    }
+}
+
+/// What agent mode cannot have: it keeps no TSDB (no backups, Thanos or restore) and forwards everything.
+fn check_agent(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
+    if spec.remote_write.is_empty() {
+        errs.push(FieldError::required(
+            "spec.remoteWrite",
+            "an agent forwards everything it scrapes: give at least one remote write endpoint, or set mode: Server",
+        ));
+    }
+    let refused = [
+        ("spec.backup.enabled", spec.backup.enabled, "backups"),
+        ("spec.thanos.enabled", spec.thanos.enabled, "the Thanos sidecar"),
+        ("spec.restore", spec.restore.is_some(), "a restore"),
+    ];
+    for (field, set, what) in refused {
+        if set {
+            errs.push(FieldError::forbidden(
+                field,
+                format!("an agent keeps no TSDB, so {what} cannot apply: remove it, or set mode: Server"),
+            ));
+        }
+    }
+    if let Some(version) = crate::build::version::PrometheusVersion::from_image(&spec.image)
+        && version < crate::build::version::MIN_AGENT
+    {
+        errs.push(FieldError::invalid(
+            "spec.image",
+            &spec.image,
+            format!("is Prometheus {version}, older than 2.32, which agent mode needs: use 2.32 or later"),
+        ));
     }
 }
 
@@ -945,6 +1055,59 @@ mod tests {
         match validate_cluster(spec) {
             Ok(()) => Vec::new(),
             Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn an_agent_needs_remote_write_and_refuses_what_needs_a_tsdb() {
+        let agent: PrometheusClusterSpec = serde_json::from_value(json!({
+            "mode": "Agent",
+            "image": "prom/prometheus:v2.30.0",
+            "backup": {"enabled": true, "bucket": "b"},
+            "thanos": {"enabled": true},
+        }))
+        .unwrap();
+        let errs = errors(&agent);
+        for wanted in [
+            "spec.remoteWrite: Required value: an agent forwards everything it scrapes",
+            "spec.backup.enabled: Forbidden: an agent keeps no TSDB, so backups cannot apply",
+            "spec.thanos.enabled: Forbidden: an agent keeps no TSDB, so the Thanos sidecar cannot apply",
+            "older than 2.32, which agent mode needs",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(wanted)), "no {wanted:?} in {errs:#?}");
+        }
+        let fine: PrometheusClusterSpec = serde_json::from_value(json!({
+            "mode": "Agent",
+            "image": "prom/prometheus:v3.5.0",
+            "remoteWrite": [{"url": "http://greptime:4000/v1/prometheus/write?db=public"}],
+        }))
+        .unwrap();
+        assert_eq!(errors(&fine), Vec::<String>::new());
+    }
+
+    #[test]
+    fn remote_write_options_prometheus_would_refuse_are_named() {
+        let spec: PrometheusClusterSpec = serde_json::from_value(json!({
+            "remoteWrite": [{
+                "url": "http://receiver:9090/api/v1/write",
+                "headers": {"Authorization": "Bearer x", "bad header": "v", "X-Tenant": "a\nb"},
+                "writeRelabelConfigs": [{"sourceLabels": ["__name__"], "regex": "(", "action": "drop"}],
+                "queueConfig": {"minShards": 10, "maxShards": 2, "batchSendDeadline": "soon"},
+                "metadataConfig": {"sendInterval": "0s"},
+            }],
+        }))
+        .unwrap();
+        let errs = errors(&spec);
+        for wanted in [
+            "spec.remoteWrite[0].headers.Authorization: Forbidden: Prometheus sets this header itself",
+            "spec.remoteWrite[0].headers: Invalid value: \"bad header\": is not an HTTP header name",
+            "spec.remoteWrite[0].headers.X-Tenant: Invalid value: \"<elided>\": a header value cannot contain a line break",
+            "spec.remoteWrite[0].writeRelabelConfigs[0]: Invalid value: \"<elided>\": regex \"(\" does not compile",
+            "spec.remoteWrite[0].queueConfig.minShards: Invalid value: 10: must not exceed maxShards (2)",
+            "spec.remoteWrite[0].queueConfig.batchSendDeadline: Invalid value: \"soon\"",
+            "spec.remoteWrite[0].metadataConfig.sendInterval: Invalid value: \"0s\"",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(wanted)), "no {wanted:?} in {errs:#?}");
         }
     }
 

@@ -42,6 +42,7 @@ fn remote_write() -> impl Strategy<Value = RemoteWriteSpec> {
             name,
             basic_auth_secret_ref: basic,
             bearer_token_secret_ref: bearer,
+            ..RemoteWriteSpec::default()
         })
 }
 

@@ -122,7 +122,23 @@ fn the_selected_monitors_become_jobs_in_their_own_file_with_discovery_rights_bef
             _ => None,
         })
         .collect();
-    assert_eq!(kinds, ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service", "StatefulSet"]);
+    assert_eq!(kinds, ["ConfigMap", "ServiceAccount", "Role", "Service", "RoleBinding", "StatefulSet"]);
+    // The RoleBinding goes with the pods, after its Role has been applied.
+    let stages: Vec<Vec<&str>> = d
+        .stages
+        .iter()
+        .map(|stage| {
+            stage
+                .steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Apply { key, .. } => Some(key.kind.as_str()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(stages, [vec!["ConfigMap", "ServiceAccount", "Role", "Service"], vec!["RoleBinding", "StatefulSet"]]);
     let role = applied(&d, "Role").expect("the Role");
     assert_eq!(
         role["rules"],

@@ -211,15 +211,75 @@ fn free_port(ip: &str) -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-fn run_real_prometheus(major: u32, image: &str, ip: &str) {
+/// Real Prometheus `major` on the `rendered` flags with this test's paths (config file, data directory under `dir`)
+/// and a free port of `ip`, as pod `pod`; returns once it is ready (fails with its log if it exits or is not ready
+/// within 30 s).
+fn start_rendered(
+    major: u32,
+    rendered: Vec<String>,
+    config_file: &str,
+    dir: &str,
+    ip: &str,
+    pod: &str,
+) -> (Running, SocketAddr) {
     let prometheus = binary("prometheus", major);
+    let data_dir = format!("{dir}/data");
+    let addr = free_port(ip);
+    // The rendered flags with the paths and the listen address of this test (the flag may not be repeated).
+    let args: Vec<String> = rendered
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--web.listen-address=") {
+                return format!("--web.listen-address={addr}");
+            }
+            let mut a =
+                a.replace(&format!("--config.file={}", paths::CONFIG_FILE), &format!("--config.file={config_file}"));
+            for flag in ["--storage.tsdb.path", "--storage.agent.path"] {
+                a = a.replace(&format!("{flag}={}", paths::DATA_DIR), &format!("{flag}={data_dir}"));
+            }
+            a
+        })
+        .collect();
+    let log_path = format!("{dir}/prometheus.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(&prometheus)
+        .args(&args)
+        .env("POD_NAME", pod)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            panic!("prometheus {major}.x exited with {status} on the rendered flags {args:?}:\n{}", log());
+        }
+        if matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
+            return (running, addr);
+        }
+        assert!(Instant::now() < deadline, "prometheus {major}.x not ready within 30s:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The configuration the Prometheus at `addr` loaded.
+fn loaded_config(addr: SocketAddr) -> serde_yaml::Value {
+    let (status, body) = http_get(addr, "/api/v1/status/config").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    serde_yaml::from_str(json["data"]["yaml"].as_str().unwrap()).unwrap()
+}
+
+fn run_real_prometheus(major: u32, image: &str, ip: &str) {
     let mut cluster = fixture("typical");
     image.clone_into(&mut cluster.spec.image);
     // A spec label value with `$` must stay literal, not expand the environment.
     cluster.spec.external_labels.insert("owner".to_owned(), "$HOME ${POD_NAME} $$".to_owned());
     let dir = TempDir::new(&format!("real-{major}"));
     let config_file = render_into(&cluster, dir.path());
-    let data_dir = format!("{}/data", dir.path());
 
     let settings = BuildSettings::default();
     let ctx = BuildContext::new(&cluster, &settings).unwrap();
@@ -233,51 +293,8 @@ fn run_real_prometheus(major: u32, image: &str, ip: &str) {
         rendered.iter().any(|a| a == "--web.listen-address=127.0.0.1:9089"),
         "Prometheus listens on the loopback address only: {rendered:?}"
     );
-    let addr = free_port(ip);
-    // The rendered flags with the paths and the listen address of this test (the flag may not be repeated).
-    let args: Vec<String> = rendered
-        .into_iter()
-        .map(|a| {
-            if a.starts_with("--web.listen-address=") {
-                return format!("--web.listen-address={addr}");
-            }
-            a.replace(&format!("--config.file={}", paths::CONFIG_FILE), &format!("--config.file={config_file}"))
-                .replace(
-                    &format!("--storage.tsdb.path={}", paths::DATA_DIR),
-                    &format!("--storage.tsdb.path={data_dir}"),
-                )
-        })
-        .collect();
-
-    let log_path = format!("{}/prometheus.log", dir.path());
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(&prometheus)
-        .args(&args)
-        .env("POD_NAME", "prod-1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut running = Running(child);
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = running.0.try_wait().unwrap() {
-            panic!("prometheus {major}.x exited with {status} on the rendered flags {args:?}:\n{}", log());
-        }
-        if matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "prometheus {major}.x not ready within 30s:\n{}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    let (status, body) = http_get(addr, "/api/v1/status/config").unwrap();
-    assert_eq!(status, 200, "{body}");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let loaded: serde_yaml::Value = serde_yaml::from_str(json["data"]["yaml"].as_str().unwrap()).unwrap();
+    let (running, addr) = start_rendered(major, rendered, &config_file, dir.path(), ip, "prod-1");
+    let loaded = loaded_config(addr);
     let labels = &loaded["global"]["external_labels"];
     assert_eq!(labels["replica"].as_str(), Some("prod-1"), "prometheus {major}.x external labels: {labels:?}");
     assert_eq!(labels["cluster"].as_str(), Some("prod"));
@@ -294,4 +311,36 @@ fn real_prometheus_2_53_expands_the_replica_label_to_the_pod_name() {
 #[test]
 fn real_prometheus_3_5_expands_the_replica_label_to_the_pod_name() {
     run_real_prometheus(3, "prom/prometheus:v3.5.0", "127.0.61.3");
+}
+
+/// The agent fixture's flags and configuration on a real Prometheus of `major`: it starts in agent mode (ready, its
+/// loaded configuration carries the remote write options, and it answers no queries).
+fn run_real_agent(major: u32, image: &str, ip: &str) {
+    let mut cluster = fixture("agent");
+    image.clone_into(&mut cluster.spec.image);
+    let dir = TempDir::new(&format!("agent-{major}"));
+    let config_file = render_into(&cluster, dir.path());
+    let settings = BuildSettings::default();
+    let rendered = prometheus_args(&BuildContext::new(&cluster, &settings).unwrap());
+    assert!(!rendered.iter().any(|a| a.starts_with("--storage.tsdb")), "no TSDB flags in agent mode: {rendered:?}");
+    let (running, addr) = start_rendered(major, rendered, &config_file, dir.path(), ip, "edge-0");
+    let loaded = loaded_config(addr);
+    let rw = &loaded["remote_write"][0];
+    assert_eq!(rw["url"].as_str(), Some("http://greptimedb.greptimedb-cluster.svc:4000/v1/prometheus/write?db=public"));
+    assert_eq!(rw["headers"]["X-Scope-OrgID"].as_str(), Some("edge"), "{rw:?}");
+    assert_eq!(rw["queue_config"]["max_shards"].as_u64(), Some(50), "{rw:?}");
+    assert_eq!(rw["write_relabel_configs"][0]["action"].as_str(), Some("drop"), "{rw:?}");
+    let (status, body) = http_get(addr, "/api/v1/query?query=up").unwrap();
+    assert_ne!(status, 200, "an agent answers no queries: {body}");
+    drop(running);
+}
+
+#[test]
+fn real_prometheus_2_53_runs_the_rendered_agent() {
+    run_real_agent(2, "prom/prometheus:v2.53.3", "127.0.61.4");
+}
+
+#[test]
+fn real_prometheus_3_5_runs_the_rendered_agent() {
+    run_real_agent(3, "prom/prometheus:v3.5.0", "127.0.61.5");
 }

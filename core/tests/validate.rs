@@ -215,9 +215,16 @@ fn backup() -> impl Strategy<Value = BackupSpec> {
 }
 
 fn remote_write() -> impl Strategy<Value = RemoteWriteSpec> {
-    (text(), text(), secret(), secret()).prop_map(|(url, name, basic_auth_secret_ref, bearer_token_secret_ref)| {
-        RemoteWriteSpec { url, name, basic_auth_secret_ref, bearer_token_secret_ref }
-    })
+    (text(), text(), secret(), secret(), labels()).prop_map(
+        |(url, name, basic_auth_secret_ref, bearer_token_secret_ref, headers)| RemoteWriteSpec {
+            url,
+            name,
+            basic_auth_secret_ref,
+            bearer_token_secret_ref,
+            headers,
+            ..RemoteWriteSpec::default()
+        },
+    )
 }
 
 fn scrape_configs() -> impl Strategy<Value = Option<AdditionalScrapeConfigs>> {
@@ -251,6 +258,7 @@ prop_compose! {
             (selector(), selector(), selector()),
     ) -> PrometheusClusterSpec {
         PrometheusClusterSpec {
+            mode: tsdb_operator_core::crd::Mode::Server,
             replicas,
             image,
             retention,

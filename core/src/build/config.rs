@@ -155,6 +155,64 @@ pub struct RemoteWriteConfig {
     /// `authorization` (bearer token) with a file of the mounted Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<AuthorizationConfig>,
+    /// `headers`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// `write_relabel_configs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_relabel_configs: Vec<crate::monitors::Relabel>,
+    /// `queue_config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_config: Option<QueueConfigFile>,
+    /// `metadata_config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_config: Option<MetadataConfigFile>,
+}
+
+/// `queue_config` of a remote write entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfigFile {
+    /// `capacity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// `min_shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_shards: Option<u32>,
+    /// `max_shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shards: Option<u32>,
+    /// `max_samples_per_send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_samples_per_send: Option<u32>,
+    /// `batch_send_deadline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_send_deadline: Option<String>,
+    /// `min_backoff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_backoff: Option<String>,
+    /// `max_backoff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<String>,
+    /// `retry_on_http_429`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on_http_429: Option<bool>,
+    /// `sample_age_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_age_limit: Option<String>,
+}
+
+/// `metadata_config` of a remote write entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataConfigFile {
+    /// `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<bool>,
+    /// `send_interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_interval: Option<String>,
+    /// `max_samples_per_send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_samples_per_send: Option<u32>,
 }
 
 /// `basic_auth` read from files.
@@ -347,6 +405,24 @@ fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<Remot
             name: Some(rw.name.clone()).filter(|n| !n.is_empty()),
             basic_auth,
             authorization,
+            headers: rw.headers.clone(),
+            write_relabel_configs: write_relabel(index, &rw.write_relabel_configs)?,
+            queue_config: rw.queue_config.as_ref().map(|q| QueueConfigFile {
+                capacity: q.capacity,
+                min_shards: q.min_shards,
+                max_shards: q.max_shards,
+                max_samples_per_send: q.max_samples_per_send,
+                batch_send_deadline: q.batch_send_deadline.clone(),
+                min_backoff: q.min_backoff.clone(),
+                max_backoff: q.max_backoff.clone(),
+                retry_on_http_429: q.retry_on_rate_limit,
+                sample_age_limit: q.sample_age_limit.clone(),
+            }),
+            metadata_config: rw.metadata_config.as_ref().map(|m| MetadataConfigFile {
+                send: m.send,
+                send_interval: m.send_interval.clone(),
+                max_samples_per_send: m.max_samples_per_send,
+            }),
         };
         let duplicate = out.iter().position(|prev| (prev.name.is_some() && prev.name == entry.name) || *prev == entry);
         if let Some(first) = duplicate {
@@ -355,6 +431,22 @@ fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<Remot
         out.push(entry);
     }
     Ok(out)
+}
+
+/// The write relabel rules, each checked as Prometheus checks it.
+fn write_relabel(index: usize, rules: &[crate::monitors::RelabelConfig]) -> Result<Vec<crate::monitors::Relabel>> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(j, rule)| {
+            crate::monitors::check_relabel(rule).map(|()| crate::monitors::relabel(rule)).map_err(|reason| {
+                Error::InvalidRemoteWriteOption {
+                    field: format!("spec.remoteWrite[{index}].writeRelabelConfigs[{j}]"),
+                    reason,
+                }
+            })
+        })
+        .collect()
 }
 
 fn scrape_source<'a>(ctx: &BuildContext<'a>) -> Result<Option<ScrapeSource<'a>>> {
@@ -471,7 +563,24 @@ fn plain_yaml(config: &PrometheusConfig) -> Option<String> {
     }
     if !remote_write.is_empty() {
         yaml_line(o, "", "remote_write", None)?;
-        for RemoteWriteConfig { url, name, basic_auth, authorization } in remote_write {
+        for entry in remote_write {
+            let RemoteWriteConfig {
+                url,
+                name,
+                basic_auth,
+                authorization,
+                headers,
+                write_relabel_configs,
+                queue_config,
+                metadata_config,
+            } = entry;
+            if !headers.is_empty()
+                || !write_relabel_configs.is_empty()
+                || queue_config.is_some()
+                || metadata_config.is_some()
+            {
+                return None;
+            }
             yaml_line(o, "- ", "url", Some(url))?;
             if let Some(name) = name {
                 yaml_line(o, "  ", "name", Some(name))?;
@@ -585,6 +694,10 @@ mod tests {
                 name: (!auth.is_multiple_of(3)).then(|| s(7)),
                 basic_auth: (auth % 3 == 1).then(|| BasicAuthConfig { username_file: s(8), password_file: s(9) }),
                 authorization: (auth % 3 == 2).then(|| AuthorizationConfig { credentials_file: s(10) }),
+                headers: BTreeMap::new(),
+                write_relabel_configs: Vec::new(),
+                queue_config: None,
+                metadata_config: None,
             }],
         }
     }

@@ -108,8 +108,8 @@ pub struct DesiredObjects {
 }
 
 impl DesiredObjects {
-    /// The objects in apply order: ConfigMap, the discovery ServiceAccount, Role and RoleBinding, Service,
-    /// PodDisruptionBudget, StatefulSet (pods need their ServiceAccount to exist).
+    /// The objects in apply order: ConfigMap, the discovery ServiceAccount and Role, Service, the discovery
+    /// RoleBinding (after its Role), PodDisruptionBudget, StatefulSet (pods need their ServiceAccount to exist).
     pub fn objects(&self, settings: &BuildSettings) -> Vec<DesiredObject<'_>> {
         let mut out = vec![DesiredObject::ConfigMap(&self.config_map)];
         if let Some(d) = &self.discovery {
@@ -117,9 +117,11 @@ impl DesiredObjects {
                 out.push(DesiredObject::ServiceAccount(sa));
             }
             out.push(DesiredObject::Role(&d.role));
-            out.push(DesiredObject::RoleBinding(&d.role_binding));
         }
         out.push(DesiredObject::Service(&self.service));
+        if let Some(d) = &self.discovery {
+            out.push(DesiredObject::RoleBinding(&d.role_binding));
+        }
         if let Some(pdb) = &self.pod_disruption_budget {
             out.push(DesiredObject::PodDisruptionBudget(pdb, settings.pdb_api));
         }
@@ -316,6 +318,14 @@ pub enum Error {
         /// Index of the entry it duplicates.
         first: usize,
     },
+    /// A remote write option Prometheus would refuse.
+    #[error("failed to build: {field}: {reason}")]
+    InvalidRemoteWriteOption {
+        /// The field.
+        field: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// `spec.additionalScrapeConfigs` sets both `inline` and `secretRef`, or neither.
     #[error("failed to build: spec.additionalScrapeConfigs: {reason}")]
     InvalidAdditionalScrapeConfigs {
@@ -353,7 +363,8 @@ impl Error {
             Error::InvalidSecretReference { .. } => "InvalidSecretReference",
             Error::MissingRemoteWriteUrl { .. }
             | Error::ConflictingRemoteWriteAuth { .. }
-            | Error::DuplicateRemoteWrite { .. } => "InvalidRemoteWrite",
+            | Error::DuplicateRemoteWrite { .. }
+            | Error::InvalidRemoteWriteOption { .. } => "InvalidRemoteWrite",
             Error::InvalidAdditionalScrapeConfigs { .. } | Error::InvalidInlineScrapeConfigs { .. } => {
                 "InvalidAdditionalScrapeConfigs"
             }

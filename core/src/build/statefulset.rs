@@ -140,10 +140,18 @@ pub fn prometheus_args(ctx: &BuildContext<'_>) -> Vec<String> {
     let spec = &ctx.cluster.spec;
     let mut args = Vec::with_capacity(10);
     args.push(concat(&["--config.file=", paths::CONFIG_FILE]));
-    args.push(concat(&["--storage.tsdb.path=", paths::DATA_DIR]));
-    args.push(concat(&["--storage.tsdb.retention.time=", ctx.retention]));
-    if let Some(size) = spec.retention_size.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        args.push(concat(&["--storage.tsdb.retention.size=", size]));
+    if spec.mode == crate::crd::Mode::Agent {
+        // Agent mode refuses the TSDB flags; its write-ahead log lives on the same volume.
+        args.push(
+            if ctx.version.is_some_and(|v| v.major >= 3) { "--agent" } else { "--enable-feature=agent" }.to_owned(),
+        );
+        args.push(concat(&["--storage.agent.path=", paths::DATA_DIR]));
+    } else {
+        args.push(concat(&["--storage.tsdb.path=", paths::DATA_DIR]));
+        args.push(concat(&["--storage.tsdb.retention.time=", ctx.retention]));
+        if let Some(size) = spec.retention_size.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            args.push(concat(&["--storage.tsdb.retention.size=", size]));
+        }
     }
     args.push(with_port("--web.listen-address=127.0.0.1:", ports::PROMETHEUS_LOCAL));
     args.push("--web.enable-lifecycle".to_owned());

@@ -13,6 +13,8 @@ use super::{BuildContext, Error, Result};
 
 /// First 2.x release with `--enable-feature=expand-external-labels`.
 const MIN_EXPAND_EXTERNAL_LABELS: PrometheusVersion = PrometheusVersion { major: 2, minor: 27 };
+/// First release with agent mode (`--enable-feature=agent`; 3.x has `--agent`).
+pub const MIN_AGENT: PrometheusVersion = PrometheusVersion { major: 2, minor: 32 };
 /// First 2.x release with `scrape_config_files`.
 const MIN_SCRAPE_CONFIG_FILES: PrometheusVersion = PrometheusVersion { major: 2, minor: 43 };
 

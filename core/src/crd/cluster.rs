@@ -72,6 +72,13 @@ pub mod limits {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusClusterSpec {
+    /// `Server` (the default): a full Prometheus that stores, queries and evaluates rules. `Agent`: Prometheus in
+    /// agent mode (`--agent`), which scrapes and forwards everything through `remoteWrite` (required) and keeps only
+    /// a write-ahead log on its volume (size it small); it answers no queries, so backups, Thanos, restore and
+    /// retention do not apply (validation refuses them).
+    #[serde(default, skip_serializing_if = "Mode::is_server")]
+    pub mode: Mode,
+
     /// Number of Prometheus replicas. With more than one, replicas are spread across nodes, protected by a
     /// PodDisruptionBudget and told apart by the replica external label.
     #[serde(default = "default_replicas")]
@@ -225,6 +232,7 @@ impl Default for PrometheusClusterSpec {
     /// The spec of an object that sets nothing: every field at its documented default.
     fn default() -> Self {
         Self {
+            mode: Mode::Server,
             replicas: default_replicas(),
             image: default_image(),
             retention: default_retention(),
@@ -433,6 +441,96 @@ pub struct RemoteWriteSpec {
     /// Secret with the key `token` sent as a bearer token. It is mounted into the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_secret_ref: Option<LocalObjectReference>,
+
+    /// HTTP headers sent with every request, such as a tenant header (`X-Scope-OrgID`). Query parameters the
+    /// receiver needs (GreptimeDB's `?db=public`) go in `url`. Headers Prometheus sets itself (`Authorization`,
+    /// `Content-Type`, `User-Agent`, ...) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::MAX_LABELS), inner(length(max = limits::MAX_URL)))]
+    pub headers: BTreeMap<String, String>,
+
+    /// Relabel rules applied to series before they are sent (`write_relabel_configs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_ITEMS))]
+    pub write_relabel_configs: Vec<crate::monitors::RelabelConfig>,
+
+    /// Tuning of the sending queue (`queue_config`); Prometheus' defaults where unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_config: Option<QueueConfig>,
+
+    /// Whether and how often metric metadata is sent (`metadata_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_config: Option<MetadataConfig>,
+}
+
+/// `queue_config` of a remote write endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueConfig {
+    /// Samples buffered per shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Lowest number of shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_shards: Option<u32>,
+    /// Highest number of shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shards: Option<u32>,
+    /// Samples per request at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_samples_per_send: Option<u32>,
+    /// Longest wait before a partial batch is sent (`5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
+    pub batch_send_deadline: Option<String>,
+    /// First retry delay (`30ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
+    pub min_backoff: Option<String>,
+    /// Longest retry delay (`5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
+    pub max_backoff: Option<String>,
+    /// Retry on HTTP 429 too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on_rate_limit: Option<bool>,
+    /// Samples older than this are dropped instead of sent (`1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
+    pub sample_age_limit: Option<String>,
+}
+
+/// `metadata_config` of a remote write endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataConfig {
+    /// Send metric metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<bool>,
+    /// How often (`1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
+    pub send_interval: Option<String>,
+    /// Metadata entries per request at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_samples_per_send: Option<u32>,
+}
+
+/// What the cluster's Prometheus is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Mode {
+    /// A full Prometheus: storage, queries, rules.
+    #[default]
+    Server,
+    /// Prometheus in agent mode: scrape and remote write only.
+    Agent,
+}
+
+impl Mode {
+    /// Whether this is the default `Server`.
+    pub fn is_server(&self) -> bool {
+        *self == Mode::Server
+    }
 }
 
 /// Thanos sidecar.

@@ -4,9 +4,9 @@ pub mod cluster;
 pub mod clusterset;
 
 pub use cluster::{
-    AdditionalScrapeConfigs, BackupRetentionSpec, BackupSpec, BackupStatus, MissedRunPolicy, Phase, PrometheusCluster,
-    PrometheusClusterSpec, PrometheusClusterStatus, RemoteWriteSpec, RequestedBackup, RestoreSource, RestoreSpec,
-    RunningBackup, SelfHealingSpec, StorageSpec, ThanosSpec,
+    AdditionalScrapeConfigs, BackupRetentionSpec, BackupSpec, BackupStatus, MetadataConfig, MissedRunPolicy, Mode,
+    Phase, PrometheusCluster, PrometheusClusterSpec, PrometheusClusterStatus, QueueConfig, RemoteWriteSpec,
+    RequestedBackup, RestoreSource, RestoreSpec, RunningBackup, SelfHealingSpec, StorageSpec, ThanosSpec,
 };
 pub use clusterset::{ClusterSetMember, PrometheusClusterSet, PrometheusClusterSetSpec, PrometheusClusterSetStatus};
 

@@ -21,7 +21,8 @@
 mod render;
 mod types;
 
-pub use render::{KubernetesSd, Refused, ScrapeJob, ScrapeJobs, build_pod_monitor_jobs, build_scrape_jobs};
+pub use render::{KubernetesSd, Refused, Relabel, ScrapeJob, ScrapeJobs, build_pod_monitor_jobs, build_scrape_jobs};
+pub(crate) use render::{check_relabel, relabel};
 pub use types::*;
 
 use std::collections::{BTreeMap, BTreeSet};

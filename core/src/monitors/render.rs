@@ -160,7 +160,8 @@ pub struct Tls {
 }
 
 /// A `relabel_configs` entry as Prometheus reads it.
-#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
 pub struct Relabel {
     /// `source_labels`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -414,7 +415,7 @@ fn check_endpoint(endpoint: &Endpoint) -> Result<(), Fault> {
 }
 
 /// Prometheus' own checks of a relabel rule, so that one bad rule never makes it refuse the whole configuration.
-fn check_relabel(rule: &RelabelConfig) -> Result<(), String> {
+pub(crate) fn check_relabel(rule: &RelabelConfig) -> Result<(), String> {
     let action = rule.action.as_deref().unwrap_or("replace").to_ascii_lowercase();
     let target = rule.target_label.as_deref();
     if let Some(regex) = &rule.regex
@@ -490,7 +491,7 @@ fn is_target_template(t: &str) -> bool {
     !t.starts_with(|c: char| c.is_ascii_digit())
 }
 
-fn relabel(rule: &RelabelConfig) -> Relabel {
+pub(crate) fn relabel(rule: &RelabelConfig) -> Relabel {
     Relabel {
         source_labels: rule.source_labels.clone(),
         separator: rule.separator.clone(),

@@ -212,7 +212,7 @@ pub struct TlsConfig {
 }
 
 /// A Prometheus relabel rule as prometheus-operator spells it.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RelabelConfig {
     /// `source_labels`.
