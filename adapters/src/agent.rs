@@ -61,6 +61,40 @@ pub struct AgentConfig {
     pub proxy_listen: Option<SocketAddr>,
     /// Backup endpoints (`/backup`); see [`crate::backup::agent`].
     pub backup: Option<crate::backup::agent::BackupAgentConfig>,
+    /// Where to expand the monitors' scrape configs from `config_dir` ([`expand_config`]) before every reload;
+    /// `None`: nothing to expand.
+    pub expand_dir: Option<PathBuf>,
+}
+
+/// Writes `monitor-scrape-configs.yml` into `out_dir` from the configuration directory: gunzipped from
+/// `monitor-scrape-configs.yml.gz` when the ConfigMap holds it compressed, else copied (an empty job list when
+/// neither is there). Replaces the file atomically (a rename), so Prometheus never reads half of it, and only when
+/// its content changes. Returns whether it changed.
+///
+/// # Errors
+/// The files cannot be read, decompressed or written.
+pub fn expand_config(config_dir: &Path, out_dir: &Path) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    use tsdb_operator_core::build::config::{MONITOR_SCRAPE_GZ_KEY, MONITOR_SCRAPE_KEY};
+    let compressed = config_dir.join(MONITOR_SCRAPE_GZ_KEY);
+    let plain = config_dir.join(MONITOR_SCRAPE_KEY);
+    let content = if compressed.exists() {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&compressed)?).read_to_end(&mut out)?;
+        out
+    } else if plain.exists() {
+        std::fs::read(&plain)?
+    } else {
+        b"scrape_configs: []\n".to_vec()
+    };
+    let target = out_dir.join(MONITOR_SCRAPE_KEY);
+    if std::fs::read(&target).is_ok_and(|old| old == content) {
+        return Ok(false);
+    }
+    let temporary = out_dir.join(format!(".{MONITOR_SCRAPE_KEY}.tmp"));
+    std::fs::write(&temporary, &content)?;
+    std::fs::rename(&temporary, &target)?;
+    Ok(true)
 }
 
 /// Reloads by result (`tsdb_operator_agent_reload_total`).
@@ -162,6 +196,12 @@ pub async fn run(
     );
     last_ok.set(1);
     let initial = hash_config_dir(&config.config_dir).unwrap_or_default();
+    if let Some(out) = &config.expand_dir {
+        // The init container expanded this configuration already; this covers a sidecar restarted after a change.
+        if let Err(e) = expand_config(&config.config_dir, out) {
+            tracing::warn!(error = %e, dir = %out.display(), "cannot expand the monitors' scrape configs");
+        }
+    }
     let shared = Shared {
         status: Arc::new(RwLock::new(AgentStatus {
             config_hash: initial.clone(),
@@ -247,7 +287,16 @@ async fn check_config(
         return;
     }
     tracing::info!(old = %seen, new = %hash, "configuration changed; reloading Prometheus");
-    let result = reload(client, &config.prometheus_url).await;
+    let expanded = match &config.expand_dir {
+        Some(out) => expand_config(&config.config_dir, out)
+            .map(|_| ())
+            .map_err(|e| format!("cannot expand the monitors' scrape configs into {}: {e}", out.display())),
+        None => Ok(()),
+    };
+    let result = match expanded {
+        Ok(()) => reload(client, &config.prometheus_url).await,
+        Err(e) => Err(e),
+    };
     let mut status = shared.status.write().await;
     status.reloads += 1;
     status.config_hash.clone_from(&hash);
@@ -299,5 +348,36 @@ mod tests {
         std::fs::write(dir.join("prometheus.yml"), "b").unwrap();
         assert_ne!(h1, hash_config_dir(&dir).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_monitors_file_is_expanded_from_gzip_or_copied_and_replaced_only_when_it_changes() {
+        use tsdb_operator_core::build::config::{MONITOR_SCRAPE_GZ_KEY, MONITOR_SCRAPE_KEY, gzip};
+        let root = std::env::temp_dir().join(format!("tsdb-agent-expand-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (config, out) = (root.join("config"), root.join("out"));
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        let read = || std::fs::read_to_string(out.join(MONITOR_SCRAPE_KEY)).unwrap();
+
+        assert!(expand_config(&config, &out).unwrap(), "nothing yet: an empty job list");
+        assert_eq!(read(), "scrape_configs: []\n");
+        assert!(!expand_config(&config, &out).unwrap(), "unchanged: not rewritten");
+
+        std::fs::write(config.join(MONITOR_SCRAPE_KEY), "scrape_configs:\n- job_name: plain\n").unwrap();
+        assert!(expand_config(&config, &out).unwrap());
+        assert_eq!(read(), "scrape_configs:\n- job_name: plain\n");
+
+        let big = format!("scrape_configs:\n{}", "- job_name: zipped\n".repeat(1000));
+        std::fs::remove_file(config.join(MONITOR_SCRAPE_KEY)).unwrap();
+        std::fs::write(config.join(MONITOR_SCRAPE_GZ_KEY), gzip(big.as_bytes())).unwrap();
+        assert!(expand_config(&config, &out).unwrap());
+        assert_eq!(read(), big);
+        assert!(!out.join(format!(".{MONITOR_SCRAPE_KEY}.tmp")).exists(), "the temporary file was renamed");
+
+        std::fs::write(config.join(MONITOR_SCRAPE_GZ_KEY), b"not gzip").unwrap();
+        assert!(expand_config(&config, &out).is_err(), "a corrupt file is an error, the old content stays");
+        assert_eq!(read(), big);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -35,22 +35,18 @@ fn fixtures() -> Vec<(String, Value)> {
 
 /// The children of cluster `name` in `ns` as the server holds them: `Kind/name` -> object.
 async fn children(client: &Client, ns: &str, name: &str, pdb: &str) -> Result<BTreeMap<String, Value>> {
-    let [config, main] = decide::child_names(name);
-    let (pdb_group, pdb_version) = pdb.split_once('/').unwrap_or(("policy", "v1"));
-    let kinds = [
-        (("", "v1", "ConfigMap", "configmaps"), config),
-        (("", "v1", "Service", "services"), main.clone()),
-        (("apps", "v1", "StatefulSet", "statefulsets"), main.clone()),
-        ((pdb_group, pdb_version, "PodDisruptionBudget", "poddisruptionbudgets"), main),
-    ];
+    let pdb_api = if pdb == "policy/v1beta1" { PdbApi::V1beta1 } else { PdbApi::V1 };
+    let settings = BuildSettings { pdb_api, ..BuildSettings::default() };
     let mut out = BTreeMap::new();
-    for ((group, version, kind, plural), child) in kinds {
-        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        if let Some(o) = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get_opt(&child).await? {
+    for key in decide::children_to_read(name, &settings) {
+        let (group, version) = key.api_version.split_once('/').unwrap_or(("", key.api_version.as_str()));
+        let plural = format!("{}s", key.kind.to_ascii_lowercase());
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, &key.kind), &plural);
+        if let Some(o) = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get_opt(&key.name).await? {
             let mut value = serde_json::to_value(o)?;
             value["apiVersion"] = Value::String(ar.api_version.clone());
-            value["kind"] = Value::String(kind.to_owned());
-            out.insert(format!("{kind}/{child}"), value);
+            value["kind"] = Value::String(key.kind.clone());
+            out.insert(format!("{}/{}", key.kind, key.name), value);
         }
     }
     Ok(out)

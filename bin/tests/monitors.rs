@@ -192,6 +192,34 @@ async fn monitors_condition(ns: &str, name: &str) -> Result<Option<(String, Stri
         .map(|c| (c.status, c.reason, c.message)))
 }
 
+/// Hundreds more selected monitors: the configuration no longer fits a ConfigMap as text, so it is stored gzipped
+/// and expanded by the agent in the pod; Prometheus at `ip` loads all of it by a reload, and still scrapes `other`.
+async fn hundreds_more_are_stored_gzipped_and_loaded(ns: &str, ip: &str, other: &str) -> Result<()> {
+    let bulk: String = (0..600)
+        .map(|i| service_monitor(ns, &format!("bulk-{i:03}"), &format!("bulk-{i:03}"), "{team: obs}", "port: metrics"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    env().cp.apply_yaml(&bulk).await?;
+    let config_maps = kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(support::client(), ns);
+    eventually("the monitors' file stored gzipped", Duration::from_mins(2), || async {
+        let cm = config_maps.get("sel-config").await?;
+        Ok(cm.binary_data.is_some_and(|b| b.contains_key("monitor-scrape-configs.yml.gz")).then_some(()))
+    })
+    .await?;
+    let last = format!("serviceMonitor/{ns}/bulk-599/0");
+    eventually("Prometheus running the expanded configuration", Duration::from_mins(2), || {
+        let (ip, last) = (ip.to_owned(), last.clone());
+        async move {
+            let pools = support::prom_get(&ip, "/api/v1/scrape_pools").await?;
+            let pools = pools["data"]["scrapePools"].as_array().cloned().unwrap_or_default();
+            Ok(pools.iter().any(|p| p.as_str() == Some(&last)).then_some(()))
+        }
+    })
+    .await?;
+    assert!(healthy_pools(ip).await?.contains(other), "the other monitor is still scraped");
+    Ok(())
+}
+
 /// The whole path as a user meets it: prometheus-operator's CRDs installed, the operator running, a cluster that
 /// selects monitors by label. Its Prometheus discovers the app through the API server as the operator-made
 /// ServiceAccount (with only the Role the operator made), a new ServiceMonitor is scraped after a reload without a
@@ -252,6 +280,8 @@ async fn a_cluster_scrapes_the_monitors_it_selects_and_follows_them_without_a_re
         async move { Ok(healthy_pools(&ip).await?.contains(&other).then_some(())) }
     })
     .await?;
+    hundreds_more_are_stored_gzipped_and_loaded(&ns, &ip, &other).await?;
+
     // A monitor that cannot be rendered is named; the others are still scraped.
     env.cp
         .apply_yaml(&service_monitor(

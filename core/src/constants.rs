@@ -52,6 +52,8 @@ pub mod containers {
     pub const AGENT: &str = "agent";
     /// The Thanos sidecar.
     pub const THANOS: &str = "thanos-sidecar";
+    /// The init container that expands the monitors' scrape configs before Prometheus starts.
+    pub const EXPAND_CONFIG: &str = "expand-config";
 }
 
 /// Volume names.
@@ -66,6 +68,8 @@ pub mod volumes {
     pub const EXTRA_SCRAPE_SECRET: &str = "extra-scrape-secret";
     /// Prefix of the volumes of remote-write Secrets (`rw-secret-<secret name>`).
     pub const REMOTE_WRITE_SECRET_PREFIX: &str = "rw-secret-";
+    /// Files the agent writes from the ConfigMap (the monitors' scrape configs, decompressed): an emptyDir.
+    pub const GENERATED: &str = "generated";
 }
 
 /// Ports.
@@ -96,6 +100,8 @@ pub mod paths {
     pub const CONFIG_FILE: &str = "/etc/prometheus/config/prometheus.yml";
     /// The additional scrape configs rendered from `inline`.
     pub const INLINE_SCRAPE_FILE: &str = "/etc/prometheus/config/additional-scrape-configs.yml";
+    /// Where the agent writes the files it expands from the ConfigMap (the monitors' scrape configs).
+    pub const GENERATED_DIR: &str = "/etc/prometheus/generated";
     /// Where the additional scrape configs Secret is mounted.
     pub const EXTRA_SECRET_DIR: &str = "/etc/prometheus/extra-secret";
     /// Where remote-write Secrets are mounted (`<dir>/<secret name>/<key>`), as the seed's config points.

@@ -113,7 +113,7 @@ fn the_selected_monitors_become_jobs_in_their_own_file_with_discovery_rights_bef
     // No namespace selector: the cluster's own namespace only; the selector picks by label.
     assert_eq!(job_names(config_map), ["serviceMonitor/monitoring/api/0", "podMonitor/monitoring/batch/0"]);
     let prometheus_yml = config_map["data"]["prometheus.yml"].as_str().expect("prometheus.yml");
-    assert!(prometheus_yml.contains("/etc/prometheus/config/monitor-scrape-configs.yml"), "{prometheus_yml}");
+    assert!(prometheus_yml.contains("/etc/prometheus/generated/monitor-scrape-configs.yml"), "{prometheus_yml}");
 
     let kinds: Vec<&str> = d
         .steps()
@@ -255,4 +255,41 @@ fn monitor_selectors_need_prometheus_2_43() {
     let degraded = d.status.conditions.iter().find(|c| c.type_ == conditions::DEGRADED).expect("Degraded");
     assert!(degraded.message.contains("serviceMonitorSelector"), "{}", degraded.message);
     assert_eq!(d.steps().count(), 0);
+}
+
+#[test]
+fn a_thousand_monitors_fit_gzipped_and_are_expanded_before_prometheus_starts() {
+    use std::io::Read as _;
+    let pc = cluster(json!({"serviceMonitorSelector": {}}));
+    let endpoint = json!([{"port": "metrics", "interval": "30s",
+        "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "go_gc_.*", "action": "drop"}]}]);
+    let services: Vec<ServiceMonitor> =
+        (0..1000).map(|i| service_monitor("monitoring", &format!("app-{i:04}"), &json!({}), &endpoint)).collect();
+    let d = decide(&pc, &BTreeMap::new(), Some(&services), None);
+    let config_map = applied(&d, "ConfigMap").expect("the ConfigMap");
+    assert!(config_map["data"].get("monitor-scrape-configs.yml").is_none(), "too large to keep plain");
+    let encoded = config_map["binaryData"]["monitor-scrape-configs.yml.gz"].as_str().expect("the gzipped file");
+    let manifest_size = config_map.to_string().len();
+    assert!(manifest_size < 256 * 1024, "the whole ConfigMap is {manifest_size} bytes");
+    let gz: k8s_openapi::ByteString = serde_json::from_value(json!(encoded)).expect("base64");
+    let mut yaml = String::new();
+    flate2::read::GzDecoder::new(gz.0.as_slice()).read_to_string(&mut yaml).expect("gzip");
+    let parsed: Value = serde_yaml::from_str(&yaml).expect("YAML");
+    assert_eq!(parsed["scrape_configs"].as_array().map(Vec::len), Some(1000), "every monitor is scraped");
+    assert_eq!(monitors_condition(&d).expect("MonitorsAccepted").status, "True");
+    // The prometheus.yml reads the file the agent expands, and the pods expand it before Prometheus starts.
+    let prometheus_yml = config_map["data"]["prometheus.yml"].as_str().expect("prometheus.yml");
+    assert!(prometheus_yml.contains("/etc/prometheus/generated/monitor-scrape-configs.yml"), "{prometheus_yml}");
+    let sts = applied(&d, "StatefulSet").expect("the StatefulSet");
+    let init = &sts["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "expand-config");
+    assert_eq!(
+        init["args"],
+        json!([
+            "agent",
+            "--expand-only",
+            "--config-dir=/etc/prometheus/config",
+            "--expand-dir=/etc/prometheus/generated"
+        ])
+    );
 }

@@ -169,6 +169,13 @@ struct AgentArgs {
     /// Directory of the mounted backup credentials Secret.
     #[arg(long, default_value = tsdb_operator_core::build::backup::BACKUP_CREDENTIALS_DIR)]
     credentials_dir: PathBuf,
+    /// Where to expand the monitors' scrape configs from --config-dir (gunzipped when the ConfigMap holds them
+    /// compressed) before every reload.
+    #[arg(long)]
+    expand_dir: Option<PathBuf>,
+    /// Expand into --expand-dir once and exit (the init container that runs before Prometheus).
+    #[arg(long, requires = "expand_dir")]
+    expand_only: bool,
     /// Log format: text or json.
     #[arg(long, env = "TSDB_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -625,6 +632,12 @@ async fn run_with_election(
 }
 
 async fn run_agent(args: AgentArgs) -> Result<()> {
+    if args.expand_only {
+        let out = args.expand_dir.as_deref().context("--expand-only needs --expand-dir")?;
+        agent::expand_config(&args.config_dir, out)
+            .with_context(|| format!("failed to expand the monitors' scrape configs into {}", out.display()))?;
+        return Ok(());
+    }
     let shutdown = shutdown_signal()?;
     let backup = tsdb_operator_adapters::backup::agent::BackupAgentConfig {
         take: tsdb_operator_adapters::backup::take::TakeConfig {
@@ -643,6 +656,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
             listen: args.listen,
             proxy_listen: parse_addr(&args.proxy_listen)?,
             backup: Some(backup),
+            expand_dir: args.expand_dir,
         },
         until(&shutdown),
     )

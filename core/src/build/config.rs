@@ -26,8 +26,13 @@ use crate::crd::cluster::{DEFAULT_INTERVAL, DEFAULT_REPLICA_LABEL};
 pub const CONFIG_KEY: &str = "prometheus.yml";
 /// ConfigMap key of the scrape configs rendered from `additionalScrapeConfigs.inline`.
 pub const INLINE_SCRAPE_KEY: &str = "additional-scrape-configs.yml";
-/// ConfigMap key of the scrape jobs rendered from the selected ServiceMonitors and PodMonitors.
+/// ConfigMap key of the scrape jobs rendered from the selected ServiceMonitors and PodMonitors, and the name of the
+/// file the agent writes from it into [`paths::GENERATED_DIR`], where `prometheus.yml` reads it.
 pub const MONITOR_SCRAPE_KEY: &str = "monitor-scrape-configs.yml";
+/// ConfigMap `binaryData` key of the same file gzipped, used instead of [`MONITOR_SCRAPE_KEY`] when the plain file
+/// would not fit ([`crate::monitors::MONITOR_FILE_BUDGET`]): as prometheus-operator does, so that thousands of
+/// monitors fit in a ConfigMap's 1 MiB.
+pub const MONITOR_SCRAPE_GZ_KEY: &str = "monitor-scrape-configs.yml.gz";
 /// Job name of the self-scrape job.
 pub const SELF_SCRAPE_JOB: &str = "prometheus";
 /// Environment variable holding the pod name, set on the Prometheus container from `metadata.name`.
@@ -52,6 +57,8 @@ pub struct ConfigPaths {
     pub extra_secret_dir: String,
     /// Directory under which each remote write Secret is mounted as `<secret>/` ([`paths::SECRETS_DIR`]).
     pub secrets_dir: String,
+    /// Directory of the files the agent expands from the ConfigMap ([`paths::GENERATED_DIR`]).
+    pub generated_dir: String,
 }
 
 impl Default for ConfigPaths {
@@ -61,6 +68,7 @@ impl Default for ConfigPaths {
             config_dir: paths::CONFIG_DIR.to_owned(),
             extra_secret_dir: paths::EXTRA_SECRET_DIR.to_owned(),
             secrets_dir: paths::SECRETS_DIR.to_owned(),
+            generated_dir: paths::GENERATED_DIR.to_owned(),
         }
     }
 }
@@ -74,6 +82,7 @@ impl ConfigPaths {
             config_dir: format!("{root}{}", paths::CONFIG_DIR),
             extra_secret_dir: format!("{root}{}", paths::EXTRA_SECRET_DIR),
             secrets_dir: format!("{root}{}", paths::SECRETS_DIR),
+            generated_dir: format!("{root}{}", paths::GENERATED_DIR),
         }
     }
 
@@ -87,9 +96,9 @@ impl ConfigPaths {
         format!("{}/{INLINE_SCRAPE_KEY}", self.config_dir)
     }
 
-    /// Path of the monitors' scrape configs file.
+    /// Path of the monitors' scrape configs file, as the agent writes it.
     pub fn monitor_scrape_file(&self) -> String {
-        format!("{}/{MONITOR_SCRAPE_KEY}", self.config_dir)
+        format!("{}/{MONITOR_SCRAPE_KEY}", self.generated_dir)
     }
 
     /// Path of a key of a mounted remote write Secret.
@@ -318,10 +327,31 @@ pub fn build_config_map(ctx: &BuildContext<'_>) -> Result<ConfigMap> {
     if let Some(inline) = files.inline_scrape_configs_yml {
         data.insert(INLINE_SCRAPE_KEY.to_owned(), inline);
     }
+    let mut binary_data = None;
     if let Some(monitors) = files.monitor_scrape_configs_yml {
-        data.insert(MONITOR_SCRAPE_KEY.to_owned(), monitors);
+        if monitors.len() <= crate::monitors::MONITOR_FILE_BUDGET {
+            data.insert(MONITOR_SCRAPE_KEY.to_owned(), monitors);
+        } else {
+            let gz = k8s_openapi::ByteString(gzip(monitors.as_bytes()));
+            binary_data = Some(super::map([(MONITOR_SCRAPE_GZ_KEY.to_owned(), gz)]));
+        }
     }
-    Ok(ConfigMap { metadata: ctx.object_meta(ctx.config_map_name()), data: Some(data), ..ConfigMap::default() })
+    Ok(ConfigMap {
+        metadata: ctx.object_meta(ctx.config_map_name()),
+        data: Some(data),
+        binary_data,
+        ..ConfigMap::default()
+    })
+}
+
+/// `bytes` gzipped, deterministically (no time or name in the header), for [`MONITOR_SCRAPE_GZ_KEY`].
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 8), flate2::Compression::default());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
 }
 
 /// The name of the replica external label (`spec.replicaExternalLabelName`, default `replica`).

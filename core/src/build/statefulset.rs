@@ -79,13 +79,16 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
     }
 
     // The restore container is based on the agent's; only rendered with `spec.restore`.
-    let init_containers = ctx
+    let init_containers: Vec<Container> = ctx
         .cluster
         .spec
         .restore
         .as_ref()
         .and_then(|_| super::backup::restore_init_container(ctx, agent_container(ctx)))
-        .map(|c| vec![c]);
+        .into_iter()
+        .chain(expand_init_container(ctx))
+        .collect();
+    let init_containers = (!init_containers.is_empty()).then_some(init_containers);
     let pod_spec = PodSpec {
         init_containers,
         containers: pod_containers,
@@ -203,6 +206,9 @@ fn prometheus_container(ctx: &BuildContext<'_>, startup_budget: std::time::Durat
     if config::extra_scrape_secret(ctx).is_some() {
         mounts.push(mount(volumes::EXTRA_SCRAPE_SECRET, paths::EXTRA_SECRET_DIR, true));
     }
+    if ctx.cluster.spec.selects_monitors() {
+        mounts.push(mount(volumes::GENERATED, paths::GENERATED_DIR, true));
+    }
     for secret in &secrets {
         mounts.push(mount(&remote_write_volume_name(secret), &concat(&[paths::SECRETS_DIR, "/", secret]), true));
     }
@@ -240,13 +246,18 @@ fn agent_container(ctx: &BuildContext<'_>) -> Container {
     Container {
         name: containers::AGENT.to_owned(),
         image: Some(ctx.settings.agent_image.clone()),
-        args: Some(vec![
-            "agent".to_owned(),
-            concat(&["--config-dir=", paths::CONFIG_DIR]),
-            with_port("--prometheus-url=http://127.0.0.1:", ports::PROMETHEUS_LOCAL),
-            with_port("--listen=0.0.0.0:", ports::AGENT),
-            with_port("--proxy-listen=0.0.0.0:", ports::PROMETHEUS),
-        ]),
+        args: Some(
+            [
+                "agent".to_owned(),
+                concat(&["--config-dir=", paths::CONFIG_DIR]),
+                with_port("--prometheus-url=http://127.0.0.1:", ports::PROMETHEUS_LOCAL),
+                with_port("--listen=0.0.0.0:", ports::AGENT),
+                with_port("--proxy-listen=0.0.0.0:", ports::PROMETHEUS),
+            ]
+            .into_iter()
+            .chain(ctx.cluster.spec.selects_monitors().then(|| concat(&["--expand-dir=", paths::GENERATED_DIR])))
+            .collect(),
+        ),
         env: Some(vec![field_env(POD_NAME_ENV, "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")]),
         ports: Some(vec![
             container_port(ports::PROMETHEUS_NAME, ports::PROMETHEUS),
@@ -266,6 +277,9 @@ fn agent_container(ctx: &BuildContext<'_>) -> Container {
         volume_mounts: Some(
             [mount(volumes::CONFIG, paths::CONFIG_DIR, true), mount(DATA_VOLUME, paths::DATA_DIR, false)]
                 .into_iter()
+                .chain(
+                    ctx.cluster.spec.selects_monitors().then(|| mount(volumes::GENERATED, paths::GENERATED_DIR, false)),
+                )
                 .chain(super::backup::agent_backup_mounts(ctx))
                 .collect(),
         ),
@@ -325,8 +339,43 @@ fn pod_volumes(ctx: &BuildContext<'_>) -> Vec<Volume> {
     if let Some(objstore) = thanos_objstore_secret(ctx) {
         out.push(secret_volume(volumes::THANOS_OBJSTORE, objstore));
     }
+    if ctx.cluster.spec.selects_monitors() {
+        out.push(Volume {
+            name: volumes::GENERATED.to_owned(),
+            empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+    }
     out.extend(super::backup::backup_volumes(ctx));
     out
+}
+
+/// With monitor selectors: the agent expands the monitors' scrape configs from the ConfigMap (gzipped when large)
+/// into the `generated` emptyDir, where `prometheus.yml` reads them; once before Prometheus starts (this init
+/// container), then after every change (the sidecar, `--expand-dir`).
+fn expand_init_container(ctx: &BuildContext<'_>) -> Option<Container> {
+    if !ctx.cluster.spec.selects_monitors() {
+        return None;
+    }
+    let agent = agent_container(ctx);
+    Some(Container {
+        name: containers::EXPAND_CONFIG.to_owned(),
+        args: Some(vec![
+            "agent".to_owned(),
+            "--expand-only".to_owned(),
+            concat(&["--config-dir=", paths::CONFIG_DIR]),
+            concat(&["--expand-dir=", paths::GENERATED_DIR]),
+        ]),
+        volume_mounts: Some(vec![
+            mount(volumes::CONFIG, paths::CONFIG_DIR, true),
+            mount(volumes::GENERATED, paths::GENERATED_DIR, false),
+        ]),
+        image: agent.image,
+        resources: agent.resources,
+        security_context: agent.security_context,
+        termination_message_policy: agent.termination_message_policy,
+        ..Container::default()
+    })
 }
 
 /// The Thanos object storage Secret, when Thanos is on and one is named.

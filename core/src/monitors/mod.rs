@@ -93,6 +93,11 @@ pub struct ClusterMonitors {
     pub all_namespaces: bool,
 }
 
+/// Most bytes `monitor-scrape-configs.yml` may take in the ConfigMap (a ConfigMap holds at most 1 MiB, shared with
+/// `prometheus.yml` and the inline scrape configs). A larger file is stored gzipped (about 30 times smaller for
+/// typical monitors), and only jobs beyond what even that holds are refused.
+pub const MONITOR_FILE_BUDGET: usize = 896 * 1024;
+
 /// The monitors `cluster`'s selectors choose among `observed`, rendered into scrape jobs; the refusals and the
 /// CRDs that are missing. A cluster without monitor selectors gets an empty result.
 pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>) -> ClusterMonitors {
@@ -137,7 +142,45 @@ pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonito
     }
     out.jobs = rendered.jobs;
     out.refused = rendered.refused;
+    fit(&mut out, MONITOR_FILE_BUDGET);
     out
+}
+
+/// Keeps the jobs whose YAML fits in `budget` bytes, in order, and refuses the rest (each named with its monitor and
+/// endpoint): a ConfigMap over 1 MiB would be refused by the API server, and with it every change of the cluster.
+fn fit(chosen: &mut ClusterMonitors, budget: usize) {
+    let stored = |jobs: &[ScrapeJob]| {
+        let yaml = serde_yaml::to_string(jobs).unwrap_or_default();
+        if yaml.len() <= budget { yaml.len() } else { crate::build::config::gzip(yaml.as_bytes()).len() }
+    };
+    let mut size = stored(&chosen.jobs);
+    if size <= budget {
+        return;
+    }
+    // Keep the share of jobs that fits, a little less each round until it does (compression is not linear).
+    let mut keep = chosen.jobs.len();
+    while size > budget && keep > 0 {
+        keep = (keep * budget / size.max(1)).min(keep - 1) * 19 / 20;
+        size = stored(&chosen.jobs[..keep]);
+    }
+    let over = chosen.jobs.split_off(keep);
+    for job in over {
+        // `serviceMonitor/<ns>/<name>/<i>` or `podMonitor/<ns>/<name>/<i>`.
+        let mut parts = job.job_name.splitn(4, '/');
+        let (kind, ns, name, index) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let (kind, field) = match kind {
+            Some("podMonitor") => ("PodMonitor", "podMetricsEndpoints"),
+            _ => ("ServiceMonitor", "endpoints"),
+        };
+        chosen.refused.push(Refused {
+            object: format!("{kind} {}/{}", ns.unwrap_or_default(), name.unwrap_or_default()),
+            field: format!("spec.{field}[{}]", index.unwrap_or_default()),
+            reason: format!(
+                "the cluster's scrape configuration is full ({budget} bytes of the ConfigMap's 1 MiB): select fewer \
+                 monitors with serviceMonitorSelector/podMonitorSelector, or split them across clusters"
+            ),
+        });
+    }
 }
 
 #[cfg(test)]

@@ -231,3 +231,34 @@ fn a_pod_monitor_selects_pods_by_label_and_container_port_and_names_the_job_afte
     ];
     assert_eq!(rules, want);
 }
+
+#[test]
+fn jobs_beyond_the_budget_are_refused_by_monitor_and_endpoint_in_order() {
+    let monitors: Vec<ServiceMonitor> = (0..200)
+        .map(|i| {
+            let path = format!("/metrics/{i:03}/{}", i * 7919 % 10_007);
+            monitor("shop", &format!("svc-{i:03}"), &[], json!({"endpoints": [{"port": "http", "path": path}]}))
+        })
+        .collect();
+    let chosen: Vec<&ServiceMonitor> = monitors.iter().collect();
+    let rendered = build_scrape_jobs(&chosen);
+    let mut out = ClusterMonitors { jobs: rendered.jobs, ..ClusterMonitors::default() };
+    let whole = serde_yaml::to_string(&out.jobs).unwrap().len();
+    // A budget the plain file exceeds and its gzipped form too.
+    let budget = 2048;
+    assert!(
+        whole > budget
+            && crate::build::config::gzip(serde_yaml::to_string(&out.jobs).unwrap().as_bytes()).len() > budget
+    );
+    fit(&mut out, budget);
+    assert!(!out.jobs.is_empty() && out.jobs.len() < 200, "{} kept", out.jobs.len());
+    assert_eq!(out.jobs.len() + out.refused.len(), 200);
+    assert_eq!(out.jobs[0].job_name, "serviceMonitor/shop/svc-000/0", "the first jobs are kept");
+    let first = &out.refused[0];
+    assert_eq!(first.object, format!("ServiceMonitor shop/svc-{:03}", out.jobs.len()));
+    assert_eq!(first.field, "spec.endpoints[0]");
+    assert!(first.reason.contains("the cluster's scrape configuration is full"), "{}", first.reason);
+    let kept = serde_yaml::to_string(&out.jobs).unwrap();
+    let stored = if kept.len() <= budget { kept.len() } else { crate::build::config::gzip(kept.as_bytes()).len() };
+    assert!(stored <= budget, "what is kept fits: {stored}");
+}
