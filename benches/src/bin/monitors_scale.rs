@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tsdb_operator_benches::{arg, percentile};
-use tsdb_operator_core::build::config::{CONFIG_KEY, MONITOR_SCRAPE_KEY};
+use tsdb_operator_core::build::config::{CONFIG_KEY, MONITOR_SCRAPE_GZ_KEY, MONITOR_SCRAPE_KEY};
 use tsdb_operator_core::build::{self, BuildSettings};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_core::monitors::{ObservedMonitors, ServiceMonitor, choose_for_cluster};
@@ -49,16 +49,24 @@ fn cluster() -> Result<PrometheusCluster> {
     }))?)
 }
 
-/// The ConfigMap's files for `n` monitors, the median of `iterations` choose + render runs, and the jobs kept (the
-/// rest is refused when the ConfigMap would be full).
-fn render(n: usize, iterations: usize) -> Result<(BTreeMap<String, String>, Duration, usize)> {
+/// What one render gives: the files Prometheus reads (the monitors' file decompressed), the bytes the ConfigMap
+/// stores, the median choose + render time, and the jobs kept (the rest is refused when even gzipped it would not
+/// fit).
+struct Rendered {
+    files: BTreeMap<String, String>,
+    stored: usize,
+    time: Duration,
+    kept: usize,
+}
+
+fn render(n: usize, iterations: usize) -> Result<Rendered> {
     let all = monitors(n)?;
     let pc = cluster()?;
     let namespaces = BTreeMap::from([("monitoring".to_owned(), BTreeMap::new())]);
     let observed = ObservedMonitors { service_monitors: Some(&all), pod_monitors: Some(&[]), namespaces: &namespaces };
     let settings = BuildSettings::default();
     let mut times = Vec::with_capacity(iterations);
-    let mut data = BTreeMap::new();
+    let mut config_map = k8s_openapi::api::core::v1::ConfigMap::default();
     let mut kept = 0;
     for _ in 0..iterations.max(1) {
         let started = Instant::now();
@@ -69,10 +77,19 @@ fn render(n: usize, iterations: usize) -> Result<(BTreeMap<String, String>, Dura
             bail!("{} jobs and {} refused for {n} monitors", chosen.jobs.len(), chosen.refused.len());
         }
         kept = chosen.jobs.len();
-        data = desired.config_map.data.unwrap_or_default();
+        config_map = desired.config_map;
     }
     times.sort();
-    Ok((data, percentile(&times, 0.5), kept))
+    let mut files = config_map.data.unwrap_or_default();
+    let binary = config_map.binary_data.unwrap_or_default();
+    let stored = files.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + binary.iter().map(|(k, v)| k.len() + v.0.len() * 4 / 3).sum::<usize>();
+    if let Some(gz) = binary.get(MONITOR_SCRAPE_GZ_KEY) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz.0.as_slice()), &mut text)?;
+        files.insert(MONITOR_SCRAPE_KEY.to_owned(), text);
+    }
+    Ok(Rendered { files, stored, time: percentile(&times, 0.5), kept })
 }
 
 /// Writes the files for a Prometheus outside a pod (discovery pointed at a closed port) and returns the config path.
@@ -86,7 +103,9 @@ fn write_files(dir: &std::path::Path, data: &BTreeMap<String, String>, closed: u
     }
     std::fs::write(dir.join(MONITOR_SCRAPE_KEY), serde_yaml::to_string(&json!({"scrape_configs": jobs}))?)?;
     let main = data.get(CONFIG_KEY).context("prometheus.yml")?;
-    let main = main.replace("/etc/prometheus/config/", &format!("{}/", dir.display()));
+    let main = main
+        .replace("/etc/prometheus/config/", &format!("{}/", dir.display()))
+        .replace("/etc/prometheus/generated/", &format!("{}/", dir.display()));
     let path = dir.join(CONFIG_KEY);
     std::fs::write(&path, main)?;
     Ok(path)
@@ -111,22 +130,27 @@ async fn reload_time(http: &reqwest::Client, port: u16, times: usize) -> Result<
 async fn main() -> Result<()> {
     let n = usize::try_from(arg("--monitors", 1000))?;
     let iterations = usize::try_from(arg("--iterations", 20))?;
-    let (floor_data, floor_render, _) = render(0, iterations)?;
-    let (data, render_time, kept) = render(n, iterations)?;
-    let size = |d: &BTreeMap<String, String>| d.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let floor = render(0, iterations)?;
+    let many = render(n, iterations)?;
+    let (floor_data, floor_render) = (&floor.files, floor.time);
+    let (data, render_time, kept) = (&many.files, many.time, many.kept);
+    let text = data.get(MONITOR_SCRAPE_KEY).map_or(0, String::len);
     println!("render (choose + build), median of {iterations}:");
     println!("  0 monitors: {floor_render:?}; {n} monitors: {render_time:?} ({kept} jobs kept, {} refused)", n - kept);
-    let (floor_size, size) = (size(&floor_data), size(&data));
+    let (floor_size, size) = (floor.stored, many.stored);
     // Sizes are far below 2^52: exact in f64.
     #[allow(clippy::cast_precision_loss)]
     let share = size as f64 * 100.0 / 1_048_576.0;
-    println!("ConfigMap data: 0 monitors {floor_size} bytes; {n} monitors {size} bytes ({share:.1}% of 1 MiB)");
+    println!(
+        "ConfigMap as stored (base64 for binaryData): 0 monitors {floor_size} bytes; {n} monitors {size} bytes \
+         ({share:.1}% of 1 MiB; the monitors' file is {text} bytes as text)"
+    );
 
     let workdir = Workdir::create("monitors-scale")?;
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_mins(2)).build()?;
     let closed = free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
     let mut results = Vec::new();
-    for (label, files) in [("0 monitors", &floor_data), ("monitors", &data)] {
+    for (label, files) in [("0 monitors", floor_data), ("monitors", data)] {
         let dir = workdir.subdir(&label.replace(' ', "-"))?;
         let config = write_files(&dir, files, closed)?;
         let port = free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
