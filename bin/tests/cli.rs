@@ -295,3 +295,36 @@ fn the_shipped_alerts_load_and_fire_as_their_unit_tests_say_and_every_dashboard_
     assert!(!promtool(3).arg("check").arg("rules").arg(&bad).output().unwrap().status.success());
     std::fs::remove_file(&bad).unwrap();
 }
+
+#[test]
+fn migrate_turns_the_walkthroughs_prometheus_and_agent_into_clusters_that_validate_and_plan() {
+    let out = ctl(&["migrate", "-f", "fixtures/prometheus-operator/prometheus.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("default/prometheus: not carried over: spec.ruleSelector:"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let docs: Vec<serde_json::Value> =
+        serde_yaml::Deserializer::from_str(&stdout).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    assert_eq!(docs.len(), 2, "{stdout}");
+    assert_eq!(docs[0]["kind"], "PrometheusCluster");
+    assert_eq!(docs[0]["spec"]["storage"]["size"], "40Gi");
+    assert_eq!(docs[1]["spec"]["mode"], "Agent");
+    assert_eq!(
+        docs[1]["spec"]["remoteWrite"][0]["url"],
+        "http://my-greptimedb-frontend.default:4000/v1/prometheus/write?db=public"
+    );
+    let migrated = std::env::temp_dir().join(format!("tsdb-ctl-migrated-{}.yaml", std::process::id()));
+    std::fs::write(&migrated, &stdout).unwrap();
+    let validated = ctl(&["validate", "-f", migrated.to_str().unwrap()]);
+    assert!(validated.status.success(), "{}", String::from_utf8_lossy(&validated.stderr));
+    let planned = ctl(&["plan", "-f", migrated.to_str().unwrap()]);
+    std::fs::remove_file(&migrated).unwrap();
+    assert!(planned.status.success(), "{}", String::from_utf8_lossy(&planned.stderr));
+    let plan = String::from_utf8_lossy(&planned.stdout);
+    assert!(plan.contains("--agent") || plan.contains("--enable-feature=agent"), "the agent's StatefulSet: {plan}");
+    assert!(plan.contains("kind: ServiceAccount") && plan.contains("name: prometheus-agent"), "{plan}");
+
+    let refused = ctl(&["migrate", "-f", "fixtures/clusters/minimal.yaml"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a monitoring.coreos.com Prometheus"));
+}

@@ -41,6 +41,7 @@ pub mod decide;
 pub mod duration;
 pub mod events;
 pub mod heal;
+pub mod migrate;
 pub mod monitors;
 pub mod plan;
 pub mod quantity;

@@ -36,6 +36,14 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Turn prometheus-operator `Prometheus` and `PrometheusAgent` objects into PrometheusClusters (YAML on standard
+    /// output); every field that could not be carried over is named on standard error. Exits 1 when a result does
+    /// not validate.
+    Migrate {
+        /// File with one or more Prometheus or PrometheusAgent documents ("-" for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
     /// Print what the operator would apply and the steps it would take, as multi-document YAML.
     Plan {
         /// File with one or more PrometheusCluster documents ("-" for standard input).
@@ -281,6 +289,28 @@ fn clusters(path: &Path) -> Result<Vec<PrometheusCluster>> {
 
 fn id(pc: &PrometheusCluster) -> String {
     format!("{}/{}", pc.metadata.namespace.as_deref().unwrap_or("default"), pc.metadata.name.as_deref().unwrap_or("?"))
+}
+
+fn cmd_migrate(file: &Path) -> Result<ExitCode> {
+    let mut failed = false;
+    let mut out = String::new();
+    for source in documents(&read_input(file)?, file)? {
+        let migrated = tsdb_operator_core::migrate::migrate(&source)?;
+        let pc = &migrated.cluster;
+        for left in &migrated.not_carried {
+            eprintln!("{}: not carried over: {left}", id(pc));
+        }
+        if let Err(errors) = validate::validate_cluster(&pc.spec) {
+            failed = true;
+            for e in &errors {
+                eprintln!("{}: {e}", id(pc));
+            }
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(pc)?);
+    }
+    print!("{out}");
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn cmd_validate(file: &Path) -> Result<ExitCode> {
@@ -598,6 +628,7 @@ fn main() -> ExitCode {
         Command::Backup(command) => block_on(cmd_backup(command)),
         Command::Audit(args) => block_on(cmd_audit(args)),
         Command::Validate { file } => cmd_validate(&file),
+        Command::Migrate { file } => cmd_migrate(&file),
         Command::Plan { file, observed, output, pdb_api, agent_image, backup } => {
             let pdb_api = match pdb_api {
                 PdbVersion::V1 => PdbApi::V1,
