@@ -65,7 +65,14 @@ impl Webhook {
             });
         for hook in config.webhooks.iter_mut().flatten() {
             let labels = std::collections::BTreeMap::from([("tsdb-webhook-test".to_owned(), ns.clone())]);
-            hook.namespace_selector = Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() });
+            let selector = Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() });
+            // Sets are cluster-scoped, so a namespaceSelector does not keep other tests' sets (and other tests'
+            // stopped operators) apart: the set webhook selects the objects carrying the test's label instead.
+            if hook.name.starts_with("vprometheusclusterset") {
+                hook.object_selector = selector;
+            } else {
+                hook.namespace_selector = selector;
+            }
         }
         Api::<ValidatingWebhookConfiguration>::all(cp.client()).create(&PostParams::default(), &config).await?;
         let workdir = Workdir::create(&format!("webhook-{ns}"))?;
@@ -257,10 +264,10 @@ async fn bad_specs_are_refused_when_applied_with_the_seed_messages_and_good_ones
 
     // Cluster sets.
     let set = json!({"apiVersion": "observability.merlionos.org/v1", "kind": "PrometheusClusterSet",
-        "metadata": {"name": format!("{ns}-set")},
+        "metadata": {"name": format!("{ns}-set"), "labels": {"tsdb-webhook-test": ns}},
         "spec": {"clusterSelector": {"matchExpressions": [{"key": "team", "operator": "Sometimes"}]}}});
-    // Sets are cluster-scoped: the configuration's namespaceSelector does not apply, so this one is checked
-    // with a dry run and kept from other tests.
+    // Sets are cluster-scoped: this one carries the test's label (the set webhook's objectSelector) and is
+    // checked with a dry run, so other tests never see it.
     let message = webhook.create(&set, true).await.expect_err("a bad selector is refused");
     assert!(
         message.contains("vprometheusclusterset.merlionos.org") && message.contains("spec.clusterSelector"),

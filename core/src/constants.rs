@@ -132,6 +132,8 @@ pub mod conditions {
     pub const HEALING_SUSPENDED: &str = "HealingSuspended";
     /// The ServiceMonitors and PodMonitors the cluster selects are all scraped (only with a monitor selector).
     pub const MONITORS_ACCEPTED: &str = "MonitorsAccepted";
+    /// Every rule of the PrometheusRules the cluster selects is loaded (only with `ruleSelector`).
+    pub const RULES_ACCEPTED: &str = "RulesAccepted";
 }
 
 /// Condition reasons (CamelCase).
@@ -142,6 +144,12 @@ pub mod reasons {
     pub const MONITORS_REFUSED: &str = "MonitorsRefused";
     /// A monitor selector is set but prometheus-operator's CRD of that kind is not installed.
     pub const MONITOR_CRD_MISSING: &str = "MonitorCrdMissing";
+    /// Every rule of the selected PrometheusRules is in the rule files.
+    pub const RULES_LOADED: &str = "RulesLoaded";
+    /// Some rules, groups or PrometheusRules are left out; the message names each field and why.
+    pub const RULES_REFUSED: &str = "RulesRefused";
+    /// `ruleSelector` is set but prometheus-operator's PrometheusRule CRD is not installed.
+    pub const RULE_CRD_MISSING: &str = "RuleCrdMissing";
     /// All replicas are ready.
     pub const ALL_REPLICAS_READY: &str = "AllReplicasReady";
     /// Some replicas are not ready yet.

@@ -255,7 +255,7 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         class_allows_expansion: obs.class_allows_expansion,
     };
     let chosen = obs.monitors.as_ref().map(|m| monitors::choose_for_cluster(pc, m)).unwrap_or_default();
-    let (plan, storage) = match plan::plan_cluster(pc, settings, &chosen.jobs, obs.children, &observed_storage) {
+    let (plan, storage) = match plan::plan_cluster(pc, settings, &chosen, obs.children, &observed_storage) {
         Ok(planned) => planned,
         Err(e) => return d.rejected(e.to_string(), sts.as_ref()),
     };
@@ -275,6 +275,8 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
     });
     let monitors_condition = pc.spec.selects_monitors().then(|| monitors_condition(pc, &chosen));
     status::set_condition(&mut status, pc, conditions::MONITORS_ACCEPTED, monitors_condition, now);
+    let rules_condition = pc.spec.rule_selector.is_some().then(|| rules_condition(&chosen));
+    status::set_condition(&mut status, pc, conditions::RULES_ACCEPTED, rules_condition, now);
     let mut events = Vec::new();
     let old_phase = pc.status.as_ref().and_then(|s| s.phase);
     if let Some(new) = status.phase
@@ -307,8 +309,9 @@ fn monitors_condition(
     chosen: &ClusterMonitors,
 ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     let own = pc.metadata.namespace.as_deref().unwrap_or_default();
-    if !chosen.missing_crds.is_empty() {
-        let kinds = chosen.missing_crds.join(" and ");
+    let missing: Vec<&str> = chosen.missing_crds.iter().copied().filter(|k| *k != "PrometheusRule").collect();
+    if !missing.is_empty() {
+        let kinds = missing.join(" and ");
         let message = format!(
             "a selector for {kinds} is set but the CRD of {kinds} (monitoring.coreos.com/v1) is not installed: \
              install prometheus-operator's CRDs; nothing of that kind is scraped until then"
@@ -343,6 +346,27 @@ fn monitors_condition(
         );
     }
     status::new_condition(conditions::MONITORS_ACCEPTED, true, reasons::MONITORS_RENDERED, message)
+}
+
+/// The `RulesAccepted` condition of a cluster with `ruleSelector`.
+fn rules_condition(chosen: &ClusterMonitors) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let condition = |ok, reason, message| status::new_condition(conditions::RULES_ACCEPTED, ok, reason, message);
+    if chosen.missing_crds.contains(&"PrometheusRule") {
+        let message = "ruleSelector is set but the PrometheusRule CRD (monitoring.coreos.com/v1) is not installed: \
+                       install prometheus-operator's CRDs; no PrometheusRule is loaded until then";
+        return condition(false, reasons::RULE_CRD_MISSING, message.to_owned());
+    }
+    let groups: usize = chosen.rule_files.iter().map(|f| f.groups).sum();
+    let rules: usize = chosen.rule_files.iter().map(|f| f.rules).sum();
+    let counted =
+        format!("{} PrometheusRules chosen, {groups} groups and {rules} rules loaded", chosen.prometheus_rules);
+    if chosen.rules_refused.is_empty() {
+        return condition(true, reasons::RULES_LOADED, counted);
+    }
+    let shown: Vec<String> = chosen.rules_refused.iter().take(REFUSALS_SHOWN).map(ToString::to_string).collect();
+    let more = chosen.rules_refused.len().saturating_sub(REFUSALS_SHOWN);
+    let more = if more > 0 { format!("; and {more} more") } else { String::new() };
+    condition(false, reasons::RULES_REFUSED, format!("{counted}; not loaded: {}{more}", shown.join("; ")))
 }
 
 /// The decisions that change nothing.

@@ -56,7 +56,7 @@ pub enum Error {
 const NO_EQUIVALENT: &str = "PrometheusCluster has no equivalent; set it up another way or drop it";
 
 /// Fields whose name and meaning are the same in both.
-const SAME: [&str; 19] = [
+const SAME: [&str; 21] = [
     "replicas",
     "image",
     "retention",
@@ -66,6 +66,8 @@ const SAME: [&str; 19] = [
     "serviceMonitorNamespaceSelector",
     "podMonitorSelector",
     "podMonitorNamespaceSelector",
+    "ruleSelector",
+    "ruleNamespaceSelector",
     "externalLabels",
     "replicaExternalLabelName",
     "scrapeInterval",
@@ -132,6 +134,7 @@ pub fn migrate(object: &Value) -> Result<Migrated, Error> {
                 spec.insert("additionalScrapeConfigs".to_owned(), json!({"secretRef": value}));
             }
             "thanos" => thanos(value, &mut spec, &mut skip),
+            "alerting" => alerting(value, &mut spec, &mut skip),
             _ => skip(field, NO_EQUIVALENT),
         }
     }
@@ -216,6 +219,36 @@ fn thanos(value: &Value, spec: &mut Map<String, Value>, skip: &mut impl FnMut(St
     spec.insert("thanos".to_owned(), Value::Object(out));
 }
 
+/// `alerting.alertmanagers`: the Service, port and plain options carry over; credentials and TLS do not yet.
+fn alerting(value: &Value, spec: &mut Map<String, Value>, skip: &mut impl FnMut(String, &str)) {
+    const CARRIED: [&str; 7] = ["namespace", "name", "port", "scheme", "pathPrefix", "apiVersion", "timeout"];
+    let mut entries = Vec::new();
+    for (key, v) in value.as_object().into_iter().flatten() {
+        if key != "alertmanagers" {
+            skip(format!("spec.alerting.{key}"), NO_EQUIVALENT);
+            continue;
+        }
+        for (i, am) in v.as_array().into_iter().flatten().enumerate() {
+            let mut entry = Map::new();
+            for (k, v) in am.as_object().into_iter().flatten() {
+                if CARRIED.contains(&k.as_str()) {
+                    entry.insert(k.clone(), v.clone());
+                } else {
+                    skip(
+                        format!("spec.alerting.alertmanagers[{i}].{k}"),
+                        "not supported for Alertmanagers yet (plain HTTP(S) without credentials): drop it or put \
+                         a proxy in front",
+                    );
+                }
+            }
+            entries.push(Value::Object(entry));
+        }
+    }
+    if !entries.is_empty() {
+        spec.insert("alerting".to_owned(), json!({"alertmanagers": entries}));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,7 +262,8 @@ mod tests {
              serviceMonitorSelector:\n    matchLabels:\n      team: frontend\n  podMonitorSelector:\n    matchLabels:\n      \
              team: frontend\n  resources:\n    requests:\n      memory: 400Mi\n  enableAdminAPI: false\n  \
              storage:\n    volumeClaimTemplate:\n      spec:\n        storageClassName: fast\n        resources:\n          \
-             requests:\n            storage: 40Gi\n  ruleSelector: {}\n",
+             requests:\n            storage: 40Gi\n  ruleSelector: {}\n  alerting:\n    alertmanagers:\n    - namespace: \
+             monitoring\n      name: alertmanager-main\n      port: web\n      bearerTokenFile: /var/token\n",
         )
         .unwrap();
         let migrated = migrate(&source).unwrap();
@@ -241,7 +275,11 @@ mod tests {
         assert_eq!(spec.storage.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(migrated.cluster.metadata.namespace.as_deref(), Some("default"));
         let names: Vec<String> = migrated.not_carried.iter().map(ToString::to_string).collect();
-        assert_eq!(names, [format!("spec.ruleSelector: {NO_EQUIVALENT}")]);
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("spec.alerting.alertmanagers[0].bearerTokenFile: not supported"), "{names:?}");
+        assert!(spec.rule_selector.is_some());
+        let am = &spec.alerting.as_ref().unwrap().alertmanagers[0];
+        assert_eq!((am.namespace.as_deref(), am.name.as_str()), (Some("monitoring"), "alertmanager-main"));
         crate::validate::validate_cluster(spec).unwrap();
     }
 

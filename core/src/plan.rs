@@ -255,17 +255,17 @@ pub fn plan_objects(
 pub fn plan_cluster(
     cluster: &PrometheusCluster,
     settings: &BuildSettings,
-    monitor_jobs: &[crate::monitors::ScrapeJob],
+    chosen: &crate::monitors::ClusterMonitors,
     observed: &BTreeMap<ChildKey, Value>,
     storage: &ObservedStorage<'_>,
 ) -> build::Result<(Plan, StorageDecision)> {
     let decision = storage::decide_storage(&cluster.spec.storage, storage);
     let desired = if decision.render == cluster.spec.storage {
-        build::build_with_monitors(cluster, settings, monitor_jobs)?
+        build::build_with_monitors(cluster, settings, chosen)?
     } else {
         let mut adjusted = cluster.clone();
         adjusted.spec.storage = decision.render.clone();
-        build::build_with_monitors(&adjusted, settings, monitor_jobs)?
+        build::build_with_monitors(&adjusted, settings, chosen)?
     };
     let mut plan = plan_objects(&desired, settings, observed)?;
     let sts_key = |k: &ChildKey| k.kind == "StatefulSet";

@@ -368,6 +368,8 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
         ("spec.serviceMonitorNamespaceSelector", &spec.service_monitor_namespace_selector),
         ("spec.podMonitorSelector", &spec.pod_monitor_selector),
         ("spec.podMonitorNamespaceSelector", &spec.pod_monitor_namespace_selector),
+        ("spec.ruleSelector", &spec.rule_selector),
+        ("spec.ruleNamespaceSelector", &spec.rule_namespace_selector),
     ];
     for (field, selector) in selectors {
         if let Some(selector) = selector {
@@ -390,6 +392,10 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
         }
     }
     check_self_healing(&mut errs, &spec.self_healing);
+    check_rule_groups(&mut errs, &spec.rule_groups);
+    if let Some(alerting) = &spec.alerting {
+        check_alerting(&mut errs, alerting);
+    }
     if spec.mode == crate::crd::Mode::Agent {
         check_agent(&mut errs, spec);
     }
@@ -809,6 +815,9 @@ fn check_agent(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
         ("spec.backup.enabled", spec.backup.enabled, "backups"),
         ("spec.thanos.enabled", spec.thanos.enabled, "the Thanos sidecar"),
         ("spec.restore", spec.restore.is_some(), "a restore"),
+        ("spec.ruleSelector", spec.rule_selector.is_some(), "rules"),
+        ("spec.ruleGroups", !spec.rule_groups.is_empty(), "rules"),
+        ("spec.alerting", spec.alerting.is_some(), "alerting"),
     ];
     for (field, set, what) in refused {
         if set {
@@ -826,6 +835,65 @@ fn check_agent(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
             &spec.image,
             format!("is Prometheus {version}, older than 2.32, which agent mode needs: use 2.32 or later"),
         ));
+    }
+}
+
+/// Every rule of `spec.ruleGroups` as Prometheus checks it ([`crate::monitors::rules`]), named by its field.
+fn check_rule_groups(errs: &mut Vec<FieldError>, groups: &[crate::monitors::RuleGroup]) {
+    if groups.is_empty() {
+        return;
+    }
+    let (_, refused) =
+        crate::monitors::rules::render_rule_file("PrometheusCluster", "spec.ruleGroups", String::new(), groups);
+    for r in refused {
+        errs.push(FieldError::invalid_value(r.field, BadValue::Elided, r.reason));
+    }
+}
+
+/// `spec.alerting.alertmanagers`: names Kubernetes accepts, a port, and values Prometheus accepts.
+fn check_alerting(errs: &mut Vec<FieldError>, alerting: &crate::crd::cluster::AlertingSpec) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    for (i, am) in alerting.alertmanagers.iter().enumerate() {
+        let field = format!("spec.alerting.alertmanagers[{i}]");
+        if let Err(reason) = names::check_dns1123_label(&am.name) {
+            errs.push(FieldError::invalid(
+                format!("{field}.name"),
+                &am.name,
+                format!("{reason}: use the Service's name"),
+            ));
+        }
+        if let Some(ns) = am.namespace.as_deref().filter(|n| !n.is_empty())
+            && let Err(reason) = names::check_dns1123_label(ns)
+        {
+            errs.push(FieldError::invalid(format!("{field}.namespace"), ns, reason));
+        }
+        match &am.port {
+            IntOrString::Int(p) if !(1..=65535).contains(p) => errs.push(FieldError::invalid_value(
+                format!("{field}.port"),
+                BadValue::Int((*p).into()),
+                "must be a port number between 1 and 65535, or the name of the Service's port",
+            )),
+            IntOrString::String(name) if names::check_dns1123_label(name).is_err() || name.len() > 15 => {
+                errs.push(FieldError::invalid(
+                    format!("{field}.port"),
+                    name,
+                    "must be the name of the Service's port (at most 15 lowercase letters, digits and '-'), or its number",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(scheme) = am.scheme.as_deref().filter(|s| !matches!(*s, "http" | "https")) {
+            errs.push(FieldError::not_supported(format!("{field}.scheme"), scheme, &["http", "https"]));
+        }
+        if let Some(version) = am.api_version.as_deref().filter(|v| *v != "v2") {
+            errs.push(FieldError::not_supported(format!("{field}.apiVersion"), version, &["v2"]));
+        }
+        if let Some(prefix) = am.path_prefix.as_deref().filter(|p| !p.is_empty() && !p.starts_with('/')) {
+            errs.push(FieldError::invalid(format!("{field}.pathPrefix"), prefix, "must start with '/'"));
+        }
+        if let Some(timeout) = &am.timeout {
+            check_duration(errs, &format!("{field}.timeout"), timeout, false, "10s");
+        }
     }
 }
 
@@ -1083,6 +1151,44 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(errors(&fine), Vec::<String>::new());
+    }
+
+    #[test]
+    fn inline_rules_and_alertmanagers_prometheus_would_refuse_are_named() {
+        let spec: PrometheusClusterSpec = serde_json::from_value(json!({
+            "ruleGroups": [{"name": "g", "rules": [
+                {"record": "ok", "expr": "sum(up)"},
+                {"alert": "Bad", "expr": "rate(x[5m]"},
+            ]}],
+            "alerting": {"alertmanagers": [
+                {"name": "Alertmanager", "port": 0, "scheme": "ftp", "apiVersion": "v1", "pathPrefix": "am",
+                 "timeout": "ten"},
+            ]},
+        }))
+        .unwrap();
+        let errs = errors(&spec);
+        for wanted in [
+            "spec.ruleGroups[0].rules[1].expr: Invalid value: \"<elided>\": is not valid PromQL",
+            "spec.alerting.alertmanagers[0].name: Invalid value: \"Alertmanager\": must be a lowercase RFC 1123 label",
+            "spec.alerting.alertmanagers[0].port: Invalid value: 0: must be a port number",
+            "spec.alerting.alertmanagers[0].scheme: Unsupported value: \"ftp\"",
+            "spec.alerting.alertmanagers[0].apiVersion: Unsupported value: \"v1\"",
+            "spec.alerting.alertmanagers[0].pathPrefix: Invalid value: \"am\": must start with '/'",
+            "spec.alerting.alertmanagers[0].timeout",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(wanted)), "no {wanted:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), 7, "{errs:#?}");
+        let agent: PrometheusClusterSpec = serde_json::from_value(json!({
+            "mode": "Agent",
+            "remoteWrite": [{"url": "http://receiver:9090/api/v1/write"}],
+            "ruleSelector": {},
+            "alerting": {"alertmanagers": [{"name": "am", "port": "web"}]},
+        }))
+        .unwrap();
+        let errs = errors(&agent);
+        assert!(errs.iter().any(|e| e.contains("spec.ruleSelector: Forbidden: an agent keeps no TSDB")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("spec.alerting: Forbidden")), "{errs:#?}");
     }
 
     #[test]

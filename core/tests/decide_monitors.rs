@@ -65,7 +65,12 @@ fn decide(
 ) -> ClusterDecision {
     let namespaces = namespaces();
     let observation = ClusterObservation {
-        monitors: Some(ObservedMonitors { service_monitors: services, pod_monitors: pods, namespaces: &namespaces }),
+        monitors: Some(ObservedMonitors {
+            service_monitors: services,
+            pod_monitors: pods,
+            prometheus_rules: None,
+            namespaces: &namespaces,
+        }),
         ..ClusterObservation::of(pc, children)
     };
     decide::decide_cluster(&observation, &settings(), now())
@@ -292,4 +297,90 @@ fn a_thousand_monitors_fit_gzipped_and_are_expanded_before_prometheus_starts() {
             "--expand-dir=/etc/prometheus/generated"
         ])
     );
+}
+
+fn prometheus_rule(name: &str, labels: &Value, groups: &Value) -> tsdb_operator_core::monitors::PrometheusRule {
+    serde_json::from_value(json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+        "metadata": {"name": name, "namespace": "monitoring", "labels": labels},
+        "spec": {"groups": groups},
+    }))
+    .expect("a PrometheusRule")
+}
+
+fn decide_with_rules(
+    pc: &PrometheusCluster,
+    rules: Option<&[tsdb_operator_core::monitors::PrometheusRule]>,
+) -> ClusterDecision {
+    let namespaces = namespaces();
+    let children = BTreeMap::new();
+    let observation = ClusterObservation {
+        monitors: Some(ObservedMonitors {
+            service_monitors: None,
+            pod_monitors: None,
+            prometheus_rules: rules,
+            namespaces: &namespaces,
+        }),
+        ..ClusterObservation::of(pc, &children)
+    };
+    decide::decide_cluster(&observation, &settings(), now())
+}
+
+#[test]
+fn selected_prometheus_rules_become_rule_files_and_a_bad_rule_is_named_while_the_rest_loads() {
+    let pc = cluster(json!({"ruleSelector": {"matchLabels": {"team": "web"}}}));
+    let good = json!([{"name": "g", "rules": [{"record": "job:up:sum", "expr": "sum by (job) (up)"}]}]);
+    let mixed = json!([{"name": "m", "rules": [
+        {"alert": "Ok", "expr": "up == 0", "for": "1m"},
+        {"alert": "Bad", "expr": "sum(up"},
+    ]}]);
+    let rules = [
+        prometheus_rule("good", &json!({"team": "web"}), &good),
+        prometheus_rule("mixed", &json!({"team": "web"}), &mixed),
+        prometheus_rule("other-team", &json!({"team": "db"}), &good),
+    ];
+    let d = decide_with_rules(&pc, Some(&rules));
+    let cm = applied(&d, "ConfigMap").expect("the ConfigMap is applied");
+    let data = cm["data"].as_object().expect("data");
+    let keys: Vec<&str> = data.keys().map(String::as_str).filter(|k| k.starts_with("rules_")).collect();
+    assert_eq!(keys, ["rules_monitoring_good.yml", "rules_monitoring_mixed.yml"]);
+    let mixed_file = data["rules_monitoring_mixed.yml"].as_str().unwrap_or_default();
+    assert!(mixed_file.contains("alert: Ok") && !mixed_file.contains("Bad"), "{mixed_file}");
+    let config = data["prometheus.yml"].as_str().unwrap_or_default();
+    assert!(config.contains("rule_files:\n- /etc/prometheus/config/rules_*.yml"), "{config}");
+    let condition = d.status.conditions.iter().find(|c| c.type_ == conditions::RULES_ACCEPTED).expect("condition");
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reasons::RULES_REFUSED));
+    assert!(
+        condition.message.starts_with("2 PrometheusRules chosen, 2 groups and 2 rules loaded; not loaded: ")
+            && condition.message.contains("PrometheusRule monitoring/mixed: spec.groups[0].rules[1].expr"),
+        "{}",
+        condition.message
+    );
+    // A selected cluster without the CRD says so and still runs.
+    let d = decide_with_rules(&pc, None);
+    let condition = d.status.conditions.iter().find(|c| c.type_ == conditions::RULES_ACCEPTED).expect("condition");
+    assert_eq!(condition.reason, reasons::RULE_CRD_MISSING);
+    assert!(applied(&d, "StatefulSet").is_some());
+    // Without the selector the condition and the files are gone.
+    let d = decide_with_rules(&cluster(json!({})), Some(&rules));
+    assert!(d.status.conditions.iter().all(|c| c.type_ != conditions::RULES_ACCEPTED));
+    let cm = applied(&d, "ConfigMap").expect("the ConfigMap is applied");
+    assert!(cm["data"].as_object().expect("data").keys().all(|k| !k.starts_with("rules_")));
+}
+
+#[test]
+fn alertmanagers_get_discovery_rights_and_a_bad_inline_rule_refuses_the_spec() {
+    let pc = cluster(json!({"alerting": {"alertmanagers": [{"name": "alertmanager", "port": "web"}]}}));
+    let d = decide_with_rules(&pc, None);
+    for kind in ["ServiceAccount", "Role", "RoleBinding"] {
+        assert!(applied(&d, kind).is_some(), "{kind} for the Alertmanager discovery");
+    }
+    let sts = applied(&d, "StatefulSet").expect("the StatefulSet");
+    assert_eq!(sts.pointer("/spec/template/spec/serviceAccountName"), Some(&json!("web-discovery")));
+    let bad = cluster(json!({"ruleGroups": [{"name": "g", "rules": [{"alert": "A", "expr": "up ==="}]}]}));
+    let d = decide_with_rules(&bad, None);
+    let decide::Outcome::Rejected { message } = &d.outcome else {
+        unreachable!("a bad inline rule must refuse the spec, got {:?}", d.outcome)
+    };
+    assert!(message.contains("spec.ruleGroups[0].rules[0].expr"), "{message}");
 }

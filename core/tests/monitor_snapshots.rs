@@ -46,3 +46,22 @@ fn every_pod_monitor_renders_the_reviewed_scrape_jobs() {
         });
     }
 }
+
+#[test]
+fn every_prometheus_rule_renders_the_reviewed_rule_file() {
+    use tsdb_operator_core::monitors::PrometheusRule;
+    use tsdb_operator_core::monitors::rules::{RULE_FILES_BUDGET, render_prometheus_rules};
+    for (name, rule) in common::objects::<PrometheusRule>("prometheusrules") {
+        let (files, refused) = render_prometheus_rules(&[&rule], RULE_FILES_BUDGET);
+        let content = files.first().map(|f| f.content.clone()).unwrap_or_default();
+        let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        insta::with_settings!({
+            snapshot_path => "../../snapshots/monitors",
+            prepend_module_to_snapshot => false,
+            description => format!("fixtures/prometheusrules/{name}.yaml"),
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(format!("rule__{name}"), format!("{content}---\nrefused:\n{}", refused.join("\n")));
+        });
+    }
+}

@@ -103,6 +103,10 @@ fn render_into(cluster: &PrometheusCluster, root: &str) -> String {
     if let Some(inline) = &files.inline_scrape_configs_yml {
         write(&rooted.inline_scrape_file(), inline);
     }
+    assert_eq!(files.rule_files, in_pod.rule_files);
+    for (key, content) in &files.rule_files {
+        write(&format!("{}/{key}", rooted.config_dir), content);
+    }
     for secret in config::remote_write_secrets(&ctx) {
         for key in [config::BASIC_AUTH_USERNAME_KEY, config::BASIC_AUTH_PASSWORD_KEY, config::BEARER_TOKEN_KEY] {
             write(&rooted.secret_file(&secret, key), "dummy");
@@ -171,6 +175,51 @@ fn scrape_jobs_rendered_from_service_and_pod_monitors_pass_promtool_of_2_x_and_3
             String::from_utf8_lossy(&out.stderr),
         );
     }
+}
+
+#[test]
+fn rule_files_rendered_from_prometheus_rules_pass_promtool_of_2_x_and_3_x() {
+    use tsdb_operator_core::monitors::PrometheusRule;
+    use tsdb_operator_core::monitors::rules::{RULE_FILES_BUDGET, render_prometheus_rules};
+    let objects = common::objects::<PrometheusRule>("prometheusrules");
+    let refs: Vec<&PrometheusRule> = objects.iter().map(|(_, r)| r).collect();
+    let (files, refused) = render_prometheus_rules(&refs, RULE_FILES_BUDGET);
+    // broken.yaml: three bad rules and one unsupported group refused; its good rule still loads.
+    let fields: Vec<&str> = refused.iter().map(|r| r.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.groups[0].rules[1].expr",
+            "spec.groups[0].rules[2].record",
+            "spec.groups[0].rules[3].for",
+            "spec.groups[1].partial_response_strategy"
+        ]
+    );
+    assert_eq!(files.len(), 3);
+    let dir = TempDir::new("prometheus-rules");
+    let mut paths = Vec::new();
+    for file in &files {
+        let path = format!("{}/{}", dir.path(), file.key);
+        write(&path, &file.content);
+        paths.push(path);
+    }
+    for promtool in [binary("promtool", 2), binary("promtool", 3)] {
+        let out = Command::new(&promtool).args(["check", "rules"]).args(&paths).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} check rules failed:\n{}{}",
+            promtool.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+    }
+    // The refusals are real: the original broken object, written as it is, fails promtool.
+    let (_, broken) = objects.iter().find(|(n, _)| n == "broken").unwrap();
+    let raw = serde_yaml::to_string(&serde_json::json!({"groups": broken.spec.groups})).unwrap();
+    let raw_path = format!("{}/raw.yml", dir.path());
+    write(&raw_path, &raw);
+    let out = Command::new(binary("promtool", 3)).args(["check", "rules", &raw_path]).output().unwrap();
+    assert!(!out.status.success(), "promtool accepts the unfiltered broken rules");
 }
 
 #[test]

@@ -158,7 +158,7 @@ pub async fn run(
         let refs: Vec<reflector::ObjectRef<PrometheusCluster>> = selecting
             .state()
             .iter()
-            .filter(|pc| pc.spec.selects_monitors())
+            .filter(|pc| pc.spec.selects_prometheus_operator_objects())
             .map(|pc| reflector::ObjectRef::from_obj(pc.as_ref()))
             .collect();
         futures::stream::iter(refs)
@@ -389,7 +389,7 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         },
         observe_reload_problems(ctx, &pods),
     );
-    let monitors = pc.spec.selects_monitors().then(|| ctx.monitors.snapshot(&ns));
+    let monitors = pc.spec.selects_prometheus_operator_objects().then(|| ctx.monitors.snapshot(&ns));
     let observation = ClusterObservation {
         cluster: pc,
         children: &children,

@@ -1,4 +1,5 @@
-//! prometheus-operator's ServiceMonitors and PodMonitors (`monitoring.coreos.com/v1`) and the namespaces' labels,
+//! prometheus-operator's ServiceMonitors, PodMonitors and PrometheusRules (`monitoring.coreos.com/v1`) and the
+//! namespaces' labels,
 //! kept current for the cluster controller. I/O: the Kubernetes API.
 //!
 //! # Guarantees
@@ -7,8 +8,9 @@
 //!   condition); a CRD installed or removed while the operator runs is noticed without a restart.
 //! - One monitor the operator cannot decode is logged and skipped; it never stops the others (the watch reads
 //!   objects untyped and decodes them one at a time).
-//! - Every change of a monitor or of a namespace's labels reconciles the clusters that select monitors, so a new
-//!   ServiceMonitor is scraped after one reconcile and a config reload, without a pod restart.
+//! - Every change of a monitor, a PrometheusRule or a namespace's labels reconciles the clusters that select any,
+//!   so a new ServiceMonitor is scraped (or a PrometheusRule loaded) after one reconcile and a config reload,
+//!   without a pod restart.
 //!
 //! Memory: the decoded monitors (without `managedFields`) and the namespaces' labels, once for all clusters.
 
@@ -23,7 +25,7 @@ use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
-use tsdb_operator_core::monitors::{ObservedMonitors, PodMonitor, ServiceMonitor};
+use tsdb_operator_core::monitors::{ObservedMonitors, PodMonitor, PrometheusRule, ServiceMonitor};
 
 use super::{Context, watch_backoff, watch_config};
 
@@ -37,6 +39,7 @@ type Objects<T> = BTreeMap<(String, String), T>;
 pub struct MonitorCache {
     service_monitors: RwLock<Option<Objects<ServiceMonitor>>>,
     pod_monitors: RwLock<Option<Objects<PodMonitor>>>,
+    prometheus_rules: RwLock<Option<Objects<PrometheusRule>>>,
     namespaces: RwLock<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
@@ -45,6 +48,7 @@ pub struct MonitorCache {
 pub struct MonitorSnapshot {
     service_monitors: Option<Vec<ServiceMonitor>>,
     pod_monitors: Option<Vec<PodMonitor>>,
+    prometheus_rules: Option<Vec<PrometheusRule>>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -54,6 +58,7 @@ impl MonitorSnapshot {
         ObservedMonitors {
             service_monitors: self.service_monitors.as_deref(),
             pod_monitors: self.pod_monitors.as_deref(),
+            prometheus_rules: self.prometheus_rules.as_deref(),
             namespaces: &self.namespaces,
         }
     }
@@ -80,6 +85,7 @@ impl MonitorCache {
         MonitorSnapshot {
             service_monitors: values(read(&self.service_monitors)),
             pod_monitors: values(read(&self.pod_monitors)),
+            prometheus_rules: values(read(&self.prometheus_rules)),
             namespaces,
         }
     }
@@ -90,12 +96,13 @@ impl MonitorCache {
 pub async fn run(ctx: Arc<Context>, cache: Arc<MonitorCache>, changed: UnboundedSender<()>) {
     let services = watch_kind::<ServiceMonitor>(&ctx, &cache.service_monitors, "servicemonitors", &changed);
     let pods = watch_kind::<PodMonitor>(&ctx, &cache.pod_monitors, "podmonitors", &changed);
+    let rules = watch_kind::<PrometheusRule>(&ctx, &cache.prometheus_rules, "prometheusrules", &changed);
     let namespaces = async {
         if ctx.namespace.is_none() {
             watch_namespaces(&ctx, &cache.namespaces, &changed).await;
         }
     };
-    tokio::join!(services, pods, namespaces);
+    tokio::join!(services, pods, rules, namespaces);
 }
 
 fn resource(kind: &str, plural: &str) -> ApiResource {

@@ -63,7 +63,12 @@ fn render(n: usize, iterations: usize) -> Result<Rendered> {
     let all = monitors(n)?;
     let pc = cluster()?;
     let namespaces = BTreeMap::from([("monitoring".to_owned(), BTreeMap::new())]);
-    let observed = ObservedMonitors { service_monitors: Some(&all), pod_monitors: Some(&[]), namespaces: &namespaces };
+    let observed = ObservedMonitors {
+        service_monitors: Some(&all),
+        pod_monitors: Some(&[]),
+        prometheus_rules: None,
+        namespaces: &namespaces,
+    };
     let settings = BuildSettings::default();
     let mut times = Vec::with_capacity(iterations);
     let mut config_map = k8s_openapi::api::core::v1::ConfigMap::default();
@@ -71,7 +76,7 @@ fn render(n: usize, iterations: usize) -> Result<Rendered> {
     for _ in 0..iterations.max(1) {
         let started = Instant::now();
         let chosen = choose_for_cluster(&pc, &observed);
-        let desired = build::build_with_monitors(&pc, &settings, &chosen.jobs)?;
+        let desired = build::build_with_monitors(&pc, &settings, &chosen)?;
         times.push(started.elapsed());
         if chosen.jobs.len() + chosen.refused.len() != n {
             bail!("{} jobs and {} refused for {n} monitors", chosen.jobs.len(), chosen.refused.len());

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_core::decide::{self, ClusterObservation, Outcome};
-use tsdb_operator_core::monitors::{ObservedMonitors, PodMonitor, ServiceMonitor};
+use tsdb_operator_core::monitors::{ObservedMonitors, PodMonitor, PrometheusRule, ServiceMonitor};
 use tsdb_operator_core::plan::{ChildKey, Step};
 use tsdb_operator_core::storage::{self, ObservedClaim};
 use tsdb_operator_core::validate;
@@ -345,7 +345,7 @@ fn observed_for(pc: &PrometheusCluster, observed: &[Value]) -> BTreeMap<ChildKey
         .collect()
 }
 
-/// The ServiceMonitors, PodMonitors and Namespaces among the observed documents (documents of a kind that does
+/// The ServiceMonitors, PodMonitors, PrometheusRules and Namespaces among the observed documents (documents of a kind that does
 /// not decode are reported). Without any, no monitor is chosen.
 fn observed_monitors(observed: &[Value]) -> Result<Monitors> {
     let of_kind =
@@ -362,6 +362,10 @@ fn observed_monitors(observed: &[Value]) -> Result<Monitors> {
     for (o, id) in of_kind("PodMonitor").map(decode) {
         pods.push(serde_json::from_value(o).with_context(|| format!("PodMonitor {id}"))?);
     }
+    let mut rules = Vec::new();
+    for (o, id) in of_kind("PrometheusRule").map(decode) {
+        rules.push(serde_json::from_value(o).with_context(|| format!("PrometheusRule {id}"))?);
+    }
     let namespaces = of_kind("Namespace")
         .filter_map(|o| {
             let name = o.pointer("/metadata/name").and_then(Value::as_str)?.to_owned();
@@ -369,13 +373,14 @@ fn observed_monitors(observed: &[Value]) -> Result<Monitors> {
             Some((name, labels.unwrap_or_default()))
         })
         .collect();
-    Ok(Monitors { services, pods, namespaces })
+    Ok(Monitors { services, pods, rules, namespaces })
 }
 
 /// The monitors and namespaces among the observed documents.
 struct Monitors {
     services: Vec<ServiceMonitor>,
     pods: Vec<PodMonitor>,
+    rules: Vec<PrometheusRule>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -384,6 +389,7 @@ impl Monitors {
         ObservedMonitors {
             service_monitors: Some(&self.services),
             pod_monitors: Some(&self.pods),
+            prometheus_rules: Some(&self.rules),
             namespaces: &self.namespaces,
         }
     }

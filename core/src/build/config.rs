@@ -117,9 +117,56 @@ pub struct PrometheusConfig {
     /// `scrape_config_files`: the additional scrape configs (inline file or mounted Secret key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scrape_config_files: Vec<String>,
+    /// `rule_files`: the rule files in the ConfigMap, by a glob, when the cluster has rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_files: Vec<String>,
+    /// `alerting`, with `spec.alerting.alertmanagers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<AlertingConfig>,
     /// `remote_write`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_write: Vec<RemoteWriteConfig>,
+}
+
+/// `alerting` of `prometheus.yml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertingConfig {
+    /// `alertmanagers`: one entry per `spec.alerting.alertmanagers` entry.
+    pub alertmanagers: Vec<AlertmanagerConfig>,
+}
+
+/// One `alertmanagers` entry: the endpoints of one Service, found by Kubernetes service discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertmanagerConfig {
+    /// `scheme`.
+    pub scheme: String,
+    /// `path_prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// `timeout`.
+    pub timeout: String,
+    /// `api_version`.
+    pub api_version: String,
+    /// `kubernetes_sd_configs`: the endpoints of the Service's namespace.
+    pub kubernetes_sd_configs: Vec<EndpointsSd>,
+    /// `relabel_configs`: keep the Service's endpoints on its port.
+    pub relabel_configs: Vec<crate::monitors::Relabel>,
+}
+
+/// A `kubernetes_sd_configs` entry of role `endpoints` in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointsSd {
+    /// `role`: `endpoints`.
+    pub role: String,
+    /// `namespaces`.
+    pub namespaces: SdNamespaces,
+}
+
+/// `namespaces` of a `kubernetes_sd_configs` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdNamespaces {
+    /// `names`.
+    pub names: Vec<String>,
 }
 
 /// `global` of `prometheus.yml`.
@@ -250,6 +297,8 @@ pub struct ConfigFiles {
     /// `monitor-scrape-configs.yml`, only when the cluster selects monitors (then always, with no jobs as an
     /// empty list, so that `prometheus.yml` does not change as monitors come and go).
     pub monitor_scrape_configs_yml: Option<String>,
+    /// The rule files (ConfigMap key, content): `spec.ruleGroups`' and the selected PrometheusRules'.
+    pub rule_files: Vec<(String, String)>,
 }
 
 /// Where the additional scrape configs come from, once checked.
@@ -286,6 +335,11 @@ pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> R
         scrape_config_files.push(paths.monitor_scrape_file());
     }
 
+    let rule_files = if spec.has_rules() {
+        vec![format!("{}/{}", paths.config_dir, crate::monitors::rules::RULE_FILES_GLOB)]
+    } else {
+        Vec::new()
+    };
     Ok(PrometheusConfig {
         global: GlobalConfig {
             scrape_interval: scrape_interval.to_owned(),
@@ -297,8 +351,51 @@ pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> R
             static_configs: vec![StaticTargets { targets: vec![format!("localhost:{}", ports::PROMETHEUS)] }],
         }],
         scrape_config_files,
+        rule_files,
+        alerting: alerting(ctx),
         remote_write: remote_write(ctx, paths)?,
     })
+}
+
+/// `alerting`: per Alertmanager Service, its endpoints in its namespace, kept by Service name and port (by name,
+/// or by number in the address), as prometheus-operator renders `alerting.alertmanagers`.
+fn alerting(ctx: &BuildContext<'_>) -> Option<AlertingConfig> {
+    let spec = ctx.cluster.spec.alerting.as_ref().filter(|a| !a.alertmanagers.is_empty())?;
+    let own = ctx.namespace.unwrap_or_default();
+    let alertmanagers = spec
+        .alertmanagers
+        .iter()
+        .map(|am| {
+            let keep = |source: &str, regex: String| crate::monitors::Relabel {
+                source_labels: vec![source.to_owned()],
+                regex: Some(regex),
+                action: Some("keep".to_owned()),
+                ..crate::monitors::Relabel::default()
+            };
+            let port = match &am.port {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => {
+                    keep("__meta_kubernetes_endpoint_port_name", name.clone())
+                }
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(number) => {
+                    keep("__address__", format!(".+:{number}"))
+                }
+            };
+            AlertmanagerConfig {
+                scheme: am.scheme.clone().unwrap_or_else(|| "http".to_owned()),
+                path_prefix: am.path_prefix.clone().filter(|p| !p.is_empty() && p != "/"),
+                timeout: am.timeout.clone().unwrap_or_else(|| "10s".to_owned()),
+                api_version: am.api_version.clone().unwrap_or_else(|| "v2".to_owned()),
+                kubernetes_sd_configs: vec![EndpointsSd {
+                    role: "endpoints".to_owned(),
+                    namespaces: SdNamespaces {
+                        names: vec![am.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| own.to_owned())],
+                    },
+                }],
+                relabel_configs: vec![keep("__meta_kubernetes_service_name", am.name.clone()), port],
+            }
+        })
+        .collect();
+    Some(AlertingConfig { alertmanagers })
 }
 
 /// Renders `prometheus.yml` and the inline scrape configs file for files under `paths`.
@@ -317,7 +414,20 @@ pub fn build_config_files(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result
     } else {
         None
     };
-    Ok(ConfigFiles { prometheus_yml, inline_scrape_configs_yml, monitor_scrape_configs_yml })
+    let mut rule_files = Vec::with_capacity(ctx.rule_files.len() + 1);
+    if !ctx.cluster.spec.rule_groups.is_empty() {
+        let (object, field) = ("PrometheusCluster", "spec.ruleGroups");
+        let key = crate::monitors::rules::INLINE_RULES_KEY.to_owned();
+        match crate::monitors::rules::render_rule_file(object, field, key, &ctx.cluster.spec.rule_groups) {
+            (Some(file), refused) if refused.is_empty() => rule_files.push((file.key, file.content)),
+            (_, refused) => {
+                let reasons: Vec<String> = refused.iter().map(|r| format!("{}: {}", r.field, r.reason)).collect();
+                return Err(Error::InvalidRules { reasons: reasons.join("; ") });
+            }
+        }
+    }
+    rule_files.extend(ctx.rule_files.iter().map(|f| (f.key.clone(), f.content.clone())));
+    Ok(ConfigFiles { prometheus_yml, inline_scrape_configs_yml, monitor_scrape_configs_yml, rule_files })
 }
 
 /// Renders the ConfigMap `<name>-config` with the files for the pod's paths.
@@ -327,6 +437,7 @@ pub fn build_config_map(ctx: &BuildContext<'_>) -> Result<ConfigMap> {
     if let Some(inline) = files.inline_scrape_configs_yml {
         data.insert(INLINE_SCRAPE_KEY.to_owned(), inline);
     }
+    data.extend(files.rule_files);
     let mut binary_data = None;
     if let Some(monitors) = files.monitor_scrape_configs_yml {
         if monitors.len() <= crate::monitors::MONITOR_FILE_BUDGET {
@@ -548,7 +659,10 @@ fn check_secret_key(field: &str, key: &str) -> Result<()> {
 /// on every reconcile, and serde_yaml's emitter cost more than the rest of the ConfigMap.
 fn plain_yaml(config: &PrometheusConfig) -> Option<String> {
     // Destructured in full, so that a new field does not go unwritten.
-    let PrometheusConfig { global, scrape_configs, scrape_config_files, remote_write } = config;
+    let PrometheusConfig { global, scrape_configs, scrape_config_files, rule_files, alerting, remote_write } = config;
+    if alerting.is_some() {
+        return None;
+    }
     let GlobalConfig { scrape_interval, evaluation_interval, external_labels } = global;
     let mut out = String::with_capacity(512);
     let o = &mut out;
@@ -588,6 +702,12 @@ fn plain_yaml(config: &PrometheusConfig) -> Option<String> {
     if !scrape_config_files.is_empty() {
         yaml_line(o, "", "scrape_config_files", None)?;
         for file in scrape_config_files {
+            yaml_item(o, "", file)?;
+        }
+    }
+    if !rule_files.is_empty() {
+        yaml_line(o, "", "rule_files", None)?;
+        for file in rule_files {
             yaml_item(o, "", file)?;
         }
     }
@@ -719,6 +839,8 @@ mod tests {
                 static_configs: vec![StaticTargets { targets: vec![s(3), s(4)] }],
             }],
             scrape_config_files: if auth.is_multiple_of(2) { vec![s(5)] } else { vec![] },
+            rule_files: if auth.is_multiple_of(5) { vec![s(11)] } else { vec![] },
+            alerting: None,
             remote_write: vec![RemoteWriteConfig {
                 url: s(6),
                 name: (!auth.is_multiple_of(3)).then(|| s(7)),

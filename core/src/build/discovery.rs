@@ -1,7 +1,7 @@
 //! Part of the **build** step: what a cluster that scrapes prometheus-operator's monitors needs for Kubernetes
 //! service discovery. Pure: no I/O.
 //!
-//! With `serviceMonitorSelector` or `podMonitorSelector` set, Prometheus watches Services, Endpoints and Pods
+//! With `serviceMonitorSelector` or `podMonitorSelector` set, or Alertmanagers in `spec.alerting`, Prometheus watches Services, Endpoints and Pods
 //! through the API server as its pods' ServiceAccount. The operator renders:
 //! - the ServiceAccount `<name>-discovery`, unless `spec.serviceAccountName` names the user's own;
 //! - the Role `<name>-discovery`: `list` and `watch` of `services`, `endpoints` and `pods` in the cluster's
@@ -33,18 +33,19 @@ pub fn discovery_name(cluster: &str) -> String {
 }
 
 /// The ServiceAccount the pods run as: `spec.serviceAccountName`; else, when the cluster selects monitors, the
-/// operator's `<name>-discovery`; else none (the namespace's `default`).
+/// or has Alertmanagers, the operator's `<name>-discovery`; else none (the namespace's `default`).
 pub fn pod_service_account(ctx: &BuildContext<'_>) -> Option<String> {
     let spec = &ctx.cluster.spec;
     match spec.service_account_name.as_deref().filter(|s| !s.is_empty()) {
         Some(own) => Some(own.to_owned()),
-        None => spec.selects_monitors().then(|| discovery_name(ctx.name)),
+        None => spec.uses_kubernetes_sd().then(|| discovery_name(ctx.name)),
     }
 }
 
-/// Renders the discovery objects; `None` when the cluster selects no monitors.
+/// Renders the discovery objects; `None` when the cluster uses no Kubernetes service discovery (no monitor
+/// selector, no Alertmanagers).
 pub fn build_discovery(ctx: &BuildContext<'_>) -> Option<DiscoveryObjects> {
-    if !ctx.cluster.spec.selects_monitors() {
+    if !ctx.cluster.spec.uses_kubernetes_sd() {
         return None;
     }
     let name = discovery_name(ctx.name);

@@ -227,6 +227,12 @@ impl serde::Serialize for DesiredObject<'_> {
 /// Why a cluster could not be rendered. Each variant names the field at fault and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// A rule of `spec.ruleGroups` would be refused by Prometheus.
+    #[error("failed to build: spec.ruleGroups has rules Prometheus would refuse: {reasons}")]
+    InvalidRules {
+        /// Each refused rule's field and reason.
+        reasons: String,
+    },
     /// The cluster has no `metadata.name`.
     #[error("failed to build: the PrometheusCluster has no metadata.name")]
     MissingName,
@@ -368,6 +374,7 @@ impl Error {
             Error::InvalidAdditionalScrapeConfigs { .. } | Error::InvalidInlineScrapeConfigs { .. } => {
                 "InvalidAdditionalScrapeConfigs"
             }
+            Error::InvalidRules { .. } => "InvalidRules",
             Error::Serialize { .. } => "Serialize",
         }
     }
@@ -398,8 +405,11 @@ pub struct BuildContext<'a> {
     /// Thanos image.
     pub thanos_image: &'a str,
     /// The scrape jobs of the prometheus-operator monitors the cluster selects
-    /// ([`crate::monitors::choose_for_cluster`]); empty unless given with [`BuildContext::with_monitor_jobs`].
+    /// ([`crate::monitors::choose_for_cluster`]); empty unless given with [`BuildContext::with_chosen`].
     pub monitor_jobs: &'a [crate::monitors::ScrapeJob],
+    /// The rule files of the PrometheusRules the cluster selects; empty unless given with
+    /// [`BuildContext::with_chosen`].
+    pub rule_files: &'a [crate::monitors::RuleFile],
 }
 
 impl<'a> BuildContext<'a> {
@@ -427,13 +437,15 @@ impl<'a> BuildContext<'a> {
             storage_size,
             thanos_image,
             monitor_jobs: &[],
+            rule_files: &[],
         })
     }
 
-    /// The context with the scrape jobs of the monitors the cluster selects.
+    /// The context with the scrape jobs and rule files of the monitors and PrometheusRules the cluster selects.
     #[must_use]
-    pub fn with_monitor_jobs(mut self, jobs: &'a [crate::monitors::ScrapeJob]) -> Self {
-        self.monitor_jobs = jobs;
+    pub fn with_chosen(mut self, chosen: &'a crate::monitors::ClusterMonitors) -> Self {
+        self.monitor_jobs = &chosen.jobs;
+        self.rule_files = &chosen.rule_files;
         self
     }
 
@@ -500,20 +512,21 @@ impl<'a> BuildContext<'a> {
 /// See [`Error`]: the spec asks for something that cannot be rendered into objects Kubernetes and Prometheus
 /// accept.
 pub fn build(cluster: &PrometheusCluster, settings: &BuildSettings) -> Result<DesiredObjects> {
-    build_with_monitors(cluster, settings, &[])
+    build_with_monitors(cluster, settings, &crate::monitors::ClusterMonitors::default())
 }
 
-/// [`build`] with the scrape jobs of the prometheus-operator monitors the cluster selects
-/// ([`crate::monitors::choose_for_cluster`]), written to the ConfigMap's `monitor-scrape-configs.yml`.
+/// [`build`] with what the cluster's selectors chose of prometheus-operator's objects
+/// ([`crate::monitors::choose_for_cluster`]): the monitors' scrape jobs, written to the ConfigMap's
+/// `monitor-scrape-configs.yml`, and the PrometheusRules' rule files (`rules_<namespace>_<name>.yml`).
 ///
 /// # Errors
 /// As [`build`].
 pub fn build_with_monitors(
     cluster: &PrometheusCluster,
     settings: &BuildSettings,
-    monitor_jobs: &[crate::monitors::ScrapeJob],
+    chosen: &crate::monitors::ClusterMonitors,
 ) -> Result<DesiredObjects> {
-    let ctx = BuildContext::new(cluster, settings)?.with_monitor_jobs(monitor_jobs);
+    let ctx = BuildContext::new(cluster, settings)?.with_chosen(chosen);
     Ok(DesiredObjects {
         config_map: config::build_config_map(&ctx)?,
         service: service::build_service(&ctx),

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -146,6 +147,29 @@ pub struct PrometheusClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_monitor_namespace_selector: Option<LabelSelector>,
 
+    /// prometheus-operator's `PrometheusRule`s to load as rule files, by their labels; as `serviceMonitorSelector`.
+    /// Each rule is checked as Prometheus checks it: one it would refuse is left out and named in the
+    /// `RulesAccepted` condition, and the others still load. Needs the PrometheusRule CRD installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_selector: Option<LabelSelector>,
+
+    /// Namespaces whose PrometheusRules `ruleSelector` may choose; as `serviceMonitorNamespaceSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_namespace_selector: Option<LabelSelector>,
+
+    /// Recording and alerting rule groups written in the spec, in prometheus-operator's (and Prometheus')
+    /// format: `name`, `interval`, `limit`, `query_offset` and `rules` of `record`/`alert`, `expr`, `for`,
+    /// `keep_firing_for`, `labels`, `annotations`. Checked when the spec is admitted: a rule Prometheus would refuse
+    /// refuses the spec, naming the rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_ITEMS))]
+    pub rule_groups: Vec<crate::monitors::RuleGroup>,
+
+    /// Where the alerts go: Alertmanagers found through the endpoints of their Services, as prometheus-operator's
+    /// `alerting.alertmanagers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<AlertingSpec>,
+
     /// Stop all changes to this cluster's objects. The operator keeps reporting status and says that it is paused
     /// in the `Paused` condition.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -219,7 +243,64 @@ pub struct PrometheusClusterSpec {
     pub restore: Option<RestoreSpec>,
 }
 
+/// `spec.alerting`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertingSpec {
+    /// The Alertmanagers to send alerts to.
+    #[schemars(length(max = limits::MAX_ITEMS))]
+    pub alertmanagers: Vec<AlertmanagerEndpoints>,
+}
+
+/// The Alertmanagers behind one Service: Prometheus discovers the Service's endpoints (the cluster's discovery
+/// ServiceAccount lists them) and sends alerts to each.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertmanagerEndpoints {
+    /// Namespace of the Service (default: the cluster's). Another namespace needs the cluster's ServiceAccount
+    /// bound to list endpoints there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_NAME))]
+    pub namespace: Option<String>,
+    /// Name of the Service.
+    #[schemars(length(max = limits::MAX_NAME))]
+    pub name: String,
+    /// The Service port, by name or number.
+    pub port: IntOrString,
+    /// `http` (default) or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Path prefix of Alertmanager's API (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_SHORT))]
+    pub path_prefix: Option<String>,
+    /// Alertmanager API version, `v2` (default; Alertmanager 0.16 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Timeout of a push to Alertmanager (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(([0-9]+)(ms|s|m|h|d|w|y))+$"), length(max = limits::MAX_SHORT))]
+    pub timeout: Option<String>,
+}
+
 impl PrometheusClusterSpec {
+    /// Whether the cluster selects any of prometheus-operator's objects (monitors or PrometheusRules): its
+    /// decisions then need them observed ([`crate::monitors::ObservedMonitors`]).
+    pub fn selects_prometheus_operator_objects(&self) -> bool {
+        self.selects_monitors() || self.rule_selector.is_some()
+    }
+
+    /// Whether the cluster loads rule files (`ruleSelector` or `spec.ruleGroups` set).
+    pub fn has_rules(&self) -> bool {
+        self.rule_selector.is_some() || !self.rule_groups.is_empty()
+    }
+
+    /// Whether the cluster's Prometheus uses Kubernetes service discovery (monitor selectors or Alertmanagers),
+    /// and so needs a ServiceAccount that may list and watch endpoints.
+    pub fn uses_kubernetes_sd(&self) -> bool {
+        self.selects_monitors() || self.alerting.as_ref().is_some_and(|a| !a.alertmanagers.is_empty())
+    }
+
     /// Whether the cluster scrapes prometheus-operator's monitors (`serviceMonitorSelector` or
     /// `podMonitorSelector` set): its Prometheus then needs the Kubernetes API (a ServiceAccount with discovery
     /// rights) and `scrape_config_files` (Prometheus 2.43 or later).
@@ -247,6 +328,10 @@ impl Default for PrometheusClusterSpec {
             service_monitor_namespace_selector: None,
             pod_monitor_selector: None,
             pod_monitor_namespace_selector: None,
+            rule_selector: None,
+            rule_namespace_selector: None,
+            rule_groups: Vec::new(),
+            alerting: None,
             paused: false,
             scrape_interval: default_interval(),
             evaluation_interval: default_interval(),

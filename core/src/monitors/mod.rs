@@ -19,10 +19,12 @@
 //! render them (sorted by namespace and name, so the output is stable) and list what they refused.
 
 mod render;
+pub mod rules;
 mod types;
 
 pub use render::{KubernetesSd, Refused, Relabel, ScrapeJob, ScrapeJobs, build_pod_monitor_jobs, build_scrape_jobs};
 pub(crate) use render::{check_relabel, relabel};
+pub use rules::{PrometheusRule, PrometheusRuleSpec, Rule, RuleFile, RuleGroup};
 pub use types::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +70,8 @@ pub struct ObservedMonitors<'a> {
     pub service_monitors: Option<&'a [ServiceMonitor]>,
     /// Every PodMonitor the operator may read; `None` when the PodMonitor CRD is not installed.
     pub pod_monitors: Option<&'a [PodMonitor]>,
+    /// Every PrometheusRule the operator may read; `None` when the PrometheusRule CRD is not installed.
+    pub prometheus_rules: Option<&'a [PrometheusRule]>,
     /// The labels of every namespace, for the namespace selectors.
     pub namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -84,7 +88,13 @@ pub struct ClusterMonitors {
     pub jobs: Vec<ScrapeJob>,
     /// Monitors and endpoints not rendered, with the reason.
     pub refused: Vec<Refused>,
-    /// Kinds a selector asks for whose CRD is not installed (`ServiceMonitor`, `PodMonitor`).
+    /// PrometheusRules chosen by `ruleSelector`.
+    pub prometheus_rules: usize,
+    /// Their rule files (those with anything left to load), each keyed by its ConfigMap key.
+    pub rule_files: Vec<RuleFile>,
+    /// Rules, groups and PrometheusRules not loaded, with the reason.
+    pub rules_refused: Vec<Refused>,
+    /// Kinds a selector asks for whose CRD is not installed (`ServiceMonitor`, `PodMonitor`, `PrometheusRule`).
     pub missing_crds: Vec<&'static str>,
     /// Namespaces other than the cluster's own that the jobs discover targets in (sorted); the discovery Role the
     /// operator creates covers the cluster's own namespace only.
@@ -94,12 +104,12 @@ pub struct ClusterMonitors {
 }
 
 /// Most bytes `monitor-scrape-configs.yml` may take in the ConfigMap (a ConfigMap holds at most 1 MiB, shared with
-/// `prometheus.yml` and the inline scrape configs). A larger file is stored gzipped (about 30 times smaller for
+/// `prometheus.yml`, the inline scrape configs and the rule files, [`rules::RULE_FILES_BUDGET`]). A larger file is stored gzipped (about 30 times smaller for
 /// typical monitors), and only jobs beyond what even that holds are refused.
-pub const MONITOR_FILE_BUDGET: usize = 896 * 1024;
+pub const MONITOR_FILE_BUDGET: usize = 640 * 1024;
 
-/// The monitors `cluster`'s selectors choose among `observed`, rendered into scrape jobs; the refusals and the
-/// CRDs that are missing. A cluster without monitor selectors gets an empty result.
+/// The monitors and PrometheusRules `cluster`'s selectors choose among `observed`, rendered into scrape jobs and
+/// rule files; the refusals and the CRDs that are missing. A cluster without such selectors gets an empty result.
 pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>) -> ClusterMonitors {
     let spec = &cluster.spec;
     let own = cluster.metadata.namespace.as_deref().unwrap_or_default();
@@ -132,6 +142,17 @@ pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonito
                 rendered.refused.extend(pods.refused);
             }
             None => out.missing_crds.push("PodMonitor"),
+        }
+    }
+    if let Some(selector) = &spec.rule_selector {
+        match observed.prometheus_rules {
+            Some(all) => {
+                let chosen =
+                    select(all, Some(selector), spec.rule_namespace_selector.as_ref(), own, observed.namespaces);
+                out.prometheus_rules = chosen.len();
+                (out.rule_files, out.rules_refused) = rules::render_prometheus_rules(&chosen, rules::RULE_FILES_BUDGET);
+            }
+            None => out.missing_crds.push("PrometheusRule"),
         }
     }
     for sd in rendered.jobs.iter().flat_map(|j| &j.kubernetes_sd_configs) {

@@ -31,6 +31,19 @@ pub fn check_dns1123_subdomain(name: &str) -> Result<(), String> {
     if name.split('.').all(part_ok) { Ok(()) } else { Err(RULE.to_owned()) }
 }
 
+/// A DNS-1123 label, as Kubernetes requires of Service and namespace names: at most 63 lowercase letters, digits
+/// and `-`, starting and ending with a letter or digit.
+pub fn check_dns1123_label(name: &str) -> Result<(), String> {
+    if name.len() <= LABEL_VALUE_MAX && !name.contains('.') && check_dns1123_subdomain(name).is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a lowercase RFC 1123 label: at most {LABEL_VALUE_MAX} lowercase letters, digits and '-', \
+             starting and ending with a letter or digit"
+        ))
+    }
+}
+
 /// The name part of a qualified name, or a non-empty label value: at most 63 characters of letters, digits,
 /// `-`, `_` and `.`, starting and ending with a letter or digit.
 fn name_part_ok(s: &str) -> bool {
