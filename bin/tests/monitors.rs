@@ -418,3 +418,147 @@ async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_an
     assert!(after > first, "samples kept arriving: first {first}, after the restart {after}");
     support::release_namespace(&ns).await
 }
+
+/// A PrometheusRule named `name` labelled `role: rules`, with `groups` (YAML, indented for `spec.groups`).
+fn prometheus_rule(ns: &str, name: &str, groups: &str) -> String {
+    format!(
+        "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: {name}\n  namespace: {ns}\n  \
+         labels:\n    role: rules\nspec:\n  groups:\n{groups}"
+    )
+}
+
+async fn rules_condition(ns: &str, name: &str) -> Result<Option<(String, String, String)>> {
+    let api: kube::Api<tsdb_operator_core::crd::PrometheusCluster> = kube::Api::namespaced(support::client(), ns);
+    let pc = api.get(name).await?;
+    Ok(pc
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "RulesAccepted")
+        .map(|c| (c.status, c.reason, c.message)))
+}
+
+/// The names of the rules the Prometheus at `ip` has loaded, by group.
+async fn loaded_rules(ip: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let rules = support::prom_get(ip, "/api/v1/rules").await?;
+    Ok(rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let names = g["rules"].as_array().into_iter().flatten();
+            let names = names.filter_map(|r| r["name"].as_str().map(str::to_owned)).collect();
+            (g["name"].as_str().unwrap_or_default().to_owned(), names)
+        })
+        .collect())
+}
+
+/// Rules as a user meets them: a cluster selects PrometheusRules by label and has its own rule groups. The
+/// recording rule's series appear, the alert fires (`/api/v1/alerts`), the broken rule is named in `RulesAccepted`
+/// while the rest of its group loads, a new PrometheusRule is loaded by a reload without a pod restart, and the
+/// Alertmanager behind a Service is discovered through the operator-made ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_loads_the_rules_it_selects_names_a_broken_one_and_finds_its_alertmanager() -> Result<()> {
+    let env = env();
+    let ns = support::namespace("rules").await;
+    env.cp.apply_yaml(include_str!("../../fixtures/crds/monitoring.coreos.com.yaml")).await?;
+    let _operator = support::Operator::start(Some(&ns), &[])?;
+    // The Alertmanager stand-in: the app's pod behind a Service with a port named `web` (only discovery is checked).
+    env.cp.apply_yaml(&app_pod(&ns)).await?;
+    env.cp
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: alertmanager\n  namespace: {ns}\nspec:\n  selector:\n    \
+             app: web\n  ports:\n    - name: web\n      protocol: TCP\n      port: 9093\n      targetPort: metrics\n"
+        ))
+        .await?;
+    let groups = "    - name: health\n      rules:\n        - record: job:up:sum\n          expr: sum by (job) (up)\n        \
+                  - alert: MissingParen\n          expr: sum(up\n        - alert: AlwaysFiring\n          expr: vector(1)\n          \
+                  labels:\n            severity: info\n          annotations:\n            summary: '{{ $value }} always'\n";
+    eventually("the PrometheusRule CRD to be served", Duration::from_secs(30), || async {
+        Ok(env.cp.apply_yaml(&prometheus_rule(&ns, "health", groups)).await.is_ok().then_some(()))
+    })
+    .await?;
+    support::apply_cluster(
+        &ns,
+        "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: ruled\nspec:\n  \
+         replicas: 1\n  image: prom/prometheus:v3.5.0\n  retention: 1d\n  scrapeInterval: 1s\n  evaluationInterval: 1s\n  \
+         storage:\n    size: 1Gi\n  ruleSelector:\n    matchLabels:\n      role: rules\n  ruleGroups:\n    - name: own\n      \
+         rules:\n        - record: own:up:count\n          expr: count(up)\n  alerting:\n    alertmanagers:\n      \
+         - name: alertmanager\n        port: web\n",
+    )
+    .await?;
+    support::wait_phase(&ns, "ruled", tsdb_operator_core::crd::Phase::Active, 1, Duration::from_mins(3)).await?;
+    let pod = support::pods(&ns, "ruled").await?.into_iter().next().context("the cluster's pod")?;
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("pod IP")?;
+    let uid = pod.metadata.uid.clone();
+
+    let loaded = loaded_rules(&ip).await?;
+    assert_eq!(loaded.get("health"), Some(&vec!["job:up:sum".to_owned(), "AlwaysFiring".to_owned()]), "{loaded:?}");
+    assert_eq!(loaded.get("own"), Some(&vec!["own:up:count".to_owned()]), "{loaded:?}");
+    let condition = rules_condition(&ns, "ruled").await?.context("RulesAccepted")?;
+    assert_eq!((condition.0.as_str(), condition.1.as_str()), ("False", "RulesRefused"), "{condition:?}");
+    assert!(
+        condition.2.contains(&format!("PrometheusRule {ns}/health: spec.groups[0].rules[1].expr: is not valid PromQL")),
+        "{condition:?}"
+    );
+    eventually("the recording rule's series", Duration::from_mins(1), || {
+        let ip = ip.clone();
+        async move {
+            let answer = support::prom_get(&ip, "/api/v1/query?query=job%3Aup%3Asum").await?;
+            let jobs = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+            Ok(jobs.iter().any(|s| s["metric"]["job"] == "prometheus").then_some(()))
+        }
+    })
+    .await?;
+    eventually("the alert firing", Duration::from_mins(1), || {
+        let ip = ip.clone();
+        async move {
+            let alerts = support::prom_get(&ip, "/api/v1/alerts").await?;
+            let alerts = alerts["data"]["alerts"].as_array().cloned().unwrap_or_default();
+            Ok(alerts
+                .iter()
+                .any(|a| {
+                    a["labels"]["alertname"] == "AlwaysFiring"
+                        && a["state"] == "firing"
+                        && a["labels"]["severity"] == "info"
+                })
+                .then_some(()))
+        }
+    })
+    .await?;
+    let app_ip = eventually("the app's pod IP", Duration::from_mins(1), || async {
+        Ok(env.kubelet.faults().pod_ip(&ns, "web-0").map(|ip| ip.to_string()))
+    })
+    .await?;
+    eventually("the Alertmanager discovered through its Service", Duration::from_mins(1), || {
+        let (ip, want) = (ip.clone(), format!("http://{app_ip}:9090/api/v2/alerts"));
+        async move {
+            let found = support::prom_get(&ip, "/api/v1/alertmanagers").await?;
+            let active = found["data"]["activeAlertmanagers"].as_array().cloned().unwrap_or_default();
+            Ok(active.iter().any(|a| a["url"] == want.as_str()).then_some(()))
+        }
+    })
+    .await?;
+
+    // A new PrometheusRule is loaded by a reload, in the same pod; the condition follows once the broken rule goes.
+    let more = "    - name: more\n      rules:\n        - record: more:up:max\n          expr: max(up)\n";
+    env.cp.apply_yaml(&prometheus_rule(&ns, "more", more)).await?;
+    let fixed = groups.replace("        - alert: MissingParen\n          expr: sum(up\n", "");
+    env.cp.apply_yaml(&prometheus_rule(&ns, "health", &fixed)).await?;
+    eventually("the new PrometheusRule loaded", Duration::from_mins(2), || {
+        let ip = ip.clone();
+        async move { Ok(loaded_rules(&ip).await?.contains_key("more").then_some(())) }
+    })
+    .await?;
+    let condition = eventually("RulesAccepted true", Duration::from_mins(1), || {
+        let ns = ns.clone();
+        async move { Ok(rules_condition(&ns, "ruled").await?.filter(|c| c.0 == "True")) }
+    })
+    .await?;
+    assert_eq!(condition.1, "RulesLoaded");
+    assert!(condition.2.starts_with("2 PrometheusRules chosen, 2 groups and 3 rules loaded"), "{condition:?}");
+    let pod = support::pods(&ns, "ruled").await?.into_iter().next().context("the cluster's pod")?;
+    assert_eq!(pod.metadata.uid, uid, "every change was a reload, never a restart");
+    support::release_namespace(&ns).await
+}

@@ -134,6 +134,10 @@ pub mod conditions {
     pub const MONITORS_ACCEPTED: &str = "MonitorsAccepted";
     /// Every rule of the PrometheusRules the cluster selects is loaded (only with `ruleSelector`).
     pub const RULES_ACCEPTED: &str = "RulesAccepted";
+    /// The condition types the cluster controller's decision ([`crate::decide::decide_cluster`]) writes; the
+    /// others belong to the backup controller and the healer, and a status write keeps them as they are.
+    pub const WRITTEN_BY_CLUSTER_DECISION: [&str; 6] =
+        [AVAILABLE, PROGRESSING, DEGRADED, PAUSED, MONITORS_ACCEPTED, RULES_ACCEPTED];
 }
 
 /// Condition reasons (CamelCase).

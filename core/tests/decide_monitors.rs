@@ -350,6 +350,10 @@ fn selected_prometheus_rules_become_rule_files_and_a_bad_rule_is_named_while_the
     assert!(config.contains("rule_files:\n- /etc/prometheus/config/rules_*.yml"), "{config}");
     let condition = d.status.conditions.iter().find(|c| c.type_ == conditions::RULES_ACCEPTED).expect("condition");
     assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reasons::RULES_REFUSED));
+    // The operator writes only the condition types the decision owns: every one it sets must be listed there.
+    for c in &d.status.conditions {
+        assert!(conditions::WRITTEN_BY_CLUSTER_DECISION.contains(&c.type_.as_str()), "{} is not listed", c.type_);
+    }
     assert!(
         condition.message.starts_with("2 PrometheusRules chosen, 2 groups and 2 rules loaded; not loaded: ")
             && condition.message.contains("PrometheusRule monitoring/mixed: spec.groups[0].rules[1].expr"),

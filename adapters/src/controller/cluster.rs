@@ -526,13 +526,7 @@ async fn write_status(ctx: &Context, pc: &PrometheusCluster, status: &Prometheus
 }
 
 /// The condition types the cluster controller writes.
-const OWNED_CONDITIONS: [&str; 5] = [
-    conditions::AVAILABLE,
-    conditions::PROGRESSING,
-    conditions::DEGRADED,
-    conditions::PAUSED,
-    conditions::MONITORS_ACCEPTED,
-];
+const OWNED_CONDITIONS: [&str; 6] = conditions::WRITTEN_BY_CLUSTER_DECISION;
 
 /// Cleanup when the cluster is deleted: bounded and free of external dependencies. Children are garbage
 /// collected through their ownerReferences; the cluster's metric series are removed (seed behaviour).
