@@ -301,13 +301,19 @@ fn migrate_turns_the_walkthroughs_prometheus_and_agent_into_clusters_that_valida
     let out = ctl(&["migrate", "-f", "fixtures/prometheus-operator/prometheus.yaml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("default/prometheus: not carried over: spec.ruleSelector:"), "{stderr}");
+    assert!(
+        stderr.contains("default/prometheus: not carried over: spec.alerting.alertmanagers[0].bearerTokenFile:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("spec.ruleSelector"), "the rule selector is carried over: {stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let docs: Vec<serde_json::Value> =
         serde_yaml::Deserializer::from_str(&stdout).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
     assert_eq!(docs.len(), 2, "{stdout}");
     assert_eq!(docs[0]["kind"], "PrometheusCluster");
     assert_eq!(docs[0]["spec"]["storage"]["size"], "40Gi");
+    assert_eq!(docs[0]["spec"]["ruleSelector"]["matchLabels"]["team"], "frontend");
+    assert_eq!(docs[0]["spec"]["alerting"]["alertmanagers"][0]["name"], "alertmanager-operated");
     assert_eq!(docs[1]["spec"]["mode"], "Agent");
     assert_eq!(
         docs[1]["spec"]["remoteWrite"][0]["url"],
@@ -323,6 +329,7 @@ fn migrate_turns_the_walkthroughs_prometheus_and_agent_into_clusters_that_valida
     let plan = String::from_utf8_lossy(&planned.stdout);
     assert!(plan.contains("--agent") || plan.contains("--enable-feature=agent"), "the agent's StatefulSet: {plan}");
     assert!(plan.contains("kind: ServiceAccount") && plan.contains("name: prometheus-agent"), "{plan}");
+    assert!(plan.contains("rules_*.yml") && plan.contains("alertmanager-operated"), "rules and alerting: {plan}");
 
     let refused = ctl(&["migrate", "-f", "fixtures/clusters/minimal.yaml"]);
     assert_eq!(refused.status.code(), Some(1));

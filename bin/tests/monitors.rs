@@ -562,3 +562,77 @@ async fn a_cluster_loads_the_rules_it_selects_names_a_broken_one_and_finds_its_a
     assert_eq!(pod.metadata.uid, uid, "every change was a reload, never a restart");
     support::release_namespace(&ns).await
 }
+
+/// A ServiceMonitor whose target asks for basic auth: the credentials come from a Secret of the cluster's
+/// namespace, which the operator mounts into the pods; the target is up only with them. A monitor naming a key
+/// the Secret lacks is named in the status and the first one is still scraped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_scrapes_a_target_behind_basic_auth_with_credentials_from_a_secret() -> Result<()> {
+    let env = env();
+    let ns = support::namespace("creds").await;
+    let password = "scrape-me-please";
+    env.cp.apply_yaml(include_str!("../../fixtures/crds/monitoring.coreos.com.yaml")).await?;
+    let _operator = support::Operator::start(Some(&ns), &[])?;
+    // The target: a Prometheus serving /metrics only to `scraper` with the password (bcrypt in its web config).
+    let hash = bcrypt::hash(password, 4)?;
+    env.cp
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: secured-web\n  namespace: {ns}\ndata:\n  web.yml: |\n    \
+             basic_auth_users:\n      scraper: \"{hash}\"\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: secured\n  \
+             namespace: {ns}\n  labels:\n    app: secured\nspec:\n  containers:\n    - name: app\n      image: \
+             prom/prometheus:v3.5.0\n      args: [\"--config.file=/dev/null\", \"--storage.tsdb.path=data\", \
+             \"--web.listen-address=:9090\", \"--web.config.file=/etc/web/web.yml\"]\n      ports:\n        - name: metrics\n          \
+             protocol: TCP\n          containerPort: 9090\n      volumeMounts:\n        - name: web\n          mountPath: /etc/web\n  \
+             volumes:\n    - name: web\n      configMap:\n        name: secured-web\n---\napiVersion: v1\nkind: Service\n\
+             metadata:\n  name: secured\n  namespace: {ns}\n  labels:\n    app.kubernetes.io/name: secured\nspec:\n  \
+             selector:\n    app: secured\n  ports:\n    - name: metrics\n      protocol: TCP\n      port: 9090\n      \
+             targetPort: metrics\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: scrape-auth\n  namespace: {ns}\n\
+             stringData:\n  user: scraper\n  pass: {password}\n"
+        ))
+        .await?;
+    let monitor = |name: &str, endpoint: &str| service_monitor(&ns, name, "secured", "{team: obs}", endpoint);
+    let auth = "port: metrics\n      interval: 1s\n      basicAuth:\n        username: {name: scrape-auth, key: user}\n        \
+                password: {name: scrape-auth, key: pass}";
+    eventually("the ServiceMonitor CRD to be served", Duration::from_secs(30), || async {
+        Ok(env.cp.apply_yaml(&monitor("secured", auth)).await.is_ok().then_some(()))
+    })
+    .await?;
+    env.cp
+        .apply_yaml(&monitor("wrong-key", "port: metrics\n      bearerTokenSecret: {name: scrape-auth, key: token}"))
+        .await?;
+    support::apply_cluster(
+        &ns,
+        "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: cred\nspec:\n  \
+         replicas: 1\n  image: prom/prometheus:v3.5.0\n  retention: 1d\n  scrapeInterval: 1s\n  storage:\n    \
+         size: 1Gi\n  serviceMonitorSelector:\n    matchLabels:\n      team: obs\n",
+    )
+    .await?;
+    support::wait_phase(&ns, "cred", tsdb_operator_core::crd::Phase::Active, 1, Duration::from_mins(3)).await?;
+    let pod = support::pods(&ns, "cred").await?.into_iter().next().context("the cluster's pod")?;
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("pod IP")?;
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+    assert!(
+        volumes.iter().any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("scrape-auth")),
+        "the Secret is mounted: {volumes:?}"
+    );
+    let pool = format!("serviceMonitor/{ns}/secured/0");
+    eventually("the target behind basic auth up", Duration::from_mins(2), || {
+        let (ip, pool) = (ip.clone(), pool.clone());
+        async move { Ok(healthy_pools(&ip).await?.contains(&pool).then_some(())) }
+    })
+    .await?;
+    let condition = monitors_condition(&ns, "cred").await?.context("MonitorsAccepted")?;
+    assert_eq!(condition.1, "MonitorsRefused", "{condition:?}");
+    assert!(
+        condition.2.contains(&format!(
+            "ServiceMonitor {ns}/wrong-key: spec.endpoints[0].bearerTokenSecret: Secret {ns}/scrape-auth has no key \"token\""
+        )),
+        "{condition:?}"
+    );
+    // Without the credentials the target refuses: what made it up was the Secret's password.
+    let app_ip = env.kubelet.faults().pod_ip(&ns, "secured").context("the target's IP")?;
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let anonymous = http.get(format!("http://{app_ip}:9090/metrics")).send().await?;
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    support::release_namespace(&ns).await
+}

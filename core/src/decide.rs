@@ -210,11 +210,22 @@ pub fn children_to_read(cluster: &str, settings: &BuildSettings) -> Vec<ChildKey
 }
 
 /// The Secrets whose keys [`ClusterObservation::secrets`] must hold; none for a spec that fails validation.
+/// Monitors' credentials add theirs: see [`monitor_secrets_to_read`].
 pub fn secrets_to_read(cluster: &PrometheusCluster) -> BTreeSet<String> {
     if validate::validate_cluster(&cluster.spec).is_err() {
         return BTreeSet::new();
     }
     secrets::secret_names(&secrets::required_secrets(&cluster.spec))
+}
+
+/// [`secrets_to_read`] with the Secrets the chosen monitors' credentials name (basic auth, tokens, TLS keys in
+/// the cluster's namespace), for a cluster whose [`ClusterObservation::monitors`] is `monitors`.
+pub fn secrets_to_read_with_monitors(cluster: &PrometheusCluster, monitors: &ObservedMonitors<'_>) -> BTreeSet<String> {
+    let mut out = secrets_to_read(cluster);
+    if !out.is_empty() || validate::validate_cluster(&cluster.spec).is_ok() {
+        out.extend(monitors::secrets_to_read(cluster, monitors));
+    }
+    out
 }
 
 /// The decision for a cluster the operator cannot read (it does not decode: `message` names the field): rejected
@@ -254,7 +265,11 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         claims: obs.claims,
         class_allows_expansion: obs.class_allows_expansion,
     };
-    let chosen = obs.monitors.as_ref().map(|m| monitors::choose_for_cluster(pc, m)).unwrap_or_default();
+    let chosen = obs
+        .monitors
+        .as_ref()
+        .map(|m| monitors::choose_for_cluster(pc, &ObservedMonitors { secrets: obs.secrets, ..*m }))
+        .unwrap_or_default();
     let (plan, storage) = match plan::plan_cluster(pc, settings, &chosen, obs.children, &observed_storage) {
         Ok(planned) => planned,
         Err(e) => return d.rejected(e.to_string(), sts.as_ref()),

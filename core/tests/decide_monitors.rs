@@ -70,6 +70,7 @@ fn decide(
             pod_monitors: pods,
             prometheus_rules: None,
             namespaces: &namespaces,
+            secrets: None,
         }),
         ..ClusterObservation::of(pc, children)
     };
@@ -186,14 +187,16 @@ fn a_refused_endpoint_is_named_in_the_condition_and_the_rest_is_still_scraped() 
         "monitoring",
         "vault",
         &json!({}),
-        &json!([{"port": "http"}, {"port": "https", "basicAuth": {"username": {"name": "s", "key": "u"}}}]),
+        &json!([{"port": "http"}, {"port": "https", "oauth2": {"clientId": {"secret": {"name": "s", "key": "u"}}}}]),
     )];
     let d = decide(&pc, &BTreeMap::new(), Some(&services), None);
     assert_eq!(job_names(applied(&d, "ConfigMap").expect("the ConfigMap")), ["serviceMonitor/monitoring/vault/0"]);
     let condition = monitors_condition(&d).expect("MonitorsAccepted");
     assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reasons::MONITORS_REFUSED));
     assert!(
-        condition.message.contains("ServiceMonitor monitoring/vault: spec.endpoints[1].basicAuth: credentials"),
+        condition
+            .message
+            .contains("ServiceMonitor monitoring/vault: spec.endpoints[1].oauth2: OAuth2 is not supported"),
         "{}",
         condition.message
     );
@@ -320,6 +323,7 @@ fn decide_with_rules(
             pod_monitors: None,
             prometheus_rules: rules,
             namespaces: &namespaces,
+            secrets: None,
         }),
         ..ClusterObservation::of(pc, &children)
     };
@@ -387,4 +391,61 @@ fn alertmanagers_get_discovery_rights_and_a_bad_inline_rule_refuses_the_spec() {
         unreachable!("a bad inline rule must refuse the spec, got {:?}", d.outcome)
     };
     assert!(message.contains("spec.ruleGroups[0].rules[0].expr"), "{message}");
+}
+
+#[test]
+fn monitor_credentials_from_secrets_are_mounted_read_and_refused_when_out_of_reach() {
+    let pc = cluster(json!({"serviceMonitorSelector": {"matchLabels": {"team": "web"}}}));
+    let auth = json!([{"port": "metrics", "basicAuth": {
+        "username": {"name": "scrape-auth", "key": "user"}, "password": {"name": "scrape-auth", "key": "pass"}}}]);
+    let monitors = vec![
+        service_monitor("monitoring", "ok", &json!({"team": "web"}), &auth),
+        service_monitor(
+            "monitoring",
+            "no-key",
+            &json!({"team": "web"}),
+            &json!([{"port": "metrics",
+            "bearerTokenSecret": {"name": "scrape-auth", "key": "token"}}]),
+        ),
+        service_monitor("shop", "elsewhere", &json!({"team": "web"}), &auth),
+    ];
+    let observed = ObservedMonitors {
+        service_monitors: Some(&monitors),
+        pod_monitors: None,
+        prometheus_rules: None,
+        namespaces: &namespaces(),
+        secrets: None,
+    };
+    // What the adapter reads: the one Secret of the cluster's namespace the chosen monitors name.
+    let to_read = decide::secrets_to_read_with_monitors(&pc, &observed);
+    assert_eq!(to_read.into_iter().collect::<Vec<_>>(), ["scrape-auth"]);
+    let mut pc = pc;
+    pc.spec.service_monitor_namespace_selector = Some(Default::default());
+    let secrets = BTreeMap::from([(
+        "scrape-auth".to_owned(),
+        ["user", "pass"].into_iter().map(str::to_owned).collect::<std::collections::BTreeSet<_>>(),
+    )]);
+    let namespaces = namespaces();
+    let children = BTreeMap::new();
+    let obs = ClusterObservation {
+        secrets: Some(&secrets),
+        monitors: Some(ObservedMonitors { namespaces: &namespaces, ..observed }),
+        ..ClusterObservation::of(&pc, &children)
+    };
+    let d = decide::decide_cluster(&obs, &settings(), now());
+    let cm = applied(&d, "ConfigMap").expect("the ConfigMap");
+    assert_eq!(job_names(cm), ["serviceMonitor/monitoring/ok/0"]);
+    let file = cm["data"]["monitor-scrape-configs.yml"].as_str().unwrap_or_default();
+    assert!(file.contains("password_file: /etc/prometheus/secrets/scrape-auth/pass"), "{file}");
+    let sts = applied(&d, "StatefulSet").expect("the StatefulSet");
+    let volumes = sts.pointer("/spec/template/spec/volumes").and_then(Value::as_array).expect("volumes");
+    assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "scrape-auth"), "{volumes:?}");
+    let condition = monitors_condition(&d).expect("MonitorsAccepted");
+    assert_eq!(condition.reason, reasons::MONITORS_REFUSED);
+    for wanted in [
+        "ServiceMonitor monitoring/no-key: spec.endpoints[0].bearerTokenSecret: Secret monitoring/scrape-auth has no key \"token\"",
+        "ServiceMonitor shop/elsewhere: spec.endpoints[0].basicAuth.username: credentials from Secrets work for monitors in the cluster's namespace monitoring only",
+    ] {
+        assert!(condition.message.contains(wanted), "{wanted} not in {}", condition.message);
+    }
 }

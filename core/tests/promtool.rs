@@ -149,8 +149,8 @@ fn scrape_jobs_rendered_from_service_and_pod_monitors_pass_promtool_of_2_x_and_3
     let pods = build_pod_monitor_jobs(&refs);
     rendered.jobs.extend(pods.jobs);
     rendered.refused.extend(pods.refused);
-    assert_eq!(rendered.jobs.len(), 9, "the corpus renders 9 jobs (3 endpoints refused)");
-    assert_eq!(rendered.refused.len(), 3);
+    assert_eq!(rendered.jobs.len(), 12, "the corpus renders 12 jobs (1 endpoint refused)");
+    assert_eq!(rendered.refused.len(), 1);
     let text = serde_yaml::to_string(&serde_json::json!({
         "global": {"scrape_interval": "30s", "scrape_timeout": "30s"},
         "scrape_configs": rendered.jobs,
@@ -163,6 +163,17 @@ fn scrape_jobs_rendered_from_service_and_pod_monitors_pass_promtool_of_2_x_and_3
     let rooted_token = format!("{}{token}", dir.path());
     write(&rooted_token, "dummy");
     let text = text.replace(token, &rooted_token);
+    // The monitors' credentials: files of the Secrets mounted under /etc/prometheus/secrets.
+    let secrets_dir = format!("{}{}", dir.path(), paths::SECRETS_DIR);
+    let text = text.replace(paths::SECRETS_DIR, &secrets_dir);
+    let mut credential_files = 0;
+    for job in &rendered.jobs {
+        for used in &job.secret_keys {
+            write(&format!("{secrets_dir}/{}/{}", used.secret, used.key), "dummy");
+            credential_files += 1;
+        }
+    }
+    assert!(credential_files >= 3, "the corpus reads credentials from Secrets");
     let config_file = format!("{}/prometheus.yml", dir.path());
     write(&config_file, &text);
     for promtool in [binary("promtool", 2), binary("promtool", 3)] {

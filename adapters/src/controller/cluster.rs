@@ -371,7 +371,11 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
     let name = pc.name_any();
 
     // observe: the reads are independent and sent at once.
-    let secret_names = decide::secrets_to_read(pc);
+    let monitors = pc.spec.selects_prometheus_operator_objects().then(|| ctx.monitors.snapshot(&ns));
+    let secret_names = match &monitors {
+        Some(m) => decide::secrets_to_read_with_monitors(pc, &m.observed()),
+        None => decide::secrets_to_read(pc),
+    };
     let (children, secrets, pods, claims) = tokio::join!(
         children::observe_children(&ctx.client, &ns, &name, &ctx.settings),
         observe_secrets(ctx, &ns, &secret_names),
@@ -389,7 +393,6 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
         },
         observe_reload_problems(ctx, &pods),
     );
-    let monitors = pc.spec.selects_prometheus_operator_objects().then(|| ctx.monitors.snapshot(&ns));
     let observation = ClusterObservation {
         cluster: pc,
         children: &children,

@@ -60,6 +60,7 @@ impl MonitorSnapshot {
             pod_monitors: self.pod_monitors.as_deref(),
             prometheus_rules: self.prometheus_rules.as_deref(),
             namespaces: &self.namespaces,
+            secrets: None,
         }
     }
 }

@@ -68,6 +68,7 @@ fn render(n: usize, iterations: usize) -> Result<Rendered> {
         pod_monitors: Some(&[]),
         prometheus_rules: None,
         namespaces: &namespaces,
+        secrets: None,
     };
     let settings = BuildSettings::default();
     let mut times = Vec::with_capacity(iterations);

@@ -391,6 +391,7 @@ impl Monitors {
             pod_monitors: Some(&self.pods),
             prometheus_rules: Some(&self.rules),
             namespaces: &self.namespaces,
+            secrets: None,
         }
     }
 }

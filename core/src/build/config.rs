@@ -470,16 +470,20 @@ pub fn replica_label_name<'a>(ctx: &BuildContext<'a>) -> &'a str {
     ctx.cluster.spec.replica_external_label_name.as_deref().and_then(non_empty).unwrap_or(DEFAULT_REPLICA_LABEL)
 }
 
-/// The distinct remote write Secrets, sorted: each is mounted at `<secrets dir>/<name>`.
+/// The distinct Secrets of remote write and of the selected monitors' credentials, sorted: each is mounted at
+/// `<secrets dir>/<name>`.
 pub fn remote_write_secrets(ctx: &BuildContext<'_>) -> BTreeSet<String> {
-    ctx.cluster
+    let mut out: BTreeSet<String> = ctx
+        .cluster
         .spec
         .remote_write
         .iter()
         .flat_map(|rw| [&rw.basic_auth_secret_ref, &rw.bearer_token_secret_ref])
         .flatten()
         .map(|r| r.name.clone())
-        .collect()
+        .collect();
+    out.extend(ctx.monitor_secrets.into_iter().flatten().cloned());
+    out
 }
 
 /// The Secret key mounted for `additionalScrapeConfigs.secretRef`, if that is the source.

@@ -410,6 +410,9 @@ pub struct BuildContext<'a> {
     /// The rule files of the PrometheusRules the cluster selects; empty unless given with
     /// [`BuildContext::with_chosen`].
     pub rule_files: &'a [crate::monitors::RuleFile],
+    /// The Secrets of the cluster's namespace the selected monitors' credentials read; empty unless given with
+    /// [`BuildContext::with_chosen`].
+    pub monitor_secrets: Option<&'a std::collections::BTreeSet<String>>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -438,6 +441,7 @@ impl<'a> BuildContext<'a> {
             thanos_image,
             monitor_jobs: &[],
             rule_files: &[],
+            monitor_secrets: None,
         })
     }
 
@@ -446,6 +450,7 @@ impl<'a> BuildContext<'a> {
     pub fn with_chosen(mut self, chosen: &'a crate::monitors::ClusterMonitors) -> Self {
         self.monitor_jobs = &chosen.jobs;
         self.rule_files = &chosen.rule_files;
+        self.monitor_secrets = Some(&chosen.secrets);
         self
     }
 

@@ -22,7 +22,10 @@ mod render;
 pub mod rules;
 mod types;
 
-pub use render::{KubernetesSd, Refused, Relabel, ScrapeJob, ScrapeJobs, build_pod_monitor_jobs, build_scrape_jobs};
+pub use render::{
+    AuthorizationFile, BasicAuthFiles, KubernetesSd, Refused, Relabel, ScrapeJob, ScrapeJobs, SecretUse,
+    build_pod_monitor_jobs, build_scrape_jobs,
+};
 pub(crate) use render::{check_relabel, relabel};
 pub use rules::{PrometheusRule, PrometheusRuleSpec, Rule, RuleFile, RuleGroup};
 pub use types::*;
@@ -74,6 +77,10 @@ pub struct ObservedMonitors<'a> {
     pub prometheus_rules: Option<&'a [PrometheusRule]>,
     /// The labels of every namespace, for the namespace selectors.
     pub namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
+    /// The keys of the Secrets of the cluster's namespace that the chosen monitors' credentials name
+    /// ([`secrets_to_read`]); a Secret missing from the map does not exist. `None` when not observed (an offline
+    /// dry run), which refuses no credentials.
+    pub secrets: Option<&'a BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// What one cluster's monitor selectors chose, rendered ([`choose_for_cluster`]).
@@ -96,6 +103,9 @@ pub struct ClusterMonitors {
     pub rules_refused: Vec<Refused>,
     /// Kinds a selector asks for whose CRD is not installed (`ServiceMonitor`, `PodMonitor`, `PrometheusRule`).
     pub missing_crds: Vec<&'static str>,
+    /// The Secrets of the cluster's namespace whose keys the jobs read (basic auth, tokens, TLS): mounted into
+    /// the pods under `/etc/prometheus/secrets/<name>/`.
+    pub secrets: BTreeSet<String>,
     /// Namespaces other than the cluster's own that the jobs discover targets in (sorted); the discovery Role the
     /// operator creates covers the cluster's own namespace only.
     pub other_namespaces: BTreeSet<String>,
@@ -155,6 +165,7 @@ pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonito
             None => out.missing_crds.push("PrometheusRule"),
         }
     }
+    check_secrets(&mut rendered, own, observed.secrets);
     for sd in rendered.jobs.iter().flat_map(|j| &j.kubernetes_sd_configs) {
         match &sd.namespaces {
             None => out.all_namespaces = true,
@@ -164,7 +175,63 @@ pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonito
     out.jobs = rendered.jobs;
     out.refused = rendered.refused;
     fit(&mut out, MONITOR_FILE_BUDGET);
+    out.secrets = out.jobs.iter().flat_map(|j| &j.secret_keys).map(|u| u.secret.clone()).collect();
     out
+}
+
+/// The Secrets of its own namespace whose keys `cluster`'s chosen monitors read, for
+/// [`ObservedMonitors::secrets`].
+pub fn secrets_to_read(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>) -> BTreeSet<String> {
+    let unchecked = ObservedMonitors { secrets: None, prometheus_rules: None, ..*observed };
+    choose_for_cluster(cluster, &unchecked).secrets
+}
+
+/// Refuses the jobs whose credentials the pods cannot read: a monitor outside the cluster's namespace (a pod
+/// mounts only Secrets of its own namespace), or a Secret or key that does not exist (unless optional).
+fn check_secrets(rendered: &mut ScrapeJobs, own: &str, found: Option<&BTreeMap<String, BTreeSet<String>>>) {
+    let jobs = std::mem::take(&mut rendered.jobs);
+    for job in jobs {
+        let problem = job.secret_keys.iter().find_map(|u| {
+            let (kind, ns, name, index) = job_parts(&job.job_name);
+            let refuse = |reason: String| {
+                let field = if kind == "PodMonitor" { "podMetricsEndpoints" } else { "endpoints" };
+                Refused {
+                    object: format!("{kind} {ns}/{name}"),
+                    field: format!("spec.{field}[{index}].{}", u.field),
+                    reason,
+                }
+            };
+            if ns != own {
+                return Some(refuse(format!(
+                    "credentials from Secrets work for monitors in the cluster's namespace {own} only (a pod mounts                      Secrets of its own namespace): move the monitor there, or scrape without them"
+                )));
+            }
+            let keys = found?;
+            match keys.get(&u.secret) {
+                _ if u.optional => None,
+                None => Some(refuse(format!("Secret {ns}/{} does not exist: create it with the key {:?}", u.secret, u.key))),
+                Some(k) if !k.contains(&u.key) => {
+                    Some(refuse(format!("Secret {ns}/{} has no key {:?}: add it, or name another key", u.secret, u.key)))
+                }
+                Some(_) => None,
+            }
+        });
+        match problem {
+            Some(refused) => rendered.refused.push(refused),
+            None => rendered.jobs.push(job),
+        }
+    }
+}
+
+/// `(kind, namespace, name, endpoint index)` of a job named `serviceMonitor/<ns>/<name>/<i>` or
+/// `podMonitor/...`.
+fn job_parts(job_name: &str) -> (&'static str, &str, &str, &str) {
+    let mut parts = job_name.splitn(4, '/');
+    let kind = match parts.next() {
+        Some("podMonitor") => "PodMonitor",
+        _ => "ServiceMonitor",
+    };
+    (kind, parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
 }
 
 /// Keeps the jobs whose YAML fits in `budget` bytes, in order, and refuses the rest (each named with its monitor and
@@ -186,16 +253,11 @@ fn fit(chosen: &mut ClusterMonitors, budget: usize) {
     }
     let over = chosen.jobs.split_off(keep);
     for job in over {
-        // `serviceMonitor/<ns>/<name>/<i>` or `podMonitor/<ns>/<name>/<i>`.
-        let mut parts = job.job_name.splitn(4, '/');
-        let (kind, ns, name, index) = (parts.next(), parts.next(), parts.next(), parts.next());
-        let (kind, field) = match kind {
-            Some("podMonitor") => ("PodMonitor", "podMetricsEndpoints"),
-            _ => ("ServiceMonitor", "endpoints"),
-        };
+        let (kind, ns, name, index) = job_parts(&job.job_name);
+        let field = if kind == "PodMonitor" { "podMetricsEndpoints" } else { "endpoints" };
         chosen.refused.push(Refused {
-            object: format!("{kind} {}/{}", ns.unwrap_or_default(), name.unwrap_or_default()),
-            field: format!("spec.{field}[{}]", index.unwrap_or_default()),
+            object: format!("{kind} {ns}/{name}"),
+            field: format!("spec.{field}[{index}]"),
             reason: format!(
                 "the cluster's scrape configuration is full ({budget} bytes of the ConfigMap's 1 MiB): select fewer \
                  monitors with serviceMonitorSelector/podMonitorSelector, or split them across clusters"

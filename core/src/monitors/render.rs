@@ -7,7 +7,10 @@ use serde::Serialize;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::types::{Endpoint, JobOptions, NamespaceSelector, PodMonitor, RelabelConfig, ServiceMonitor, TlsConfig};
+use super::types::{
+    Endpoint, JobOptions, NamespaceSelector, PodMonitor, RelabelConfig, SecretKeyRef, SecretOrConfigMap,
+    ServiceMonitor, TlsConfig,
+};
 use crate::build::is_label_name;
 
 /// The scrape jobs of the rendered monitors, and what was refused.
@@ -81,6 +84,12 @@ pub struct ScrapeJob {
     /// `bearer_token_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer_token_file: Option<String>,
+    /// `basic_auth`, from files of the mounted Secrets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuthFiles>,
+    /// `authorization`, from a file of a mounted Secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<AuthorizationFile>,
     /// The generated relabelings, then the endpoint's own.
     pub relabel_configs: Vec<Relabel>,
     /// `sample_limit`.
@@ -110,6 +119,44 @@ pub struct ScrapeJob {
     /// `metric_relabel_configs`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub metric_relabel_configs: Vec<Relabel>,
+    /// The Secret keys the job reads (mounted under [`crate::constants::paths::SECRETS_DIR`]); not part of the
+    /// file.
+    #[serde(skip)]
+    pub secret_keys: Vec<SecretUse>,
+}
+
+/// A Secret key a job reads, and the endpoint field that names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUse {
+    /// The field under the endpoint, e.g. `basicAuth.password`.
+    pub field: String,
+    /// The Secret, in the monitor's namespace.
+    pub secret: String,
+    /// The key.
+    pub key: String,
+    /// Whether it may be missing.
+    pub optional: bool,
+}
+
+/// `basic_auth` with files.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuthFiles {
+    /// `username_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<String>,
+    /// `password_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+}
+
+/// `authorization` with a file.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationFile {
+    /// `type`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// `credentials_file`.
+    pub credentials_file: String,
 }
 
 /// A `kubernetes_sd_configs` entry.
@@ -321,17 +368,14 @@ fn render<'a>(views: impl Iterator<Item = View<'a>>) -> ScrapeJobs {
 /// A refused field (relative path) and the reason.
 type Fault = (String, String);
 
-const CREDENTIALS: &str = "credentials from Secrets or ConfigMaps are not supported yet: use a file in the \
-                           Prometheus pod (bearerTokenFile, tlsConfig.caFile/certFile/keyFile) or scrape without them";
+const CREDENTIALS: &str = "OAuth2 is not supported yet: use basicAuth or authorization with a Secret";
 
 fn unsupported(map: &BTreeMap<String, serde_json::Value>, prefix: &str) -> Result<(), Fault> {
     match map.keys().next() {
         None => Ok(()),
         Some(key) => {
             let reason = match key.as_str() {
-                "basicAuth" | "authorization" | "oauth2" | "bearerTokenSecret" | "ca" | "cert" | "keySecret" => {
-                    CREDENTIALS.to_owned()
-                }
+                "oauth2" => CREDENTIALS.to_owned(),
                 _ => "this field is not supported yet (docs/prometheus-operator.md lists what is)".to_owned(),
             };
             Err((format!("{prefix}{key}"), reason))
@@ -383,6 +427,7 @@ fn check_endpoint(endpoint: &Endpoint) -> Result<(), Fault> {
     if let Some(tls) = &endpoint.tls_config {
         unsupported(&tls.unsupported, "tlsConfig.")?;
     }
+    check_credentials(endpoint)?;
     for (field, value) in [("interval", &endpoint.interval), ("scrapeTimeout", &endpoint.scrape_timeout)] {
         if let Some(v) = value
             && let Err(e) = crate::duration::parse(v)
@@ -412,6 +457,89 @@ fn check_endpoint(endpoint: &Endpoint) -> Result<(), Fault> {
         }
     }
     Ok(())
+}
+
+/// What Prometheus refuses among an endpoint's credentials: two kinds of authentication at once, a `Basic`
+/// authorization type, a Secret reference without name or key, a ConfigMap source (not supported yet).
+fn check_credentials(endpoint: &Endpoint) -> Result<(), Fault> {
+    let set = [
+        ("basicAuth", endpoint.basic_auth.is_some()),
+        ("authorization", endpoint.authorization.is_some()),
+        ("bearerTokenSecret", endpoint.bearer_token_secret.is_some()),
+        ("bearerTokenFile", endpoint.bearer_token_file.is_some()),
+    ];
+    let chosen: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+    if chosen.len() > 1 {
+        return Err((
+            chosen[1].to_owned(),
+            format!("{} and {} cannot both be set: keep one of them", chosen[0], chosen[1]),
+        ));
+    }
+    if let Some(kind) = endpoint.authorization.as_ref().and_then(|a| a.type_.as_deref())
+        && kind.eq_ignore_ascii_case("basic")
+    {
+        return Err(("authorization.type".to_owned(), "Basic is not allowed here: use basicAuth".to_owned()));
+    }
+    if endpoint.authorization.as_ref().is_some_and(|a| a.credentials.is_none()) {
+        return Err(("authorization.credentials".to_owned(), "is required: name a Secret key".to_owned()));
+    }
+    if endpoint.basic_auth.as_ref().is_some_and(|b| b.username.is_none()) {
+        return Err(("basicAuth.username".to_owned(), "is required: name a Secret key".to_owned()));
+    }
+    for (field, reference) in secret_refs(endpoint) {
+        if reference.name.is_empty() || reference.key.is_empty() {
+            return Err((field, "needs both name and key".to_owned()));
+        }
+        if reference.key.contains('/') || reference.key == ".." || reference.key == "." {
+            return Err((field, format!("key {:?} is not a Secret key", reference.key)));
+        }
+    }
+    if let Some(tls) = &endpoint.tls_config {
+        for (field, source, file) in [("ca", &tls.ca, &tls.ca_file), ("cert", &tls.cert, &tls.cert_file)] {
+            let Some(source) = source else { continue };
+            if source.config_map.is_some() {
+                return Err((
+                    format!("tlsConfig.{field}.configMap"),
+                    "certificates from ConfigMaps are not supported yet: put the certificate in a Secret".to_owned(),
+                ));
+            }
+            if file.is_some() {
+                return Err((format!("tlsConfig.{field}"), format!("{field} and {field}File cannot both be set")));
+            }
+        }
+        if tls.key_secret.is_some() && tls.key_file.is_some() {
+            return Err(("tlsConfig.keySecret".to_owned(), "keySecret and keyFile cannot both be set".to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// The endpoint's Secret references, each with its field under the endpoint.
+fn secret_refs(endpoint: &Endpoint) -> Vec<(String, &SecretKeyRef)> {
+    let mut out = Vec::new();
+    if let Some(basic) = &endpoint.basic_auth {
+        out.extend(basic.username.as_ref().map(|r| ("basicAuth.username".to_owned(), r)));
+        out.extend(basic.password.as_ref().map(|r| ("basicAuth.password".to_owned(), r)));
+    }
+    out.extend(endpoint.bearer_token_secret.as_ref().map(|r| ("bearerTokenSecret".to_owned(), r)));
+    out.extend(
+        endpoint
+            .authorization
+            .as_ref()
+            .and_then(|a| a.credentials.as_ref())
+            .map(|r| ("authorization.credentials".to_owned(), r)),
+    );
+    if let Some(tls) = &endpoint.tls_config {
+        out.extend(tls.ca.as_ref().and_then(|c| c.secret.as_ref()).map(|r| ("tlsConfig.ca.secret".to_owned(), r)));
+        out.extend(tls.cert.as_ref().and_then(|c| c.secret.as_ref()).map(|r| ("tlsConfig.cert.secret".to_owned(), r)));
+        out.extend(tls.key_secret.as_ref().map(|r| ("tlsConfig.keySecret".to_owned(), r)));
+    }
+    out
+}
+
+/// Where the pod finds `key` of the mounted Secret `secret`.
+fn secret_file(secret: &str, key: &str) -> String {
+    format!("{}/{secret}/{key}", crate::constants::paths::SECRETS_DIR)
 }
 
 /// Prometheus' own checks of a relabel rule, so that one bad rule never makes it refuse the whole configuration.
@@ -504,10 +632,13 @@ pub(crate) fn relabel(rule: &RelabelConfig) -> Relabel {
 }
 
 fn tls(config: &TlsConfig) -> Tls {
+    let from_secret = |source: &Option<SecretOrConfigMap>| {
+        source.as_ref().and_then(|s| s.secret.as_ref()).map(|r| secret_file(&r.name, &r.key))
+    };
     Tls {
-        ca_file: config.ca_file.clone(),
-        cert_file: config.cert_file.clone(),
-        key_file: config.key_file.clone(),
+        ca_file: config.ca_file.clone().or_else(|| from_secret(&config.ca)),
+        cert_file: config.cert_file.clone().or_else(|| from_secret(&config.cert)),
+        key_file: config.key_file.clone().or_else(|| config.key_secret.as_ref().map(|r| secret_file(&r.name, &r.key))),
         server_name: config.server_name.clone(),
         insecure_skip_verify: config.insecure_skip_verify,
     }
@@ -553,6 +684,11 @@ fn job(view: &View<'_>, i: usize, endpoint: &Endpoint) -> ScrapeJob {
         enable_http2: endpoint.enable_http2,
         tls_config: endpoint.tls_config.as_ref().map(tls),
         bearer_token_file: endpoint.bearer_token_file.clone(),
+        basic_auth: endpoint.basic_auth.as_ref().map(|b| BasicAuthFiles {
+            username_file: b.username.as_ref().map(|r| secret_file(&r.name, &r.key)),
+            password_file: b.password.as_ref().map(|r| secret_file(&r.name, &r.key)),
+        }),
+        authorization: authorization(endpoint),
         relabel_configs: relabelings(view, endpoint),
         sample_limit: options.sample_limit,
         target_limit: options.target_limit,
@@ -563,7 +699,29 @@ fn job(view: &View<'_>, i: usize, endpoint: &Endpoint) -> ScrapeJob {
         scrape_protocols: options.scrape_protocols.clone(),
         body_size_limit: options.body_size_limit.clone(),
         metric_relabel_configs: endpoint.metric_relabelings.iter().map(relabel).collect(),
+        secret_keys: secret_refs(endpoint)
+            .into_iter()
+            .map(|(field, r)| SecretUse {
+                field,
+                secret: r.name.clone(),
+                key: r.key.clone(),
+                optional: r.optional == Some(true),
+            })
+            .collect(),
     }
+}
+
+/// `authorization` from `authorization.credentials` or `bearerTokenSecret`.
+fn authorization(endpoint: &Endpoint) -> Option<AuthorizationFile> {
+    if let Some(auth) = &endpoint.authorization {
+        let credentials = auth.credentials.as_ref()?;
+        return Some(AuthorizationFile {
+            type_: auth.type_.clone().filter(|t| !t.is_empty()),
+            credentials_file: secret_file(&credentials.name, &credentials.key),
+        });
+    }
+    let token = endpoint.bearer_token_secret.as_ref()?;
+    Some(AuthorizationFile { type_: None, credentials_file: secret_file(&token.name, &token.key) })
 }
 
 /// prometheus-operator's relabelings of an endpoint, in its order, then the endpoint's own.

@@ -111,19 +111,54 @@ fn the_endpoints_own_relabelings_come_last_with_actions_in_lower_case() {
 }
 
 #[test]
-fn credentials_from_secrets_refuse_that_endpoint_only_and_name_the_field() {
+fn credentials_from_secrets_become_files_of_the_mounted_secrets_and_what_prometheus_refuses_is_named() {
     let m = web(json!({"endpoints": [
         {"port": "a"},
         {"port": "b", "basicAuth": {"username": {"name": "s", "key": "u"}, "password": {"name": "s", "key": "p"}}},
-        {"port": "c", "tlsConfig": {"ca": {"secret": {"name": "s", "key": "ca"}}}},
+        {"port": "c", "scheme": "https", "tlsConfig": {"ca": {"secret": {"name": "tls", "key": "ca.crt"}},
+            "cert": {"secret": {"name": "tls", "key": "tls.crt"}}, "keySecret": {"name": "tls", "key": "tls.key"}}},
+        {"port": "d", "bearerTokenSecret": {"name": "tok", "key": "token"}},
+        {"port": "e", "authorization": {"type": "Custom", "credentials": {"name": "tok", "key": "token"}}},
+        {"port": "f", "oauth2": {"clientId": {"secret": {"name": "o", "key": "id"}}}},
+        {"port": "g", "tlsConfig": {"ca": {"configMap": {"name": "ca", "key": "ca.crt"}}}},
+        {"port": "h", "basicAuth": {"username": {"name": "s", "key": "u"}}, "bearerTokenSecret": {"name": "t", "key": "k"}},
+        {"port": "i", "authorization": {"type": "Basic", "credentials": {"name": "s", "key": "p"}}},
     ]}));
     let out = rendered(&m);
-    assert_eq!(out.jobs.len(), 1, "the endpoint without credentials is still scraped");
-    assert_eq!(out.jobs[0].job_name, "serviceMonitor/shop/web/0");
+    let names: Vec<&str> = out.jobs.iter().map(|j| j.job_name.as_str()).collect();
+    assert_eq!(names, (0..5).map(|i| format!("serviceMonitor/shop/web/{i}")).collect::<Vec<_>>());
+    let basic = out.jobs[1].basic_auth.as_ref().unwrap();
+    assert_eq!(basic.username_file.as_deref(), Some("/etc/prometheus/secrets/s/u"));
+    assert_eq!(basic.password_file.as_deref(), Some("/etc/prometheus/secrets/s/p"));
+    let tls = out.jobs[2].tls_config.as_ref().unwrap();
+    assert_eq!(
+        (tls.ca_file.as_deref(), tls.cert_file.as_deref(), tls.key_file.as_deref()),
+        (
+            Some("/etc/prometheus/secrets/tls/ca.crt"),
+            Some("/etc/prometheus/secrets/tls/tls.crt"),
+            Some("/etc/prometheus/secrets/tls/tls.key")
+        )
+    );
+    let bearer = out.jobs[3].authorization.as_ref().unwrap();
+    assert_eq!(
+        (bearer.type_.as_deref(), bearer.credentials_file.as_str()),
+        (None, "/etc/prometheus/secrets/tok/token")
+    );
+    assert_eq!(out.jobs[4].authorization.as_ref().unwrap().type_.as_deref(), Some("Custom"));
+    let used: Vec<(&str, &str)> = out.jobs[2].secret_keys.iter().map(|u| (u.field.as_str(), u.key.as_str())).collect();
+    assert_eq!(
+        used,
+        [("tlsConfig.ca.secret", "ca.crt"), ("tlsConfig.cert.secret", "tls.crt"), ("tlsConfig.keySecret", "tls.key")]
+    );
     let fields: Vec<&str> = out.refused.iter().map(|r| r.field.as_str()).collect();
-    assert_eq!(fields, ["spec.endpoints[1].basicAuth", "spec.endpoints[2].tlsConfig.ca"]);
-    assert!(
-        out.refused[0].to_string().starts_with("ServiceMonitor shop/web: spec.endpoints[1].basicAuth: credentials")
+    assert_eq!(
+        fields,
+        [
+            "spec.endpoints[5].oauth2",
+            "spec.endpoints[6].tlsConfig.ca.configMap",
+            "spec.endpoints[7].bearerTokenSecret",
+            "spec.endpoints[8].authorization.type"
+        ]
     );
 }
 
@@ -211,7 +246,7 @@ fn a_pod_monitor_selects_pods_by_label_and_container_port_and_names_the_job_afte
     assert_eq!(out.jobs.len(), 1);
     assert_eq!(
         out.refused[0].to_string().split(": ").take(2).collect::<Vec<_>>(),
-        ["PodMonitor jobs/workers", "spec.podMetricsEndpoints[1].authorization"]
+        ["PodMonitor jobs/workers", "spec.podMetricsEndpoints[1].authorization.credentials"]
     );
     let job = &out.jobs[0];
     assert_eq!(job.job_name, "podMonitor/jobs/workers/0");

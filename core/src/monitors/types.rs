@@ -179,12 +179,73 @@ pub struct Endpoint {
     /// A token file inside the Prometheus pod (deprecated by prometheus-operator, still honoured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_file: Option<String>,
-    /// TLS towards the target; file paths inside the Prometheus pod only.
+    /// TLS towards the target: files inside the Prometheus pod, or keys of Secrets of the monitor's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_config: Option<TlsConfig>,
+    /// Basic auth with a username and a password from Secrets of the monitor's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// A bearer token from a Secret of the monitor's namespace (deprecated by prometheus-operator for
+    /// `authorization`, still honoured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_secret: Option<SecretKeyRef>,
+    /// The `Authorization` header: a type (default `Bearer`) and credentials from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<SafeAuthorization>,
     /// Fields this version does not render; an endpoint with any of them is refused.
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// A key of a Secret in the monitor's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[serde(default)]
+    pub name: String,
+    /// The key.
+    #[serde(default)]
+    pub key: String,
+    /// Whether the Secret or key may be missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// `basicAuth` of an endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    /// The username's Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<SecretKeyRef>,
+    /// The password's Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretKeyRef>,
+}
+
+/// `authorization` of an endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SafeAuthorization {
+    /// The scheme (default `Bearer`; `Basic` is refused, as Prometheus refuses it: use `basicAuth`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// The credentials' Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SecretKeyRef>,
+}
+
+/// A Secret or ConfigMap key holding a certificate (`tlsConfig.ca`, `tlsConfig.cert`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretOrConfigMap {
+    /// The Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretKeyRef>,
+    /// A ConfigMap key: not supported yet (refused with the field's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<serde_json::Value>,
 }
 
 /// TLS settings of an endpoint.
@@ -206,7 +267,16 @@ pub struct TlsConfig {
     /// `insecure_skip_verify`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
-    /// Fields this version does not render (`ca`, `cert`, `keySecret`, versions).
+    /// The authority's certificate from a Secret (instead of `caFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretOrConfigMap>,
+    /// The client certificate from a Secret (instead of `certFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<SecretOrConfigMap>,
+    /// The client key from a Secret (instead of `keyFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret: Option<SecretKeyRef>,
+    /// Fields this version does not render (TLS versions, ...).
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, serde_json::Value>,
 }
