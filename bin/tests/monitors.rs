@@ -320,23 +320,55 @@ async fn a_cluster_scrapes_the_monitors_it_selects_and_follows_them_without_a_re
     support::release_namespace(&ns).await
 }
 
-/// A Prometheus that receives remote write (`--web.enable-remote-write-receiver`) behind basic auth, in a pod.
+/// The receiver's TLS Secret: a certificate for `receiver.test` and the authority that issued it (`ca.crt`,
+/// `tls.crt`, `tls.key`, as cert-manager lays them out); and the authority's PEM.
+fn receiver_tls(ns: &str) -> Result<(String, String)> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "receiver-test-ca");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate()?)?;
+    let key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec![RECEIVER_NAME.to_owned()])?.signed_by(&key, &ca)?;
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "receiver-tls", "namespace": ns},
+        "stringData": {"ca.crt": ca.pem(), "tls.crt": leaf.pem(), "tls.key": key.serialize_pem()}});
+    Ok((serde_json::to_string(&secret)?, ca.pem()))
+}
+
+/// The name in the receiver's certificate (its URL holds the pod's IP; the agent checks this name instead).
+const RECEIVER_NAME: &str = "receiver.test";
+
+/// A Prometheus that receives remote write (`--web.enable-remote-write-receiver`) over HTTPS behind basic auth, in a
+/// pod.
 fn receiver(ns: &str, user: &str, password: &str) -> Result<String> {
     let hash = bcrypt::hash(password, 4)?;
     Ok(format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: receiver-web\n  namespace: {ns}\ndata:\n  web.yml: |\n    \
+         tls_server_config:\n      cert_file: /etc/tls/tls.crt\n      key_file: /etc/tls/tls.key\n    \
          basic_auth_users:\n      {user}: \"{hash}\"\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: receiver\n  \
          namespace: {ns}\nspec:\n  containers:\n    - name: prometheus\n      image: prom/prometheus:v3.5.0\n      \
          args: [\"--config.file=/dev/null\", \"--storage.tsdb.path=data\", \"--web.listen-address=:9090\", \
          \"--web.enable-remote-write-receiver\", \"--web.config.file=/etc/web/web.yml\"]\n      volumeMounts:\n        \
-         - name: web\n          mountPath: /etc/web\n  volumes:\n    - name: web\n      configMap:\n        name: receiver-web\n"
+         - name: web\n          mountPath: /etc/web\n        - name: tls\n          mountPath: /etc/tls\n  volumes:\n    \
+         - name: web\n      configMap:\n        name: receiver-web\n    - name: tls\n      secret:\n        \
+         secretName: receiver-tls\n"
     ))
 }
 
-/// The newest sample of `up{job="web"}` the receiver at `ip` holds, as (Unix time, value), asked with basic auth.
-async fn received_up(http: &reqwest::Client, ip: &str, password: &str) -> Result<Option<(f64, String)>> {
+/// An HTTPS client that trusts `ca` and reaches the receiver at `ip` by its certificate's name.
+fn receiver_client(ca: &str, ip: &str) -> Result<reqwest::Client> {
+    let addr: std::net::SocketAddr = format!("{ip}:9090").parse()?;
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?)
+        .resolve(RECEIVER_NAME, addr)
+        .build()?)
+}
+
+/// The newest sample of `up{job="web"}` the receiver holds, as (Unix time, value), asked with basic auth.
+async fn received_up(http: &reqwest::Client, password: &str) -> Result<Option<(f64, String)>> {
     let answer: Value = http
-        .get(format!("http://{ip}:9090/api/v1/query"))
+        .get(format!("https://{RECEIVER_NAME}:9090/api/v1/query"))
         .basic_auth("greptime", Some(password))
         .query(&[("query", "up{job=\"web\"}")])
         .send()
@@ -348,9 +380,9 @@ async fn received_up(http: &reqwest::Client, ip: &str, password: &str) -> Result
 }
 
 /// Agent mode as a user meets it: a cluster with `mode: Agent` selects a ServiceMonitor, scrapes the app and
-/// remote-writes into a second, real Prometheus (the receiver) with a `?db=public` query parameter, basic auth from
-/// a Secret and a header; the samples arrive, keep arriving after the receiver is restarted, and the agent itself
-/// answers no queries.
+/// remote-writes into a second, real Prometheus (the receiver) over HTTPS checked against a private authority from
+/// a Secret, with a `?db=public` query parameter, basic auth from a Secret and a header; the samples arrive, keep
+/// arriving after the receiver is restarted, and the agent itself answers no queries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_and_survives_its_restart() -> Result<()> {
     let env = env();
@@ -358,6 +390,8 @@ async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_an
     let password = "s3cret-for-the-receiver";
     env.cp.apply_yaml(include_str!("../../fixtures/crds/monitoring.coreos.com.yaml")).await?;
     let _operator = support::Operator::start(Some(&ns), &[])?;
+    let (tls_secret, ca) = receiver_tls(&ns)?;
+    env.cp.apply_yaml(&tls_secret).await?;
     env.cp.apply_yaml(&receiver(&ns, "greptime", password)?).await?;
     env.cp.apply_yaml(&app_pod(&ns)).await?;
     env.cp.apply_yaml(&service(&ns, "web", "{app.kubernetes.io/name: web, team: obs}")).await?;
@@ -378,7 +412,8 @@ async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_an
             "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: edge\nspec:\n  \
              mode: Agent\n  replicas: 1\n  image: prom/prometheus:v3.5.0\n  scrapeInterval: 1s\n  storage:\n    \
              size: 1Gi\n  serviceMonitorSelector:\n    matchLabels:\n      team: obs\n  remoteWrite:\n    - url: \
-             http://{receiver_ip}:9090/api/v1/write?db=public\n      basicAuthSecretRef:\n        name: receiver-auth\n      \
+             https://{receiver_ip}:9090/api/v1/write?db=public\n      basicAuthSecretRef:\n        name: receiver-auth\n      \
+             tlsConfig:\n        ca:\n          name: receiver-tls\n        serverName: {RECEIVER_NAME}\n      \
              headers:\n        X-Scope-OrgID: edge\n      queueConfig:\n        batchSendDeadline: 1s\n        \
              minBackoff: 100ms\n        maxBackoff: 1s\n"
         ),
@@ -387,15 +422,19 @@ async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_an
     support::wait_phase(&ns, "edge", tsdb_operator_core::crd::Phase::Active, 1, Duration::from_mins(3)).await?;
 
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let tls = receiver_client(&ca, &receiver_ip)?;
     let (first, up) = eventually("the app's samples at the receiver", Duration::from_mins(2), || {
-        let (http, ip) = (http.clone(), receiver_ip.clone());
-        async move { received_up(&http, &ip, password).await }
+        let tls = tls.clone();
+        async move { received_up(&tls, password).await }
     })
     .await?;
     assert_eq!(up, "1");
-    // Without the credentials the receiver refuses, so what arrived came with the Secret's basic auth.
-    let refused = http.get(format!("http://{receiver_ip}:9090/api/v1/query?query=up")).send().await?;
+    // Without the credentials the receiver refuses, so what arrived came with the Secret's basic auth; and it
+    // speaks only TLS, so what arrived came over TLS checked against the Secret's authority.
+    let refused = tls.get(format!("https://{RECEIVER_NAME}:9090/api/v1/query?query=up")).send().await?;
     assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let plain = http.get(format!("http://{receiver_ip}:9090/api/v1/query?query=up")).send().await?;
+    assert_eq!(plain.status(), reqwest::StatusCode::BAD_REQUEST, "plain HTTP to a TLS port");
     // The agent answers no queries.
     let agent = support::pods(&ns, "edge").await?.into_iter().next().context("the agent's pod")?;
     let agent_ip = agent.status.and_then(|s| s.pod_ip).context("the agent's IP")?;
@@ -406,9 +445,9 @@ async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_an
     let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
     env.kubelet.faults().kill(&ns, "receiver", "prometheus")?;
     let (after, _) = eventually("samples newer than the receiver's restart", Duration::from_mins(2), || {
-        let (http, ip) = (http.clone(), receiver_ip.clone());
+        let tls = tls.clone();
         async move {
-            Ok(match received_up(&http, &ip, password).await {
+            Ok(match received_up(&tls, password).await {
                 Ok(Some((at, value))) if at > killed_at + 2.0 => Some((at, value)),
                 _ => None,
             })

@@ -34,6 +34,9 @@ pub fn required_secrets(spec: &PrometheusClusterSpec) -> Vec<SecretNeed> {
         if let Some(r) = &rw.bearer_token_secret_ref {
             need(format!("spec.remoteWrite[{i}].bearerTokenSecretRef"), &r.name, "token");
         }
+        for (field, secret, key) in rw.tls_config.iter().flat_map(|t| t.secret_keys()) {
+            need(format!("spec.remoteWrite[{i}].tlsConfig.{field}"), secret, key);
+        }
     }
     if spec.thanos.enabled
         && let Some(r) = &spec.thanos.object_storage_config_secret_ref

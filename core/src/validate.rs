@@ -748,6 +748,9 @@ const RESERVED_HEADERS: [&str; 14] = [
 ];
 
 fn check_remote_write_options(errs: &mut Vec<FieldError>, field: &str, rw: &RemoteWriteSpec) {
+    if let Some(tls) = &rw.tls_config {
+        check_remote_write_tls(errs, &format!("{field}.tlsConfig"), tls);
+    }
     for (name, value) in &rw.headers {
         let token =
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
@@ -834,6 +837,22 @@ fn check_agent(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
             "spec.image",
             &spec.image,
             format!("is Prometheus {version}, older than 2.32, which agent mode needs: use 2.32 or later"),
+        ));
+    }
+}
+
+/// `remoteWrite[].tlsConfig`: Secret names and keys Kubernetes accepts, a client certificate with its key.
+fn check_remote_write_tls(errs: &mut Vec<FieldError>, field: &str, tls: &crate::crd::cluster::RemoteWriteTls) {
+    for (sub, secret, key) in tls.secret_keys() {
+        check_secret_name(errs, &format!("{field}.{sub}.name"), secret, "name a Secret in the cluster's namespace");
+        if let Err(reason) = names::check_secret_key(key) {
+            errs.push(FieldError::invalid(format!("{field}.{sub}.key"), key, reason));
+        }
+    }
+    if tls.cert.is_some() != tls.key_secret.is_some() {
+        errs.push(FieldError::required(
+            format!("{field}.{}", if tls.cert.is_some() { "keySecret" } else { "cert" }),
+            "a client certificate needs both cert and keySecret",
         ));
     }
 }
@@ -1189,6 +1208,27 @@ mod tests {
         let errs = errors(&agent);
         assert!(errs.iter().any(|e| e.contains("spec.ruleSelector: Forbidden: an agent keeps no TSDB")), "{errs:#?}");
         assert!(errs.iter().any(|e| e.contains("spec.alerting: Forbidden")), "{errs:#?}");
+    }
+
+    #[test]
+    fn remote_write_tls_needs_a_client_key_with_its_certificate_and_valid_secret_keys() {
+        let spec: PrometheusClusterSpec = serde_json::from_value(json!({
+            "remoteWrite": [
+                {"url": "https://a.example.com/write", "tlsConfig": {"ca": {"name": "ca", "key": "bad/key"},
+                 "cert": {"name": "client"}}},
+                {"url": "https://b.example.com/write", "tlsConfig": {"ca": {"name": "Bad_Name"}}},
+            ],
+        }))
+        .unwrap();
+        let errs = errors(&spec);
+        for wanted in [
+            "spec.remoteWrite[0].tlsConfig.ca.key: Invalid value: \"bad/key\"",
+            "spec.remoteWrite[0].tlsConfig.keySecret: Required value: a client certificate needs both cert and keySecret",
+            "spec.remoteWrite[1].tlsConfig.ca.name: Invalid value: \"Bad_Name\"",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(wanted)), "no {wanted:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), 3, "{errs:#?}");
     }
 
     #[test]

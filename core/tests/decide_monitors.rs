@@ -420,7 +420,8 @@ fn monitor_credentials_from_secrets_are_mounted_read_and_refused_when_out_of_rea
     let to_read = decide::secrets_to_read_with_monitors(&pc, &observed);
     assert_eq!(to_read.into_iter().collect::<Vec<_>>(), ["scrape-auth"]);
     let mut pc = pc;
-    pc.spec.service_monitor_namespace_selector = Some(Default::default());
+    pc.spec.service_monitor_namespace_selector =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::default());
     let secrets = BTreeMap::from([(
         "scrape-auth".to_owned(),
         ["user", "pass"].into_iter().map(str::to_owned).collect::<std::collections::BTreeSet<_>>(),

@@ -108,7 +108,14 @@ fn render_into(cluster: &PrometheusCluster, root: &str) -> String {
         write(&format!("{}/{key}", rooted.config_dir), content);
     }
     for secret in config::remote_write_secrets(&ctx) {
-        for key in [config::BASIC_AUTH_USERNAME_KEY, config::BASIC_AUTH_PASSWORD_KEY, config::BEARER_TOKEN_KEY] {
+        for key in [
+            config::BASIC_AUTH_USERNAME_KEY,
+            config::BASIC_AUTH_PASSWORD_KEY,
+            config::BEARER_TOKEN_KEY,
+            "ca.crt",
+            "tls.crt",
+            "tls.key",
+        ] {
             write(&rooted.secret_file(&secret, key), "dummy");
         }
     }

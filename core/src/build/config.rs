@@ -223,6 +223,9 @@ pub struct RemoteWriteConfig {
     /// `metadata_config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_config: Option<MetadataConfigFile>,
+    /// `tls_config`, with files of the mounted Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<crate::monitors::Tls>,
 }
 
 /// `queue_config` of a remote write entry.
@@ -482,6 +485,8 @@ pub fn remote_write_secrets(ctx: &BuildContext<'_>) -> BTreeSet<String> {
         .flatten()
         .map(|r| r.name.clone())
         .collect();
+    let tls = ctx.cluster.spec.remote_write.iter().flat_map(|rw| rw.tls_config.iter().flat_map(|t| t.secret_keys()));
+    out.extend(tls.map(|(_, secret, _)| secret.to_owned()));
     out.extend(ctx.monitor_secrets.into_iter().flatten().cloned());
     out
 }
@@ -567,6 +572,24 @@ fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<Remot
                 send: m.send,
                 send_interval: m.send_interval.clone(),
                 max_samples_per_send: m.max_samples_per_send,
+            }),
+            tls_config: rw.tls_config.as_ref().map(|tls| {
+                let mut files = crate::monitors::Tls {
+                    ca_file: None,
+                    cert_file: None,
+                    key_file: None,
+                    server_name: tls.server_name.clone().filter(|n| !n.is_empty()),
+                    insecure_skip_verify: tls.insecure_skip_verify,
+                };
+                for (field, secret, key) in tls.secret_keys() {
+                    let file = Some(paths.secret_file(secret, key));
+                    match field {
+                        "ca" => files.ca_file = file,
+                        "cert" => files.cert_file = file,
+                        _ => files.key_file = file,
+                    }
+                }
+                files
             }),
         };
         let duplicate = out.iter().position(|prev| (prev.name.is_some() && prev.name == entry.name) || *prev == entry);
@@ -727,11 +750,13 @@ fn plain_yaml(config: &PrometheusConfig) -> Option<String> {
                 write_relabel_configs,
                 queue_config,
                 metadata_config,
+                tls_config,
             } = entry;
             if !headers.is_empty()
                 || !write_relabel_configs.is_empty()
                 || queue_config.is_some()
                 || metadata_config.is_some()
+                || tls_config.is_some()
             {
                 return None;
             }
@@ -854,6 +879,7 @@ mod tests {
                 write_relabel_configs: Vec::new(),
                 queue_config: None,
                 metadata_config: None,
+                tls_config: None,
             }],
         }
     }

@@ -546,6 +546,60 @@ pub struct RemoteWriteSpec {
     /// Whether and how often metric metadata is sent (`metadata_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_config: Option<MetadataConfig>,
+
+    /// TLS towards the endpoint: a private authority and a client certificate from Secrets (mounted into the pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<RemoteWriteTls>,
+}
+
+/// `tls_config` of a remote write endpoint. Each certificate is a key of a Secret in the cluster's namespace,
+/// laid out as cert-manager writes them by default (`ca.crt`, `tls.crt`, `tls.key`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteWriteTls {
+    /// The authority that signed the endpoint's certificate (key default `ca.crt`); the system's otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<TlsSecretKey>,
+    /// A client certificate (key default `tls.crt`), for endpoints that ask for one; needs `keySecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<TlsSecretKey>,
+    /// The client certificate's key (key default `tls.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret: Option<TlsSecretKey>,
+    /// The name the endpoint's certificate must carry, when it differs from the URL's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_URL))]
+    pub server_name: Option<String>,
+    /// Skip verifying the endpoint's certificate. Only for tests: anyone on the path can then read the samples and
+    /// the credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// A key of a Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSecretKey {
+    /// The Secret's name.
+    #[schemars(length(max = limits::MAX_NAME))]
+    pub name: String,
+    /// The key (default `ca.crt`, `tls.crt` or `tls.key`, by field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_NAME))]
+    pub key: Option<String>,
+}
+
+impl RemoteWriteTls {
+    /// The Secret keys this TLS configuration reads, as (field, Secret, key), in `ca`, `cert`, `keySecret` order.
+    pub fn secret_keys(&self) -> Vec<(&'static str, &str, &str)> {
+        [("ca", &self.ca, "ca.crt"), ("cert", &self.cert, "tls.crt"), ("keySecret", &self.key_secret, "tls.key")]
+            .into_iter()
+            .filter_map(|(field, r, default)| {
+                r.as_ref()
+                    .map(|r| (field, r.name.as_str(), r.key.as_deref().filter(|k| !k.is_empty()).unwrap_or(default)))
+            })
+            .collect()
+    }
 }
 
 /// `queue_config` of a remote write endpoint.

@@ -23,7 +23,7 @@ pub mod rules;
 mod types;
 
 pub use render::{
-    AuthorizationFile, BasicAuthFiles, KubernetesSd, Refused, Relabel, ScrapeJob, ScrapeJobs, SecretUse,
+    AuthorizationFile, BasicAuthFiles, KubernetesSd, Refused, Relabel, ScrapeJob, ScrapeJobs, SecretUse, Tls,
     build_pod_monitor_jobs, build_scrape_jobs,
 };
 pub(crate) use render::{check_relabel, relabel};

@@ -186,8 +186,8 @@ pub struct NodeMetadata {
     pub node: bool,
 }
 
-/// `tls_config`.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+/// `tls_config` (of a scrape job or a remote write entry).
+#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Tls {
     /// `ca_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
