@@ -379,7 +379,8 @@ async fn received_up(http: &reqwest::Client, password: &str) -> Result<Option<(f
     Ok(value[0].as_f64().zip(value[1].as_str().map(str::to_owned)))
 }
 
-/// Agent mode as a user meets it: a cluster with `mode: Agent` selects a ServiceMonitor, scrapes the app and
+/// Agent mode as a user meets it: a cluster with `mode: Agent` (its write-ahead log on an emptyDir) selects a
+/// ServiceMonitor, scrapes the app and
 /// remote-writes into a second, real Prometheus (the receiver) over HTTPS checked against a private authority from
 /// a Secret, with a `?db=public` query parameter, basic auth from a Secret and a header; the samples arrive, keep
 /// arriving after the receiver is restarted, and the agent itself answers no queries.
@@ -411,7 +412,7 @@ async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_an
         &format!(
             "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: edge\nspec:\n  \
              mode: Agent\n  replicas: 1\n  image: prom/prometheus:v3.5.0\n  scrapeInterval: 1s\n  storage:\n    \
-             size: 1Gi\n  serviceMonitorSelector:\n    matchLabels:\n      team: obs\n  remoteWrite:\n    - url: \
+             size: 1Gi\n    emptyDir: {{}}\n  serviceMonitorSelector:\n    matchLabels:\n      team: obs\n  remoteWrite:\n    - url: \
              https://{receiver_ip}:9090/api/v1/write?db=public\n      basicAuthSecretRef:\n        name: receiver-auth\n      \
              tlsConfig:\n        ca:\n          name: receiver-tls\n        serverName: {RECEIVER_NAME}\n      \
              headers:\n        X-Scope-OrgID: edge\n      queueConfig:\n        batchSendDeadline: 1s\n        \
@@ -437,6 +438,14 @@ async fn an_agent_cluster_forwards_what_it_scrapes_to_a_remote_write_receiver_an
     assert_eq!(plain.status(), reqwest::StatusCode::BAD_REQUEST, "plain HTTP to a TLS port");
     // The agent answers no queries.
     let agent = support::pods(&ns, "edge").await?.into_iter().next().context("the agent's pod")?;
+    let volumes = agent.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+    let data = volumes.iter().find(|v| v.name == "data").context("the data volume")?;
+    assert!(data.empty_dir.is_some() && data.persistent_volume_claim.is_none(), "the WAL on an emptyDir: {data:?}");
+    let claims = kube::Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(support::client(), &ns);
+    assert!(
+        claims.list(&kube::api::ListParams::default()).await?.items.is_empty(),
+        "an agent on an emptyDir claims no volume"
+    );
     let agent_ip = agent.status.and_then(|s| s.pod_ip).context("the agent's IP")?;
     let query = http.get(format!("http://{agent_ip}:9090/api/v1/query?query=up")).send().await?;
     assert!(!query.status().is_success(), "an agent answers no queries: {}", query.status());

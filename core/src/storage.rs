@@ -87,19 +87,12 @@ pub struct StorageDecision {
 pub fn decide_storage(spec: &StorageSpec, observed: &ObservedStorage<'_>) -> StorageDecision {
     let wanted_size = effective_size(&spec.size.0);
     let wanted_class = spec.storage_class_name.clone().filter(|c| !c.is_empty());
-    let resizing = observed
-        .claims
-        .iter()
-        .filter(|c| match (c.requested.as_deref(), c.capacity.as_deref()) {
-            (Some(r), Some(c)) => less(c, r),
-            _ => false,
-        })
-        .map(|c| c.name.clone())
-        .collect();
+    let resizing = observed.claims.iter().filter(|c| is_resizing(c)).map(|c| c.name.clone()).collect();
     let mut decision = StorageDecision {
         render: StorageSpec {
             storage_class_name: spec.storage_class_name.clone(),
             size: Quantity(wanted_size.clone()),
+            empty_dir: spec.empty_dir.clone(),
         },
         resize: Vec::new(),
         recreate: false,
@@ -108,10 +101,17 @@ pub fn decide_storage(spec: &StorageSpec, observed: &ObservedStorage<'_>) -> Sto
     };
 
     let template = observed.stateful_set.and_then(claim_template);
+    if let Some((render, refused)) = refuse_volume_kind_switch(spec, observed.stateful_set, template.as_ref()) {
+        (decision.render, decision.refused) = (render, Some(refused));
+        return decision;
+    } else if spec.empty_dir.is_some() {
+        return decision;
+    }
     if let Some((raw_class, size)) = &template {
         let class = raw_class.clone().filter(|c| !c.is_empty());
         if class != wanted_class {
-            decision.render = StorageSpec { storage_class_name: raw_class.clone(), size: Quantity(size.clone()) };
+            decision.render =
+                StorageSpec { storage_class_name: raw_class.clone(), size: Quantity(size.clone()), empty_dir: None };
             decision.refused = Some(refuse(
                 "spec.storage.storageClassName",
                 &format!(
@@ -124,7 +124,8 @@ pub fn decide_storage(spec: &StorageSpec, observed: &ObservedStorage<'_>) -> Sto
             return decision;
         }
         if less(&wanted_size, size) {
-            decision.render = StorageSpec { storage_class_name: raw_class.clone(), size: Quantity(size.clone()) };
+            decision.render =
+                StorageSpec { storage_class_name: raw_class.clone(), size: Quantity(size.clone()), empty_dir: None };
             decision.refused = Some(refuse(
                 "spec.storage.size",
                 &format!(
@@ -247,6 +248,60 @@ impl StorageRefusal {
 }
 
 /// Class and size of the `data` claim template of an observed StatefulSet.
+/// A StatefulSet's claim templates cannot change: a claim stays a claim and an emptyDir an emptyDir. The storage to
+/// render instead and the refusal, when `spec` asks for the other kind than the observed StatefulSet has.
+fn refuse_volume_kind_switch(
+    spec: &StorageSpec,
+    sts: Option<&Value>,
+    template: Option<&(Option<String>, String)>,
+) -> Option<(StorageSpec, StorageRefusal)> {
+    let sts = sts?;
+    match (template, &spec.empty_dir) {
+        (Some((raw_class, size)), Some(_)) => Some((
+            StorageSpec { storage_class_name: raw_class.clone(), size: Quantity(size.clone()), empty_dir: None },
+            refuse(
+                "spec.storage.emptyDir",
+                "cannot move the write-ahead log from its volume claims to an emptyDir in place: remove emptyDir, \
+                 or delete the cluster and create it again with it",
+            ),
+        )),
+        (None, None) => {
+            let empty = empty_dir_of(sts)?;
+            Some((
+                StorageSpec { empty_dir: Some(empty), ..spec.clone() },
+                refuse(
+                    "spec.storage.emptyDir",
+                    "cannot move the write-ahead log from an emptyDir to volume claims in place: set emptyDir again, \
+                     or delete the cluster and create it again without it",
+                ),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The emptyDir of the data volume of an observed StatefulSet, if it has one.
+fn empty_dir_of(sts: &Value) -> Option<crate::crd::cluster::EmptyDirStorage> {
+    let volume = sts
+        .pointer("/spec/template/spec/volumes")?
+        .as_array()?
+        .iter()
+        .find(|v| v.pointer("/name").and_then(Value::as_str) == Some(crate::constants::volumes::DATA))?;
+    let empty = volume.get("emptyDir")?;
+    Some(crate::crd::cluster::EmptyDirStorage {
+        medium: empty.get("medium").and_then(Value::as_str).filter(|m| !m.is_empty()).map(str::to_owned),
+        size_limit: empty.get("sizeLimit").and_then(Value::as_str).map(|q| Quantity(q.to_owned())),
+    })
+}
+
+/// Whether the claim's capacity is below its request (the provider is growing it).
+fn is_resizing(claim: &ObservedClaim) -> bool {
+    match (claim.requested.as_deref(), claim.capacity.as_deref()) {
+        (Some(r), Some(c)) => less(c, r),
+        _ => false,
+    }
+}
+
 fn claim_template(sts: &Value) -> Option<(Option<String>, String)> {
     let template = sts
         .pointer("/spec/volumeClaimTemplates")?
@@ -264,7 +319,7 @@ mod tests {
     use serde_json::json;
 
     fn spec(size: &str, class: Option<&str>) -> StorageSpec {
-        StorageSpec { storage_class_name: class.map(str::to_owned), size: Quantity(size.to_owned()) }
+        StorageSpec { storage_class_name: class.map(str::to_owned), size: Quantity(size.to_owned()), empty_dir: None }
     }
 
     fn sts(size: &str, class: Option<&str>) -> Value {
@@ -282,6 +337,32 @@ mod tests {
             requested: Some(requested.to_owned()),
             capacity: Some(capacity.to_owned()),
         }
+    }
+
+    #[test]
+    fn a_claim_stays_a_claim_and_an_empty_dir_stays_an_empty_dir() {
+        let empty = crate::crd::cluster::EmptyDirStorage { medium: None, size_limit: None };
+        let with_empty = StorageSpec { empty_dir: Some(empty.clone()), ..spec("2Gi", None) };
+        // A new agent gets its emptyDir.
+        let none = ObservedStorage { stateful_set: None, claims: &[], class_allows_expansion: None };
+        let d = decide_storage(&with_empty, &none);
+        assert_eq!((d.render.empty_dir.as_ref(), d.refused.is_none()), (Some(&empty), true));
+        // Claims observed: the emptyDir is refused and the claims are kept.
+        let claims = sts("2Gi", None);
+        let observed = ObservedStorage { stateful_set: Some(&claims), claims: &[], class_allows_expansion: None };
+        let d = decide_storage(&with_empty, &observed);
+        assert_eq!(d.render.empty_dir, None);
+        assert_eq!(d.refused.as_ref().map(|r| r.field), Some("spec.storage.emptyDir"));
+        // An emptyDir observed: removing it is refused and the emptyDir kept.
+        let on_node =
+            json!({"spec": {"template": {"spec": {"volumes": [{"name": "data", "emptyDir": {"medium": "Memory"}}]}}}});
+        let observed = ObservedStorage { stateful_set: Some(&on_node), claims: &[], class_allows_expansion: None };
+        let d = decide_storage(&spec("2Gi", None), &observed);
+        assert_eq!(d.render.empty_dir.and_then(|e| e.medium).as_deref(), Some("Memory"));
+        assert!(d.refused.is_some_and(|r| r.message.contains("from an emptyDir to volume claims")));
+        // And keeping it changes nothing.
+        let d = decide_storage(&with_empty, &observed);
+        assert!(d.refused.is_none() && d.resize.is_empty() && !d.recreate);
     }
 
     #[test]

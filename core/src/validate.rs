@@ -340,6 +340,9 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
     }
     check_retention(&mut errs, spec);
     check_storage(&mut errs, spec);
+    if let Some(empty) = &spec.storage.empty_dir {
+        check_empty_dir(&mut errs, spec, empty);
+    }
     if let Some(resources) = &spec.resources {
         check_resources(&mut errs, "spec.resources", resources);
     }
@@ -857,6 +860,33 @@ fn check_remote_write_tls(errs: &mut Vec<FieldError>, field: &str, tls: &crate::
     }
 }
 
+/// `spec.storage.emptyDir`: agents only, a medium Kubernetes knows, a size limit that parses.
+fn check_empty_dir(
+    errs: &mut Vec<FieldError>,
+    spec: &PrometheusClusterSpec,
+    empty: &crate::crd::cluster::EmptyDirStorage,
+) {
+    if spec.mode != crate::crd::Mode::Agent {
+        errs.push(FieldError::forbidden(
+            "spec.storage.emptyDir",
+            "only an agent may keep its data on an emptyDir: a server would lose its TSDB whenever a pod is deleted; \
+             remove it, or set mode: Agent",
+        ));
+    }
+    if let Some(medium) = empty.medium.as_deref().filter(|m| !m.is_empty() && *m != "Memory") {
+        errs.push(FieldError::not_supported("spec.storage.emptyDir.medium", medium, &["", "Memory"]));
+    }
+    if let Some(limit) = &empty.size_limit
+        && crate::quantity::parse_nanos(&limit.0).is_err()
+    {
+        errs.push(FieldError::invalid(
+            "spec.storage.emptyDir.sizeLimit",
+            &limit.0,
+            "is not a quantity such as 2Gi or 500Mi",
+        ));
+    }
+}
+
 /// Every rule of `spec.ruleGroups` as Prometheus checks it ([`crate::monitors::rules`]), named by its field.
 fn check_rule_groups(errs: &mut Vec<FieldError>, groups: &[crate::monitors::RuleGroup]) {
     if groups.is_empty() {
@@ -1167,9 +1197,22 @@ mod tests {
             "mode": "Agent",
             "image": "prom/prometheus:v3.5.0",
             "remoteWrite": [{"url": "http://greptime:4000/v1/prometheus/write?db=public"}],
+            "storage": {"size": "1Gi", "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}},
         }))
         .unwrap();
         assert_eq!(errors(&fine), Vec::<String>::new());
+        let server: PrometheusClusterSpec = serde_json::from_value(json!({
+            "storage": {"emptyDir": {"medium": "Tape", "sizeLimit": "lots"}},
+        }))
+        .unwrap();
+        let errs = errors(&server);
+        for wanted in [
+            "spec.storage.emptyDir: Forbidden: only an agent may keep its data on an emptyDir",
+            "spec.storage.emptyDir.medium: Unsupported value: \"Tape\"",
+            "spec.storage.emptyDir.sizeLimit: Invalid value: \"lots\"",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(wanted)), "no {wanted:?} in {errs:#?}");
+        }
     }
 
     #[test]

@@ -263,7 +263,7 @@ prop_compose! {
             image,
             retention,
             retention_size,
-            storage: StorageSpec { storage_class_name, size: Quantity(size) },
+            storage: StorageSpec { storage_class_name, size: Quantity(size), empty_dir: None },
             resources: Some(ResourceRequirements { limits, requests, claims: None }),
             backup,
             remote_write,

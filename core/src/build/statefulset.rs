@@ -127,7 +127,13 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
                 }),
                 spec: Some(pod_spec),
             },
-            volume_claim_templates: Some(vec![data_claim_template(ctx)]),
+            volume_claim_templates: ctx
+                .cluster
+                .spec
+                .storage
+                .empty_dir
+                .is_none()
+                .then(|| vec![data_claim_template(ctx)]),
             ..StatefulSetSpec::default()
         }),
         status: None,
@@ -330,6 +336,17 @@ fn pod_volumes(ctx: &BuildContext<'_>) -> Vec<Volume> {
         config_map: Some(ConfigMapVolumeSource { name: ctx.config_map_name(), ..ConfigMapVolumeSource::default() }),
         ..Volume::default()
     });
+    if let Some(empty) = &ctx.cluster.spec.storage.empty_dir {
+        // The agent's write-ahead log, when it lives on the node (`spec.storage.emptyDir`).
+        out.push(Volume {
+            name: DATA_VOLUME.to_owned(),
+            empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource {
+                medium: empty.medium.clone().filter(|m| !m.is_empty()),
+                size_limit: Some(empty.size_limit.clone().unwrap_or_else(|| Quantity(ctx.storage_size.to_owned()))),
+            }),
+            ..Volume::default()
+        });
+    }
     for secret in &secrets {
         out.push(secret_volume(&remote_write_volume_name(secret), secret));
     }

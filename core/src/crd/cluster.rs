@@ -361,11 +361,29 @@ pub struct StorageSpec {
     /// Size of each replica's data volume.
     #[serde(default = "default_storage_size")]
     pub size: Quantity,
+
+    /// Agents only (`mode: Agent`): keep the write-ahead log on an emptyDir instead of a volume claim. Whatever is
+    /// not yet sent is lost when a pod is deleted or moved (a restart of the container keeps it). Chosen when the
+    /// cluster is created: switching between a claim and an emptyDir later is refused (recreate the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirStorage>,
+}
+
+/// `spec.storage.emptyDir`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDirStorage {
+    /// `Memory` for a tmpfs (counted against the pod's memory limit); the node's disk when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    /// Most the emptyDir may hold before the pod is evicted (default `size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<Quantity>,
 }
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        Self { storage_class_name: None, size: default_storage_size() }
+        Self { storage_class_name: None, size: default_storage_size(), empty_dir: None }
     }
 }
 
