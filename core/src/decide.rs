@@ -210,7 +210,7 @@ pub fn children_to_read(cluster: &str, settings: &BuildSettings) -> Vec<ChildKey
 }
 
 /// The Secrets whose keys [`ClusterObservation::secrets`] must hold; none for a spec that fails validation.
-/// Monitors' credentials add theirs: see [`monitor_secrets_to_read`].
+/// Monitors' credentials add theirs: see [`secrets_to_read_with_monitors`].
 pub fn secrets_to_read(cluster: &PrometheusCluster) -> BTreeSet<String> {
     if validate::validate_cluster(&cluster.spec).is_err() {
         return BTreeSet::new();
