@@ -8,4 +8,4 @@ bash scripts/install-deps.sh
 source "${TSDB_OPERATOR_CACHE:-$HOME/.cache/tsdb-operator}/env.sh"
 # The operator binary is started by integration tests and mapped to the project's image by the process kubelet.
 cargo build --workspace --bins
-exec cargo test --workspace --all-targets "$@"
+exec cargo test --workspace --all-targets --no-fail-fast "$@"
