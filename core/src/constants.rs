@@ -28,6 +28,9 @@ pub mod labels {
     pub const MANAGED_BY_VALUE: &str = "tsdb-operator";
     /// Label the StatefulSet controller puts on each pod with the pod's name.
     pub const STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+    /// On the discovery Role and RoleBinding the operator puts in namespaces other than the cluster's own (where
+    /// no ownerReference can point at the cluster): the cluster's UID.
+    pub const DISCOVERY_FOR: &str = "observability.merlionos.org/discovery-for";
 }
 
 /// Annotation keys.

@@ -167,7 +167,7 @@ impl ClusterDecision {
         let Some(now) = self.found.now else { return self.status.clone() };
         let mut unapplied = self.found.unapplied.clone();
         unapplied.push(Problem { reason: reasons::APPLY_FAILED.to_owned(), message: error.to_owned() });
-        status::build_status(&StatusInput {
+        let mut status = status::build_status(&StatusInput {
             cluster: obs.cluster,
             stateful_set: observed_stateful_set(obs.children).as_ref(),
             pods: obs.pods,
@@ -176,7 +176,12 @@ impl ClusterDecision {
             unapplied: &unapplied,
             resizing: &self.found.resizing,
             now,
-        })
+        });
+        // Discovery objects elsewhere that may exist now: those recorded before and those the steps were to apply.
+        let mut recorded: BTreeSet<String> = status.discovery_namespaces.drain(..).collect();
+        recorded.extend(self.status.discovery_namespaces.iter().cloned());
+        status.discovery_namespaces = recorded.into_iter().collect();
+        status
     }
 }
 
@@ -197,6 +202,7 @@ pub fn children_to_read(cluster: &str, settings: &BuildSettings) -> Vec<ChildKey
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
         name: name.to_owned(),
+        namespace: None,
     };
     vec![
         key("v1", "ConfigMap", &config),
@@ -210,7 +216,7 @@ pub fn children_to_read(cluster: &str, settings: &BuildSettings) -> Vec<ChildKey
 }
 
 /// The Secrets whose keys [`ClusterObservation::secrets`] must hold; none for a spec that fails validation.
-/// Monitors' credentials add theirs: see [`secrets_to_read_with_monitors`].
+/// Monitors' credentials add theirs: see [`reads_with_monitors`].
 pub fn secrets_to_read(cluster: &PrometheusCluster) -> BTreeSet<String> {
     if validate::validate_cluster(&cluster.spec).is_err() {
         return BTreeSet::new();
@@ -218,14 +224,69 @@ pub fn secrets_to_read(cluster: &PrometheusCluster) -> BTreeSet<String> {
     secrets::secret_names(&secrets::required_secrets(&cluster.spec))
 }
 
-/// [`secrets_to_read`] with the Secrets the chosen monitors' credentials name (basic auth, tokens, TLS keys in
-/// the cluster's namespace), for a cluster whose [`ClusterObservation::monitors`] is `monitors`.
-pub fn secrets_to_read_with_monitors(cluster: &PrometheusCluster, monitors: &ObservedMonitors<'_>) -> BTreeSet<String> {
-    let mut out = secrets_to_read(cluster);
-    if !out.is_empty() || validate::validate_cluster(&cluster.spec).is_ok() {
-        out.extend(monitors::secrets_to_read(cluster, monitors));
+/// What the observation of a cluster that selects prometheus-operator's objects holds besides
+/// [`children_to_read`], its pods and claims: see [`reads_with_monitors`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MonitorReads {
+    /// The Secrets whose keys [`ClusterObservation::secrets`] must hold: [`secrets_to_read`] and those the chosen
+    /// monitors' credentials name (basic auth, tokens, TLS keys in the cluster's namespace).
+    pub secrets: BTreeSet<String>,
+    /// The discovery Roles and RoleBindings in other namespaces that [`ClusterObservation::children`] must hold
+    /// when they exist: in the namespaces the status lists (`status.discoveryNamespaces`, to delete those no
+    /// longer needed) and in those the chosen monitors discover targets in.
+    pub elsewhere: Vec<ChildKey>,
+}
+
+/// [`MonitorReads`] of `cluster`, whose observed prometheus-operator objects are `monitors` (`None` when it
+/// selects none or they were not read).
+pub fn reads_with_monitors(cluster: &PrometheusCluster, monitors: Option<&ObservedMonitors<'_>>) -> MonitorReads {
+    let valid = validate::validate_cluster(&cluster.spec).is_ok();
+    let mut secrets =
+        if valid { secrets::secret_names(&secrets::required_secrets(&cluster.spec)) } else { BTreeSet::new() };
+    let mut namespaces: BTreeSet<String> =
+        cluster.status.as_ref().map(|s| s.discovery_namespaces.iter().cloned().collect()).unwrap_or_default();
+    if valid {
+        let chosen = monitors.map(|m| monitors::choose_unchecked(cluster, m));
+        if let Some(chosen) = &chosen {
+            secrets.extend(chosen.secrets.iter().cloned());
+        }
+        let elsewhere = chosen.as_ref().map(|c| &c.other_namespaces);
+        namespaces.extend(crate::build::discovery::namespaces_elsewhere(cluster, elsewhere));
     }
-    out
+    let name = crate::build::discovery::discovery_name_elsewhere(
+        cluster.metadata.namespace.as_deref().unwrap_or_default(),
+        cluster.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let elsewhere = namespaces
+        .into_iter()
+        .flat_map(|ns| {
+            [
+                ChildKey::elsewhere("rbac.authorization.k8s.io/v1", "Role", &name, &ns),
+                ChildKey::elsewhere("rbac.authorization.k8s.io/v1", "RoleBinding", &name, &ns),
+            ]
+        })
+        .collect();
+    MonitorReads { secrets, elsewhere }
+}
+
+/// What to do once `cluster` is gone (the watch reported its deletion; the last state the operator saw is
+/// `cluster`): delete its discovery Roles and RoleBindings in other namespaces, which no ownerReference takes
+/// away. Everything in its own namespace goes by garbage collection.
+pub fn cleanup_when_gone(cluster: &PrometheusCluster) -> Vec<Step> {
+    let recorded = cluster.status.as_ref().map(|s| s.discovery_namespaces.as_slice()).unwrap_or_default();
+    let name = crate::build::discovery::discovery_name_elsewhere(
+        cluster.metadata.namespace.as_deref().unwrap_or_default(),
+        cluster.metadata.name.as_deref().unwrap_or_default(),
+    );
+    recorded
+        .iter()
+        .flat_map(|ns| {
+            [
+                Step::Delete { key: ChildKey::elsewhere("rbac.authorization.k8s.io/v1", "RoleBinding", &name, ns) },
+                Step::Delete { key: ChildKey::elsewhere("rbac.authorization.k8s.io/v1", "Role", &name, ns) },
+            ]
+        })
+        .collect()
 }
 
 /// The decision for a cluster the operator cannot read (it does not decode: `message` names the field): rejected
@@ -288,6 +349,8 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         resizing: &storage.resizing,
         now,
     });
+    status.discovery_namespaces =
+        crate::build::discovery::namespaces_elsewhere(pc, Some(&chosen.other_namespaces)).into_iter().collect();
     let monitors_condition = pc.spec.selects_monitors().then(|| monitors_condition(pc, &chosen));
     status::set_condition(&mut status, pc, conditions::MONITORS_ACCEPTED, monitors_condition, now);
     let rules_condition = pc.spec.rule_selector.is_some().then(|| rules_condition(&chosen));
@@ -347,17 +410,18 @@ fn monitors_condition(
         return status::new_condition(conditions::MONITORS_ACCEPTED, false, reasons::MONITORS_REFUSED, message);
     }
     let mut message = counted;
-    if chosen.all_namespaces || !chosen.other_namespaces.is_empty() {
-        let outside = if chosen.all_namespaces {
-            "every namespace".to_owned()
-        } else {
-            chosen.other_namespaces.iter().cloned().collect::<Vec<_>>().join(", ")
-        };
+    if !chosen.other_namespaces.is_empty() {
+        let names = chosen.other_namespaces.iter().cloned().collect::<Vec<_>>().join(", ");
+        let binding =
+            crate::build::discovery::discovery_name_elsewhere(own, pc.metadata.name.as_deref().unwrap_or_default());
+        message = format!("{message}; discovery allowed in {names} too (Role and RoleBinding {binding})");
+    }
+    if chosen.all_namespaces {
         let account = crate::build::discovery::discovery_name(pc.metadata.name.as_deref().unwrap_or_default());
         let account = pc.spec.service_account_name.as_deref().filter(|s| !s.is_empty()).unwrap_or(&account);
         message = format!(
-            "{message}; some jobs discover targets outside {own} ({outside}): bind ServiceAccount {own}/{account} \
-             to list and watch services, endpoints and pods there"
+            "{message}; some jobs discover targets in every namespace (namespaceSelector.any): bind ServiceAccount \
+             {own}/{account} cluster-wide to list and watch services, endpoints and pods"
         );
     }
     status::new_condition(conditions::MONITORS_ACCEPTED, true, reasons::MONITORS_RENDERED, message)
@@ -474,6 +538,20 @@ fn name_conflict(pc: &PrometheusCluster, children: &BTreeMap<ChildKey, Value>) -
     let uid = pc.metadata.uid.as_deref().filter(|u| !u.is_empty());
     let name = pc.metadata.name.as_deref().unwrap_or_default();
     children.iter().find_map(|(key, object)| {
+        if let Some(namespace) = &key.namespace {
+            // No ownerReference can point across namespaces: the label says whose it is.
+            let label = object.pointer(&format!("/metadata/labels/{DISCOVERY_FOR_POINTER}")).and_then(Value::as_str);
+            let owned = uid.is_none_or(|uid| label == Some(uid));
+            return (!owned).then(|| {
+                format!(
+                    "{} {} exists in namespace {namespace} but is not this PrometheusCluster's (label {}): rename \
+                     the cluster or remove the object",
+                    key.kind,
+                    key.name,
+                    crate::constants::labels::DISCOVERY_FOR
+                )
+            });
+        }
         let controller = object
             .pointer("/metadata/ownerReferences")
             .and_then(Value::as_array)
@@ -492,6 +570,9 @@ fn name_conflict(pc: &PrometheusCluster, children: &BTreeMap<ChildKey, Value>) -
         })
     })
 }
+
+/// [`crate::constants::labels::DISCOVERY_FOR`] as a JSON pointer segment (`/` escaped).
+const DISCOVERY_FOR_POINTER: &str = "observability.merlionos.org~1discovery-for";
 
 fn observed_stateful_set_json(children: &BTreeMap<ChildKey, Value>) -> Option<&Value> {
     children.iter().find(|(k, _)| k.kind == "StatefulSet").map(|(_, v)| v)

@@ -34,7 +34,8 @@ use crate::crd::PrometheusCluster;
 use crate::quantity;
 use crate::storage::{self, ObservedStorage, StorageDecision};
 
-/// Identifies a child object inside the cluster's namespace.
+/// Identifies a child object: in the cluster's namespace, or (the discovery Role and RoleBinding in the namespaces
+/// the cluster's monitors discover targets in) in the namespace it names.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct ChildKey {
@@ -44,6 +45,9 @@ pub struct ChildKey {
     pub kind: String,
     /// `metadata.name`.
     pub name: String,
+    /// The namespace when it is not the cluster's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl ChildKey {
@@ -53,7 +57,18 @@ impl ChildKey {
             api_version: manifest.get("apiVersion")?.as_str()?.to_owned(),
             kind: manifest.get("kind")?.as_str()?.to_owned(),
             name: manifest.get("metadata")?.get("name")?.as_str()?.to_owned(),
+            namespace: None,
         })
+    }
+
+    /// The key of `kind` (`Role`, `RoleBinding`, ...) `name` in `namespace`, another namespace than the cluster's.
+    pub fn elsewhere(api_version: &str, kind: &str, name: &str, namespace: &str) -> Self {
+        Self {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            namespace: Some(namespace.to_owned()),
+        }
     }
 
     fn rank(&self) -> u8 {
@@ -83,13 +98,19 @@ impl ChildKey {
 
     /// Whether both keys name the same object, in any version of its group.
     fn same_object(&self, other: &ChildKey) -> bool {
-        self.name == other.name && self.kind == other.kind && self.group() == other.group()
+        self.name == other.name
+            && self.kind == other.kind
+            && self.group() == other.group()
+            && self.namespace == other.namespace
     }
 }
 
 impl std::fmt::Display for ChildKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.kind, self.name)
+        match &self.namespace {
+            Some(namespace) => write!(f, "{}/{} in namespace {namespace}", self.kind, self.name),
+            None => write!(f, "{}/{}", self.kind, self.name),
+        }
     }
 }
 
@@ -231,6 +252,7 @@ pub fn plan_objects(
     settings: &BuildSettings,
     observed: &BTreeMap<ChildKey, Value>,
 ) -> build::Result<Plan> {
+    let own = desired.config_map.metadata.namespace.as_deref();
     let wanted = desired
         .objects(settings)
         .into_iter()
@@ -240,6 +262,7 @@ pub fn plan_objects(
                 api_version: object.api_version().to_owned(),
                 kind: object.kind().to_owned(),
                 name: name.to_owned(),
+                namespace: object.namespace().filter(|ns| Some(*ns) != own).map(str::to_owned),
             };
             Some((key, object))
         })
@@ -284,7 +307,12 @@ pub fn plan_cluster(
         }
     }
     let resizes = decision.resize.iter().map(|r| Step::Resize {
-        key: ChildKey { api_version: "v1".to_owned(), kind: "PersistentVolumeClaim".to_owned(), name: r.name.clone() },
+        key: ChildKey {
+            api_version: "v1".to_owned(),
+            kind: "PersistentVolumeClaim".to_owned(),
+            name: r.name.clone(),
+            namespace: None,
+        },
         size: r.size.clone(),
     });
     plan.steps.splice(0..0, resizes);
@@ -496,7 +524,7 @@ mod tests {
     use serde_json::json;
 
     fn key(kind: &str, api: &str, name: &str) -> ChildKey {
-        ChildKey { api_version: api.into(), kind: kind.into(), name: name.into() }
+        ChildKey { api_version: api.into(), kind: kind.into(), name: name.into(), namespace: None }
     }
 
     fn cm(data: &str) -> Value {

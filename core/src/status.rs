@@ -218,6 +218,7 @@ pub fn build_status(input: &StatusInput<'_>) -> PrometheusClusterStatus {
         observed_generation: generation,
         conditions,
         backup: previous.backup,
+        discovery_namespaces: previous.discovery_namespaces,
     }
 }
 

@@ -180,7 +180,7 @@ fn an_object_with_a_childs_name_that_someone_else_owns_is_a_name_conflict_and_no
     let mut pc = cluster(json!({"replicas": 1}));
     pc.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
     let mut world = World::default();
-    let key = ChildKey { api_version: "v1".into(), kind: "Service".into(), name: "demo".into() };
+    let key = ChildKey { api_version: "v1".into(), kind: "Service".into(), name: "demo".into(), namespace: None };
     world.children.insert(
         key,
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "demo",

@@ -164,17 +164,154 @@ fn the_selected_monitors_become_jobs_in_their_own_file_with_discovery_rights_bef
     assert_eq!(condition.message, "1 ServiceMonitors and 1 PodMonitors chosen, 2 scrape jobs");
 }
 
+/// The steps of `d` as `(action, kind, namespace)`, for the objects in other namespaces.
+fn elsewhere_steps(d: &ClusterDecision) -> Vec<(&'static str, String, String)> {
+    d.steps()
+        .filter_map(|s| {
+            let action = match s {
+                Step::Apply { .. } => "apply",
+                Step::Delete { .. } => "delete",
+                _ => "other",
+            };
+            let key = s.key();
+            key.namespace.clone().map(|ns| (action, key.kind.clone(), ns))
+        })
+        .collect()
+}
+
+/// What a decision applied, as the server would return it (the observation of the next pass).
+fn as_observed(d: &ClusterDecision, children: &mut BTreeMap<ChildKey, Value>) {
+    for step in d.steps() {
+        match step {
+            Step::Apply { key, manifest, .. } => {
+                children.insert(key.clone(), manifest.clone());
+            }
+            Step::Delete { key } => {
+                children.remove(key);
+            }
+            _ => {}
+        }
+    }
+}
+
 #[test]
-fn namespace_selectors_choose_monitors_elsewhere_and_the_condition_names_the_rights_they_need() {
-    let pc = cluster(json!({"serviceMonitorSelector": {"matchLabels": {"team": "web"}},
+fn monitors_elsewhere_get_discovery_rights_in_their_namespace_which_go_when_they_are_not_needed() {
+    let mut pc = cluster(json!({"serviceMonitorSelector": {"matchLabels": {"team": "web"}},
         "serviceMonitorNamespaceSelector": {"matchLabels": {"team": "shop"}}}));
     let services = team_monitors();
-    let d = decide(&pc, &BTreeMap::new(), Some(&services), None);
+    let namespaces = namespaces();
+    let observed = ObservedMonitors {
+        service_monitors: Some(&services),
+        pod_monitors: None,
+        prometheus_rules: None,
+        namespaces: &namespaces,
+        secrets: None,
+    };
+    // What the adapter reads besides the usual children: the Role and RoleBinding in shop.
+    let reads = decide::reads_with_monitors(&pc, Some(&observed));
+    let read: Vec<String> = reads.elsewhere.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        read,
+        ["Role/monitoring.web-discovery in namespace shop", "RoleBinding/monitoring.web-discovery in namespace shop"]
+    );
+
+    let mut children = BTreeMap::new();
+    let d = decide(&pc, &children, Some(&services), None);
     assert_eq!(job_names(applied(&d, "ConfigMap").expect("the ConfigMap")), ["serviceMonitor/shop/cart/0"]);
+    assert_eq!(
+        elsewhere_steps(&d),
+        [("apply", "Role".to_owned(), "shop".to_owned()), ("apply", "RoleBinding".to_owned(), "shop".to_owned())]
+    );
+    let binding = d
+        .steps()
+        .find_map(|s| match s {
+            Step::Apply { key, manifest, .. } if key.kind == "RoleBinding" && key.namespace.is_some() => Some(manifest),
+            _ => None,
+        })
+        .expect("the RoleBinding in shop");
+    assert_eq!(binding["metadata"]["namespace"], "shop");
+    assert_eq!(binding["metadata"]["name"], "monitoring.web-discovery");
+    assert_eq!(binding["metadata"]["labels"]["observability.merlionos.org/discovery-for"], "uid-1");
+    assert!(binding["metadata"].get("ownerReferences").is_none(), "no ownerReference across namespaces");
+    assert_eq!(binding["roleRef"]["name"], "monitoring.web-discovery");
+    assert_eq!(
+        binding["subjects"][0],
+        json!({"kind": "ServiceAccount", "name": "web-discovery", "namespace": "monitoring"})
+    );
+    assert_eq!(d.status.discovery_namespaces, ["shop"]);
     let condition = monitors_condition(&d).expect("MonitorsAccepted");
     assert_eq!(condition.status, "True");
     assert!(
-        condition.message.contains("outside monitoring (shop): bind ServiceAccount monitoring/web-discovery"),
+        condition.message.contains("discovery allowed in shop too (Role and RoleBinding monitoring.web-discovery)"),
+        "{}",
+        condition.message
+    );
+
+    // Applied: the next pass changes nothing.
+    as_observed(&d, &mut children);
+    pc.status = Some(d.status.clone());
+    let again = decide(&pc, &children, Some(&services), None);
+    assert!(again.steps().next().is_none(), "{:?}", again.steps().collect::<Vec<_>>());
+
+    // A failed apply keeps what was recorded and what the steps were to create.
+    let mut fresh = pc.clone();
+    fresh.status = None;
+    let failed = decide(&fresh, &BTreeMap::new(), Some(&services), None)
+        .status_after_failure(&ClusterObservation::of(&fresh, &BTreeMap::new()), "boom");
+    assert_eq!(failed.discovery_namespaces, ["shop"]);
+
+    // The cluster deleted: its objects elsewhere are deleted by name (no garbage collection across namespaces).
+    let gone: Vec<String> = decide::cleanup_when_gone(&pc).iter().map(|s| s.key().to_string()).collect();
+    assert_eq!(
+        gone,
+        ["RoleBinding/monitoring.web-discovery in namespace shop", "Role/monitoring.web-discovery in namespace shop"]
+    );
+
+    // No monitor in shop any more: the status still lists shop, so they are read and deleted.
+    let mut moved = pc.clone();
+    moved.spec.service_monitor_namespace_selector = None;
+    let reads = decide::reads_with_monitors(&moved, Some(&observed));
+    assert_eq!(reads.elsewhere.len(), 2, "the recorded namespace is still read");
+    let d = decide(&moved, &children, Some(&services), None);
+    assert_eq!(
+        elsewhere_steps(&d),
+        [("delete", "RoleBinding".to_owned(), "shop".to_owned()), ("delete", "Role".to_owned(), "shop".to_owned())]
+    );
+    assert!(d.status.discovery_namespaces.is_empty());
+}
+
+#[test]
+fn a_foreign_object_with_the_discovery_name_elsewhere_is_never_taken_over() {
+    let pc = cluster(json!({"serviceMonitorSelector": {}, "serviceMonitorNamespaceSelector": {}}));
+    let services = team_monitors();
+    let key = ChildKey::elsewhere("rbac.authorization.k8s.io/v1", "RoleBinding", "monitoring.web-discovery", "shop");
+    let foreign = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "monitoring.web-discovery", "namespace": "shop", "labels": {"team": "shop"}}});
+    let children = BTreeMap::from([(key, foreign)]);
+    let d = decide(&pc, &children, Some(&services), None);
+    assert!(d.steps().next().is_none());
+    match &d.outcome {
+        decide::Outcome::NameConflict { message } => assert!(
+            message.contains("RoleBinding monitoring.web-discovery exists in namespace shop but is not this"),
+            "{message}"
+        ),
+        other => panic!("expected a name conflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn any_namespace_asks_for_a_cluster_wide_binding() {
+    let pc = cluster(json!({"serviceMonitorSelector": {}}));
+    let services = vec![service_monitor("monitoring", "all", &json!({}), &json!([{"port": "http"}]))];
+    let mut services = services;
+    services[0].spec.namespace_selector = serde_json::from_value(json!({"any": true})).expect("a selector");
+    let d = decide(&pc, &BTreeMap::new(), Some(&services), None);
+    assert!(elsewhere_steps(&d).is_empty());
+    let condition = monitors_condition(&d).expect("MonitorsAccepted");
+    assert!(
+        condition.message.contains(
+            "every namespace (namespaceSelector.any): bind ServiceAccount monitoring/web-discovery cluster-wide"
+        ),
         "{}",
         condition.message
     );
@@ -385,6 +522,19 @@ fn alertmanagers_get_discovery_rights_and_a_bad_inline_rule_refuses_the_spec() {
     }
     let sts = applied(&d, "StatefulSet").expect("the StatefulSet");
     assert_eq!(sts.pointer("/spec/template/spec/serviceAccountName"), Some(&json!("web-discovery")));
+    assert!(elsewhere_steps(&d).is_empty(), "an Alertmanager in the cluster's namespace needs nothing elsewhere");
+    // An Alertmanager in another namespace: discovery is allowed there too.
+    let far = cluster(json!({"alerting": {"alertmanagers": [{"namespace": "alerting", "name": "am", "port": "web"}]}}));
+    let d = decide_with_rules(&far, None);
+    assert_eq!(
+        elsewhere_steps(&d),
+        [
+            ("apply", "Role".to_owned(), "alerting".to_owned()),
+            ("apply", "RoleBinding".to_owned(), "alerting".to_owned())
+        ]
+    );
+    assert_eq!(d.status.discovery_namespaces, ["alerting"]);
+    assert_eq!(decide::reads_with_monitors(&far, None).elsewhere.len(), 2);
     let bad = cluster(json!({"ruleGroups": [{"name": "g", "rules": [{"alert": "A", "expr": "up ==="}]}]}));
     let d = decide_with_rules(&bad, None);
     let decide::Outcome::Rejected { message } = &d.outcome else {
@@ -417,7 +567,7 @@ fn monitor_credentials_from_secrets_are_mounted_read_and_refused_when_out_of_rea
         secrets: None,
     };
     // What the adapter reads: the one Secret of the cluster's namespace the chosen monitors name.
-    let to_read = decide::secrets_to_read_with_monitors(&pc, &observed);
+    let to_read = decide::reads_with_monitors(&pc, Some(&observed)).secrets;
     assert_eq!(to_read.into_iter().collect::<Vec<_>>(), ["scrape-auth"]);
     let mut pc = pc;
     pc.spec.service_monitor_namespace_selector =

@@ -372,13 +372,11 @@ async fn apply(pc: &PrometheusCluster, ctx: &Context, api: &Api<PrometheusCluste
 
     // observe: the reads are independent and sent at once.
     let monitors = pc.spec.selects_prometheus_operator_objects().then(|| ctx.monitors.snapshot(&ns));
-    let secret_names = match &monitors {
-        Some(m) => decide::secrets_to_read_with_monitors(pc, &m.observed()),
-        None => decide::secrets_to_read(pc),
-    };
+    let reads =
+        decide::reads_with_monitors(pc, monitors.as_ref().map(super::monitors::MonitorSnapshot::observed).as_ref());
     let (children, secrets, pods, claims) = tokio::join!(
-        children::observe_children(&ctx.client, &ns, &name, &ctx.settings),
-        observe_secrets(ctx, &ns, &secret_names),
+        children::observe_children(&ctx.client, &ns, &name, &ctx.settings, &reads.elsewhere),
+        observe_secrets(ctx, &ns, &reads.secrets),
         children::observe_pods(&ctx.client, &ns, &name),
         children::observe_claims(&ctx.client, &ns, &name),
     );
@@ -512,6 +510,10 @@ async fn write_status(ctx: &Context, pc: &PrometheusCluster, status: &Prometheus
     if let Some(g) = status.observed_generation {
         fields.push(("observedGeneration", json!(g)));
     }
+    let recorded = pc.status.as_ref().is_some_and(|s| !s.discovery_namespaces.is_empty());
+    if recorded || !status.discovery_namespaces.is_empty() {
+        fields.push(("discoveryNamespaces", json!(status.discovery_namespaces)));
+    }
     let ours: Vec<_> =
         status.conditions.iter().filter(|c| OWNED_CONDITIONS.contains(&c.type_.as_str())).cloned().collect();
     match super::patch_owned_status(ctx, pc, FIELD_MANAGER, fields, &OWNED_CONDITIONS, Some(ours)).await {
@@ -540,6 +542,19 @@ fn cleanup(pc: &PrometheusCluster, ctx: &Context) {
     let reference = pc.object_ref(&());
     // Recording the event never holds up deletion: publishing does not wait for the API server.
     ctx.events.publish(&reference, ctx.events.operator_actor(), Action::Finalized);
+    // The discovery objects in other namespaces, which no ownerReference takes away.
+    let steps = decide::cleanup_when_gone(pc);
+    if !steps.is_empty() {
+        let client = ctx.client.clone();
+        tokio::spawn(async move {
+            for step in &steps {
+                if let Err(e) = children::execute_step(&client, &ns, step).await {
+                    tracing::warn!(namespace = ns, name, error = %error_chain(&e),
+                        "failed to delete a discovery object of a deleted cluster; remove it with kubectl");
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]

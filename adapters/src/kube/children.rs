@@ -87,18 +87,23 @@ fn resource_for(key: &ChildKey) -> ApiResource {
 }
 
 /// Reads the objects that carry the names of cluster `name`'s children in `namespace`
-/// ([`decide::children_to_read`](tsdb_operator_core::decide::children_to_read)), as JSON keyed by kind and name,
-/// owned by the cluster or not (the core judges ownership).
+/// ([`decide::children_to_read`](tsdb_operator_core::decide::children_to_read)) and the objects of `elsewhere`
+/// (keys in other namespaces, [`decide::reads_with_monitors`](tsdb_operator_core::decide::reads_with_monitors)),
+/// as JSON keyed by kind and name, owned by the cluster or not (the core judges ownership).
 pub async fn observe_children(
     client: &Client,
     namespace: &str,
     name: &str,
     settings: &BuildSettings,
+    elsewhere: &[ChildKey],
 ) -> Result<BTreeMap<ChildKey, Value>, Error> {
     // The reads are independent: send them at once.
-    let reads = tsdb_operator_core::decide::children_to_read(name, settings).into_iter().map(|key| async move {
+    let keys =
+        tsdb_operator_core::decide::children_to_read(name, settings).into_iter().chain(elsewhere.iter().cloned());
+    let reads = keys.map(|key| async move {
         let ar = resource_for(&key);
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), key.namespace.as_deref().unwrap_or(namespace), &ar);
         let obj = api.get_opt(&key.name).await.map_err(|source| Error::Read {
             kind: ar.kind.clone(),
             name: key.name.clone(),
@@ -157,9 +162,10 @@ pub async fn observe_class_expansion(client: &Client, name: &str) -> Result<Opti
     Ok(class.map(|c| c.allow_volume_expansion == Some(true)))
 }
 
-/// Executes one step: server-side apply (forced, one field manager) or a background delete. A delete of an object
-/// that is already gone succeeds.
+/// Executes one step in `namespace` (or the namespace its key names): server-side apply (forced, one field
+/// manager) or a background delete. A delete of an object that is already gone succeeds.
 pub async fn execute_step(client: &Client, namespace: &str, step: &Step) -> Result<(), Error> {
+    let namespace = step.key().namespace.as_deref().unwrap_or(namespace);
     match step {
         Step::Apply { key, manifest, .. } => {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource_for(key));

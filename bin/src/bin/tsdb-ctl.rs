@@ -329,19 +329,46 @@ fn cmd_validate(file: &Path) -> Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn observed_for(pc: &PrometheusCluster, observed: &[Value]) -> BTreeMap<ChildKey, Value> {
+/// One step of `tsdb-ctl plan -o steps`; `namespace` only for an object in another namespace than the cluster's.
+fn step_json(cluster: &str, step: &Step, action: &str, reason: &str) -> Value {
+    let key = step.key();
+    let mut out = serde_json::json!({
+        "cluster": cluster,
+        "action": action,
+        "apiVersion": key.api_version,
+        "kind": key.kind,
+        "name": key.name,
+        "reason": reason,
+    });
+    if let (Some(ns), Some(map)) = (&key.namespace, out.as_object_mut()) {
+        map.insert("namespace".to_owned(), Value::String(ns.clone()));
+    }
+    out
+}
+
+/// The observed documents the operator would read for `pc`: its children in its namespace and the objects of
+/// `elsewhere` (discovery objects in other namespaces), keyed as the operator keys them.
+fn observed_for(pc: &PrometheusCluster, observed: &[Value], elsewhere: &[ChildKey]) -> BTreeMap<ChildKey, Value> {
     let name = pc.metadata.name.clone().unwrap_or_default();
     let ns = pc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let children = decide::children_to_read(&name, &BuildSettings::default());
     observed
         .iter()
-        .filter(|o| o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default") == ns)
-        .filter(|o| {
+        .filter_map(|o| {
             let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
             let oname = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-            children.iter().any(|c| c.kind == kind && c.name == oname)
+            let ons = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+            let mut key = ChildKey::of(o)?;
+            if ons == ns && children.iter().any(|c| c.kind == kind && c.name == oname) {
+                return Some((key, o.clone()));
+            }
+            let theirs =
+                elsewhere.iter().any(|c| c.kind == kind && c.name == oname && c.namespace.as_deref() == Some(ons));
+            theirs.then(|| {
+                key.namespace = Some(ons.to_owned());
+                (key, o.clone())
+            })
         })
-        .filter_map(|o| ChildKey::of(o).map(|k| (k, o.clone())))
         .collect()
 }
 
@@ -442,7 +469,8 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
     let mut steps_out = Vec::new();
     for mut pc in clusters(file)? {
         pc.metadata.namespace.get_or_insert_with(|| "default".to_owned());
-        let children = observed_for(&pc, &observed_docs);
+        let elsewhere = decide::reads_with_monitors(&pc, Some(&monitors.observed())).elsewhere;
+        let children = observed_for(&pc, &observed_docs, &elsewhere);
         let claims = observed_claims(&pc, &observed_docs);
         let class_allows_expansion = storage::class_to_check(&pc.spec.storage, &claims)
             .and_then(|class| class_expansion(&class, &observed_docs));
@@ -499,14 +527,7 @@ fn cmd_plan(file: &Path, observed: Option<&Path>, output: Output, settings: &Bui
                 Step::Orphan { .. } => ("orphan", "VolumeClaimTemplateChanged".to_owned()),
             };
             writeln!(out, "# step {}: {action} {} ({reason})", i + 1, step.key())?;
-            steps_out.push(serde_json::json!({
-                "cluster": id(&pc),
-                "action": action,
-                "apiVersion": step.key().api_version,
-                "kind": step.key().kind,
-                "name": step.key().name,
-                "reason": reason,
-            }));
+            steps_out.push(step_json(&id(&pc), step, action, &reason));
         }
         for event in decision.stages.iter().flat_map(|s| &s.events).chain(&decision.events) {
             writeln!(out, "# event {}: {}", event.reason(), event.message())?;

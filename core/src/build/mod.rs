@@ -117,10 +117,12 @@ impl DesiredObjects {
                 out.push(DesiredObject::ServiceAccount(sa));
             }
             out.push(DesiredObject::Role(&d.role));
+            out.extend(d.elsewhere.iter().map(|(role, _)| DesiredObject::Role(role)));
         }
         out.push(DesiredObject::Service(&self.service));
         if let Some(d) = &self.discovery {
             out.push(DesiredObject::RoleBinding(&d.role_binding));
+            out.extend(d.elsewhere.iter().map(|(_, binding)| DesiredObject::RoleBinding(binding)));
         }
         if let Some(pdb) = &self.pod_disruption_budget {
             out.push(DesiredObject::PodDisruptionBudget(pdb, settings.pdb_api));
@@ -187,7 +189,16 @@ impl DesiredObject<'_> {
 
     /// `metadata.name`.
     pub fn name(&self) -> Option<&str> {
-        let metadata = match self {
+        self.metadata().name.as_deref()
+    }
+
+    /// `metadata.namespace`: the cluster's, except for the discovery Role and RoleBinding in other namespaces.
+    pub fn namespace(&self) -> Option<&str> {
+        self.metadata().namespace.as_deref()
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
             DesiredObject::ConfigMap(o) => &o.metadata,
             DesiredObject::Service(o) => &o.metadata,
             DesiredObject::StatefulSet(o) => &o.metadata,
@@ -195,8 +206,7 @@ impl DesiredObject<'_> {
             DesiredObject::ServiceAccount(o) => &o.metadata,
             DesiredObject::Role(o) => &o.metadata,
             DesiredObject::RoleBinding(o) => &o.metadata,
-        };
-        metadata.name.as_deref()
+        }
     }
 
     /// The JSON manifest the adapter applies, with `apiVersion` and `kind`.
@@ -413,6 +423,9 @@ pub struct BuildContext<'a> {
     /// The Secrets of the cluster's namespace the selected monitors' credentials read; empty unless given with
     /// [`BuildContext::with_chosen`].
     pub monitor_secrets: Option<&'a std::collections::BTreeSet<String>>,
+    /// Namespaces other than the cluster's own that the selected monitors discover targets in: each gets the
+    /// discovery Role and RoleBinding ([`discovery`]); empty unless given with [`BuildContext::with_chosen`].
+    pub discovery_namespaces: Option<&'a std::collections::BTreeSet<String>>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -442,6 +455,7 @@ impl<'a> BuildContext<'a> {
             monitor_jobs: &[],
             rule_files: &[],
             monitor_secrets: None,
+            discovery_namespaces: None,
         })
     }
 
@@ -451,6 +465,7 @@ impl<'a> BuildContext<'a> {
         self.monitor_jobs = &chosen.jobs;
         self.rule_files = &chosen.rule_files;
         self.monitor_secrets = Some(&chosen.secrets);
+        self.discovery_namespaces = Some(&chosen.other_namespaces);
         self
     }
 

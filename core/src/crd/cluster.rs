@@ -842,6 +842,12 @@ pub struct PrometheusClusterStatus {
     /// `tsdb-operator-backup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+
+    /// Namespaces other than the cluster's own where the operator put the discovery Role and RoleBinding
+    /// `<namespace>.<name>-discovery` for the selected monitors; the operator removes them from a namespace no
+    /// monitor needs any more, and from all of these when the cluster is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovery_namespaces: Vec<String>,
 }
 
 /// What the backup scheduler knows about this cluster's backups.

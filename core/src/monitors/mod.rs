@@ -78,7 +78,7 @@ pub struct ObservedMonitors<'a> {
     /// The labels of every namespace, for the namespace selectors.
     pub namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
     /// The keys of the Secrets of the cluster's namespace that the chosen monitors' credentials name
-    /// ([`secrets_to_read`]); a Secret missing from the map does not exist. `None` when not observed (an offline
+    /// ([`crate::decide::reads_with_monitors`]); a Secret missing from the map does not exist. `None` when not observed (an offline
     /// dry run), which refuses no credentials.
     pub secrets: Option<&'a BTreeMap<String, BTreeSet<String>>>,
 }
@@ -106,8 +106,8 @@ pub struct ClusterMonitors {
     /// The Secrets of the cluster's namespace whose keys the jobs read (basic auth, tokens, TLS): mounted into
     /// the pods under `/etc/prometheus/secrets/<name>/`.
     pub secrets: BTreeSet<String>,
-    /// Namespaces other than the cluster's own that the jobs discover targets in (sorted); the discovery Role the
-    /// operator creates covers the cluster's own namespace only.
+    /// Namespaces other than the cluster's own that the jobs discover targets in (sorted): each gets the discovery
+    /// Role and RoleBinding ([`crate::build::discovery`]).
     pub other_namespaces: BTreeSet<String>,
     /// Whether a job discovers in every namespace (`namespaceSelector.any`).
     pub all_namespaces: bool,
@@ -179,11 +179,11 @@ pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonito
     out
 }
 
-/// The Secrets of its own namespace whose keys `cluster`'s chosen monitors read, for
-/// [`ObservedMonitors::secrets`].
-pub fn secrets_to_read(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>) -> BTreeSet<String> {
+/// [`choose_for_cluster`] before the Secrets are known and without the PrometheusRules: what the adapter must read
+/// (the Secrets whose keys the chosen monitors read, the namespaces they discover in).
+pub(crate) fn choose_unchecked(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>) -> ClusterMonitors {
     let unchecked = ObservedMonitors { secrets: None, prometheus_rules: None, ..*observed };
-    choose_for_cluster(cluster, &unchecked).secrets
+    choose_for_cluster(cluster, &unchecked)
 }
 
 /// Refuses the jobs whose credentials the pods cannot read: a monitor outside the cluster's namespace (a pod
