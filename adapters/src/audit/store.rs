@@ -202,6 +202,20 @@ where
     })
 }
 
+/// One batch into SQLite, in one transaction on `conn`.
+async fn insert_sqlite(conn: &mut sqlx::SqliteConnection, records: &[AuditRecord]) -> Result<u64, Error> {
+    let mut new = 0;
+    let mut tx = sqlx::Connection::begin(conn).await.map_err(db("begin a transaction"))?;
+    for chunk in records.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
+        push_values(&mut q, chunk, true);
+        q.push(" ON CONFLICT (event_id) DO NOTHING");
+        new += q.build().execute(&mut *tx).await.map_err(db("insert records"))?.rows_affected();
+    }
+    tx.commit().await.map_err(db("commit"))?;
+    Ok(new)
+}
+
 impl AuditStore for SqlStore {
     async fn insert(&self, records: &[AuditRecord]) -> Result<u64, Error> {
         let mut new = 0;
@@ -217,14 +231,17 @@ impl AuditStore for SqlStore {
                 tx.commit().await.map_err(db("commit"))?;
             }
             Self::Sqlite(pool) => {
-                let mut tx = pool.begin().await.map_err(db("begin a transaction"))?;
-                for chunk in records.chunks(ROWS_PER_STATEMENT) {
-                    let mut q = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
-                    push_values(&mut q, chunk, true);
-                    q.push(" ON CONFLICT (event_id) DO NOTHING");
-                    new += q.build().execute(&mut *tx).await.map_err(db("insert records"))?.rows_affected();
+                let mut conn = pool.acquire().await.map_err(db("open a connection"))?;
+                let inserted = insert_sqlite(&mut conn, records).await;
+                if inserted.is_err() {
+                    // A statement or COMMIT that failed with SQLITE_FULL or SQLITE_IOERR may leave the transaction
+                    // open on this connection: later inserts on it would only seem to commit, and be rolled back
+                    // when it closes (records lost after a disk-full, found by the audit_store test). Close it
+                    // instead of returning it to the pool; SQLite rolls back whatever is open, and the batch is
+                    // retried on a fresh connection.
+                    let _ = sqlx::Connection::close(conn.detach()).await;
                 }
-                tx.commit().await.map_err(db("commit"))?;
+                new = inserted?;
             }
         }
         Ok(new)
