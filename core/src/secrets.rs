@@ -37,6 +37,10 @@ pub fn required_secrets(spec: &PrometheusClusterSpec) -> Vec<SecretNeed> {
         for (field, secret, key) in rw.tls_config.iter().flat_map(|t| t.secret_keys()) {
             need(format!("spec.remoteWrite[{i}].tlsConfig.{field}"), secret, key);
         }
+        if let Some(oauth2) = &rw.oauth2 {
+            let (secret, key) = oauth2.secret_key();
+            need(format!("spec.remoteWrite[{i}].oauth2.clientSecret"), secret, key);
+        }
     }
     if spec.thanos.enabled
         && let Some(r) = &spec.thanos.object_storage_config_secret_ref

@@ -728,6 +728,15 @@ fn check_remote_write(errs: &mut Vec<FieldError>, entries: &[RemoteWriteSpec]) {
                 "basicAuthSecretRef and bearerTokenSecretRef are mutually exclusive: keep one of them",
             ));
         }
+        if let Some(oauth2) = &rw.oauth2 {
+            check_remote_write_oauth2(errs, &format!("{field}.oauth2"), oauth2);
+            if rw.basic_auth_secret_ref.is_some() || rw.bearer_token_secret_ref.is_some() {
+                errs.push(FieldError::forbidden(
+                    format!("{field}.oauth2"),
+                    "oauth2 cannot be used with basicAuthSecretRef or bearerTokenSecretRef: keep one of them",
+                ));
+            }
+        }
         check_remote_write_options(errs, &field, rw);
     }
 }
@@ -844,6 +853,25 @@ fn check_agent(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
     }
 }
 
+/// `remoteWrite[].oauth2`: a client ID, a Secret key Kubernetes accepts, an http(s) token URL.
+fn check_remote_write_oauth2(errs: &mut Vec<FieldError>, field: &str, oauth2: &crate::crd::cluster::RemoteWriteOAuth2) {
+    if oauth2.client_id.is_empty() {
+        errs.push(FieldError::required(format!("{field}.clientId"), "the OAuth 2.0 client ID is required"));
+    }
+    let (secret, key) = oauth2.secret_key();
+    check_secret_name(errs, &format!("{field}.clientSecret.name"), secret, "name a Secret in the cluster's namespace");
+    if let Err(reason) = names::check_secret_key(key) {
+        errs.push(FieldError::invalid(format!("{field}.clientSecret.key"), key, reason));
+    }
+    if let Err(reason) = names::check_http_url(&oauth2.token_url) {
+        errs.push(FieldError::invalid(
+            format!("{field}.tokenUrl"),
+            &oauth2.token_url,
+            format!("must be an http or https URL such as https://auth.example.com/oauth2/token: {reason}"),
+        ));
+    }
+}
+
 /// `remoteWrite[].tlsConfig`: Secret names and keys Kubernetes accepts, a client certificate with its key.
 fn check_remote_write_tls(errs: &mut Vec<FieldError>, field: &str, tls: &crate::crd::cluster::RemoteWriteTls) {
     for (sub, secret, key) in tls.secret_keys() {
@@ -947,7 +975,9 @@ fn check_alerting(errs: &mut Vec<FieldError>, alerting: &crate::crd::cluster::Al
 }
 
 fn same_credentials(a: &RemoteWriteSpec, b: &RemoteWriteSpec) -> bool {
-    a.basic_auth_secret_ref == b.basic_auth_secret_ref && a.bearer_token_secret_ref == b.bearer_token_secret_ref
+    a.basic_auth_secret_ref == b.basic_auth_secret_ref
+        && a.bearer_token_secret_ref == b.bearer_token_secret_ref
+        && a.oauth2 == b.oauth2
 }
 
 fn check_additional_scrape_configs(errs: &mut Vec<FieldError>, extra: &AdditionalScrapeConfigs) {
@@ -1251,6 +1281,38 @@ mod tests {
         let errs = errors(&agent);
         assert!(errs.iter().any(|e| e.contains("spec.ruleSelector: Forbidden: an agent keeps no TSDB")), "{errs:#?}");
         assert!(errs.iter().any(|e| e.contains("spec.alerting: Forbidden")), "{errs:#?}");
+    }
+
+    #[test]
+    fn remote_write_oauth2_needs_a_client_id_a_secret_key_and_a_token_url_and_no_other_auth() {
+        let spec: PrometheusClusterSpec = serde_json::from_value(json!({
+            "remoteWrite": [
+                {"url": "https://a.example.com/write", "oauth2": {"clientId": "", "clientSecret": {"name": "c", "key": "bad/key"},
+                 "tokenUrl": "ftp://auth.example.com/token"}},
+                {"url": "https://b.example.com/write", "bearerTokenSecretRef": {"name": "t"},
+                 "oauth2": {"clientId": "id", "clientSecret": {"name": "c"}, "tokenUrl": "https://auth.example.com/token"}},
+                {"url": "https://c.example.com/write",
+                 "oauth2": {"clientId": "id", "clientSecret": {"name": "c"}, "tokenUrl": "https://auth.example.com/token"}},
+            ],
+        }))
+        .unwrap();
+        let errs = errors(&spec);
+        for wanted in [
+            "spec.remoteWrite[0].oauth2.clientId: Required value",
+            "spec.remoteWrite[0].oauth2.clientSecret.key: Invalid value: \"bad/key\"",
+            "spec.remoteWrite[0].oauth2.tokenUrl: Invalid value: \"ftp://auth.example.com/token\"",
+            "spec.remoteWrite[1].oauth2: Forbidden: oauth2 cannot be used with basicAuthSecretRef or bearerTokenSecretRef",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(wanted)), "no {wanted:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        let needs = crate::secrets::required_secrets(&spec);
+        assert!(
+            needs.iter().any(|n| n.field == "spec.remoteWrite[2].oauth2.clientSecret"
+                && n.secret == "c"
+                && n.key == "clientSecret"),
+            "the client secret is mounted and checked: {needs:?}"
+        );
     }
 
     #[test]

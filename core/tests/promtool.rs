@@ -115,6 +115,7 @@ fn render_into(cluster: &PrometheusCluster, root: &str) -> String {
             "ca.crt",
             "tls.crt",
             "tls.key",
+            "clientSecret",
         ] {
             write(&rooted.secret_file(&secret, key), "dummy");
         }

@@ -226,6 +226,26 @@ pub struct RemoteWriteConfig {
     /// `tls_config`, with files of the mounted Secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_config: Option<crate::monitors::Tls>,
+    /// `oauth2`, the client secret from a file of the mounted Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Config>,
+}
+
+/// `oauth2` of a remote write entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth2Config {
+    /// `client_id`.
+    pub client_id: String,
+    /// `client_secret_file`.
+    pub client_secret_file: String,
+    /// `token_url`.
+    pub token_url: String,
+    /// `scopes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// `endpoint_params`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoint_params: BTreeMap<String, String>,
 }
 
 /// `queue_config` of a remote write entry.
@@ -487,6 +507,8 @@ pub fn remote_write_secrets(ctx: &BuildContext<'_>) -> BTreeSet<String> {
         .collect();
     let tls = ctx.cluster.spec.remote_write.iter().flat_map(|rw| rw.tls_config.iter().flat_map(|t| t.secret_keys()));
     out.extend(tls.map(|(_, secret, _)| secret.to_owned()));
+    let oauth2 = ctx.cluster.spec.remote_write.iter().filter_map(|rw| rw.oauth2.as_ref());
+    out.extend(oauth2.map(|o| o.secret_key().0.to_owned()));
     out.extend(ctx.monitor_secrets.into_iter().flatten().cloned());
     out
 }
@@ -547,7 +569,19 @@ fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<Remot
             }
             None => None,
         };
-        if basic_auth.is_some() && authorization.is_some() {
+        let oauth2 = rw.oauth2.as_ref().map(|o| {
+            let (secret, key) = o.secret_key();
+            OAuth2Config {
+                client_id: o.client_id.clone(),
+                client_secret_file: paths.secret_file(secret, key),
+                token_url: o.token_url.clone(),
+                scopes: o.scopes.clone(),
+                endpoint_params: o.endpoint_params.clone(),
+            }
+        });
+        let kinds =
+            usize::from(basic_auth.is_some()) + usize::from(authorization.is_some()) + usize::from(oauth2.is_some());
+        if kinds > 1 {
             return Err(Error::ConflictingRemoteWriteAuth { index });
         }
         let entry = RemoteWriteConfig {
@@ -591,6 +625,7 @@ fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<Remot
                 }
                 files
             }),
+            oauth2,
         };
         let duplicate = out.iter().position(|prev| (prev.name.is_some() && prev.name == entry.name) || *prev == entry);
         if let Some(first) = duplicate {
@@ -751,12 +786,14 @@ fn plain_yaml(config: &PrometheusConfig) -> Option<String> {
                 queue_config,
                 metadata_config,
                 tls_config,
+                oauth2,
             } = entry;
             if !headers.is_empty()
                 || !write_relabel_configs.is_empty()
                 || queue_config.is_some()
                 || metadata_config.is_some()
                 || tls_config.is_some()
+                || oauth2.is_some()
             {
                 return None;
             }
@@ -880,6 +917,7 @@ mod tests {
                 queue_config: None,
                 metadata_config: None,
                 tls_config: None,
+                oauth2: None,
             }],
         }
     }

@@ -568,6 +568,43 @@ pub struct RemoteWriteSpec {
     /// TLS towards the endpoint: a private authority and a client certificate from Secrets (mounted into the pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_config: Option<RemoteWriteTls>,
+
+    /// OAuth 2.0 client credentials: Prometheus fetches a token from `tokenUrl` with the client ID and the client
+    /// secret from a Secret key (mounted into the pods). Not together with basic auth or a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<RemoteWriteOAuth2>,
+}
+
+/// `oauth2` of a remote write endpoint (the client credentials grant).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteWriteOAuth2 {
+    /// The client ID (written into the configuration: it is not a secret).
+    #[schemars(length(min = 1, max = limits::MAX_NAME))]
+    pub client_id: String,
+    /// The Secret key holding the client secret (key default `clientSecret`).
+    pub client_secret: TlsSecretKey,
+    /// The token endpoint, an http or https URL.
+    #[schemars(length(min = 1, max = limits::MAX_URL))]
+    pub token_url: String,
+    /// Scopes asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_ITEMS), inner(length(max = limits::MAX_NAME)))]
+    pub scopes: Vec<String>,
+    /// Extra parameters of the token request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::MAX_LABELS), inner(length(max = limits::MAX_URL)))]
+    pub endpoint_params: BTreeMap<String, String>,
+}
+
+impl RemoteWriteOAuth2 {
+    /// The Secret and key of the client secret.
+    pub fn secret_key(&self) -> (&str, &str) {
+        (
+            &self.client_secret.name,
+            self.client_secret.key.as_deref().filter(|k| !k.is_empty()).unwrap_or("clientSecret"),
+        )
+    }
 }
 
 /// `tls_config` of a remote write endpoint. Each certificate is a key of a Secret in the cluster's namespace,
@@ -601,7 +638,7 @@ pub struct TlsSecretKey {
     /// The Secret's name.
     #[schemars(length(max = limits::MAX_NAME))]
     pub name: String,
-    /// The key (default `ca.crt`, `tls.crt` or `tls.key`, by field).
+    /// The key (default `ca.crt`, `tls.crt` or `tls.key` for TLS, `clientSecret` for OAuth 2.0, by field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::MAX_NAME))]
     pub key: Option<String>,
