@@ -38,6 +38,22 @@ fn service_monitor(ns: &str) -> String {
     )
 }
 
+/// The operator as the ServiceAccount of deploy/rbac.yaml, over all namespaces.
+fn start_operator() -> Result<tsdb_operator_testenv::process::Supervised> {
+    let env = env();
+    let kubeconfig = env.cp.kubeconfig_path_for(OPERATOR_SA_USER).context("operator user")?;
+    let port = free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
+    ProcessBuilder::new("operator-all", operator_binary())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg(format!("--metrics-bind-address=127.0.0.1:{port}"))
+        .arg("--metrics-secure=false")
+        .arg("--health-probe-bind-address=0")
+        .env("RUST_LOG", "info,tsdb_operator_adapters=debug,kube=warn")
+        .grace(Duration::from_secs(10))
+        .spawn(&env.workdir)
+}
+
 /// Whether the Role and the RoleBinding `name` exist in `ns`.
 async fn discovery_objects(ns: &str, name: &str) -> Result<(bool, bool)> {
     let client = support::client();
@@ -71,17 +87,7 @@ async fn monitors_in_other_namespaces_are_discovered_with_rights_the_operator_gr
     env.cp.apply_yaml(include_str!("../../deploy/rbac.yaml")).await?;
     let home = support::namespace("disc-home").await;
     let apps = support::namespace("disc-apps").await;
-    let kubeconfig = env.cp.kubeconfig_path_for(OPERATOR_SA_USER).context("operator user")?;
-    let port = free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
-    let _operator = ProcessBuilder::new("operator-all", operator_binary())
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg(format!("--metrics-bind-address=127.0.0.1:{port}"))
-        .arg("--metrics-secure=false")
-        .arg("--health-probe-bind-address=0")
-        .env("RUST_LOG", "info,tsdb_operator_adapters=debug,kube=warn")
-        .grace(Duration::from_secs(10))
-        .spawn(&env.workdir)?;
+    let mut operator = start_operator()?;
 
     env.cp.apply_yaml(&app(&apps)).await?;
     eventually("the ServiceMonitor CRD to be served", Duration::from_secs(30), || async {
@@ -150,6 +156,55 @@ async fn monitors_in_other_namespaces_are_discovered_with_rights_the_operator_gr
         async move { Ok((discovery_objects(&apps, &name).await? == (false, false)).then_some(())) }
     })
     .await?;
+
+    let _operator = swept_after_a_restart(&home, &apps, &mut operator).await?;
     support::release_namespace(&apps).await?;
     support::release_namespace(&home).await
+}
+
+/// A cluster deleted while the operator is stopped: the next operator finds its rights by their label and deletes
+/// them, while those of a cluster that still exists stay. Returns the new operator.
+async fn swept_after_a_restart(
+    home: &str,
+    apps: &str,
+    operator: &mut tsdb_operator_testenv::process::Supervised,
+) -> Result<tsdb_operator_testenv::process::Supervised> {
+    let clusters = Api::<PrometheusCluster>::namespaced(support::client(), home);
+    for name in ["gone", "kept"] {
+        support::apply_cluster(
+            home,
+            &format!(
+                "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: {name}\n\
+                 spec:\n  replicas: 1\n  image: prom/prometheus:v3.5.0\n  storage:\n    size: 1Gi\n  \
+                 serviceMonitorSelector: {{}}\n  serviceMonitorNamespaceSelector:\n    matchLabels:\n      \
+                 tsdb-test/discovery: \"yes\"\n"
+            ),
+        )
+        .await?;
+    }
+    let (gone, kept) = (format!("{home}.gone-discovery"), format!("{home}.kept-discovery"));
+    eventually("the rights of both clusters", Duration::from_mins(1), || {
+        let (apps, gone, kept) = (apps.to_owned(), gone.clone(), kept.clone());
+        async move {
+            let both = discovery_objects(&apps, &gone).await? == (true, true)
+                && discovery_objects(&apps, &kept).await? == (true, true);
+            Ok(both.then_some(()))
+        }
+    })
+    .await?;
+    operator.stop()?;
+    clusters.delete("gone", &kube::api::DeleteParams::default()).await?;
+    eventually("the cluster gone from the API server", Duration::from_secs(30), || async {
+        Ok(clusters.get_opt("gone").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(discovery_objects(apps, &gone).await?, (true, true), "nothing removed them while stopped");
+    let operator = start_operator()?;
+    eventually("the rights of the cluster deleted while stopped gone", Duration::from_mins(1), || {
+        let (apps, gone) = (apps.to_owned(), gone.clone());
+        async move { Ok((discovery_objects(&apps, &gone).await? == (false, false)).then_some(())) }
+    })
+    .await?;
+    assert_eq!(discovery_objects(apps, &kept).await?, (true, true), "the live cluster's rights stay");
+    Ok(operator)
 }

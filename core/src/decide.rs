@@ -289,6 +289,22 @@ pub fn cleanup_when_gone(cluster: &PrometheusCluster) -> Vec<Step> {
         .collect()
 }
 
+/// The discovery Roles and RoleBindings in other namespaces whose cluster is gone, to delete: `found` are those
+/// that exist, each with the UID of its label [`crate::constants::labels::DISCOVERY_FOR`], and `clusters` the UIDs
+/// of every PrometheusCluster that exists (readable or not), listed *after* `found`, so that an object in `found`
+/// whose cluster is not in `clusters` belongs to a cluster deleted meanwhile. [`cleanup_when_gone`] removes them
+/// when the operator sees the deletion; this finds those of clusters deleted while it was not running.
+pub fn orphaned_elsewhere(found: &[(ChildKey, String)], clusters: &BTreeSet<String>) -> Vec<Step> {
+    let mut orphans: Vec<&ChildKey> = found
+        .iter()
+        .filter(|(key, uid)| key.namespace.is_some() && !clusters.contains(uid))
+        .map(|(key, _)| key)
+        .collect();
+    // Bindings before the Roles they bind.
+    orphans.sort_by_key(|key| (key.kind != "RoleBinding", key.namespace.clone(), key.name.clone()));
+    orphans.into_iter().map(|key| Step::Delete { key: key.clone() }).collect()
+}
+
 /// The decision for a cluster the operator cannot read (it does not decode: `message` names the field): rejected
 /// like an invalid spec.
 pub fn decide_unreadable(cluster: &PrometheusCluster, message: String, now: Timestamp) -> ClusterDecision {

@@ -600,3 +600,25 @@ fn monitor_credentials_from_secrets_are_mounted_read_and_refused_when_out_of_rea
         assert!(condition.message.contains(wanted), "{wanted} not in {}", condition.message);
     }
 }
+
+#[test]
+fn discovery_objects_of_clusters_that_no_longer_exist_are_found_for_deletion() {
+    let key = |kind: &str, ns: &str| {
+        ChildKey::elsewhere("rbac.authorization.k8s.io/v1", kind, "monitoring.web-discovery", ns)
+    };
+    let found = vec![
+        (key("Role", "shop"), "gone".to_owned()),
+        (key("RoleBinding", "shop"), "gone".to_owned()),
+        (key("Role", "other"), "live".to_owned()),
+        (key("RoleBinding", "other"), "live".to_owned()),
+    ];
+    let live = std::collections::BTreeSet::from(["live".to_owned()]);
+    let steps = decide::orphaned_elsewhere(&found, &live);
+    let named: Vec<String> = steps.iter().map(|s| s.key().to_string()).collect();
+    assert_eq!(
+        named,
+        ["RoleBinding/monitoring.web-discovery in namespace shop", "Role/monitoring.web-discovery in namespace shop"]
+    );
+    assert!(steps.iter().all(|s| matches!(s, Step::Delete { .. })));
+    assert!(decide::orphaned_elsewhere(&found, &["gone".to_owned(), "live".to_owned()].into()).is_empty());
+}

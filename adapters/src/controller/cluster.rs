@@ -125,6 +125,7 @@ pub async fn run(
     // stops the others (a typed watch fails whole LIST pages).
     let (unreadable_tx, unreadable_rx) = tokio::sync::mpsc::unbounded_channel();
     let on_delete = ctx.clone();
+    let ctx_for_sweep = ctx.clone();
     let clusters = watcher(cluster_objects(&ctx), super::watch_config())
         .filter_map(move |event| {
             let tx = unreadable_tx.clone();
@@ -179,11 +180,78 @@ pub async fn run(
                 tracing::debug!(error = %e, "reconcile failed");
             }
         });
-    // The reporter ends when the watch (and with it the sender) is dropped; the monitor cache with the controller.
+    // The reporter ends when the watch (and with it the sender) is dropped; the monitor cache and the sweep with
+    // the controller.
     tokio::select! {
         () = async { tokio::join!(controller, reporter); } => {}
         () = monitor_cache => {}
+        () = sweep_discovery_orphans(ctx_for_sweep) => {}
     }
+}
+
+/// How often the discovery objects of clusters deleted behind the operator's back are looked for.
+const SWEEP_PERIOD: Duration = Duration::from_mins(30);
+
+/// Deletes the discovery Roles and RoleBindings in other namespaces whose cluster no longer exists
+/// ([`decide::orphaned_elsewhere`]): those of a cluster deleted while the operator was not running, or whose delete
+/// event a relisting watch did not deliver. At start and every [`SWEEP_PERIOD`]; only when watching every namespace
+/// (with `--watch-namespace` no such objects are made).
+async fn sweep_discovery_orphans(ctx: Arc<Context>) {
+    if ctx.namespace.is_some() {
+        return std::future::pending().await;
+    }
+    let mut tick = tokio::time::interval(SWEEP_PERIOD);
+    loop {
+        tick.tick().await;
+        match sweep_once(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted discovery objects of clusters that no longer exist"),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "looking for discovery objects of deleted clusters failed");
+            }
+        }
+    }
+}
+
+async fn sweep_once(ctx: &Context) -> Result<usize, children::Error> {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let labelled = kube::api::ListParams::default().labels(labels::DISCOVERY_FOR);
+    let list_error = |kind: &str| {
+        let kind = kind.to_owned();
+        move |source| children::Error::Read { kind, name: format!("-l {}", labels::DISCOVERY_FOR), source }
+    };
+    // The objects first, then the clusters: an object whose cluster is missing from the later list was deleted.
+    let roles = Api::<Role>::all(ctx.client.clone()).list_metadata(&labelled).await.map_err(list_error("Role"))?;
+    let bindings = Api::<RoleBinding>::all(ctx.client.clone())
+        .list_metadata(&labelled)
+        .await
+        .map_err(list_error("RoleBinding"))?;
+    let clusters = cluster_objects(ctx)
+        .list_metadata(&kube::api::ListParams::default())
+        .await
+        .map_err(list_error("PrometheusCluster"))?;
+    let live: BTreeSet<String> = clusters.items.iter().filter_map(|c| c.metadata.uid.clone()).collect();
+    let entry = |kind: &str, meta: &kube::core::ObjectMeta| {
+        let uid = meta.labels.as_ref()?.get(labels::DISCOVERY_FOR)?.clone();
+        let key = tsdb_operator_core::plan::ChildKey::elsewhere(
+            "rbac.authorization.k8s.io/v1",
+            kind,
+            meta.name.as_deref()?,
+            meta.namespace.as_deref()?,
+        );
+        Some((key, uid))
+    };
+    let found: Vec<_> = roles
+        .items
+        .iter()
+        .filter_map(|r| entry("Role", &r.metadata))
+        .chain(bindings.items.iter().filter_map(|b| entry("RoleBinding", &b.metadata)))
+        .collect();
+    let steps = decide::orphaned_elsewhere(&found, &live);
+    for step in &steps {
+        children::execute_step(&ctx.client, "", step).await?;
+    }
+    Ok(steps.len())
 }
 
 /// PrometheusClusters as dynamic objects, in the watched namespace or all namespaces.

@@ -14,7 +14,8 @@
 //! cannot point across namespaces, so these carry the label `observability.merlionos.org/discovery-for: <uid>`
 //! instead, and the cluster's status lists their namespaces (`status.discoveryNamespaces`): the operator deletes
 //! them when no monitor needs them any more and when the cluster is deleted
-//! ([`crate::decide::cleanup_when_gone`]). Monitors with `namespaceSelector.any` need the ServiceAccount bound
+//! ([`crate::decide::cleanup_when_gone`], and [`crate::decide::orphaned_elsewhere`] for a deletion the operator did
+//! not see). Monitors with `namespaceSelector.any` need the ServiceAccount bound
 //! cluster-wide by the user; the `MonitorsAccepted` condition says so.
 
 use std::collections::BTreeSet;
