@@ -121,6 +121,12 @@ pub const MONITOR_FILE_BUDGET: usize = 640 * 1024;
 /// The monitors and PrometheusRules `cluster`'s selectors choose among `observed`, rendered into scrape jobs and
 /// rule files; the refusals and the CRDs that are missing. A cluster without such selectors gets an empty result.
 pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>) -> ClusterMonitors {
+    choose(cluster, observed, true)
+}
+
+/// [`choose_for_cluster`]; with `fit` false the jobs are not sized against [`MONITOR_FILE_BUDGET`] (which renders
+/// and may gzip the whole file), for callers that only need which Secrets and namespaces the jobs use.
+fn choose(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>, fit_budget: bool) -> ClusterMonitors {
     let spec = &cluster.spec;
     let own = cluster.metadata.namespace.as_deref().unwrap_or_default();
     let mut out = ClusterMonitors::default();
@@ -174,16 +180,20 @@ pub fn choose_for_cluster(cluster: &PrometheusCluster, observed: &ObservedMonito
     }
     out.jobs = rendered.jobs;
     out.refused = rendered.refused;
-    fit(&mut out, MONITOR_FILE_BUDGET);
+    if fit_budget {
+        fit(&mut out, MONITOR_FILE_BUDGET);
+    }
     out.secrets = out.jobs.iter().flat_map(|j| &j.secret_keys).map(|u| u.secret.clone()).collect();
     out
 }
 
-/// [`choose_for_cluster`] before the Secrets are known and without the PrometheusRules: what the adapter must read
-/// (the Secrets whose keys the chosen monitors read, the namespaces they discover in).
+/// [`choose_for_cluster`] before the Secrets are known, without the PrometheusRules and without sizing the file:
+/// what the adapter must read (the Secrets whose keys the chosen monitors read, the namespaces they discover in).
+/// Jobs that the size budget would refuse may add a Secret or namespace to read; reading one more is harmless,
+/// while rendering the whole file here too would cost a third render per reconcile.
 pub(crate) fn choose_unchecked(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>) -> ClusterMonitors {
     let unchecked = ObservedMonitors { secrets: None, prometheus_rules: None, ..*observed };
-    choose_for_cluster(cluster, &unchecked)
+    choose(cluster, &unchecked, false)
 }
 
 /// Refuses the jobs whose credentials the pods cannot read: a monitor outside the cluster's namespace (a pod
