@@ -9,7 +9,7 @@
 //! - the RoleBinding `<name>-discovery` of that Role to the pods' ServiceAccount.
 //!
 //! All three are owned by the cluster and go with it. In each other namespace the selected monitors discover
-//! targets in (a ServiceMonitor's own namespace, `namespaceSelector.matchNames`) or its Alertmanagers are in, the same Role and a RoleBinding
+//! targets in (a ServiceMonitor's own namespace, `namespaceSelector.matchNames`; namespaces that exist), the same Role and a RoleBinding
 //! of it to the pods' ServiceAccount, both named `<cluster namespace>.<name>-discovery`. An ownerReference
 //! cannot point across namespaces, so these carry the label `observability.merlionos.org/discovery-for: <uid>`
 //! instead, and the cluster's status lists their namespaces (`status.discoveryNamespaces`): the operator deletes
@@ -54,8 +54,9 @@ pub fn discovery_name_elsewhere(namespace: &str, cluster: &str) -> String {
 }
 
 /// The namespaces other than the cluster's own that need the discovery Role and RoleBinding: those the chosen
-/// monitors discover targets in (`monitors`, [`crate::monitors::ClusterMonitors::other_namespaces`]) and those of
-/// its Alertmanagers' Services.
+/// monitors discover targets in (`monitors`, [`crate::monitors::ClusterMonitors::other_namespaces`], which holds
+/// only namespaces that exist). An Alertmanager in another namespace needs the ServiceAccount bound there by the
+/// user.
 pub fn namespaces_elsewhere(
     cluster: &crate::crd::PrometheusCluster,
     monitors: Option<&BTreeSet<String>>,
@@ -63,11 +64,7 @@ pub fn namespaces_elsewhere(
     if !cluster.spec.uses_kubernetes_sd() {
         return BTreeSet::new();
     }
-    let own = cluster.metadata.namespace.as_deref().unwrap_or_default();
-    let alertmanagers = cluster.spec.alerting.iter().flat_map(|a| &a.alertmanagers);
-    let mut out = monitors.cloned().unwrap_or_default();
-    out.extend(alertmanagers.filter_map(|a| a.namespace.clone()).filter(|ns| !ns.is_empty() && ns != own));
-    out
+    monitors.cloned().unwrap_or_default()
 }
 
 /// The ServiceAccount the pods run as: `spec.serviceAccountName`; else, when the cluster selects monitors, the

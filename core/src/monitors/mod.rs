@@ -106,8 +106,8 @@ pub struct ClusterMonitors {
     /// The Secrets of the cluster's namespace whose keys the jobs read (basic auth, tokens, TLS): mounted into
     /// the pods under `/etc/prometheus/secrets/<name>/`.
     pub secrets: BTreeSet<String>,
-    /// Namespaces other than the cluster's own that the jobs discover targets in (sorted): each gets the discovery
-    /// Role and RoleBinding ([`crate::build::discovery`]).
+    /// Namespaces other than the cluster's own that the jobs discover targets in and that exist (sorted): each gets
+    /// the discovery Role and RoleBinding ([`crate::build::discovery`]).
     pub other_namespaces: BTreeSet<String>,
     /// Whether a job discovers in every namespace (`namespaceSelector.any`).
     pub all_namespaces: bool,
@@ -175,7 +175,11 @@ fn choose(cluster: &PrometheusCluster, observed: &ObservedMonitors<'_>, fit_budg
     for sd in rendered.jobs.iter().flat_map(|j| &j.kubernetes_sd_configs) {
         match &sd.namespaces {
             None => out.all_namespaces = true,
-            Some(ns) => out.other_namespaces.extend(ns.names.iter().filter(|n| n.as_str() != own).cloned()),
+            // Only namespaces that exist: a Role cannot be put into a missing one (and with --watch-namespace only
+            // the cluster's own is known, so nothing is granted elsewhere).
+            Some(ns) => out.other_namespaces.extend(
+                ns.names.iter().filter(|n| n.as_str() != own && observed.namespaces.contains_key(n.as_str())).cloned(),
+            ),
         }
     }
     out.jobs = rendered.jobs;
