@@ -156,17 +156,7 @@ async fn postgres_down_then_slow_loses_nothing_and_never_blocks_the_recorder() -
 /// Waits (up to a minute) until `end` records are in `database`, then checks each is there once and in the order
 /// recorded; returns how long the wait took.
 async fn all_stored_once_in_order(store: &SqlStore, pg: &Postgres, database: &str, end: usize) -> Result<Duration> {
-    let drained = Instant::now();
-    let mut stored = 0;
-    for _ in 0..600 {
-        stored = store.count().await.unwrap_or(0);
-        if stored >= i64::try_from(end)? {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let took = drained.elapsed();
-    assert_eq!(stored, i64::try_from(end)?, "every record stored");
+    let took = wait_stored(store, end).await?;
     let in_order = pg.psql(
         database,
         "SELECT count(*) FROM (SELECT event_id, lag(event_id) OVER (ORDER BY id) AS before FROM audit_log) t \
@@ -175,6 +165,21 @@ async fn all_stored_once_in_order(store: &SqlStore, pg: &Postgres, database: &st
     assert_eq!(in_order.trim(), "0", "stored in the order recorded");
     assert_eq!(pg.psql(database, "SELECT count(DISTINCT event_id) FROM audit_log")?.trim(), end.to_string());
     Ok(took)
+}
+
+/// Waits (up to a minute) until `store` holds `end` records, failing if it does not; returns how long it took.
+async fn wait_stored(store: &SqlStore, end: usize) -> Result<Duration> {
+    let started = Instant::now();
+    let mut stored = 0;
+    for _ in 0..600 {
+        stored = store.count().await.unwrap_or(0);
+        if stored >= i64::try_from(end)? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, i64::try_from(end)?, "every record stored");
+    Ok(started.elapsed())
 }
 
 /// A database whose tablespace is a 24 MiB tmpfs, so that a test can fill its disk; everything is removed when it
@@ -365,17 +370,7 @@ async fn sqlite_disk_full_loses_nothing_and_never_blocks_the_recorder() -> Resul
         let next = started + Duration::from_millis(10 * (i as u64 + 1));
         tokio::time::sleep_until(next.into()).await;
     }
-    let drained = Instant::now();
-    let mut stored = 0;
-    for _ in 0..600 {
-        stored = store.count().await.unwrap_or(0);
-        if stored >= i64::try_from(end)? {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let drained = drained.elapsed();
-    assert_eq!(stored, i64::try_from(end)?, "every record stored");
+    let drained = wait_stored(&store, end).await?;
     drop(recorder);
     task.await?;
     drop(store);

@@ -62,18 +62,6 @@ async fn discovery_objects(ns: &str, name: &str) -> Result<(bool, bool)> {
     Ok((role.is_some(), binding.is_some()))
 }
 
-/// The up targets of the Prometheus at `ip`, by scrape pool.
-async fn up_pools(ip: &str) -> Result<Vec<String>> {
-    let targets = support::prom_get(ip, "/api/v1/targets?state=active").await?;
-    Ok(targets["data"]["activeTargets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["health"] == "up")
-        .filter_map(|t| t["scrapePool"].as_str().map(str::to_owned))
-        .collect())
-}
-
 async fn set_namespace_label(ns: &str, value: Option<&str>) -> Result<()> {
     let patch = serde_json::json!({"metadata": {"labels": {"tsdb-test/discovery": value}}});
     Api::<Namespace>::all(support::client()).patch(ns, &PatchParams::default(), &Patch::Merge(&patch)).await?;
@@ -120,7 +108,7 @@ async fn monitors_in_other_namespaces_are_discovered_with_rights_the_operator_gr
     let pool = format!("serviceMonitor/{apps}/web/0");
     eventually("the target in the other namespace up", Duration::from_mins(2), || {
         let (ip, pool) = (ip.clone(), pool.clone());
-        async move { Ok(up_pools(&ip).await?.contains(&pool).then_some(())) }
+        async move { Ok(support::healthy_pools(&ip).await?.contains(&pool).then_some(())) }
     })
     .await?;
     let status = |pc: PrometheusCluster| pc.status.unwrap_or_default().discovery_namespaces;

@@ -168,18 +168,6 @@ async fn apply_web_monitor(ns: &str) -> Result<()> {
     .await
 }
 
-/// The scrape pools of the active targets of the Prometheus at `ip` whose health is `up`.
-async fn healthy_pools(ip: &str) -> Result<std::collections::BTreeSet<String>> {
-    let targets = support::prom_get(ip, "/api/v1/targets?state=active").await?;
-    Ok(targets["data"]["activeTargets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["health"] == "up")
-        .filter_map(|t| t["scrapePool"].as_str().map(str::to_owned))
-        .collect())
-}
-
 async fn monitors_condition(ns: &str, name: &str) -> Result<Option<(String, String, String)>> {
     let api: kube::Api<tsdb_operator_core::crd::PrometheusCluster> = kube::Api::namespaced(support::client(), ns);
     let pc = api.get(name).await?;
@@ -216,7 +204,7 @@ async fn hundreds_more_are_stored_gzipped_and_loaded(ns: &str, ip: &str, other: 
         }
     })
     .await?;
-    assert!(healthy_pools(ip).await?.contains(other), "the other monitor is still scraped");
+    assert!(support::healthy_pools(ip).await?.contains(other), "the other monitor is still scraped");
     Ok(())
 }
 
@@ -256,7 +244,7 @@ async fn a_cluster_scrapes_the_monitors_it_selects_and_follows_them_without_a_re
     let web = format!("serviceMonitor/{ns}/web/0");
     eventually("the selected ServiceMonitor's target up", Duration::from_mins(2), || {
         let (ip, web) = (ip.clone(), web.clone());
-        async move { Ok(healthy_pools(&ip).await?.contains(&web).then_some(())) }
+        async move { Ok(support::healthy_pools(&ip).await?.contains(&web).then_some(())) }
     })
     .await?;
     let up = support::prom_get(&ip, "/api/v1/query?query=up%7Bjob%3D%22web%22%7D").await?;
@@ -277,7 +265,7 @@ async fn a_cluster_scrapes_the_monitors_it_selects_and_follows_them_without_a_re
     let other = format!("serviceMonitor/{ns}/other/0");
     eventually("the new ServiceMonitor's target up", Duration::from_mins(2), || {
         let (ip, other) = (ip.clone(), other.clone());
-        async move { Ok(healthy_pools(&ip).await?.contains(&other).then_some(())) }
+        async move { Ok(support::healthy_pools(&ip).await?.contains(&other).then_some(())) }
     })
     .await?;
     hundreds_more_are_stored_gzipped_and_loaded(&ns, &ip, &other).await?;
@@ -309,7 +297,7 @@ async fn a_cluster_scrapes_the_monitors_it_selects_and_follows_them_without_a_re
     let pools = eventually("the deleted ServiceMonitor's target gone", Duration::from_mins(2), || {
         let (ip, web) = (ip.clone(), web.clone());
         async move {
-            let pools = healthy_pools(&ip).await?;
+            let pools = support::healthy_pools(&ip).await?;
             Ok((!pools.contains(&web)).then_some(pools))
         }
     })
@@ -666,7 +654,7 @@ async fn a_monitor_scrapes_a_target_behind_basic_auth_with_credentials_from_a_se
     let pool = format!("serviceMonitor/{ns}/secured/0");
     eventually("the target behind basic auth up", Duration::from_mins(2), || {
         let (ip, pool) = (ip.clone(), pool.clone());
-        async move { Ok(healthy_pools(&ip).await?.contains(&pool).then_some(())) }
+        async move { Ok(support::healthy_pools(&ip).await?.contains(&pool).then_some(())) }
     })
     .await?;
     let condition = monitors_condition(&ns, "cred").await?.context("MonitorsAccepted")?;

@@ -347,3 +347,16 @@ pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, with
         }
     }
 }
+
+/// The scrape pools of the active targets of the Prometheus at `ip` whose health is `up`.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn healthy_pools(ip: &str) -> Result<std::collections::BTreeSet<String>> {
+    let targets = prom_get(ip, "/api/v1/targets?state=active").await?;
+    Ok(targets["data"]["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["health"] == "up")
+        .filter_map(|t| t["scrapePool"].as_str().map(str::to_owned))
+        .collect())
+}
