@@ -275,14 +275,7 @@ async fn a_backup_fails_and_uploads_nothing_when_the_snapshot_api_is_disabled() 
         .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
         .arg(format!("--config.file={}", config.join("prometheus.yml").display()))
         .spawn(&env.workdir)?;
-    let mut agent = ProcessBuilder::new("agent-no-admin", operator_binary())
-        .args(["agent", &format!("--config-dir={}", config.display())])
-        .arg(format!("--prometheus-url=http://127.0.0.1:{pport}"))
-        .arg(format!("--listen=127.0.0.1:{aport}"))
-        .arg(format!("--data-dir={}", data.display()))
-        .arg(format!("--token-dir={}", token.display()))
-        .arg("--credentials-dir=/nonexistent")
-        .spawn(&env.workdir)?;
+    let mut agent = start_agent("agent-no-admin", &work, pport, aport)?;
     let http = reqwest::Client::new();
     let request = json!({
         "id": "20260101T000000Z", "cluster": {"namespace": "ns", "name": "demo"},
@@ -328,6 +321,159 @@ async fn a_backup_fails_and_uploads_nothing_when_the_snapshot_api_is_disabled() 
     ensure!(job["message"].as_str().unwrap_or_default().contains("admin APIs disabled"), "{job}");
     ensure!(walk(&bucket).is_empty(), "nothing uploaded: {:?}", walk(&bucket));
     ensure!(snapshot_dirs(&data).is_empty(), "no snapshot directory");
+    Ok(())
+}
+
+/// The agent as a pod runs it, in front of the Prometheus on `prometheus_port`, with the directories `data`,
+/// `token` and `cfg` under `work`.
+fn start_agent(
+    name: &str,
+    work: &Path,
+    prometheus_port: u16,
+    port: u16,
+) -> Result<tsdb_operator_testenv::process::Supervised> {
+    ProcessBuilder::new(name, operator_binary())
+        .args(["agent", &format!("--config-dir={}", work.join("cfg").display())])
+        .arg(format!("--prometheus-url=http://127.0.0.1:{prometheus_port}"))
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--data-dir={}", work.join("data").display()))
+        .arg(format!("--token-dir={}", work.join("token").display()))
+        .arg("--credentials-dir=/nonexistent")
+        .spawn(&env().workdir)
+}
+
+/// A small filesystem mounted for one test (tmpfs with a size limit), unmounted when dropped.
+struct SmallFilesystem(PathBuf);
+
+impl SmallFilesystem {
+    fn mount(dir: &Path, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()?;
+        ensure!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(Self(dir.to_owned()))
+    }
+
+    /// Takes every free byte with one file.
+    fn fill(&self) -> Result<PathBuf> {
+        let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(&self.0).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let free: u64 = text.lines().last().context("df")?.trim().parse()?;
+        let filler = self.0.join("filler");
+        let out = std::process::Command::new("fallocate").args(["-l", &free.to_string()]).arg(&filler).output()?;
+        ensure!(out.status.success(), "fallocate: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(filler)
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// How often Prometheus was asked for a snapshot, from its own request counter.
+async fn snapshot_requests(http: &reqwest::Client, port: u16) -> Result<u64> {
+    let text = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await?.text().await?;
+    let calls = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("prometheus_http_requests_total{") && l.contains(r#"handler="/api/v1/admin/tsdb/snapshot""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a small count
+    Ok(calls as u64)
+}
+
+/// Fault row 5: a snapshot that fails for lack of space (Prometheus' data directory on a full 640 MiB filesystem)
+/// fails the job with Prometheus' reason, leaves no partial snapshot directory, is not retried, and leaves
+/// Prometheus running; once there is space again the next backup completes. (Writing the head block of a
+/// snapshot preallocates a 512 MiB chunk segment, so a smaller filesystem never has room for one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, in order
+async fn a_snapshot_that_runs_out_of_space_fails_cleanly_and_prometheus_keeps_running() -> Result<()> {
+    let env = env();
+    let work = env.workdir.subdir("snapshot-enospc")?;
+    let (data, bucket, token, config) = (work.join("data"), work.join("bucket"), work.join("token"), work.join("cfg"));
+    let small = SmallFilesystem::mount(&data, "640m")?;
+    for d in [&bucket, &token, &config] {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(token.join("token"), "t0ken")?;
+    let (pport, aport) = (free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?, free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?);
+    // Prometheus scrapes itself every second, so its head holds samples the snapshot must write.
+    std::fs::write(
+        config.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{pport}']\n"
+        ),
+    )?;
+    let mut prom = ProcessBuilder::new("prometheus-enospc", paths::prometheus(PrometheusMajor::V3)?)
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+        .arg(format!("--config.file={}", config.join("prometheus.yml").display()))
+        .arg("--web.enable-admin-api")
+        .spawn(&env.workdir)?;
+    let mut agent = start_agent("agent-enospc", &work, pport, aport)?;
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build()?;
+    let query = format!("http://127.0.0.1:{pport}/api/v1/query?query=prometheus_tsdb_head_samples_appended_total");
+    eventually("samples in Prometheus' head", Duration::from_mins(1), || async {
+        let body: serde_json::Value = match http.get(&query).send().await {
+            Ok(r) => r.json().await?,
+            Err(_) => return Ok(None),
+        };
+        let appended = body["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok());
+        Ok(appended.filter(|n| *n > 100.0).map(|_| ()))
+    })
+    .await?;
+    let filler = small.fill()?;
+    let backup = |id: &'static str| {
+        let (http, bucket) = (http.clone(), bucket.clone());
+        async move {
+            let request = json!({
+                "id": id, "cluster": {"namespace": "ns", "name": "full", "uid": "5c3a-full"},
+                "store": {"kind": "Local", "dir": bucket.to_string_lossy(), "prefix": "p"},
+            });
+            let url = format!("http://127.0.0.1:{aport}/backup");
+            let started = eventually("the agent to take the job", Duration::from_secs(30), || async {
+                Ok(http.post(&url).bearer_auth("t0ken").json(&request).send().await.ok().map(|r| r.status().as_u16()))
+            })
+            .await?;
+            ensure!(started == 202, "start: {started}");
+            eventually("the job to finish", Duration::from_mins(2), || async {
+                let j: serde_json::Value =
+                    http.get(format!("{url}/{id}")).bearer_auth("t0ken").send().await?.json().await?;
+                Ok((j["state"] != "Running").then_some(j))
+            })
+            .await
+        }
+    };
+    let started_before = prom.pid();
+    let job = backup("20260101T000000Z").await?;
+    eprintln!("the job on a full filesystem: {job}");
+    ensure!(job["state"] == "Failed" && job["reason"] == "SnapshotFailed", "{job}");
+    ensure!(job["message"].as_str().unwrap_or_default().contains("no space left on device"), "{job}");
+    ensure!(walk(&bucket).is_empty(), "nothing uploaded: {:?}", walk(&bucket));
+    ensure!(snapshot_dirs(&data).is_empty(), "no partial snapshot directory: {:?}", snapshot_dirs(&data));
+    // No retry storm: one snapshot request, also a while later.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(snapshot_requests(&http, pport).await? == 1, "Prometheus was asked for one snapshot");
+    ensure!(prom.is_running() && prom.pid() == started_before, "Prometheus kept running");
+    let healthy = http.get(format!("http://127.0.0.1:{pport}/-/healthy")).send().await?.status();
+    ensure!(healthy.is_success(), "Prometheus healthy: {healthy}");
+
+    // With space again, the next backup completes.
+    std::fs::remove_file(&filler)?;
+    let job = backup("20260101T010000Z").await?;
+    ensure!(job["state"] == "Succeeded" && job["blocks"].as_u64() >= Some(1), "{job}");
+    ensure!(!walk(&bucket).is_empty(), "the backup uploaded");
+    ensure!(snapshot_dirs(&data).is_empty(), "the snapshot directory removed after the upload");
+    agent.stop()?;
+    prom.stop()?;
+    drop(small);
     Ok(())
 }
 

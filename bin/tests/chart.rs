@@ -1,11 +1,10 @@
 //! The Helm chart `charts/tsdb-operator`, with Helm's own Go library (scripts/helm.py over helm-sdkpy) against the
-//! test control plane: lint, refusals, install, the operator running with exactly the Deployment's arguments as the
-//! chart's ServiceAccount, upgrade and uninstall.
+//! test control plane: lint, refusals, install, the operator's pod running from the image, upgrade and uninstall.
 //!
-//! The process kubelet cannot run the operator's pod here (a pod's network namespace cannot reach the API server
-//! on 127.0.0.1), so the test runs the image itself: it builds it with scripts/build-image.sh (buildah), unpacks it
-//! with umoci and starts its entrypoint in its own root filesystem (chroot) as its user, with the arguments,
-//! environment and ServiceAccount the installed Deployment names.
+//! The image is built from this build's binaries with scripts/build-image.sh (buildah) and unpacked with umoci; the
+//! process kubelet runs the containers of that image (the operator's pod and the Prometheus pods' agents) inside
+//! its root filesystem, from its entrypoint, as its user or the securityContext's, with the pod's volumes, network
+//! namespace and ServiceAccount token, as a container runtime would.
 
 mod support;
 
@@ -23,7 +22,7 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use support::*;
 use tsdb_operator_core::crd::{Phase, PrometheusCluster};
-use tsdb_operator_testenv::process::{ProcessBuilder, free_port};
+use tsdb_operator_testenv::kubelet::ImageProgram;
 
 fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -47,11 +46,12 @@ fn helm(args: &[&str]) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-/// The image, unpacked: its root filesystem, entrypoint and `uid:gid`.
+/// The image, unpacked: its root filesystem, entrypoint, working directory and `(uid, gid)`.
 struct Image {
     rootfs: PathBuf,
     entrypoint: Vec<String>,
-    user: String,
+    workdir: String,
+    user: (u32, u32),
     labels: BTreeMap<String, String>,
 }
 
@@ -80,10 +80,12 @@ fn build_image() -> Result<Image> {
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
     let process = &config["process"];
     let entrypoint = process["args"].as_array().context("args")?.iter().filter_map(|a| a.as_str()).map(String::from);
+    let id = |key: &str| u32::try_from(process["user"][key].as_u64().unwrap_or_default());
     Ok(Image {
         rootfs: bundle.join("rootfs"),
         entrypoint: entrypoint.collect(),
-        user: format!("{}:{}", process["user"]["uid"], process["user"]["gid"]),
+        workdir: process["cwd"].as_str().unwrap_or("/").to_owned(),
+        user: (id("uid")?, id("gid")?),
         labels: serde_json::from_value(config["annotations"].clone())?,
     })
 }
@@ -125,13 +127,29 @@ fn the_chart_lints_and_refuses_values_that_cannot_work_together_with_the_fix() -
     Ok(())
 }
 
-/// Issue 15's installation check, short of running the pod from the image.
+/// Issue 15's installation check: the chart installed, the operator's pod running from the image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)] // one scenario, in order
 async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let env = env();
     let ns = namespace("chart").await;
     let release = format!("r{}", &ns[ns.len() - 8..]);
+
+    // The image, built and unpacked; from now on the kubelet runs the chart's image from it.
+    let image = build_image()?;
+    assert_eq!(image.entrypoint, ["/usr/local/bin/tsdb-operator"]);
+    assert_ne!(image.user.0, 0, "the image runs as a non-root user");
+    for label in ["title", "version", "revision", "source", "licenses", "created"] {
+        let key = format!("org.opencontainers.image.{label}");
+        assert!(image.labels.get(&key).is_some_and(|v| !v.is_empty()), "{key} in {:?}", image.labels);
+    }
+    for absent in ["bin/sh", "usr/bin/apt-get", "bin/busybox"] {
+        assert!(!image.rootfs.join(absent).exists(), "no {absent} in the image");
+    }
+    let entrypoint: Vec<&str> = image.entrypoint.iter().map(String::as_str).collect();
+    let unpacked = ImageProgram::unpacked(&image.rootfs, image.user).entrypoint(&entrypoint).workdir(&image.workdir);
+    env.kubelet.map_image("ghcr.io/merlionos/tsdb-operator-rs:", unpacked);
+
     // Watching its own namespace only: the namespaced rules are a Role there, not cluster-wide. The webhook with
     // the operator's own certificates; Ignore, because the test API server cannot reach a Service (the webhook
     // itself is tested by tests/webhook.rs).
@@ -147,25 +165,8 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let deployment = deployments.get(&fullname).await?;
     let spec = deployment.spec.clone().context("spec")?;
     assert_eq!(spec.replicas, Some(1));
-    // The process kubelet would run the Deployment's pod with the host's operator binary under the image's name
-    // (pods reach the API server through the kubernetes Service). This test runs what is inside the image instead
-    // (below), so the Deployment is scaled to 0 first and its pod, which may have taken the leader lease, is gone
-    // (it releases the lease on the way out) before the image's operator starts.
-    deployments
-        .patch(
-            &fullname,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"replicas": 0}})),
-        )
-        .await?;
     let selector = spec.selector.match_labels.clone().unwrap_or_default();
     let selector = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client(), &ns);
-    eventually("the Deployment's pods gone", Duration::from_mins(1), || async {
-        let left = pods.list(&kube::api::ListParams::default().labels(&selector)).await?;
-        Ok(left.items.is_empty().then_some(()))
-    })
-    .await?;
     let pod = spec.template.spec.clone().context("pod spec")?;
     let manager = pod.containers.iter().find(|c| c.name == "manager").context("container manager")?;
     let args = manager.args.clone().unwrap_or_default();
@@ -197,12 +198,8 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let pdbs = pdb_names(&ns).await?;
     assert!(pdbs.is_empty(), "no PodDisruptionBudget for one replica: {pdbs:?}");
     Api::<Service>::namespaced(client(), &ns).get(&format!("{fullname}-metrics")).await?;
-
-    // The operator as the Deployment says: its arguments and environment, as the chart's ServiceAccount (ports
-    // moved to free loopback ones).
     let sa = pod.service_account_name.clone().context("serviceAccountName")?;
     Api::<ServiceAccount>::namespaced(client(), &ns).get(&sa).await?;
-    let token = env.cp.service_account_token(&ns, &sa).await?;
     let may = |namespace: &str, verb: &str, resource: &str| {
         let review = json!({"spec": {
             "user": format!("system:serviceaccount:{ns}:{sa}"),
@@ -218,42 +215,20 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     };
     assert!(may(&ns, "update", "statefulsets").await?, "the operator may manage StatefulSets where it watches");
     assert!(!may("default", "list", "statefulsets").await?, "and nowhere else");
-    let image = build_image()?;
-    assert_eq!(image.entrypoint, ["/usr/local/bin/tsdb-operator"]);
-    assert!(!image.user.starts_with("0:"), "the image runs as a non-root user: {}", image.user);
-    for label in ["title", "version", "revision", "source", "licenses", "created"] {
-        let key = format!("org.opencontainers.image.{label}");
-        assert!(image.labels.get(&key).is_some_and(|v| !v.is_empty()), "{key} in {:?}", image.labels);
-    }
-    for absent in ["bin/sh", "usr/bin/apt-get", "bin/busybox"] {
-        assert!(!image.rootfs.join(absent).exists(), "no {absent} in the image");
-    }
-    // The ServiceAccount's credentials where a pod has them, inside the image's filesystem.
-    let kubeconfig = "/tmp/kubeconfig";
-    std::fs::write(image.rootfs.join("tmp/kubeconfig"), env.cp.kubeconfig_for_token(&sa, &token)?)?;
-    let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-    let (metrics_port, health_port) = (free_port(loopback)?, free_port(loopback)?);
-    let (webhook_port, api_port) = (free_port(loopback)?, free_port(loopback)?);
-    let run = OperatorRun {
-        image: &image,
-        fullname: &fullname,
-        ns: &ns,
-        kubeconfig,
-        metrics_port,
-        health_port,
-        webhook_port,
-        api_port,
-    };
-    // The Deployment's volumes, as a kubelet would mount them: writable directories owned by the image's user.
-    for mount in manager.volume_mounts.iter().flatten().filter(|m| m.read_only != Some(true)) {
-        let dir = image.rootfs.join(mount.mount_path.trim_start_matches('/'));
-        std::fs::create_dir_all(&dir)?;
-        let (uid, gid) = image.user.split_once(':').context("uid:gid")?;
-        std::os::unix::fs::chown(&dir, Some(uid.parse()?), Some(gid.parse()?))?;
-    }
-    let op = run.start(manager)?;
 
-    run.ready().await?;
+    // The Deployment's pod: Running and Ready (the kubelet's probes) from the image's filesystem, as the image's
+    // user, with the chart's ServiceAccount token (in-cluster configuration, no kubeconfig).
+    let operator_pod = ready_pods(&ns, &selector, 1, Duration::from_mins(2)).await?.remove(0);
+    let pid = env.kubelet.faults().pid(&ns, &operator_pod, "manager").context("the manager's process")?;
+    let root = std::fs::read_link(format!("/proc/{pid}/root"))?;
+    assert_eq!(root, image.rootfs.canonicalize()?, "the operator runs in the image's root filesystem");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+    assert_eq!(exe, image.rootfs.canonicalize()?.join("usr/local/bin/tsdb-operator"), "from the image's binary");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).context("Uid")?;
+    assert_eq!(uid.split_whitespace().nth(1), Some(image.user.0.to_string().as_str()), "as the image's user");
+    let pod_ip = env.kubelet.faults().pod_ip(&ns, &operator_pod).context("the operator pod's IP")?;
+
     // The webhook's certificates, with the chart's least-privilege rules: the operator made its Secret and put its
     // authority into the chart's ValidatingWebhookConfiguration.
     let configurations =
@@ -284,21 +259,14 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     assert_eq!(running.spec.and_then(|s| s.service_account_name).as_deref(), Some("prometheus"));
     let agent = pod_spec.containers.into_iter().find(|c| c.name == "agent");
     assert_eq!(agent.and_then(|c| c.image), Some(image_name.clone()), "the agent runs the chart's image");
-    // The audit trail on the chart's SQLite volume has the operator's actions.
-    let audit_db = image.rootfs.join("var/lib/tsdb-operator/audit.db");
-    let trail = eventually("the operator's actions in the audit trail", Duration::from_mins(1), || async {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsdb-ctl"))
-            .args(["audit", "--dsn", &format!("sqlite:{}", audit_db.display()), "-n", &ns, "--cluster", "web"])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        Ok(text.contains("created StatefulSet/web").then_some(text))
-    })
-    .await?;
-    eprintln!("audit trail:\n{trail}");
+    // ... and the kubelet ran it from the image too.
+    let agent_pid = env.kubelet.faults().pid(&ns, "web-0", "agent").context("the agent's process")?;
+    assert_eq!(std::fs::read_link(format!("/proc/{agent_pid}/root"))?, image.rootfs.canonicalize()?);
     let config = Api::<ConfigMap>::namespaced(client(), &ns).get("web-config").await?;
     assert!(config.data.is_some_and(|d| d.values().any(|v| !v.trim().is_empty())), "web-config has the configuration");
 
-    // Metrics: 200 for a ServiceAccount bound to the chart's reader role, 403 for one that is not, 401 without.
+    // Metrics on the pod's port: 200 for a ServiceAccount bound to the chart's reader role, 403 for one that is not,
+    // 401 without.
     let reader = env.cp.service_account_token(&ns, "scraper").await?;
     let stranger = env.cp.service_account_token(&ns, "stranger").await?;
     env.cp
@@ -313,7 +281,7 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
         .timeout(Duration::from_secs(5))
         .danger_accept_invalid_certs(true) // the generated self-signed certificate
         .build()?;
-    let url = format!("https://127.0.0.1:{metrics_port}/metrics");
+    let url = format!("https://{pod_ip}:8443/metrics");
     let status = |token: Option<String>| {
         let (https, url) = (https.clone(), url.clone());
         async move {
@@ -328,10 +296,25 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     assert_eq!(status(Some(stranger)).await?, 403);
     assert_eq!(status(None).await?, 401);
 
+    // The audit trail on the chart's SQLite volume (an emptyDir: read where the kubelet keeps it) has its actions.
+    let audit_db = env.kubelet.faults().volume_path(&ns, &operator_pod, "audit")?.join("audit.db");
+    anyhow::ensure!(audit_db.is_file(), "the operator made {}", audit_db.display());
+    let trail = eventually("the operator's actions in the audit trail", Duration::from_mins(1), || async {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsdb-ctl"))
+            .args(["audit", "--dsn", &format!("sqlite:{}", audit_db.display()), "-n", &ns, "--cluster", "web"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "tsdb-ctl audit: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text.contains("created StatefulSet/web").then_some(text))
+    })
+    .await?;
+    eprintln!("audit trail:\n{trail}");
+
     // The REST API, with the chart's rules: a caller bound to the chart's editor role creates and deletes a
     // cluster through it (the operator's own role allows those writes), one without a binding may not.
     assert!(args.iter().any(|a| a == &format!("--api-namespace={ns}")), "the API's namespace is the watched one");
-    Api::<Service>::namespaced(client(), &ns).get(&format!("{fullname}-api")).await?;
+    let api_service = format!("{fullname}-api");
+    Api::<Service>::namespaced(client(), &ns).get(&api_service).await?;
     let editor = env.cp.service_account_token(&ns, "api-editor").await?;
     env.cp
         .apply_yaml(&format!(
@@ -342,13 +325,14 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
         .await?;
     // The operator's own certificate, with the chart's rules: it made the Secret and published the authority in a
     // ConfigMap that any authenticated user reads (here the editor, who may not read Secrets); the API is called
-    // trusting that authority only.
+    // by its Service's name (resolved to the pod) trusting that authority only.
     let as_editor = env.cp.client_with_token(&editor)?;
     let bundle = support::api_authority(&as_editor, &ns, &format!("{fullname}-api-ca")).await?;
     let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_editor, &ns);
     assert!(secrets.get_opt(&format!("{fullname}-api-tls")).await.is_err(), "the editor may not read the key");
-    let https = support::https_trusting(&bundle)?;
-    let api = format!("https://127.0.0.1:{api_port}/api/clusters");
+    let host = format!("{api_service}.{ns}.svc");
+    let https = https_to(&bundle, &host, std::net::SocketAddr::new(pod_ip, 8080))?;
+    let api = format!("https://{host}:8080/api/clusters");
     let body = json!({"name": "from-api", "spec": {"replicas": 1, "storage": {"size": "1Gi"}}});
     let created = https.post(&api).bearer_auth(&editor).json(&body).send().await?;
     assert_eq!(created.status().as_u16(), 201, "{}", created.text().await?);
@@ -388,21 +372,27 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     };
     let uids_before = pod_uids().await?;
 
-    // Upgrade: two operator replicas get a PodDisruptionBudget, the dashboard ConfigMap carries the Grafana sidecar
-    // label; the operator restarted with the upgraded Deployment leaves the cluster's pods and StatefulSet alone.
+    // Upgrade: a changed pod template (JSON logs) rolls the operator's pods; two replicas get a
+    // PodDisruptionBudget, the dashboard ConfigMap carries the Grafana sidecar label; the cluster's pods and
+    // StatefulSet are left alone.
     helm(&[
         "upgrade",
         &release,
         &chart(),
         &ns,
-        &json!({"replicaCount": 2, "dashboard": {"enabled": true}, "watchNamespace": ns}).to_string(),
+        &json!({"replicaCount": 2, "dashboard": {"enabled": true}, "watchNamespace": ns, "logFormat": "json"})
+            .to_string(),
     ])?;
-    drop(op);
-    let upgraded = deployments.get(&fullname).await?;
-    let containers = upgraded.spec.clone().and_then(|s| s.template.spec).map(|p| p.containers).unwrap_or_default();
-    let manager = containers.iter().find(|c| c.name == "manager").context("container manager")?;
-    let op = run.start(manager)?;
-    run.ready().await?;
+    let rolled = eventually("the operator's pods rolled", Duration::from_mins(3), || async {
+        let pods = ready_pods(&ns, &selector, 2, Duration::from_secs(1)).await.ok();
+        Ok(pods.filter(|pods| !pods.contains(&operator_pod)))
+    })
+    .await?;
+    let new_pid = env.kubelet.faults().pid(&ns, &rolled[0], "manager").context("the new manager's process")?;
+    let logs = env.kubelet.faults().logs(&ns, &rolled[0], "manager")?;
+    let first = logs.lines().next().context("the new operator logs")?;
+    assert!(serde_json::from_str::<serde_json::Value>(first).is_ok(), "JSON logs after the upgrade: {first}");
+    assert_eq!(std::fs::read_link(format!("/proc/{new_pid}/root"))?, image.rootfs.canonicalize()?);
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(pod_uids().await?, uids_before, "the upgrade replaced no Prometheus pod");
     let sts = sts_api.get("web").await?;
@@ -430,7 +420,6 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
 
     // Uninstall removes the operator's objects and keeps the CRDs (Helm never deletes crds/), so clusters and
     // their data stay.
-    drop(op);
     helm(&["uninstall", &release, &ns])?;
     assert!(deployments.get_opt(&fullname).await?.is_none());
     assert!(Api::<ClusterRole>::all(client()).get_opt(&fullname).await?.is_none());
@@ -443,71 +432,36 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     Ok(())
 }
 
-/// The operator run from the unpacked image as the installed Deployment says: its arguments (ports moved to free
-/// loopback ones) and environment, in the image's root filesystem as the image's user.
-struct OperatorRun<'a> {
-    image: &'a Image,
-    fullname: &'a str,
-    ns: &'a str,
-    kubeconfig: &'a str,
-    metrics_port: u16,
-    health_port: u16,
-    webhook_port: u16,
-    api_port: u16,
+/// Waits until exactly `count` pods match `selector` in `ns` and all are Ready; their names.
+async fn ready_pods(ns: &str, selector: &str, count: usize, within: Duration) -> Result<Vec<String>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client(), ns);
+    eventually(&format!("{count} ready pods of {selector}"), within, || async {
+        let listed = pods.list(&kube::api::ListParams::default().labels(selector)).await?;
+        let ready = |pod: &k8s_openapi::api::core::v1::Pod| {
+            pod.metadata.deletion_timestamp.is_none()
+                && pod
+                    .status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        };
+        let all_ready = listed.items.len() == count && listed.items.iter().all(ready);
+        Ok(all_ready.then(|| listed.items.iter().filter_map(|p| p.metadata.name.clone()).collect()))
+    })
+    .await
 }
 
-impl OperatorRun<'_> {
-    fn start(
-        &self,
-        manager: &k8s_openapi::api::core::v1::Container,
-    ) -> Result<tsdb_operator_testenv::process::Supervised> {
-        let args: Vec<String> = manager
-            .args
-            .iter()
-            .flatten()
-            .map(|a| {
-                if a.starts_with("--metrics-bind-address=") {
-                    format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port)
-                } else if a.starts_with("--health-probe-bind-address=") {
-                    format!("--health-probe-bind-address=127.0.0.1:{}", self.health_port)
-                } else if a.starts_with("--webhook-bind-address=") {
-                    format!("--webhook-bind-address=127.0.0.1:{}", self.webhook_port)
-                } else if a.starts_with("--api-address=") {
-                    format!("--api-address=127.0.0.1:{}", self.api_port)
-                } else {
-                    a.clone()
-                }
-            })
-            .collect();
-        let mut builder = ProcessBuilder::new("operator-from-image", "chroot");
-        for var in manager.env.iter().flatten() {
-            let field = var.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
-            let value = match field {
-                Some("metadata.name") => format!("{}-test", self.fullname),
-                Some("metadata.namespace") => self.ns.to_owned(),
-                Some(other) => bail!("the test does not know the field {other} of env {}", var.name),
-                None => var.value.clone().unwrap_or_default(),
-            };
-            builder = builder.env(&var.name, value);
-        }
-        builder
-            .arg(format!("--userspec={}", self.image.user))
-            .arg(&self.image.rootfs)
-            .args(&self.image.entrypoint)
-            .args(&args)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig)
-            .spawn(&env().workdir)
+/// An HTTPS client that trusts only `bundle` and reaches `host` at `address` (a Service's name, resolved to a pod).
+fn https_to(bundle: &str, host: &str, address: std::net::SocketAddr) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(20))
+        .resolve(host, address);
+    for cert in reqwest::Certificate::from_pem_bundle(bundle.as_bytes())? {
+        builder = builder.add_root_certificate(cert);
     }
-
-    async fn ready(&self) -> Result<()> {
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
-        eventually("the operator ready", Duration::from_mins(1), || async {
-            let r = http.get(format!("http://127.0.0.1:{}/readyz", self.health_port)).send().await;
-            Ok(r.ok().filter(|r| r.status() == 200).map(|_| ()))
-        })
-        .await
-    }
+    Ok(builder.build()?)
 }
 
 /// Names of the PodDisruptionBudgets in `ns` (policy/v1beta1, the version the 1.20 test API server serves).

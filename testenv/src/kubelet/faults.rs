@@ -101,6 +101,12 @@ impl Faults {
         Ok(files.iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect())
     }
 
+    /// Where the kubelet keeps a pod's volume on the host (an emptyDir's files, a ConfigMap's payload), for
+    /// reading what a container wrote there.
+    pub fn volume_path(&self, namespace: &str, pod: &str, volume: &str) -> Result<PathBuf> {
+        Ok(self.registry.entry(namespace, pod)?.dir.join("volumes").join(volume))
+    }
+
     fn signal(&self, namespace: &str, pod: &str, container: &str, signal: Signal) -> Result<()> {
         let pid = self.pid(namespace, pod, container).ok_or_else(|| Error::ContainerNotRunning {
             namespace: namespace.to_owned(),

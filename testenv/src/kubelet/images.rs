@@ -6,6 +6,10 @@
 //! ships, by base name. The argv of a container follows Kubernetes: `command` replaces the entrypoint and drops
 //! `CMD`, `args` replaces `CMD`. Its first element is then looked up among the image's programs by base name
 //! (`/bin/prometheus` -> the cached Prometheus), else on the host (`/bin/sh`, `sleep`).
+//!
+//! An image may also be the real thing, unpacked ([`ImageProgram::unpacked`]): a root filesystem with the image's
+//! `ENTRYPOINT`, `CMD`, `WORKDIR` and `USER`. Its containers run inside that filesystem (see `runtime`), their
+//! programs found there and nowhere else.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,8 @@ pub struct ImageProgram {
     workdir: Option<String>,
     volumes: Vec<String>,
     programs: BTreeMap<String, PathBuf>,
+    /// The unpacked image's root filesystem and its `USER` as `(uid, gid)`.
+    root: Option<(PathBuf, (u32, u32))>,
 }
 
 impl ImageProgram {
@@ -34,6 +40,13 @@ impl ImageProgram {
     /// `sh` runs).
     pub fn host() -> Self {
         Self { cmd: vec!["sh".to_owned()], ..Self::default() }
+    }
+
+    /// An unpacked image (e.g. `umoci unpack`): containers run inside `rootfs` as `user` (`(uid, gid)`, the
+    /// image's `USER`) unless their securityContext says otherwise; set its entrypoint, `CMD` and working
+    /// directory with the builder methods.
+    pub fn unpacked(rootfs: impl Into<PathBuf>, user: (u32, u32)) -> Self {
+        Self { root: Some((rootfs.into(), user)), ..Self::default() }
     }
 
     /// Sets the image's `ENTRYPOINT` (as the image knows it, e.g. `/bin/prometheus`).
@@ -82,6 +95,11 @@ impl ImageProgram {
         &self.volumes
     }
 
+    /// The root filesystem and `USER` of an unpacked image.
+    pub(crate) fn root(&self) -> Option<&(PathBuf, (u32, u32))> {
+        self.root.as_ref()
+    }
+
     /// The argv of a container (`command`, `args` after `$(VAR)` expansion), its first element resolved to a
     /// local program.
     pub(crate) fn argv(&self, command: &[String], args: &[String]) -> Result<(PathBuf, Vec<String>), String> {
@@ -95,6 +113,11 @@ impl ImageProgram {
             return Err("no command specified: the image has no entrypoint and the container no command".to_owned());
         }
         let first = words.remove(0);
+        if let Some((rootfs, _)) = &self.root {
+            return find_in_root(rootfs, &first)
+                .map(|path| (path, words))
+                .ok_or_else(|| format!("executable file {first:?} not found in the image's filesystem"));
+        }
         let program = if let Some(path) = self.programs.get(base_name(&first)) {
             path.clone()
         } else {
@@ -137,6 +160,11 @@ impl ImageMap {
     /// Maps images starting with `prefix` (e.g. `ghcr.io/acme/app` or `ghcr.io/acme/app:v1`) to `program`.
     pub fn map_image(&mut self, prefix: &str, program: ImageProgram) {
         self.rules.push((prefix.to_owned(), program));
+    }
+
+    /// Maps images starting with `prefix` to `program`, before every earlier rule.
+    pub fn map_image_first(&mut self, prefix: &str, program: ImageProgram) {
+        self.rules.insert(0, (prefix.to_owned(), program));
     }
 
     /// The binary run for images whose repository ends in `tsdb-operator` or `tsdb-operator-rs`.
@@ -239,6 +267,17 @@ fn find_on_host(program: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// A program of an unpacked image, as a path inside it: absolute, or found on the usual `PATH`.
+fn find_in_root(rootfs: &Path, program: &str) -> Option<PathBuf> {
+    let inside = |path: &str| rootfs.join(path.trim_start_matches('/')).is_file().then(|| PathBuf::from(path));
+    if program.starts_with('/') {
+        return inside(program);
+    }
+    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .find_map(|dir| inside(&format!("{dir}/{program}")))
+}
+
 /// `$TSDB_PROMETHEUS{major}_BIN`, else `${TSDB_OPERATOR_CACHE:-~/.cache/tsdb-operator}/prometheus-{major}/prometheus`.
 fn cached_prometheus(major: u8) -> Option<PathBuf> {
     let from_env = std::env::var(format!("TSDB_PROMETHEUS{major}_BIN")).ok().filter(|v| !v.is_empty());
@@ -310,6 +349,25 @@ mod tests {
         let err = map().resolve("nginx:1.25").unwrap_err();
         assert_eq!(err.reason, "ErrImagePull");
         assert!(err.message.contains("map_image"), "{}", err.message);
+    }
+
+    #[test]
+    fn unpacked_images_run_only_what_their_filesystem_holds() {
+        let rootfs = std::env::temp_dir().join(format!("unpacked-image-{}", std::process::id()));
+        std::fs::create_dir_all(rootfs.join("usr/local/bin")).unwrap();
+        std::fs::write(rootfs.join("usr/local/bin/tsdb-operator"), b"").unwrap();
+        let mut map = map();
+        let image = ImageProgram::unpacked(&rootfs, (65532, 65532)).entrypoint(&["/usr/local/bin/tsdb-operator"]);
+        map.map_image("ghcr.io/merlionos/tsdb-operator-rs:", image);
+        let image = map.resolve("ghcr.io/merlionos/tsdb-operator-rs:0.1.0").unwrap();
+        let (program, argv) = image.argv(&[], &s(&["agent"])).unwrap();
+        assert_eq!((program, argv), (PathBuf::from("/usr/local/bin/tsdb-operator"), s(&["agent"])));
+        let (program, _) = image.argv(&s(&["tsdb-operator"]), &[]).unwrap();
+        assert_eq!(program, PathBuf::from("/usr/local/bin/tsdb-operator"), "found on PATH inside the image");
+        let err = image.argv(&s(&["sh", "-c"]), &s(&["true"])).unwrap_err();
+        assert!(err.contains("not found in the image"), "no host programs in an unpacked image: {err}");
+        assert_eq!(image.root().map(|(_, user)| *user), Some((65532, 65532)));
+        std::fs::remove_dir_all(&rootfs).unwrap();
     }
 
     #[test]

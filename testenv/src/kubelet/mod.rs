@@ -12,7 +12,9 @@
 //!                            service.rs  Service kubernetes: ClusterIP:443 in each netns -> the API server
 //!                            volumes.rs  ConfigMap/Secret/downwardAPI/projected (atomic ..data), emptyDir, PVC
 //!                            runtime.rs  ip netns exec + private mount ns + bind mounts, exec the program
+//!                                        (an unpacked image: inside its root filesystem, as its user)
 //!                            images.rs   image -> local program (Prometheus 2/3, tsdb-operator, host tools)
+//!                                        or an unpacked image (root filesystem, entrypoint, user)
 //!                            env.rs      env, envFrom, fieldRef, $(VAR) expansion
 //!                            probes.rs   startup / readiness / liveness from the host to the pod IP
 //!   Pod status    <-- status.rs: phase, IPs, conditions, containerStatuses (status subresource)
@@ -376,6 +378,7 @@ struct Ready {
     nodes: Vec<String>,
     state_dir: PathBuf,
     subnet_index: u8,
+    images: Arc<std::sync::RwLock<ImageMap>>,
 }
 
 /// A running kubelet. Dropping it stops the kubelet in the background; [`KubeletHandle::shutdown`] waits.
@@ -408,6 +411,14 @@ impl KubeletHandle {
         self.ready.subnet_index
     }
 
+    /// Maps images starting with `prefix` to a program from now on, winning over every earlier mapping (for
+    /// images built while the tests run, e.g. an [`ImageProgram::unpacked`] one). Containers already running keep
+    /// what they run.
+    pub fn map_image(&self, prefix: &str, program: ImageProgram) {
+        let mut images = self.ready.images.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        images.map_image_first(prefix, program);
+    }
+
     /// Stops all pods (without deleting them), removes the network, and waits until done.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
@@ -429,7 +440,7 @@ impl Drop for KubeletHandle {
 /// Shared by all tasks of one kubelet.
 pub(crate) struct Ctx {
     pub(crate) client: Client,
-    pub(crate) images: ImageMap,
+    pub(crate) images: Arc<std::sync::RwLock<ImageMap>>,
     pub(crate) network: network::Network,
     pub(crate) cache: Arc<cache::ObjectCache>,
     pub(crate) registry: Arc<faults::Registry>,
@@ -504,9 +515,10 @@ async fn run(builder: KubeletBuilder, ready: oneshot::Sender<Result<Ready>>, sto
     };
     let kubernetes_service = service::KubernetesService::discover(&client, apiserver.clone()).await;
     let registry = Arc::new(faults::Registry::default());
+    let images = Arc::new(std::sync::RwLock::new(builder.images.clone()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        images: builder.images.clone(),
+        images: Arc::clone(&images),
         network,
         cache: cache::ObjectCache::start(&client),
         registry: Arc::clone(&registry),
@@ -536,6 +548,7 @@ async fn run(builder: KubeletBuilder, ready: oneshot::Sender<Result<Ready>>, sto
         nodes: nodes.clone(),
         state_dir: state_dir.clone(),
         subnet_index: index,
+        images,
     }));
     let workers = dispatch_pods(&ctx, &nodes, stop).await;
     // Shutdown: every worker stops its containers; then the rest goes.

@@ -363,6 +363,29 @@ fn gethostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
+/// How a container of an unpacked image runs: as the securityContext's user and group (the container's, then the
+/// pod's, then the image's `USER`), on a read-only root when asked; `runAsNonRoot` refuses root as the kubelet does.
+fn run_as(
+    pod: &Pod,
+    container: &Container,
+    rootfs: &std::path::Path,
+    user: (u32, u32),
+) -> Result<runtime::Root, String> {
+    let own = container.security_context.as_ref();
+    let shared = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let id = |value: Option<i64>, default: u32| {
+        value.map_or(Ok(default), |v| u32::try_from(v).map_err(|_| format!("invalid id {v}")))
+    };
+    let uid = id(own.and_then(|c| c.run_as_user).or_else(|| shared.and_then(|p| p.run_as_user)), user.0)?;
+    let gid = id(own.and_then(|c| c.run_as_group).or_else(|| shared.and_then(|p| p.run_as_group)), user.1)?;
+    let non_root = own.and_then(|c| c.run_as_non_root).or_else(|| shared.and_then(|p| p.run_as_non_root));
+    if non_root == Some(true) && uid == 0 {
+        return Err("container has runAsNonRoot and image will run as root".to_owned());
+    }
+    let read_only = own.and_then(|c| c.read_only_root_filesystem) == Some(true);
+    Ok(runtime::Root { rootfs: rootfs.to_path_buf(), uid, gid, read_only })
+}
+
 fn image_of(container: &Container) -> &str {
     container.image.as_deref().unwrap_or_default()
 }
@@ -490,7 +513,9 @@ impl PodRun {
         stop: &mut watch::Receiver<Option<Duration>>,
     ) -> Run {
         let image_name = image_of(container);
-        let image = match self.ctx.images.resolve(image_name) {
+        let resolved =
+            self.ctx.images.read().map_or_else(|e| e.into_inner().resolve(image_name), |m| m.resolve(image_name));
+        let image = match resolved {
             Ok(image) => image,
             Err(err) => {
                 self.event(
@@ -552,6 +577,15 @@ impl PodRun {
                 return Run::Retry;
             }
         };
+        let root = match image.root().map(|(rootfs, user)| run_as(&pod, container, rootfs, *user)).transpose() {
+            Ok(root) => root,
+            Err(message) => {
+                self.update(slot, |r| {
+                    r.state = State::Waiting { reason: "CreateContainerConfigError".to_owned(), message: Some(message) }
+                });
+                return Run::Retry;
+            }
+        };
         let restart = lock(&self.state).record(slot).map_or(0, |r| r.restart_count);
         let spec = LaunchSpec {
             program: program.clone(),
@@ -562,6 +596,7 @@ impl PodRun {
             hostname: self.facts.hostname.clone(),
             mounts,
             log_path: container_dir.join(format!("{restart}.log")),
+            root,
         };
         let started_at = Timestamp::now();
         let started = Instant::now();

@@ -9,6 +9,11 @@
 //! script sets the hostname, creates the mount points, bind-mounts the volumes (read-only ones are remounted
 //! `ro`), changes to the working directory and `exec`s the program. The container is the leader of its own
 //! process group, so signals reach everything it started, and its stdout and stderr go to a log file.
+//!
+//! A container of an unpacked image runs inside the image's root filesystem: the script creates the mount points
+//! there, makes that filesystem read-only for the container when its securityContext asks, mounts the volumes,
+//! `/proc` and `/dev` into it and `exec`s `nsenter --root --wd --setuid --setgid` with the program's path inside
+//! the image. All mounts stay in the container's own mount namespace; the unpacked files are shared.
 
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt as _;
@@ -41,6 +46,17 @@ pub(crate) struct LaunchSpec {
     pub(crate) hostname: String,
     pub(crate) mounts: Vec<BindMount>,
     pub(crate) log_path: PathBuf,
+    /// An unpacked image's root filesystem, the container's user in it and whether it is read-only.
+    pub(crate) root: Option<Root>,
+}
+
+/// How a container of an unpacked image runs in its filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Root {
+    pub(crate) rootfs: PathBuf,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) read_only: bool,
 }
 
 /// Quotes a string for `sh`.
@@ -54,27 +70,64 @@ pub(crate) fn build_script(spec: &LaunchSpec) -> String {
     if spec.netns.is_some() {
         let _ = writeln!(script, "hostname {}", sh_quote(&spec.hostname));
     }
+    // Inside an unpacked image every mount point is under its root; the points are made before that root turns
+    // read-only.
+    let under_root = |target: &str| match &spec.root {
+        Some(root) => format!("{}/{}", root.rootfs.display(), target.trim_start_matches('/')),
+        None => target.to_owned(),
+    };
     for mount in &spec.mounts {
-        let target = sh_quote(&mount.target);
-        let source = sh_quote(&mount.source.to_string_lossy());
+        let target = sh_quote(&under_root(&mount.target));
         if mount.source.is_dir() {
             let _ = writeln!(script, "mkdir -p {target}");
         } else {
             let _ = writeln!(script, "mkdir -p \"$(dirname {target})\"; [ -e {target} ] || touch {target}");
         }
+    }
+    if let Some(root) = &spec.root {
+        let rootfs = sh_quote(&root.rootfs.to_string_lossy());
+        let (proc, dev) = (sh_quote(&under_root("/proc")), sh_quote(&under_root("/dev")));
+        let _ = writeln!(script, "mkdir -p {proc} {dev}");
+        if root.read_only {
+            let _ = writeln!(script, "mount --bind {rootfs} {rootfs}\nmount -o remount,bind,ro {rootfs}");
+        }
+        let _ = writeln!(script, "mount -t proc proc {proc}\nmount --rbind /dev {dev}");
+    }
+    for mount in &spec.mounts {
+        let target = sh_quote(&under_root(&mount.target));
+        let source = sh_quote(&mount.source.to_string_lossy());
         let _ = writeln!(script, "mount --bind {source} {target}");
         if mount.read_only {
             let _ = writeln!(script, "mount -o remount,bind,ro {target}");
         }
     }
-    match &spec.workdir {
-        Some(dir) => {
-            let _ = writeln!(script, "mkdir -p {0}; cd {0}", sh_quote(dir));
+    if spec.root.is_none() {
+        match &spec.workdir {
+            Some(dir) => {
+                let _ = writeln!(script, "mkdir -p {0}; cd {0}", sh_quote(dir));
+            }
+            None => script.push_str("cd /\n"),
         }
-        None => script.push_str("cd /\n"),
     }
     script.push_str("exec \"$@\"\n");
     script
+}
+
+/// The program and arguments the script `exec`s: the container's own, or for an unpacked image `nsenter`
+/// entering its root as the container's user.
+fn exec_argv(spec: &LaunchSpec) -> (PathBuf, Vec<String>) {
+    let Some(root) = &spec.root else { return (spec.program.clone(), spec.args.clone()) };
+    let workdir = spec.workdir.as_deref().unwrap_or("/").trim_start_matches('/');
+    let mut args = vec![
+        format!("--root={}", root.rootfs.display()),
+        format!("--wd={}", root.rootfs.join(workdir).display()),
+        format!("--setgid={}", root.gid),
+        format!("--setuid={}", root.uid),
+        "--".to_owned(),
+        spec.program.display().to_string(),
+    ];
+    args.extend(spec.args.iter().cloned());
+    (PathBuf::from("nsenter"), args)
 }
 
 /// Starts the container process.
@@ -87,6 +140,7 @@ pub(crate) fn spawn(spec: &LaunchSpec) -> Result<Child> {
     let log_err =
         log.try_clone().map_err(|source| Error::Io { action: "open", path: spec.log_path.clone(), source })?;
     let script = build_script(spec);
+    let (program, args) = exec_argv(spec);
     let mut command = if let Some(ns) = &spec.netns {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", ns, "unshare", "--uts", "/bin/sh", "-c"]);
@@ -99,8 +153,8 @@ pub(crate) fn spawn(spec: &LaunchSpec) -> Result<Child> {
     command
         .arg(&script)
         .arg("container")
-        .arg(&spec.program)
-        .args(&spec.args)
+        .arg(&program)
+        .args(&args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
@@ -183,11 +237,51 @@ mod tests {
             hostname: "web-0".to_owned(),
             mounts: vec![BindMount { source: dir.clone(), target: "/etc/it's".to_owned(), read_only: true }],
             log_path: PathBuf::from("/dev/null"),
+            root: None,
         };
         let script = build_script(&spec);
         assert!(script.contains("hostname 'web-0'"));
         assert!(script.contains(r"mkdir -p '/etc/it'\''s'"));
         assert!(script.contains("mount -o remount,bind,ro '/etc/it'\\''s'"));
+        assert!(script.contains("cd '/prometheus'"));
         assert!(script.ends_with("exec \"$@\"\n"));
+        assert_eq!(exec_argv(&spec).0, PathBuf::from("/bin/true"));
+    }
+
+    #[test]
+    fn an_unpacked_image_runs_in_its_read_only_root_as_its_user() {
+        let dir = std::env::temp_dir();
+        let spec = LaunchSpec {
+            program: PathBuf::from("/usr/local/bin/tsdb-operator"),
+            args: vec!["operator".to_owned()],
+            env: vec![],
+            workdir: Some("/tmp".to_owned()),
+            netns: Some("tsdb-0-2".to_owned()),
+            hostname: "op-0".to_owned(),
+            mounts: vec![BindMount { source: dir, target: "/var/lib/data".to_owned(), read_only: false }],
+            log_path: PathBuf::from("/dev/null"),
+            root: Some(Root { rootfs: PathBuf::from("/images/op"), uid: 65532, gid: 65532, read_only: true }),
+        };
+        let script = build_script(&spec);
+        let at = |needle: &str| script.find(needle).unwrap_or_else(|| panic!("{needle} in {script}"));
+        // Mount points first, then the root turns read-only, then the volumes go on top.
+        assert!(at("mkdir -p '/images/op/var/lib/data'") < at("mount -o remount,bind,ro '/images/op'"));
+        assert!(at("mount -o remount,bind,ro '/images/op'") < at("mount --bind '/tmp' '/images/op/var/lib/data'"));
+        assert!(script.contains("mount -t proc proc '/images/op/proc'"));
+        assert!(!script.contains("cd "), "nsenter sets the working directory: {script}");
+        let (program, args) = exec_argv(&spec);
+        assert_eq!(program, PathBuf::from("nsenter"));
+        assert_eq!(
+            args,
+            [
+                "--root=/images/op",
+                "--wd=/images/op/tmp",
+                "--setgid=65532",
+                "--setuid=65532",
+                "--",
+                "/usr/local/bin/tsdb-operator",
+                "operator"
+            ]
+        );
     }
 }
