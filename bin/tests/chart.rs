@@ -250,6 +250,8 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     env.cp.service_account_token(&ns, "prometheus").await?;
     let yaml = "apiVersion: observability.merlionos.org/v1\nkind: PrometheusCluster\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  storage:\n    size: 1Gi\n  serviceAccountName: prometheus\n";
     apply_cluster(&ns, yaml).await?;
+    // A second cluster that lives through the uninstall.
+    apply_cluster(&ns, &yaml.replace("name: web", "name: kept")).await?;
     wait_phase(&ns, "web", Phase::Active, 1, Duration::from_mins(3)).await?;
     Api::<Service>::namespaced(client(), &ns).get("web").await?;
     let sts = Api::<StatefulSet>::namespaced(client(), &ns).get("web").await?;
@@ -426,6 +428,18 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client());
     assert!(crds.get_opt("prometheusclusters.observability.merlionos.org").await?.is_some());
+    // ... and the clusters with their StatefulSets, volumes and running pods stay, as docs/install.md says.
+    wait_phase(&ns, "kept", Phase::Active, 1, Duration::from_mins(1)).await?;
+    let kept_pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client(), &ns).get("kept-0").await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(clusters.get_opt("kept").await?.is_some(), "the PrometheusCluster stays");
+    assert!(sts_api.get_opt("kept").await?.is_some(), "its StatefulSet stays");
+    let claims = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client(), &ns);
+    assert!(claims.get_opt("data-kept-0").await?.is_some(), "its volume stays");
+    let still = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client(), &ns).get("kept-0").await?;
+    assert_eq!(still.metadata.uid, kept_pod.metadata.uid, "its pod keeps running");
+    // Without the operator nobody removes the finalizer; the test does, so its namespace can go.
+    clusters.patch("kept", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await?;
     let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client())
         .delete(&format!("{fullname}-scraper"), &DeleteParams::default())
         .await;
