@@ -283,12 +283,20 @@ async fn rotated_s3_credentials_apply_to_the_next_backup_without_a_restart() -> 
     ensure!(env.fwd.upstream_bytes() == bytes, "no request to S3 while no backup is asked for");
 
     set_secret_key(env.s3.secret_key().to_owned()).await?;
+    backups_until_one_succeeds(&ns, "src", "fixed").await?;
+    healthy_on_the_same_pod(&ns, "src", &pod_before).await?;
+    ensure!(env.op.process.is_running(), "the operator was not restarted");
+    Ok(())
+}
+
+/// Asks for backups of `name` (request tokens `<label>-1`, `-2`, ...) until one succeeds; how many were asked.
+async fn backups_until_one_succeeds(ns: &str, name: &str, label: &str) -> Result<usize> {
     let mut attempt = 0;
-    eventually("a backup to succeed with the key put right", Duration::from_mins(2), || {
+    eventually(&format!("a backup to succeed ({label})"), Duration::from_mins(2), || {
         attempt += 1;
-        let (ns, token) = (ns.clone(), format!("fixed-{attempt}"));
+        let (ns, name, token) = (ns.to_owned(), name.to_owned(), format!("{label}-{attempt}"));
         async move {
-            let b = backup_now(&ns, "src", &token).await?;
+            let b = backup_now(&ns, &name, &token).await?;
             let succeeded_last = b.last_successful_backup_time.as_ref().map(from_time)
                 >= b.last_failed_backup_time.as_ref().map(from_time)
                 && b.last_request.as_deref() == Some(token.as_str());
@@ -296,13 +304,72 @@ async fn rotated_s3_credentials_apply_to_the_next_backup_without_a_restart() -> 
         }
     })
     .await?;
-    let healthy = condition(&ns, "src", "BackupHealthy").await?.context("BackupHealthy")?;
+    Ok(attempt)
+}
+
+/// `BackupHealthy=True`, and the cluster's pod is still `before` with no container restarted; the pod.
+async fn healthy_on_the_same_pod(
+    ns: &str,
+    name: &str,
+    before: &k8s_openapi::api::core::v1::Pod,
+) -> Result<k8s_openapi::api::core::v1::Pod> {
+    let healthy = condition(ns, name, "BackupHealthy").await?.context("BackupHealthy")?;
     ensure!(healthy.status == "True", "{healthy:?}");
-    let pod_after = pods(&ns, "src").await?.remove(0);
-    ensure!(pod_after.metadata.uid == pod_before.metadata.uid, "the pod was not replaced");
-    let restarts: i32 =
-        pod_after.status.and_then(|s| s.container_statuses).map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum());
+    let pod = pods(ns, name).await?.remove(0);
+    ensure!(pod.metadata.uid == before.metadata.uid, "the pod was not replaced");
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    let restarts: i32 = statuses.map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum());
     ensure!(restarts == 0, "no container restarted");
+    Ok(pod)
+}
+
+/// Fault row 22, the agent token rotated on real parts: after a good backup the cluster's `<name>-agent-token`
+/// Secret gets a new token; backups keep working with it (the operator reads the Secret again when the agent refuses
+/// the token it had, the agent reads the mounted file at each request), the old token is refused by the agent, and
+/// neither the pod nor the operator is restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_agent_token_is_used_by_the_next_backup_and_the_old_one_is_refused() -> Result<()> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+    let mut env = BackupEnv::start("agent-token-rotate", &OPERATOR_ARGS).await?;
+    let ns = env.ns.clone();
+    apply_cluster(&ns, &env.cluster_yaml("src", Some(json!({})), None)).await?;
+    wait_phase(&ns, "src", Phase::Active, 1, READY).await?;
+    let pod_before = pods(&ns, "src").await?.remove(0);
+    let first = successful_backup(&ns, "src", "first").await?;
+
+    let secrets: Api<Secret> = Api::namespaced(client(), &ns);
+    let token_of = |secret: &Secret| {
+        let bytes = secret.data.as_ref().and_then(|d| d.get(tsdb_operator_core::backup::protocol::TOKEN_KEY));
+        bytes.map(|b| String::from_utf8_lossy(&b.0).trim().to_owned()).unwrap_or_default()
+    };
+    let old = token_of(&secrets.get("src-agent-token").await?);
+    ensure!(!old.is_empty(), "the operator made the agent token");
+    let new = format!("rotated-{}", tsdb_operator_testenv::process::random_hex(16));
+    let patch = json!({"data": {"token": ByteString(new.clone().into_bytes())}});
+    secrets.patch("src-agent-token", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+
+    // The kubelet refreshes the mounted Secret on its own schedule: a backup asked before that may fail; ask until
+    // one succeeds with the new token.
+    let attempt = backups_until_one_succeeds(&ns, "src", "rotated").await?;
+    eprintln!("backups after the rotation: {attempt} asked");
+    ensure!(token_of(&secrets.get("src-agent-token").await?) == new, "the operator kept the rotated token");
+
+    // The agent itself: the old token is refused, the new one accepted.
+    let pod = healthy_on_the_same_pod(&ns, "src", &pod_before).await?;
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("pod IP")?;
+    let url = format!("http://{ip}:{}/backup/{first}", tsdb_operator_core::constants::ports::AGENT);
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+    let with = |token: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move { anyhow::Ok(http.get(&url).bearer_auth(token).send().await?.status().as_u16()) }
+    };
+    ensure!(with(old).await? == 401, "the old token is refused");
+    let answer = with(new).await?;
+    ensure!(answer != 401 && answer != 503, "the new token is accepted: {answer}");
+
     ensure!(env.op.process.is_running(), "the operator was not restarted");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! PrometheusClusterSet against the real control plane (the seed's scenarios): label selector, namespace
 //! selector, backup-template overlay, opt-out, member wins, sorted members and phase counts, changes reflected
-//! within seconds, and deleting a set leaves members untouched. No kubelet: members stay Provisioning.
+//! within seconds, and deleting a set leaves members untouched. No kubelet: members stay Provisioning. The operator
+//! runs with only the RBAC of deploy/rbac.yaml (fault table, row 22).
 
 mod support;
 
@@ -13,6 +14,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{Operator, eventually};
 use tsdb_operator_core::crd::{PrometheusCluster, PrometheusClusterSet};
+use tsdb_operator_testenv::controlplane::OPERATOR_SA_USER;
 use tsdb_operator_testenv::process::Workdir;
 
 async fn create_namespace(client: &kube::Client, name: &str, labels: serde_json::Value) -> Result<()> {
@@ -52,7 +54,8 @@ async fn cluster_set_selects_overlays_and_counts_members_across_namespaces() -> 
     let cp = support::control_plane_only();
     let client = cp.client();
     let workdir = Workdir::create("clusterset-tests")?;
-    let _op = Operator::start_on(cp, &workdir, None, &[])?;
+    cp.apply_yaml(include_str!("../../deploy/rbac.yaml")).await?;
+    let mut op = Operator::start_as(cp, OPERATOR_SA_USER, &workdir, None, &[])?;
     let suffix = tsdb_operator_testenv::process::random_hex(4);
     let (prod, dev) = (format!("prod-{suffix}"), format!("dev-{suffix}"));
     let team = format!("team-{suffix}");
@@ -150,5 +153,9 @@ async fn cluster_set_selects_overlays_and_counts_members_across_namespaces() -> 
     .await?;
     let plain = pcs.get("b-plain").await?;
     assert!(plain.spec.backup.enabled && plain.spec.backup.bucket == "fleet-backups");
+    // All of it under the least-privilege identity: nothing was refused on the way.
+    assert!(op.process.is_running());
+    let log = std::fs::read_to_string(op.process.log_path())?;
+    assert!(!log.to_lowercase().contains("forbidden"), "the operator was refused something:\n{log}");
     Ok(())
 }

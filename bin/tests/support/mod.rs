@@ -5,7 +5,7 @@
 
 pub mod backup;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -103,10 +103,28 @@ impl Operator {
 
     /// Starts `tsdb-operator` against `cp`, logging into `workdir`.
     pub fn start_on(cp: &ControlPlane, workdir: &Workdir, namespace: Option<&str>, extra: &[&str]) -> Result<Self> {
+        Self::start_with(cp.kubeconfig_path(), workdir, namespace, extra)
+    }
+
+    /// Starts `tsdb-operator` on `cp` as `user` (e.g. the ServiceAccount of deploy/rbac.yaml, which the caller
+    /// applies).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn start_as(
+        cp: &ControlPlane,
+        user: &str,
+        workdir: &Workdir,
+        namespace: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let kubeconfig = cp.kubeconfig_path_for(user).with_context(|| format!("no kubeconfig for {user}"))?;
+        Self::start_with(&kubeconfig, workdir, namespace, extra)
+    }
+
+    fn start_with(kubeconfig: &Path, workdir: &Workdir, namespace: Option<&str>, extra: &[&str]) -> Result<Self> {
         let port = free_port(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))?;
         let mut builder = ProcessBuilder::new(format!("operator-{}", namespace.unwrap_or("all")), operator_binary())
             .arg("--kubeconfig")
-            .arg(cp.kubeconfig_path())
+            .arg(kubeconfig)
             .arg(format!("--metrics-bind-address=127.0.0.1:{port}"))
             .arg("--health-probe-bind-address=0")
             .env("RUST_LOG", "info,tsdb_operator_adapters=debug,kube=warn")
