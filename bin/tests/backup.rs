@@ -342,18 +342,30 @@ fn start_agent(
         .spawn(&env().workdir)
 }
 
-/// A small filesystem mounted for one test (tmpfs with a size limit), unmounted when dropped.
-struct SmallFilesystem(PathBuf);
+/// A filesystem mounted for one test (a size-limited tmpfs, or a read-only bind mount), unmounted when dropped.
+struct Mounted(PathBuf);
 
-impl SmallFilesystem {
-    fn mount(dir: &Path, size: &str) -> Result<Self> {
+impl Mounted {
+    fn run(args: &[&str], dir: &Path) -> Result<()> {
+        let out = std::process::Command::new("mount").args(args).arg(dir).output()?;
+        ensure!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    /// A tmpfs of `size` at `dir`.
+    fn tmpfs(dir: &Path, size: &str) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()?;
-        ensure!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        Self::run(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"], dir)?;
         Ok(Self(dir.to_owned()))
+    }
+
+    /// `dir` made read-only in place.
+    fn read_only(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Self::run(&["--bind", &dir.to_string_lossy()], dir)?;
+        let this = Self(dir.to_owned());
+        Self::run(&["-o", "remount,bind,ro"], dir)?;
+        Ok(this)
     }
 
     /// Takes every free byte with one file.
@@ -368,112 +380,190 @@ impl SmallFilesystem {
     }
 }
 
-impl Drop for SmallFilesystem {
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 
-/// How often Prometheus was asked for a snapshot, from its own request counter.
-async fn snapshot_requests(http: &reqwest::Client, port: u16) -> Result<u64> {
-    let text = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await?.text().await?;
-    let calls = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("prometheus_http_requests_total{") && l.contains(r#"handler="/api/v1/admin/tsdb/snapshot""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a small count
-    Ok(calls as u64)
+/// A real Prometheus 3 scraping itself every second (so its head holds samples a snapshot must write) and the agent
+/// in front of it, both as processes, as in a pod; the data directory is `<work>/data`, prepared by the test.
+struct SnapshotRig {
+    work: PathBuf,
+    prom: tsdb_operator_testenv::process::Supervised,
+    agent: tsdb_operator_testenv::process::Supervised,
+    http: reqwest::Client,
+    pport: u16,
+    aport: u16,
 }
 
-/// Fault row 5: a snapshot that fails for lack of space (Prometheus' data directory on a full 640 MiB filesystem)
-/// fails the job with Prometheus' reason, leaves no partial snapshot directory, is not retried, and leaves
-/// Prometheus running; once there is space again the next backup completes. (Writing the head block of a
-/// snapshot preallocates a 512 MiB chunk segment, so a smaller filesystem never has room for one.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::too_many_lines)] // one scenario, in order
-async fn a_snapshot_that_runs_out_of_space_fails_cleanly_and_prometheus_keeps_running() -> Result<()> {
-    let env = env();
-    let work = env.workdir.subdir("snapshot-enospc")?;
-    let (data, bucket, token, config) = (work.join("data"), work.join("bucket"), work.join("token"), work.join("cfg"));
-    let small = SmallFilesystem::mount(&data, "640m")?;
-    for d in [&bucket, &token, &config] {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(token.join("token"), "t0ken")?;
-    let (pport, aport) = (free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?, free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?);
-    // Prometheus scrapes itself every second, so its head holds samples the snapshot must write.
-    std::fs::write(
-        config.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{pport}']\n"
-        ),
-    )?;
-    let mut prom = ProcessBuilder::new("prometheus-enospc", paths::prometheus(PrometheusMajor::V3)?)
-        .arg(format!("--storage.tsdb.path={}", data.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
-        .arg(format!("--config.file={}", config.join("prometheus.yml").display()))
-        .arg("--web.enable-admin-api")
-        .spawn(&env.workdir)?;
-    let mut agent = start_agent("agent-enospc", &work, pport, aport)?;
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build()?;
-    let query = format!("http://127.0.0.1:{pport}/api/v1/query?query=prometheus_tsdb_head_samples_appended_total");
-    eventually("samples in Prometheus' head", Duration::from_mins(1), || async {
-        let body: serde_json::Value = match http.get(&query).send().await {
-            Ok(r) => r.json().await?,
-            Err(_) => return Ok(None),
-        };
-        let appended = body["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok());
-        Ok(appended.filter(|n| *n > 100.0).map(|_| ()))
-    })
-    .await?;
-    let filler = small.fill()?;
-    let backup = |id: &'static str| {
-        let (http, bucket) = (http.clone(), bucket.clone());
-        async move {
-            let request = json!({
-                "id": id, "cluster": {"namespace": "ns", "name": "full", "uid": "5c3a-full"},
-                "store": {"kind": "Local", "dir": bucket.to_string_lossy(), "prefix": "p"},
-            });
-            let url = format!("http://127.0.0.1:{aport}/backup");
-            let started = eventually("the agent to take the job", Duration::from_secs(30), || async {
-                Ok(http.post(&url).bearer_auth("t0ken").json(&request).send().await.ok().map(|r| r.status().as_u16()))
-            })
-            .await?;
-            ensure!(started == 202, "start: {started}");
-            eventually("the job to finish", Duration::from_mins(2), || async {
-                let j: serde_json::Value =
-                    http.get(format!("{url}/{id}")).bearer_auth("t0ken").send().await?.json().await?;
-                Ok((j["state"] != "Running").then_some(j))
-            })
-            .await
+impl SnapshotRig {
+    async fn start(work: &Path) -> Result<Self> {
+        let env = env();
+        for d in ["data", "bucket", "token", "cfg"] {
+            std::fs::create_dir_all(work.join(d))?;
         }
-    };
-    let started_before = prom.pid();
-    let job = backup("20260101T000000Z").await?;
-    eprintln!("the job on a full filesystem: {job}");
-    ensure!(job["state"] == "Failed" && job["reason"] == "SnapshotFailed", "{job}");
-    ensure!(job["message"].as_str().unwrap_or_default().contains("no space left on device"), "{job}");
-    ensure!(walk(&bucket).is_empty(), "nothing uploaded: {:?}", walk(&bucket));
-    ensure!(snapshot_dirs(&data).is_empty(), "no partial snapshot directory: {:?}", snapshot_dirs(&data));
-    // No retry storm: one snapshot request, also a while later.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    ensure!(snapshot_requests(&http, pport).await? == 1, "Prometheus was asked for one snapshot");
-    ensure!(prom.is_running() && prom.pid() == started_before, "Prometheus kept running");
-    let healthy = http.get(format!("http://127.0.0.1:{pport}/-/healthy")).send().await?.status();
-    ensure!(healthy.is_success(), "Prometheus healthy: {healthy}");
+        std::fs::write(work.join("token/token"), "t0ken")?;
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (pport, aport) = (free_port(loopback)?, free_port(loopback)?);
+        std::fs::write(
+            work.join("cfg/prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{pport}']\n"
+            ),
+        )?;
+        let prom = ProcessBuilder::new("prometheus-snapshot-fault", paths::prometheus(PrometheusMajor::V3)?)
+            .arg(format!("--storage.tsdb.path={}", work.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+            .arg(format!("--config.file={}", work.join("cfg/prometheus.yml").display()))
+            .arg("--web.enable-admin-api")
+            .spawn(&env.workdir)?;
+        let agent = start_agent("agent-snapshot-fault", work, pport, aport)?;
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build()?;
+        let rig = Self { work: work.to_owned(), prom, agent, http, pport, aport };
+        let query = format!("http://127.0.0.1:{pport}/api/v1/query?query=prometheus_tsdb_head_samples_appended_total");
+        eventually("samples in Prometheus' head", Duration::from_mins(1), || async {
+            let body: serde_json::Value = match rig.http.get(&query).send().await {
+                Ok(r) => r.json().await?,
+                Err(_) => return Ok(None),
+            };
+            let appended = body["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok());
+            Ok(appended.filter(|n| *n > 100.0).map(|_| ()))
+        })
+        .await?;
+        Ok(rig)
+    }
 
-    // With space again, the next backup completes.
+    fn data(&self) -> PathBuf {
+        self.work.join("data")
+    }
+
+    fn bucket(&self) -> PathBuf {
+        self.work.join("bucket")
+    }
+
+    /// Asks the agent for backup `id` and waits for the job to end.
+    async fn backup(&self, id: &str) -> Result<serde_json::Value> {
+        let request = json!({
+            "id": id, "cluster": {"namespace": "ns", "name": "fault", "uid": "5c3a-fault"},
+            "store": {"kind": "Local", "dir": self.bucket().to_string_lossy(), "prefix": "p"},
+        });
+        let url = format!("http://127.0.0.1:{}/backup", self.aport);
+        let started = eventually("the agent to take the job", Duration::from_secs(30), || async {
+            Ok(self.http.post(&url).bearer_auth("t0ken").json(&request).send().await.ok().map(|r| r.status().as_u16()))
+        })
+        .await?;
+        ensure!(started == 202, "start: {started}");
+        eventually("the job to finish", Duration::from_mins(2), || async {
+            let j: serde_json::Value =
+                self.http.get(format!("{url}/{id}")).bearer_auth("t0ken").send().await?.json().await?;
+            Ok((j["state"] != "Running").then_some(j))
+        })
+        .await
+    }
+
+    /// How often Prometheus was asked for a snapshot, from its own request counter.
+    async fn snapshot_requests(&self) -> Result<u64> {
+        let text = self.http.get(format!("http://127.0.0.1:{}/metrics", self.pport)).send().await?.text().await?;
+        let calls = text
+            .lines()
+            .filter(|l| l.starts_with("prometheus_http_requests_total{"))
+            .filter(|l| l.contains(r#"handler="/api/v1/admin/tsdb/snapshot""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a small count
+        Ok(calls as u64)
+    }
+
+    /// The fault's backup fails as it should: `SnapshotFailed` with Prometheus' reason containing `cause`, nothing
+    /// uploaded, no snapshot directory left, one snapshot request (also 5 s later), Prometheus the same process
+    /// and healthy.
+    async fn fails_cleanly(&mut self, id: &str, cause: &str) -> Result<()> {
+        let pid = self.prom.pid();
+        let job = self.backup(id).await?;
+        eprintln!("the job: {job}");
+        ensure!(job["state"] == "Failed" && job["reason"] == "SnapshotFailed", "{job}");
+        ensure!(job["message"].as_str().unwrap_or_default().contains(cause), "{cause} in {job}");
+        ensure!(walk(&self.bucket()).is_empty(), "nothing uploaded: {:?}", walk(&self.bucket()));
+        ensure!(snapshot_dirs(&self.data()).is_empty(), "no partial snapshot: {:?}", snapshot_dirs(&self.data()));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        ensure!(self.snapshot_requests().await? == 1, "Prometheus was asked for one snapshot: no retry storm");
+        ensure!(self.prom.is_running() && self.prom.pid() == pid, "Prometheus kept running");
+        let healthy = self.http.get(format!("http://127.0.0.1:{}/-/healthy", self.pport)).send().await?.status();
+        ensure!(healthy.is_success(), "Prometheus healthy: {healthy}");
+        Ok(())
+    }
+
+    /// With the fault gone, the next backup succeeds with at least `blocks` blocks and leaves no snapshot.
+    async fn recovers(&mut self, id: &str, blocks: u64) -> Result<()> {
+        let job = self.backup(id).await?;
+        ensure!(job["state"] == "Succeeded" && job["blocks"].as_u64() >= Some(blocks), "{job}");
+        ensure!(!walk(&self.bucket()).is_empty(), "the backup uploaded");
+        ensure!(snapshot_dirs(&self.data()).is_empty(), "the snapshot directory removed after the upload");
+        self.agent.stop()?;
+        self.prom.stop()?;
+        Ok(())
+    }
+}
+
+/// Fault row 5, ENOSPC: a snapshot on a full data volume (a 640 MiB tmpfs) fails cleanly and Prometheus keeps
+/// running; once there is space again the next backup completes. (Writing the head block of a snapshot
+/// preallocates a 512 MiB chunk segment, so a smaller filesystem never has room for one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_runs_out_of_space_fails_cleanly_and_prometheus_keeps_running() -> Result<()> {
+    let work = env().workdir.subdir("snapshot-enospc")?;
+    let volume = Mounted::tmpfs(&work.join("data"), "640m")?;
+    let mut rig = SnapshotRig::start(&work).await?;
+    let filler = volume.fill()?;
+    rig.fails_cleanly("20260101T000000Z", "no space left on device").await?;
     std::fs::remove_file(&filler)?;
-    let job = backup("20260101T010000Z").await?;
-    ensure!(job["state"] == "Succeeded" && job["blocks"].as_u64() >= Some(1), "{job}");
-    ensure!(!walk(&bucket).is_empty(), "the backup uploaded");
-    ensure!(snapshot_dirs(&data).is_empty(), "the snapshot directory removed after the upload");
-    agent.stop()?;
-    prom.stop()?;
-    drop(small);
+    rig.recovers("20260101T010000Z", 1).await?;
+    drop(rig);
+    drop(volume);
+    Ok(())
+}
+
+/// Fault row 5, EXDEV: `snapshots/` on another filesystem than the blocks, so Prometheus cannot hard-link a block
+/// into the snapshot; the partial snapshot it leaves is removed, and once the directory is back on the data volume
+/// the next backup has the block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_across_filesystems_fails_cleanly() -> Result<()> {
+    let work = env().workdir.subdir("snapshot-exdev")?;
+    // A persisted block (two hours of one series, an hour old), made by promtool before Prometheus starts.
+    let data = work.join("data");
+    std::fs::create_dir_all(&data)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let start = (now - 3 * 3600) / 7200 * 7200;
+    let lines = (0..240u64).map(|i| format!("fixture{{n=\"1\"}} {i} {}\n", start + i * 30));
+    let samples = format!("# TYPE fixture gauge\n{}# EOF\n", lines.collect::<String>());
+    let input = work.join("fixture.om");
+    std::fs::write(&input, samples)?;
+    let promtool = paths::prometheus(PrometheusMajor::V3)?.with_file_name("promtool");
+    let out = std::process::Command::new(promtool)
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(&data)
+        .output()?;
+    ensure!(out.status.success(), "promtool: {}", String::from_utf8_lossy(&out.stderr));
+    let other = Mounted::tmpfs(&data.join("snapshots"), "64m")?;
+    let mut rig = SnapshotRig::start(&work).await?;
+    rig.fails_cleanly("20260101T000000Z", "cross-device").await?;
+    drop(other);
+    rig.recovers("20260101T010000Z", 2).await?;
+    Ok(())
+}
+
+/// Fault row 5, a read-only mount: `snapshots/` read-only, so Prometheus cannot create the snapshot; once it is
+/// writable again the next backup completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_on_a_read_only_mount_fails_cleanly() -> Result<()> {
+    let work = env().workdir.subdir("snapshot-erofs")?;
+    let read_only = Mounted::read_only(&work.join("data/snapshots"))?;
+    let mut rig = SnapshotRig::start(&work).await?;
+    rig.fails_cleanly("20260101T000000Z", "read-only file system").await?;
+    drop(read_only);
+    rig.recovers("20260101T010000Z", 1).await?;
     Ok(())
 }
 
