@@ -235,7 +235,8 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
         .into_iter()
         .find(|(p, _)| p.contains("/chunks/"))
         .context("a chunk object")?;
-    let mut bytes = std::fs::read(&chunk.0)?;
+    let original = std::fs::read(&chunk.0)?;
+    let mut bytes = original.clone();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&chunk.0, bytes)?;
@@ -248,6 +249,25 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     let stderr = String::from_utf8_lossy(&restore.stderr).to_string();
     ensure!(!restore.status.success() && stderr.contains(&name), "restore of a corrupted object: {stderr}");
     ensure!(std::fs::read_dir(&dest2).map_or(0, Iterator::count) == 0, "nothing written on a failed restore");
+
+    // 7. A missing object (fault row 4): the chunk put right, a block's index deleted; verify and restore fail
+    // naming it; nothing is written.
+    std::fs::write(&chunk.0, original)?;
+    let index = walk(&s3.data_dir().join(s3.bucket()).join("tsdb").join(&ns).join("src").join("blocks"))
+        .into_iter()
+        .find(|(p, _)| p.ends_with("/index"))
+        .context("an index object")?;
+    std::fs::remove_file(&index.0)?;
+    let name = index.0.rsplit_once("/blocks/").map(|(_, rest)| rest.to_owned()).unwrap_or_default();
+    let verify = tsdb_ctl(&s3, &["verify", "--cluster", &format!("{ns}/src")])?;
+    let stderr = String::from_utf8_lossy(&verify.stderr).to_string();
+    ensure!(!verify.status.success() && stderr.contains(&name), "verify with a missing object: {stderr}");
+    let dest3 = work.join("restored-missing");
+    let restore = tsdb_ctl(&s3, &["restore", "--cluster", &format!("{ns}/src"), "--dest", &dest3.to_string_lossy()])?;
+    let stderr = String::from_utf8_lossy(&restore.stderr).to_string();
+    eprintln!("restore with a missing object: {stderr}");
+    ensure!(!restore.status.success() && stderr.contains(&name), "restore with a missing object: {stderr}");
+    ensure!(std::fs::read_dir(&dest3).map_or(0, Iterator::count) == 0, "nothing written on a failed restore");
     drop(fwd);
     Ok(())
 }

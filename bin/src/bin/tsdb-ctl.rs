@@ -682,7 +682,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once (some errors already print their source).
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", tsdb_operator_adapters::error_chain(e));
             ExitCode::FAILURE
         }
     }
