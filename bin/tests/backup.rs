@@ -253,12 +253,13 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     // 7. A missing object (fault row 4): the chunk put right, a block's index deleted; verify and restore fail
     // naming it; nothing is written.
     std::fs::write(&chunk.0, original)?;
-    let index = walk(&s3.data_dir().join(s3.bucket()).join("tsdb").join(&ns).join("src").join("blocks"))
-        .into_iter()
-        .find(|(p, _)| p.ends_with("/index"))
-        .context("an index object")?;
-    std::fs::remove_file(&index.0)?;
-    let name = index.0.rsplit_once("/blocks/").map(|(_, rest)| rest.to_owned()).unwrap_or_default();
+    // The index of a block of backup id2, which step 8 restores.
+    let src_dir = s3.data_dir().join(s3.bucket()).join("tsdb").join(&ns).join("src");
+    let manifest: tsdb_operator_core::backup::manifest::Manifest =
+        serde_json::from_slice(&std::fs::read(src_dir.join("backups").join(&id2).join("manifest.json"))?)?;
+    let block = manifest.blocks.first().context("a block in the manifest")?;
+    let name = format!("{}/index", block.ulid);
+    std::fs::remove_file(src_dir.join("blocks").join(&name))?;
     let verify = tsdb_ctl(&s3, &["verify", "--cluster", &format!("{ns}/src")])?;
     let stderr = String::from_utf8_lossy(&verify.stderr).to_string();
     ensure!(!verify.status.success() && stderr.contains(&name), "verify with a missing object: {stderr}");
@@ -268,6 +269,31 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     eprintln!("restore with a missing object: {stderr}");
     ensure!(!restore.status.success() && stderr.contains(&name), "restore with a missing object: {stderr}");
     ensure!(std::fs::read_dir(&dest3).map_or(0, Iterator::count) == 0, "nothing written on a failed restore");
+
+    // 8. The same backup restored declaratively into a new cluster: the restore init container fails naming the
+    // object, Prometheus never starts, and the cluster does not claim to be Active.
+    apply_cluster(&ns, &cluster_yaml("broken", &endpoint, s3.bucket(), None, Some(("src", &id2)))).await?;
+    let pods_api = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client(), &ns);
+    let log = eventually("the restore init container to fail naming the object", Duration::from_mins(2), || async {
+        let Some(pod) = pods_api.get_opt("broken-0").await? else { return Ok(None) };
+        let statuses = pod.status.and_then(|s| s.init_container_statuses).unwrap_or_default();
+        let exit_code = |state: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+            state.and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code)
+        };
+        let failed = statuses.iter().any(|c| {
+            c.name == "restore"
+                && (exit_code(c.state.as_ref()).is_some_and(|code| code != 0)
+                    || exit_code(c.last_state.as_ref()).is_some_and(|code| code != 0))
+        });
+        let log = env.kubelet.faults().logs(&ns, "broken-0", "restore").unwrap_or_default();
+        Ok((failed && log.contains(&name)).then_some(log))
+    })
+    .await?;
+    eprintln!("restore init container: {}", log.lines().last().unwrap_or_default());
+    ensure!(env.kubelet.faults().pid(&ns, "broken-0", "prometheus").is_none(), "Prometheus never started");
+    let broken = Api::<PrometheusCluster>::namespaced(client(), &ns).get("broken").await?;
+    let phase = broken.status.and_then(|s| s.phase);
+    ensure!(phase != Some(Phase::Active), "a cluster whose restore fails is not Active: {phase:?}");
     drop(fwd);
     Ok(())
 }
