@@ -208,6 +208,47 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     let up_in_dst = query(&dst_addr, "count(count_over_time(up[10m]))", t).await?;
     ensure!(up_in_src[0]["value"][1] == up_in_dst[0]["value"][1], "up series: src {up_in_src} dst {up_in_dst}");
 
+    // 4b. dst's pod replaced (fault row 21): the restore init container runs again on the same volume, finds data
+    // and leaves it alone; what dst scraped after its restore is still there and nothing was restored twice.
+    let pods_api = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client(), &ns);
+    let old_pod = pods_api.get("dst-0").await?;
+    let scraped = |addr: String| async move {
+        let t = now_secs();
+        let v = query(&addr, "sum(count_over_time(up[1h]))", t).await?;
+        anyhow::Ok(v[0]["value"][1].as_str().and_then(|x| x.parse::<f64>().ok()).unwrap_or_default())
+    };
+    let before = eventually("dst to scrape after its restore", Duration::from_secs(30), || async {
+        let n = scraped(dst_addr.clone()).await?;
+        Ok((n > 0.0).then_some(n))
+    })
+    .await?;
+    // Persisted to the volume (the head's WAL), so the new pod replays it.
+    pods_api.delete("dst-0", &kube::api::DeleteParams::default()).await?;
+    eventually("a new dst-0", Duration::from_mins(2), || async {
+        let pod = pods_api.get_opt("dst-0").await?;
+        let ready = pod.as_ref().is_some_and(|p| {
+            p.metadata.uid != old_pod.metadata.uid
+                && p.status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        Ok(ready.then_some(()))
+    })
+    .await?;
+    let log = env.kubelet.faults().logs(&ns, "dst-0", "restore")?;
+    ensure!(log.contains("already holds data; nothing to restore"), "the init container left the volume alone: {log}");
+    ensure!(!log.contains("restore complete"), "nothing restored twice: {log}");
+    let dst_addr = format!("{}:9090", pod_ip_of(&ns, "dst-0")?);
+    let got = eventually("known samples in dst after the new pod", Duration::from_secs(60), || {
+        let a = dst_addr.clone();
+        async move { Ok(known_data(&a, end).await.ok()) }
+    })
+    .await?;
+    ensure!(got == expected, "the restored data after the new pod: {got:?} != {expected:?}");
+    let after = scraped(dst_addr.clone()).await?;
+    ensure!(after >= before, "what dst scraped before the new pod is kept: {after} < {before}");
+
     // 5. Faults: S3 down -> Failed with a reason, no manifest, no snapshot left; the next run succeeds.
     s3.stop()?;
     let failed = backup_now(&ns, "src", "three").await?;
