@@ -240,7 +240,7 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     ensure!(log.contains("already holds data; nothing to restore"), "the init container left the volume alone: {log}");
     ensure!(!log.contains("restore complete"), "nothing restored twice: {log}");
     let dst_addr = format!("{}:9090", pod_ip_of(&ns, "dst-0")?);
-    let got = eventually("known samples in dst after the new pod", Duration::from_secs(60), || {
+    let got = eventually("known samples in dst after the new pod", Duration::from_mins(1), || {
         let a = dst_addr.clone();
         async move { Ok(known_data(&a, end).await.ok()) }
     })
