@@ -226,13 +226,7 @@ async fn backups_round_trip_incrementally_and_restore_into_new_clusters() -> Res
     pods_api.delete("dst-0", &kube::api::DeleteParams::default()).await?;
     eventually("a new dst-0", Duration::from_mins(2), || async {
         let pod = pods_api.get_opt("dst-0").await?;
-        let ready = pod.as_ref().is_some_and(|p| {
-            p.metadata.uid != old_pod.metadata.uid
-                && p.status
-                    .iter()
-                    .flat_map(|s| s.conditions.iter().flatten())
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-        });
+        let ready = pod.as_ref().is_some_and(|p| p.metadata.uid != old_pod.metadata.uid && pod_ready(p));
         Ok(ready.then_some(()))
     })
     .await?;
@@ -617,22 +611,12 @@ async fn a_snapshot_that_runs_out_of_space_fails_cleanly_and_prometheus_keeps_ru
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_across_filesystems_fails_cleanly() -> Result<()> {
     let work = env().workdir.subdir("snapshot-exdev")?;
-    // A persisted block (two hours of one series, an hour old), made by promtool before Prometheus starts.
+    // Persisted blocks (two hours of one series, ending an hour ago), made by promtool before Prometheus starts.
     let data = work.join("data");
     std::fs::create_dir_all(&data)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let start = (now - 3 * 3600) / 7200 * 7200;
-    let lines = (0..240u64).map(|i| format!("fixture{{n=\"1\"}} {i} {}\n", start + i * 30));
-    let samples = format!("# TYPE fixture gauge\n{}# EOF\n", lines.collect::<String>());
     let input = work.join("fixture.om");
-    std::fs::write(&input, samples)?;
-    let promtool = paths::prometheus(PrometheusMajor::V3)?.with_file_name("promtool");
-    let out = std::process::Command::new(promtool)
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(&input)
-        .arg(&data)
-        .output()?;
-    ensure!(out.status.success(), "promtool: {}", String::from_utf8_lossy(&out.stderr));
+    known_samples(&input, 1, 120, now_secs() - 3600)?;
+    promtool_blocks(&input, &data, &[])?;
     let other = Mounted::tmpfs(&data.join("snapshots"), "64m")?;
     let mut rig = SnapshotRig::start(&work).await?;
     rig.fails_cleanly("20260101T000000Z", "cross-device").await?;

@@ -333,7 +333,7 @@ async fn install_run_upgrade_and_uninstall_the_chart() -> Result<()> {
     let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_editor, &ns);
     assert!(secrets.get_opt(&format!("{fullname}-api-tls")).await.is_err(), "the editor may not read the key");
     let host = format!("{api_service}.{ns}.svc");
-    let https = https_to(&bundle, &host, std::net::SocketAddr::new(pod_ip, 8080))?;
+    let https = support::https_trusting_at(&bundle, Some((&host, std::net::SocketAddr::new(pod_ip, 8080))))?;
     let api = format!("https://{host}:8080/api/clusters");
     let body = json!({"name": "from-api", "spec": {"replicas": 1, "storage": {"size": "1Gi"}}});
     let created = https.post(&api).bearer_auth(&editor).json(&body).send().await?;
@@ -451,31 +451,10 @@ async fn ready_pods(ns: &str, selector: &str, count: usize, within: Duration) ->
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client(), ns);
     eventually(&format!("{count} ready pods of {selector}"), within, || async {
         let listed = pods.list(&kube::api::ListParams::default().labels(selector)).await?;
-        let ready = |pod: &k8s_openapi::api::core::v1::Pod| {
-            pod.metadata.deletion_timestamp.is_none()
-                && pod
-                    .status
-                    .iter()
-                    .flat_map(|s| s.conditions.iter().flatten())
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-        };
-        let all_ready = listed.items.len() == count && listed.items.iter().all(ready);
+        let all_ready = listed.items.len() == count && listed.items.iter().all(pod_ready);
         Ok(all_ready.then(|| listed.items.iter().filter_map(|p| p.metadata.name.clone()).collect()))
     })
     .await
-}
-
-/// An HTTPS client that trusts only `bundle` and reaches `host` at `address` (a Service's name, resolved to a pod).
-fn https_to(bundle: &str, host: &str, address: std::net::SocketAddr) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .tls_built_in_root_certs(false)
-        .timeout(Duration::from_secs(20))
-        .resolve(host, address);
-    for cert in reqwest::Certificate::from_pem_bundle(bundle.as_bytes())? {
-        builder = builder.add_root_certificate(cert);
-    }
-    Ok(builder.build()?)
 }
 
 /// Names of the PodDisruptionBudgets in `ns` (policy/v1beta1, the version the 1.20 test API server serves).

@@ -212,6 +212,17 @@ pub async fn wait_phase(
 }
 
 /// The pods of a cluster.
+/// Whether the pod is Ready and not being deleted.
+#[allow(dead_code)] // not every test binary uses it
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
 pub async fn pods(ns: &str, name: &str) -> Result<Vec<Pod>> {
     let api: Api<Pod> = Api::namespaced(client(), ns);
     Ok(api.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"))).await?.items)
@@ -279,8 +290,16 @@ pub fn tls_client(bundle: &[u8]) -> Result<tokio_rustls::TlsConnector> {
 /// An HTTPS client that trusts the authorities of the PEM `bundle` only, not the machine's roots.
 #[allow(dead_code)] // not every test binary uses it
 pub fn https_trusting(bundle: &str) -> Result<reqwest::Client> {
+    https_trusting_at(bundle, None)
+}
+
+/// [`https_trusting`], reaching `host` at an address of the test's choosing (a Service's name, resolved to a pod).
+pub fn https_trusting_at(bundle: &str, resolve: Option<(&str, std::net::SocketAddr)>) -> Result<reqwest::Client> {
     let mut builder =
         reqwest::Client::builder().no_proxy().tls_built_in_root_certs(false).timeout(Duration::from_secs(20));
+    if let Some((host, address)) = resolve {
+        builder = builder.resolve(host, address);
+    }
     for cert in reqwest::Certificate::from_pem_bundle(bundle.as_bytes())? {
         builder = builder.add_root_certificate(cert);
     }

@@ -253,6 +253,9 @@ fn prometheus_major(tag: &str) -> u8 {
     if tag.trim_start_matches('v').starts_with("2.") { 2 } else { 3 }
 }
 
+/// Where a program named without a path is looked for, on the host and in an unpacked image.
+const PATH: [&str; 6] = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
 fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
@@ -261,10 +264,7 @@ fn find_on_host(program: &str) -> Option<PathBuf> {
     if program.contains('/') {
         return Some(PathBuf::from(program)).filter(|p| p.exists());
     }
-    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.exists())
+    PATH.iter().map(|dir| Path::new(dir).join(program)).find(|p| p.exists())
 }
 
 /// A program of an unpacked image, as a path inside it: absolute, or found on the usual `PATH`.
@@ -273,9 +273,7 @@ fn find_in_root(rootfs: &Path, program: &str) -> Option<PathBuf> {
     if program.starts_with('/') {
         return inside(program);
     }
-    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .find_map(|dir| inside(&format!("{dir}/{program}")))
+    PATH.iter().find_map(|dir| inside(&format!("{dir}/{program}")))
 }
 
 /// `$TSDB_PROMETHEUS{major}_BIN`, else `${TSDB_OPERATOR_CACHE:-~/.cache/tsdb-operator}/prometheus-{major}/prometheus`.
