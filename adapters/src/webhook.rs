@@ -155,33 +155,6 @@ fn request(review: AdmissionReview<DynamicObject>) -> Result<AdmissionRequest<Dy
     })
 }
 
-/// The audit record's id of an admission request. The API server may review one update twice (its storage layer
-/// retries with a fresher copy of the stored object), each time with a new request UID; an update is therefore
-/// identified by what it is: the user, the object, the stored version it changes, the change and the verdict. A
-/// create is identified by its request UID.
-fn admission_id(request: &AdmissionRequest<DynamicObject>, allowed: bool) -> String {
-    use sha2::{Digest as _, Sha256};
-    let old = request.old_object.as_ref();
-    let Some(version) = old.and_then(|o| o.metadata.resource_version.as_deref()) else {
-        return request.uid.clone();
-    };
-    let mut hash = Sha256::new();
-    for part in [
-        request.user_info.username.as_deref().unwrap_or_default(),
-        &format!("{:?}", request.operation),
-        request.namespace.as_deref().unwrap_or_default(),
-        &request.name,
-        old.and_then(|o| o.metadata.uid.as_deref()).unwrap_or_default(),
-        version,
-        &spec(request.object.as_ref()).map(Value::to_string).unwrap_or_default(),
-        if allowed { "allowed" } else { "refused" },
-    ] {
-        hash.update(part.as_bytes());
-        hash.update([0]);
-    }
-    format!("{:x}", hash.finalize())
-}
-
 async fn answer(
     audit: Option<&Audit>,
     request: &AdmissionRequest<DynamicObject>,
@@ -193,9 +166,11 @@ async fn answer(
     if let Some(audit) = audit
         && !request.dry_run
     {
-        let id = admission_id(request, verdict.is_ok());
+        let old = request.old_object.as_ref().map(|o| &o.metadata);
         let record = tsdb_operator_core::audit::from_admission(&tsdb_operator_core::audit::Admission {
-            uid: &id,
+            uid: &request.uid,
+            old_generation: old.and_then(|m| m.generation),
+            old_resource_version: old.and_then(|m| m.resource_version.as_deref()),
             timestamp: k8s_openapi::jiff::Timestamp::now().to_string(),
             kind,
             namespace: request.namespace.as_deref().unwrap_or_default(),

@@ -94,8 +94,12 @@ pub struct AuditRecord {
 /// An admission request, as the webhook saw it.
 #[derive(Clone, Debug)]
 pub struct Admission<'a> {
-    /// The request's UID (unique per request; the record's id).
+    /// The request's UID (unique per request, also per retry of one request).
     pub uid: &'a str,
+    /// `metadata.generation` of the stored object an update changes.
+    pub old_generation: Option<i64>,
+    /// `metadata.resourceVersion` of the stored object an update changes.
+    pub old_resource_version: Option<&'a str>,
     /// When it was reviewed (RFC 3339).
     pub timestamp: String,
     /// Kind, namespace, name and UID of the object.
@@ -120,14 +124,57 @@ pub struct Admission<'a> {
     pub refused: Option<String>,
 }
 
-/// The record of an admission request.
-pub fn from_admission(a: &Admission<'_>) -> AuditRecord {
-    let operation = match a.operation {
+/// The record id of an admission request.
+///
+/// The API server may review one update or delete twice, each time with a new request UID: its storage layer tries
+/// the change on its cached copy of the object first, and when that fails (a conflict, or a refusal) while the
+/// cached copy may be stale, reads the stored object and tries once more. Both reviews are of the same change by
+/// the same user, so a change of a stored object is identified by what it is: the operation, the user, the object, the generation it changes (status and
+/// finalizer writes leave it alone, every spec change moves it), the old and new spec, the verdict, and, for an
+/// update that leaves the spec as it was, the stored version. The same change made again after another spec
+/// change has a newer generation and is recorded again; the same refused change sent twice in a row against one
+/// generation is one record, since it cannot be told apart from the API server's second try; so is a second delete
+/// of an object already being deleted. A create is reviewed once and keeps its request UID.
+pub fn admission_event_id(a: &Admission<'_>) -> String {
+    use sha2::{Digest as _, Sha256};
+    let Some(generation) = a.old_generation else {
+        return a.uid.to_owned();
+    };
+    let null = Value::Null;
+    let (old, new) = (a.old_spec.unwrap_or(&null), a.spec.unwrap_or(&null));
+    let version = if old == new { a.old_resource_version.unwrap_or(a.uid) } else { "" };
+    let mut hash = Sha256::new();
+    for part in [
+        operation_name(a.operation),
+        a.username,
+        a.kind,
+        a.namespace,
+        a.name,
+        a.object_uid,
+        &generation.to_string(),
+        &old.to_string(),
+        &new.to_string(),
+        version,
+        a.refused.as_deref().unwrap_or("admitted"),
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    format!("{:x}", hash.finalize())
+}
+
+fn operation_name(operation: Operation) -> &'static str {
+    match operation {
         Operation::Create => "create",
         Operation::Update => "update",
         Operation::Delete => "delete",
         Operation::Connect => "connect",
-    };
+    }
+}
+
+/// The record of an admission request, with the id [`admission_event_id`] gives it.
+pub fn from_admission(a: &Admission<'_>) -> AuditRecord {
+    let operation = operation_name(a.operation);
     let null = Value::Null;
     let diff = json_patch::diff(a.old_spec.unwrap_or(&null), a.spec.unwrap_or(&null));
     let (result, detail) = match &a.refused {
@@ -135,7 +182,7 @@ pub fn from_admission(a: &Admission<'_>) -> AuditRecord {
         None => (results::SUCCESS, String::new()),
     };
     AuditRecord {
-        event_id: a.uid.to_owned(),
+        event_id: admission_event_id(a),
         timestamp: a.timestamp.clone(),
         namespace: a.namespace.to_owned(),
         kind: a.kind.to_owned(),
@@ -263,6 +310,8 @@ mod tests {
         let groups = vec!["team".to_owned()];
         let record = from_admission(&Admission {
             uid: "req-1",
+            old_generation: Some(1),
+            old_resource_version: Some("100"),
             timestamp: "2026-12-03T10:00:00Z".into(),
             kind: "PrometheusCluster",
             namespace: "obs",
@@ -289,6 +338,8 @@ mod tests {
         let new = json!({"replicas": 0});
         let record = from_admission(&Admission {
             uid: "req-2",
+            old_generation: None,
+            old_resource_version: None,
             timestamp: "2026-12-03T10:00:00Z".into(),
             kind: "PrometheusCluster",
             namespace: "obs",
@@ -303,6 +354,62 @@ mod tests {
         });
         assert_eq!(record.result, results::REJECTED);
         assert!(record.detail.contains("must be >= 1"));
+    }
+
+    fn update_id(uid: &str, generation: i64, version: &str, refused: Option<&str>, new: &Value) -> String {
+        admission_event_id(&Admission {
+            uid,
+            old_generation: Some(generation),
+            old_resource_version: Some(version),
+            timestamp: String::new(),
+            kind: "PrometheusCluster",
+            namespace: "obs",
+            name: "demo",
+            object_uid: "u1",
+            operation: Operation::Update,
+            username: "bob",
+            groups: &[],
+            spec: Some(new),
+            old_spec: Some(&json!({"replicas": 1})),
+            refused: refused.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn a_retried_review_of_one_update_is_one_record_and_a_repeated_change_is_another() {
+        let (new, same) = (json!({"replicas": 2}), json!({"replicas": 1}));
+        // The storage layer's retry: a new request UID and a fresher resourceVersion (a status write), same change.
+        let first = update_id("req-1", 3, "100", None, &new);
+        assert_eq!(first, update_id("req-2", 3, "101", None, &new));
+        // The same change made again after it was undone moves from a newer generation.
+        assert_ne!(first, update_id("req-9", 5, "140", None, &new));
+        // A refusal is reviewed again on the stored copy: one record; an admitted change is another record.
+        let refused = update_id("req-3", 3, "100", Some("no"), &new);
+        assert_eq!(refused, update_id("req-4", 3, "101", Some("no"), &new));
+        assert_ne!(refused, first);
+        // A delete reviewed twice is one record as well.
+        let delete = |uid| {
+            admission_event_id(&Admission {
+                uid,
+                old_generation: Some(3),
+                old_resource_version: Some(uid),
+                timestamp: String::new(),
+                kind: "PrometheusCluster",
+                namespace: "obs",
+                name: "demo",
+                object_uid: "u1",
+                operation: Operation::Delete,
+                username: "bob",
+                groups: &[],
+                spec: None,
+                old_spec: Some(&new),
+                refused: None,
+            })
+        };
+        assert_eq!(delete("req-7"), delete("req-8"));
+        assert_ne!(delete("req-7"), first);
+        // Updates that leave the spec alone (labels, annotations) are told apart by the stored version.
+        assert_ne!(update_id("req-5", 3, "100", None, &same), update_id("req-6", 3, "101", None, &same));
     }
 
     #[test]
