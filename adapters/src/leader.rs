@@ -1,5 +1,6 @@
 //! Leader election with a coordination.k8s.io/v1 Lease (kube-lease-manager). Only the leader runs controllers;
-//! a standby waits. On shutdown the leader releases the Lease so that a standby takes over at once; a leader that
+//! a standby waits. On shutdown the leader releases the Lease, and a standby, which watches the Lease while it
+//! waits, takes it at once (kube-lease-manager alone would wait until the copy it read expires); a leader that
 //! loses its Lease stops acting. I/O: the Kubernetes API.
 //!
 //! kube-lease-manager keeps reporting leadership while it cannot reach the API server (it retries); a leader cut off
@@ -37,7 +38,10 @@ pub const LEASE_NAME: &str = "ab0397ab.merlionos.org";
 pub struct Election {
     /// `true` while this process holds the Lease.
     pub is_leader: watch::Receiver<bool>,
-    task: JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
+    /// Runs the Lease manager ([`supervise`]).
+    task: JoinHandle<()>,
+    /// Tells `task` to release the Lease and end.
+    stop: tokio::sync::oneshot::Sender<()>,
     /// Resolves when the Lease was not renewed for a whole Lease duration while this process led.
     watchdog: JoinHandle<()>,
     fence: Fence,
@@ -158,14 +162,17 @@ pub async fn start(
     grace: u64,
 ) -> Result<Election, LeaseManagerError> {
     let lease = Api::<Lease>::namespaced(client.clone(), namespace);
-    let manager = LeaseManagerBuilder::new(client, name)
-        .with_namespace(namespace)
-        .with_identity(identity)
-        .with_duration(duration)
-        .with_grace(grace)
-        .build()
-        .await?;
-    let (is_leader, task) = manager.watch().await;
+    let params = Params {
+        client,
+        namespace: namespace.to_owned(),
+        holder: Holder { name: name.to_owned(), identity: identity.to_owned() },
+        duration,
+        grace,
+    };
+    let manager = params.manager().await?;
+    let (tx, is_leader) = watch::channel(false);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(supervise(params, manager, tx, stopped));
     let duration = Duration::from_secs(duration);
     let watchdog = tokio::spawn(watchdog(
         lease,
@@ -174,7 +181,108 @@ pub async fn start(
         duration,
         fence.clone(),
     ));
-    Ok(Election { is_leader, task, watchdog, fence, duration })
+    Ok(Election { is_leader, task, stop, watchdog, fence, duration })
+}
+
+/// What a Lease manager is built from.
+struct Params {
+    client: Client,
+    namespace: String,
+    holder: Holder,
+    duration: u64,
+    grace: u64,
+}
+
+impl Params {
+    async fn manager(&self) -> Result<kube_lease_manager::LeaseManager, LeaseManagerError> {
+        LeaseManagerBuilder::new(self.client.clone(), &self.holder.name)
+            .with_namespace(&self.namespace)
+            .with_identity(&self.holder.identity)
+            .with_duration(self.duration)
+            .with_grace(self.grace)
+            .build()
+            .await
+    }
+}
+
+/// Runs the Lease manager and passes on whether this process leads, until `stop` (then the manager releases the
+/// Lease if it holds it).
+///
+/// A standby manager reads the Lease only when the copy it read last expires, so a Lease its leader released on
+/// shutdown would stay unused until then: up to a whole Lease duration. While standing by, this also watches the
+/// Lease, and when another holder releases it, replaces the manager by a fresh one, which reads the Lease and takes
+/// it at once. A crashed leader, which releases nothing, is still replaced once its Lease expires.
+async fn supervise(
+    params: Params,
+    mut manager: kube_lease_manager::LeaseManager,
+    tx: watch::Sender<bool>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let lease = Api::<Lease>::namespaced(params.client.clone(), &params.namespace);
+    loop {
+        let (mut rx, handle) = manager.watch().await;
+        let next = loop {
+            let leading = *rx.borrow_and_update();
+            tx.send_if_modified(|l| std::mem::replace(l, leading) != leading);
+            tokio::select! {
+                biased;
+                _ = &mut stop => break Next::Stop,
+                changed = rx.changed() => if changed.is_err() { break Next::Ended },
+                () = released_by_other(&lease, &params.holder), if !leading => break Next::Compete,
+            }
+        };
+        // Without receivers the manager releases the Lease (when it holds it) and ends. Bounded: an API server that
+        // does not answer must not keep the process from exiting.
+        drop(rx);
+        match tokio::time::timeout(Duration::from_secs(5), handle).await {
+            Err(_) => tracing::warn!("gave up releasing the leader lease after 5 s"),
+            Ok(Ok(Ok(_))) if next == Next::Stop => tracing::info!("released the leader lease"),
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "failed to release the leader lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease task failed"),
+        }
+        if next != Next::Compete {
+            return;
+        }
+        tracing::debug!("the leader released its lease: competing for it now");
+        manager = loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                built = params.manager() => match built {
+                    Ok(m) => break m,
+                    Err(e) => tracing::warn!(error = %e, "failed to read the leader lease; retrying in 1 s"),
+                },
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+    }
+}
+
+/// Why [`supervise`] stopped following a Lease manager.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The process shuts down.
+    Stop,
+    /// Another holder released the Lease: a fresh manager competes for it.
+    Compete,
+    /// The manager's task ended on its own (it ends only when it cannot report any more).
+    Ended,
+}
+
+/// Resolves once the Lease, held by another process, has been released (no holder, or deleted).
+async fn released_by_other(lease: &Api<Lease>, holder: &Holder) {
+    fn holder_of(l: Option<&Lease>) -> Option<&str> {
+        l?.spec.as_ref()?.holder_identity.as_deref().filter(|h| !h.is_empty())
+    }
+    let by_other = |l: Option<&Lease>| holder_of(l).is_some_and(|h| h != holder.identity);
+    let free = |l: Option<&Lease>| holder_of(l).is_none();
+    for condition in [&by_other as &(dyn Fn(Option<&Lease>) -> bool + Sync), &free] {
+        // A watch that fails (the API server restarts) is opened again; the manager's own expiry check goes on.
+        while let Err(e) = kube::runtime::wait::await_condition(lease.clone(), &holder.name, condition).await {
+            tracing::debug!(error = %e, "watching the leader lease failed; watching again in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 /// The Lease and this process' identity in it.
@@ -254,15 +362,10 @@ impl Election {
     pub async fn release(self) {
         self.watchdog.abort();
         drop(self.is_leader);
-        // Bounded: an API server that does not answer must not keep the process from exiting.
-        let Ok(result) = tokio::time::timeout(Duration::from_secs(5), self.task).await else {
-            tracing::warn!("gave up releasing the leader lease after 5 s");
-            return;
-        };
-        match result {
-            Ok(Ok(_)) => tracing::info!("released the leader lease"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "failed to release the leader lease"),
-            Err(e) => tracing::warn!(error = %e, "lease task failed"),
+        // The task releases the Lease (bounded by 5 s) and ends.
+        let _ = self.stop.send(());
+        if tokio::time::timeout(Duration::from_secs(6), self.task).await.is_err() {
+            tracing::warn!("gave up releasing the leader lease after 6 s");
         }
     }
 }
