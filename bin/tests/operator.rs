@@ -549,6 +549,7 @@ async fn another_writer_keeps_its_metadata_and_owned_fields_converge_without_a_w
         .await?;
     let alice: Api<StatefulSet> = Api::namespaced(env.cp.client_for_user(ALICE_USER)?, &ns);
     let writes_before = operator_sts_writes(&ns)?;
+    let conflicts_before = operator_conflicts(&ns)?;
 
     // 100 edits over about 10 s: every fifth sets replicas (owned by the operator), the others add metadata.
     let mut replica_edits = 0;
@@ -584,10 +585,35 @@ async fn another_writer_keeps_its_metadata_and_owned_fields_converge_without_a_w
     assert!(during >= 1, "the operator reverted replicas");
     assert!(during <= replica_edits + 2, "operator wrote {during} times for {replica_edits} edits of owned fields");
     let after = operator_sts_writes(&ns)?;
+    let conflicts = operator_conflicts(&ns)?;
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(operator_sts_writes(&ns)?, after, "the operator kept writing after the other writer stopped");
+    // No 409 storm: the operator's writes (children by forced server-side apply, status by patches without a
+    // resourceVersion) are not refused for conflicts, during the edits or after them.
+    let answered = operator_writes_answered(&ns, |code| code < 300)?;
+    assert!(answered >= during, "the operator's writes are told apart by their User-Agent and answer ({answered})");
+    let (during_conflicts, after_conflicts) = (conflicts - conflicts_before, operator_conflicts(&ns)? - conflicts);
+    eprintln!("another writer: operator requests answered 409: {during_conflicts} during, {after_conflicts} after");
+    assert!(during_conflicts <= 2, "the operator's writes met {during_conflicts} conflicts (409)");
+    assert_eq!(after_conflicts, 0, "409s went on after the other writer stopped");
 
     Ok(())
+}
+
+/// The operator's write requests in `ns` (told apart by its User-Agent) that the API server answered with 409.
+fn operator_conflicts(ns: &str) -> Result<usize> {
+    operator_writes_answered(ns, |code| code == 409)
+}
+
+/// The operator's write requests in `ns` whose answer's code passes `code`.
+fn operator_writes_answered(ns: &str, code: impl Fn(u16) -> bool) -> Result<usize> {
+    Ok(env()
+        .cp
+        .audit_writes_by(tsdb_operator_testenv::controlplane::ADMIN_USER)?
+        .iter()
+        .filter(|w| w.user_agent.starts_with("tsdb-operator/") && w.code().is_some_and(&code))
+        .filter(|w| w.object_ref.as_ref().is_some_and(|o| o.namespace == ns))
+        .count())
 }
 
 /// The operator's (admin here) writes to StatefulSets in `ns`, from the API server's audit log; the controller

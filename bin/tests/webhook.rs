@@ -12,6 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
@@ -354,6 +355,130 @@ async fn the_certificate_authority_is_replaced_under_load_without_a_failed_admis
     assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "the new authority and the previous one");
     assert!(text.contains(std::str::from_utf8(&before)?.trim()), "the previous authority is still trusted");
     webhook.finish().await
+}
+
+/// Fault row 16, an expired certificate: the serving certificate in the Secret expired while the operator was down
+/// (made here from the Secret's own authority, valid from 9 to 2 days ago, and marked so). At its start the
+/// operator issues a new one from the same authority before it serves: no admission meets the expired certificate,
+/// and the caBundle stays as it was (nothing new for the API server to trust).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_certificate_that_expired_while_the_operator_was_down_is_renewed_before_it_serves() -> Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+    let mut webhook = Webhook::start("webhook-expired").await?;
+    webhook.wait_serving().await?;
+    let ns = webhook.ns.clone();
+    let bundle = webhook.ca_bundle().await?;
+    webhook.stop_operator()?;
+
+    let secrets = Api::<Secret>::namespaced(webhook.cp.client(), &ns);
+    let mut secret = secrets.get("tsdb-operator-webhook-tls").await?;
+    let text = |key: &str| -> Result<String> {
+        let bytes = secret.data.as_ref().and_then(|d| d.get(key)).with_context(|| format!("the Secret's {key}"))?;
+        Ok(String::from_utf8(bytes.0.clone())?)
+    };
+    let (authority_key, previous_pem) = (KeyPair::from_pem(&text("ca.key")?)?, text("tls.crt")?);
+    let marks = secret.metadata.annotations.get_or_insert_default();
+    let hosts: Vec<String> = marks
+        .get("observability.merlionos.org/serving-hosts")
+        .context("the Secret names the hosts")?
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut authority = CertificateParams::default();
+    authority.distinguished_name.push(DnType::CommonName, "tsdb-operator webhook CA");
+    authority.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    authority.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let issuer = rcgen::Issuer::new(authority, &authority_key);
+    let mut leaf = CertificateParams::new(hosts)?;
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let day = |days_ago: i64| {
+        let date = (k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(24 * days_ago))
+            .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+            .date();
+        (
+            date,
+            rcgen::date_time_ymd(
+                date.year().into(),
+                date.month().try_into().unwrap_or(1),
+                date.day().try_into().unwrap_or(1),
+            ),
+        )
+    };
+    let (expired_on, not_after) = day(2);
+    (leaf.not_before, leaf.not_after) = (day(9).1, not_after);
+    let key = KeyPair::generate()?;
+    let expired = leaf.signed_by(&key, &issuer)?;
+    marks.insert("observability.merlionos.org/serving-not-after".into(), format!("{expired_on}T00:00:00Z"));
+    let data = secret.data.get_or_insert_default();
+    data.insert("tls.crt".into(), k8s_openapi::ByteString(expired.pem().into_bytes()));
+    data.insert("tls.key".into(), k8s_openapi::ByteString(key.serialize_pem().into_bytes()));
+    secrets.replace("tsdb-operator-webhook-tls", &PostParams::default(), &secret).await?;
+
+    // Served as it is, the API server refuses it for its age alone (the rest of the chain is sound).
+    let bad = cluster(&ns, "probe", both_scrape_sources());
+    let server = serve_tls(webhook.port, &expired, &key).await?;
+    let refused = webhook.create(&bad, true).await.expect_err("an expired certificate is refused");
+    server.abort();
+    let _ = server.await;
+    assert!(refused.contains("x509: certificate has expired"), "{refused}");
+
+    webhook.start_operator()?;
+    // Every answer until the webhook refuses a bad spec: connection refused while the operator starts, never a
+    // certificate the API server refuses.
+    let mut answers = Vec::new();
+    let started = Instant::now();
+    loop {
+        match webhook.create(&bad, true).await {
+            Err(m) if m.contains("denied the request") => break,
+            other => answers.push(format!("{other:?}")),
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_mins(1), "the webhook never served: {answers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused_certificate: Vec<&String> =
+        answers.iter().filter(|a| a.contains("x509") || a.contains("certificate")).collect();
+    assert!(
+        refused_certificate.is_empty(),
+        "admissions met a certificate the API server refused: {refused_certificate:?}"
+    );
+
+    let renewed = secrets.get("tsdb-operator-webhook-tls").await?;
+    let now_served = renewed.data.as_ref().and_then(|d| d.get("tls.crt")).map(|b| b.0.clone()).unwrap_or_default();
+    assert_ne!(now_served, expired.pem().into_bytes(), "the expired certificate was replaced");
+    assert_ne!(now_served, previous_pem.into_bytes(), "by a new one");
+    let until: k8s_openapi::jiff::Timestamp = renewed
+        .annotations()
+        .get("observability.merlionos.org/serving-not-after")
+        .context("the renewed Secret says when it expires")?
+        .parse()?;
+    assert!(until > k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(24 * 300));
+    assert_eq!(webhook.ca_bundle().await?, bundle, "the same authority: the caBundle is unchanged");
+    webhook.finish().await
+}
+
+/// A TLS server on `port` that presents `cert` and answers nothing: enough for the API server to judge the
+/// certificate. Stopped by aborting the task.
+async fn serve_tls(port: u16, cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> Result<tokio::task::JoinHandle<()>> {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind((LOCALHOST, port)).await?;
+    Ok(tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    }))
 }
 
 /// `tsdb-ctl audit` on `dsn` for namespace `ns`, as JSON (newest first).

@@ -34,6 +34,24 @@ pub struct AuditEntry {
     /// When the response was sent (RFC 3339).
     #[serde(default)]
     pub stage_timestamp: String,
+    /// The response's status, when the request was answered.
+    #[serde(default)]
+    pub response_status: Option<AuditResponseStatus>,
+}
+
+/// The status of an audited response.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditResponseStatus {
+    /// HTTP status code, e.g. 409 for a conflict.
+    #[serde(default)]
+    pub code: u16,
+}
+
+impl AuditEntry {
+    /// The response's HTTP status code, when the request was answered.
+    pub fn code(&self) -> Option<u16> {
+        self.response_status.as_ref().map(|s| s.code)
+    }
 }
 
 /// The user of an audited request.
