@@ -444,6 +444,9 @@ async fn rejected_configuration_is_reported_as_degraded_and_recovers() -> Result
     let _op = Operator::start(Some(&ns), &[])?;
     apply_cluster(&ns, &cluster_yaml("r", 1)).await?;
     wait_phase(&ns, "r", Phase::Active, 1, READY).await?;
+    let uids = |pods: Vec<Pod>| -> Vec<String> { pods.into_iter().filter_map(|p| p.metadata.uid).collect() };
+    let before = uids(pods(&ns, "r").await?);
+    assert_eq!(before.len(), 1);
     // Valid YAML that Prometheus refuses: a scrape timeout longer than the interval.
     let inline = "- job_name: slow\n  scrape_interval: 5s\n  scrape_timeout: 10s\n  static_configs:\n  - targets: ['127.0.0.1:9']\n";
     set_spec(&ns, "r", json!({"additionalScrapeConfigs": {"inline": inline}})).await?;
@@ -455,10 +458,11 @@ async fn rejected_configuration_is_reported_as_degraded_and_recovers() -> Result
     })
     .await?;
     assert_eq!(pc.status.as_ref().and_then(|s| s.phase), Some(Phase::Degraded));
-    assert!(pods(&ns, "r").await?.len() == 1, "no replica is replaced because of a bad configuration");
+    assert_eq!(uids(pods(&ns, "r").await?), before, "no replica is replaced because of a bad configuration");
 
     set_spec(&ns, "r", json!({"additionalScrapeConfigs": null})).await?;
     wait_phase(&ns, "r", Phase::Active, 1, Duration::from_secs(90)).await?;
+    assert_eq!(uids(pods(&ns, "r").await?), before, "the same pod serves the repaired configuration");
     Ok(())
 }
 

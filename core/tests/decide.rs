@@ -312,3 +312,33 @@ fn a_configuration_change_is_followed_for_two_minutes_while_pods_run() {
     let later: Timestamp = "2026-12-03T10:05:00Z".parse().expect("a timestamp");
     assert_eq!(world.decide_at(&pc, later).next, Next::After(std::time::Duration::from_mins(5)));
 }
+
+/// The backup scheduler's decision ([`tsdb_operator_core::backup::pass::decide_pass`]) for every fixture, created an
+/// hour before the first instant and never backed up: at creation, when the first slot of a schedule has come, and
+/// three days on (missed slots). Reviewed snapshots beside the cluster decisions.
+#[test]
+fn every_fixture_decides_the_reviewed_backup_steps() {
+    use tsdb_operator_core::backup::pass::decide_pass;
+    let created: chrono::DateTime<chrono::Utc> = "2026-12-03T09:00:00Z".parse().expect("a time");
+    for (name, mut pc) in fixtures("clusters") {
+        pc.metadata.uid = Some("9f0c2a4e-uid".to_owned());
+        pc.metadata.creation_timestamp = Some(tsdb_operator_core::backup::to_time(created));
+        let instants = [
+            ("created", chrono::TimeDelta::zero()),
+            ("+3h00m30s", chrono::TimeDelta::seconds(3 * 3600 + 30)),
+            ("+3d", chrono::TimeDelta::days(3)),
+        ];
+        let steps: Vec<String> = instants
+            .iter()
+            .map(|(label, after)| format!("{label}: {:?}", decide_pass(&pc, created + *after)))
+            .collect();
+        insta::with_settings!({
+            snapshot_path => "../../snapshots/decide",
+            prepend_module_to_snapshot => false,
+            description => format!("fixtures/clusters/{name}.yaml, never backed up"),
+            omit_expression => true,
+        }, {
+            insta::assert_yaml_snapshot!(format!("{name}__backup"), steps);
+        });
+    }
+}

@@ -6,14 +6,15 @@
 //! 1. Make sure the agent token Secret `<name>-agent-token` exists (random token, owned by the cluster). A Secret
 //!    of that name the cluster does not own (by ownerReference UID) is neither used nor replaced: the pass stops
 //!    and `BackupHealthy=False` (`TokenSecretNotOwned`) names the Secret and the fix.
-//! 2. If `status.backup.running` names a job, read it from that pod's agent; when it finished, write the outcome
-//!    (`status.backup`, `status.lastBackupTime`, the `BackupHealthy` condition), count it in
-//!    `tsdb_operator_backup_total{result}` and publish an event. A job its agent no longer knows (the agent
-//!    restarted) or whose pod is gone is a failure (`AgentLost`).
-//! 3. Otherwise `decide_backup` (schedule, one catch-up, jitter, suspend, the `backup-now` annotation); to run,
-//!    pick the first ready replica, `POST /backup` to its agent and record the job as running. Only pods whose
-//!    controller is the cluster's own StatefulSet (name and UID, the StatefulSet controlled by the cluster) are
-//!    ever sent the token, for starting and for following a job.
+//! 2. Ask the core once ([`decide_pass`]) and carry out its step: repair a missing or stale `BackupHealthy`;
+//!    follow the running job (read it from that pod's agent and hand the answer to [`follow_job`]; when it
+//!    finished, write the outcome (`status.backup`, `status.lastBackupTime`, the `BackupHealthy` condition), count
+//!    it in `tsdb_operator_backup_total{result}` and publish an event; a job its agent no longer knows or whose pod
+//!    is gone is a failure, `AgentLost`); or, when a backup is due (schedule, one catch-up, jitter, suspend, the
+//!    `backup-now` annotation), ask the replica [`choose_replica`] picks to take it (`POST /backup`) and record
+//!    the job as running. Only pods whose controller is the cluster's own StatefulSet (name and UID, the
+//!    StatefulSet controlled by the cluster) are ever sent the token, for starting and for following a job; the
+//!    pods are listed only while a backup runs or is due.
 //!
 //! # Guarantees
 //! - At most one backup per cluster is in flight: the running job is recorded in the status before anything
@@ -43,21 +44,20 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::json;
-use tsdb_operator_core::backup::decide::{DecideInput, Decision, decide_backup};
-use tsdb_operator_core::backup::follow::{FollowInput, JobAnswer, follow_job, implied_condition, start_failed};
+use tsdb_operator_core::backup::follow::{FollowInput, JobAnswer, follow_job, start_failed};
+use tsdb_operator_core::backup::from_time;
 use tsdb_operator_core::backup::manifest::SourceCluster;
+use tsdb_operator_core::backup::pass::{Gauges, Replica, Step, choose_replica, decide_pass};
 use tsdb_operator_core::backup::protocol::{BackupDefaults, BackupRequest, TOKEN_KEY, resolve_store};
 use tsdb_operator_core::backup::retention::RetentionPolicy;
 use tsdb_operator_core::backup::status::{
-    Outcome, REASON_TOKEN_SECRET_NOT_OWNED, backup_condition, merge_backup_condition, status_finished, status_skipped,
-    status_started, token_secret_conflict_condition,
+    Outcome, REASON_TOKEN_SECRET_NOT_OWNED, backup_condition, merge_backup_condition, status_finished, status_started,
+    token_secret_conflict_condition,
 };
-use tsdb_operator_core::backup::{backup_id, from_time};
 use tsdb_operator_core::build::backup::agent_token_secret;
-use tsdb_operator_core::constants::{BACKUP_FIELD_MANAGER, annotations, conditions, labels, ports};
-use tsdb_operator_core::crd::{BackupStatus, PrometheusCluster};
+use tsdb_operator_core::constants::{BACKUP_FIELD_MANAGER, conditions, labels, ports};
+use tsdb_operator_core::crd::{BackupStatus, PrometheusCluster, RunningBackup};
 use tsdb_operator_core::events::Action;
-use tsdb_operator_core::schedule::parse_schedule;
 
 use super::Context;
 use crate::backup::client;
@@ -145,6 +145,24 @@ impl BackupMetrics {
             );
         });
         m
+    }
+
+    /// Sets the gauges the backup alerts compare ([`Gauges`]), and makes the cluster's series exist.
+    fn set_gauges(&self, ctx: &Context, namespace: &str, cluster: &str, gauges: &Gauges) {
+        let labels = ClusterLabels { namespace: namespace.to_owned(), cluster: cluster.to_owned() };
+        ctx.metrics.init_backup(namespace, cluster);
+        drop(self.duration.get_or_create(&labels));
+        if let Some(t) = gauges.last_success_seconds {
+            self.last_success.get_or_create(&labels).set(t);
+        }
+        match gauges.allowed_age_seconds {
+            Some(secs) => {
+                self.allowed_age.get_or_create(&labels).set(secs);
+            }
+            None => {
+                self.allowed_age.remove(&labels);
+            }
+        }
     }
 
     fn forget(&self, namespace: &str, cluster: &str) {
@@ -519,6 +537,10 @@ where
     Ok((token, answer))
 }
 
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata.name.as_deref().unwrap_or_default()
+}
+
 fn pod_ip(pod: &Pod) -> Option<&str> {
     pod.status.as_ref()?.pod_ip.as_deref()
 }
@@ -531,7 +553,8 @@ fn is_ready(pod: &Pod) -> bool {
         && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-#[allow(clippy::too_many_lines)] // one pass reads top to bottom: follow the running job, or decide and start
+/// One tick for one cluster: the token and credentials Secrets made sure of, then [`decide_pass`] once, and its
+/// step carried out.
 async fn pass(
     ctx: &Context,
     config: &BackupConfig,
@@ -542,7 +565,6 @@ async fn pass(
 ) -> Result<(), Error> {
     let name = pc.name_any();
     let key = format!("{ns}/{name}");
-    let uid = pc.uid().unwrap_or_default();
     // The Secret exists before a backup is due, so the pods have it mounted by then.
     if !memory.tokens.contains_key(&key) {
         let token = read_token(ctx, pc, ns).await?;
@@ -552,124 +574,43 @@ async fn pass(
     if uses_shared_credentials {
         sync_shared_credentials(ctx, pc, ns, &key, memory).await?;
     }
-    let pods = crate::kube::children::observe_pods(&ctx.client, ns, &name).await.map_err(|e| match e {
-        crate::kube::children::Error::ListPods(e) => Error::Pods(e),
-        other => Error::Pods(kube::Error::Service(Box::new(other))),
-    })?;
-    let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
     let now = Utc::now();
-    let present = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));
-    match implied_condition(present, &previous, pc.metadata.generation) {
-        Some(implied) if present.is_none_or(|c| c.status != implied.status || c.reason != implied.reason) => {
-            return write_status(ctx, pc, &previous, None, Some(implied)).await;
-        }
-        // The token Secret conflict is resolved and no backup finished yet: no condition to show.
-        None if present.is_some_and(|c| c.reason == REASON_TOKEN_SECRET_NOT_OWNED) => {
-            let none = Some(Vec::new());
+    let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
+    let (id, trigger, gauges) = match decide_pass(pc, now) {
+        Step::RepairCondition(condition) => return write_status(ctx, pc, &previous, None, Some(condition)).await,
+        Step::ClearCondition => {
             return super::patch_owned_status(
                 ctx,
                 pc,
                 BACKUP_FIELD_MANAGER,
                 Vec::new(),
                 &[conditions::BACKUP_HEALTHY],
-                none,
+                Some(Vec::new()),
             )
             .await
             .map_err(Error::WriteStatus);
         }
-        _ => {}
-    }
-
-    if let Some(running) = &previous.running {
-        let sts = statefulset(ctx, ns, &name).await?;
-        let members = member_pods(&pods, sts.as_ref(), &uid);
-        let pod = members.into_iter().find(|p| p.name_any() == running.pod);
-        let polled = match pod.and_then(pod_ip) {
-            None => None,
-            Some(ip) => {
-                let call =
-                    |token: String| async move { client::job(&ctx.http, ip, ports::AGENT, &token, &running.id).await };
-                let cached = memory.tokens.get(&key).cloned();
-                Some(remember(memory, &key, call_with_token(cached, || read_token(ctx, pc, ns), call).await)?)
-            }
-        };
-        let answer = match &polled {
-            None => JobAnswer::PodGone,
-            Some(Ok(Some(job))) => JobAnswer::Job(job),
-            Some(Ok(None)) => JobAnswer::Unknown,
-            Some(Err(e)) => JobAnswer::Unreachable { error: e.to_string() },
-        };
-        let decision = follow_job(&FollowInput {
-            running,
-            cluster: &name,
-            answer,
-            poll_failures: memory.poll_failures.get(&key).copied().unwrap_or_default(),
-            now,
-            max_duration: config.max_duration,
-        });
-        if decision.poll_failures > 0 {
-            tracing::debug!(%key, failures = decision.poll_failures, "cannot read the backup job");
-            memory.poll_failures.insert(key.clone(), decision.poll_failures);
-        } else {
-            memory.poll_failures.remove(&key);
+        Step::Follow(running) => return follow(ctx, config, metrics, memory, pc, ns, &running, now).await,
+        Step::Disabled => {
+            metrics.forget(ns, &name);
+            return Ok(());
         }
-        let (reference, actor) = (pc.object_ref(&()), ctx.events.operator_actor());
-        for event in decision.events {
-            ctx.events.publish(&reference, actor.clone(), event);
+        Step::Invalid { message } => {
+            tracing::debug!(%key, %message, "no backup: the spec cannot be scheduled");
+            return Ok(());
         }
-        if let Some(outcome) = decision.outcome {
-            finish(ctx, metrics, pc, ns, &previous, &running.id, from_time(&running.start_time), &outcome).await?;
+        Step::Wait { gauges, .. } => {
+            metrics.set_gauges(ctx, ns, &name, &gauges);
+            return Ok(());
         }
-        return Ok(());
-    }
-
-    let spec = &pc.spec.backup;
-    if !spec.enabled {
-        metrics.forget(ns, &name);
-        return Ok(());
-    }
-    let schedule = (!spec.schedule.is_empty()).then(|| parse_schedule(&spec.schedule).ok()).flatten();
-    let created = pc.metadata.creation_timestamp.as_ref().map_or(now, from_time);
-    let anchor = previous.last_schedule_time.as_ref().map_or(created, from_time);
-    let max_jitter =
-        spec.jitter.as_deref().and_then(|j| tsdb_operator_core::duration::parse(j).ok()).unwrap_or_default();
-    // The gauges the backup alerts compare (deploy/monitoring): kept from the status, so they survive a restart.
-    let labels = ClusterLabels { namespace: ns.to_owned(), cluster: name.clone() };
-    ctx.metrics.init_backup(ns, &name);
-    drop(metrics.duration.get_or_create(&labels));
-    if let Some(t) = &previous.last_successful_backup_time {
-        metrics.last_success.get_or_create(&labels).set(t.0.as_second());
-    }
-    match schedule.as_ref().filter(|_| !spec.suspend).and_then(|s| s.longest_gap(now, anchor, 8)) {
-        Some(gap) => {
-            let secs = i64::try_from((gap + max_jitter).as_secs()).unwrap_or(i64::MAX);
-            metrics.allowed_age.get_or_create(&labels).set(secs);
-        }
-        None => {
-            metrics.allowed_age.remove(&labels);
-        }
-    }
-    let requested = pc.annotations().get(annotations::BACKUP_NOW).map(String::as_str);
-    let decision = decide_backup(&DecideInput {
-        now,
-        schedule: schedule.as_ref(),
-        suspended: spec.suspend,
-        anchor,
-        max_jitter,
-        jitter_seed: &uid,
-        missed_runs: spec.missed_runs.unwrap_or_default(),
-        in_flight: false,
-        requested,
-        last_request: previous.last_request.as_deref(),
-    });
-    let trigger = match decision {
-        Decision::Wait { .. } => return Ok(()),
-        Decision::SkipMissed { slot } => {
+        Step::SkipMissed { slot, status, gauges } => {
+            metrics.set_gauges(ctx, ns, &name, &gauges);
             tracing::info!(%key, %slot, "skipping a missed backup slot (missedRuns: Skip)");
-            return write_status(ctx, pc, &status_skipped(&previous, now), None, None).await;
+            return write_status(ctx, pc, &status, None, None).await;
         }
-        Decision::Run(trigger) => trigger,
+        Step::Start { id, trigger, gauges } => (id, trigger, gauges),
     };
+    metrics.set_gauges(ctx, ns, &name, &gauges);
     // The copy of the operator's credentials is checked again before each backup (one read), so a deleted or
     // edited copy is restored instead of failing backups until the operator's Secret changes.
     if uses_shared_credentials {
@@ -677,26 +618,26 @@ async fn pass(
         sync_shared_credentials(ctx, pc, ns, &key, memory).await?;
     }
     // The token goes only to a pod of the cluster's own StatefulSet, never to any pod that carries its labels.
-    let sts = statefulset(ctx, ns, &name).await?;
-    let mut ready: Vec<&Pod> = member_pods(&pods, sts.as_ref(), &uid).into_iter().filter(|p| is_ready(p)).collect();
-    ready.sort_by_key(|p| p.name_any());
-    let Some(pod) = ready.first() else {
+    let members = members(ctx, pc, ns).await?;
+    let replicas: Vec<Replica<'_>> =
+        members.iter().map(|p| Replica { name: pod_name(p), ready: is_ready(p) }).collect();
+    let Some(chosen) = choose_replica(&replicas) else {
         tracing::debug!(%key, "a backup is due but no replica of the cluster's StatefulSet is ready; waiting");
         return Ok(());
     };
-    let id = backup_id(now);
-    if previous.last_backup_id.as_deref() == Some(id.as_str()) {
-        return Ok(());
-    }
+    let pod = chosen.name.to_owned();
+    let ip = members.iter().find(|p| pod_name(p) == pod).and_then(|p| pod_ip(p)).unwrap_or_default();
     let request = BackupRequest {
         id: id.clone(),
-        cluster: SourceCluster { namespace: ns.to_owned(), name: name.clone(), uid, pod: pod.name_any() },
-        store: resolve_store(spec, &config.defaults),
+        cluster: SourceCluster {
+            namespace: ns.to_owned(),
+            name: name.clone(),
+            uid: pc.uid().unwrap_or_default(),
+            pod: pod.clone(),
+        },
+        store: resolve_store(&pc.spec.backup, &config.defaults),
         retention: retention_policy(pc, config),
     };
-    let ip = pod_ip(pod).unwrap_or_default();
-    let reference = pc.object_ref(&());
-    let actor = ctx.events.operator_actor();
     let request = &request;
     let call = |token: String| async move { client::start_backup(&ctx.http, ip, ports::AGENT, &token, request).await };
     let cached = memory.tokens.get(&key).cloned();
@@ -705,14 +646,11 @@ async fn pass(
         Ok(started) => {
             // 409: the agent is busy with a job this operator did not record (it restarted): follow that one.
             let job_id = started.map_or_else(|running| running.id, |job| job.id);
-            let status = status_started(&previous, &job_id, &pod.name_any(), &trigger, now);
+            let status = status_started(&previous, &job_id, &pod, &trigger, now);
             write_status(ctx, pc, &status, None, None).await?;
-            tracing::info!(%key, id = %job_id, pod = %pod.name_any(), trigger = trigger.as_str(), "backup started");
-            ctx.events.publish(
-                &reference,
-                actor,
-                Action::BackupStarted { id: job_id, pod: pod.name_any(), trigger: trigger.as_str().to_owned() },
-            );
+            tracing::info!(%key, id = %job_id, %pod, trigger = trigger.as_str(), "backup started");
+            let action = Action::BackupStarted { id: job_id, pod, trigger: trigger.as_str().to_owned() };
+            ctx.events.publish(&pc.object_ref(&()), ctx.events.operator_actor(), action);
         }
         Err(e) => {
             let code = match &e {
@@ -720,9 +658,76 @@ async fn pass(
                 client::Error::Unreachable { .. } => None,
             };
             let outcome = start_failed(code, e.to_string());
-            let status = status_started(&previous, &id, &pod.name_any(), &trigger, now);
-            finish(ctx, metrics, pc, ns, &status, &id, now, &outcome).await?;
+            let status = status_started(&previous, &id, &pod, &trigger, now);
+            finish(ctx, metrics, pc, ns, (&status, &id, now), &outcome, now).await?;
         }
+    }
+    Ok(())
+}
+
+/// The cluster's pods whose controller is its own StatefulSet ([`member_pods`]).
+async fn members(ctx: &Context, pc: &PrometheusCluster, ns: &str) -> Result<Vec<Pod>, Error> {
+    let name = pc.name_any();
+    let pods = crate::kube::children::observe_pods(&ctx.client, ns, &name).await.map_err(|e| match e {
+        crate::kube::children::Error::ListPods(e) => Error::Pods(e),
+        other => Error::Pods(kube::Error::Service(Box::new(other))),
+    })?;
+    let sts = statefulset(ctx, ns, &name).await?;
+    let uid = pc.uid().unwrap_or_default();
+    Ok(member_pods(&pods, sts.as_ref(), &uid).into_iter().cloned().collect())
+}
+
+/// Asks the agent of the running backup's pod about it and carries out what [`follow_job`] decides.
+#[allow(clippy::too_many_arguments)] // one tick's facts
+async fn follow(
+    ctx: &Context,
+    config: &BackupConfig,
+    metrics: &BackupMetrics,
+    memory: &mut Memory,
+    pc: &PrometheusCluster,
+    ns: &str,
+    running: &RunningBackup,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let name = pc.name_any();
+    let key = format!("{ns}/{name}");
+    let members = members(ctx, pc, ns).await?;
+    let polled = match members.iter().find(|p| pod_name(p) == running.pod).and_then(|p| pod_ip(p)) {
+        None => None,
+        Some(ip) => {
+            let call =
+                |token: String| async move { client::job(&ctx.http, ip, ports::AGENT, &token, &running.id).await };
+            let cached = memory.tokens.get(&key).cloned();
+            Some(remember(memory, &key, call_with_token(cached, || read_token(ctx, pc, ns), call).await)?)
+        }
+    };
+    let answer = match &polled {
+        None => JobAnswer::PodGone,
+        Some(Ok(Some(job))) => JobAnswer::Job(job),
+        Some(Ok(None)) => JobAnswer::Unknown,
+        Some(Err(e)) => JobAnswer::Unreachable { error: e.to_string() },
+    };
+    let decision = follow_job(&FollowInput {
+        running,
+        cluster: &name,
+        answer,
+        poll_failures: memory.poll_failures.get(&key).copied().unwrap_or_default(),
+        now,
+        max_duration: config.max_duration,
+    });
+    if decision.poll_failures > 0 {
+        tracing::debug!(%key, failures = decision.poll_failures, "cannot read the backup job");
+        memory.poll_failures.insert(key.clone(), decision.poll_failures);
+    } else {
+        memory.poll_failures.remove(&key);
+    }
+    let (reference, actor) = (pc.object_ref(&()), ctx.events.operator_actor());
+    for event in decision.events {
+        ctx.events.publish(&reference, actor.clone(), event);
+    }
+    if let Some(outcome) = decision.outcome {
+        let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
+        finish(ctx, metrics, pc, ns, (&previous, &running.id, from_time(&running.start_time)), &outcome, now).await?;
     }
     Ok(())
 }
@@ -757,18 +762,16 @@ fn retention_policy(pc: &PrometheusCluster, config: &BackupConfig) -> RetentionP
     }
 }
 
-#[allow(clippy::too_many_arguments)] // the facts of one finished backup
+/// Records a finished backup: `(status before, id, start time)`, how it ended, and `now` (this tick's time).
 async fn finish(
     ctx: &Context,
     metrics: &BackupMetrics,
     pc: &PrometheusCluster,
     ns: &str,
-    previous: &BackupStatus,
-    id: &str,
-    started: DateTime<Utc>,
+    (previous, id, started): (&BackupStatus, &str, DateTime<Utc>),
     outcome: &Outcome,
+    now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    let now = Utc::now();
     let name = pc.name_any();
     let status = status_finished(previous, outcome, now);
     let old = pc.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));

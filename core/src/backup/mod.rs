@@ -31,6 +31,7 @@
 pub mod decide;
 pub mod follow;
 pub mod manifest;
+pub mod pass;
 pub mod protocol;
 pub mod restore;
 pub mod retention;
