@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt as _;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use support::Operator;
@@ -603,6 +603,80 @@ async fn the_audit_trail_on_postgresql_records_who_changed_what_and_what_the_ope
     let result = audit_scenario("audit-postgres", |_| dsn.clone()).await;
     pg.drop_database(&name)?;
     result
+}
+
+/// Fault row 13, a deletion while the audit database is down: with PostgreSQL refusing every connection, deleting a
+/// cluster completes at once (no finalizer waits on the database), the operator's cleanup runs (its `Finalized`
+/// event), and once the database is back the trail holds the user's delete and the operator's cleanup: nothing was
+/// lost to the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_deleted_while_postgresql_is_down_is_gone_at_once_and_the_trail_catches_up() -> Result<()> {
+    use k8s_openapi::api::core::v1::Event;
+    let pg = tsdb_operator_testenv::postgres::Postgres::local()?;
+    let db = pg.create_database("audit_delete")?;
+    let dsn = pg.dsn(&db);
+    let scenario = async {
+        let webhook = Webhook::start_with("audit-delete", |workdir| {
+            let spool = workdir.path().join("audit-spool");
+            vec![format!("--audit-dsn={dsn}"), format!("--audit-spool-dir={}", spool.display())]
+        })
+        .await?;
+        webhook.wait_serving().await?;
+        let ns = webhook.ns.clone();
+        webhook.create(&cluster(&ns, "gone", json!({"replicas": 1})), false).await.map_err(anyhow::Error::msg)?;
+        let sts = Api::<StatefulSet>::namespaced(webhook.cp.client(), &ns);
+        support::eventually("the StatefulSet", Duration::from_mins(1), || async {
+            sts.get_opt("gone").await.map_err(Into::into)
+        })
+        .await?;
+
+        pg.psql("postgres", &format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))?;
+        pg.psql("postgres", &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"))?;
+        let outage = async {
+            let started = Instant::now();
+            webhook.clusters().delete("gone", &DeleteParams::default()).await?;
+            support::eventually("the cluster to be gone", Duration::from_secs(30), || async {
+                Ok(webhook.clusters().get_opt("gone").await?.is_none().then_some(()))
+            })
+            .await?;
+            let took = started.elapsed();
+            anyhow::ensure!(audit_trail(&dsn, &ns).is_err(), "the database refuses connections during the outage");
+            let events = Api::<Event>::namespaced(webhook.cp.client(), &ns);
+            support::eventually("the operator's Finalized event", Duration::from_secs(30), || async {
+                let all = events.list(&ListParams::default()).await?.items;
+                Ok(all
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("Finalized") && e.involved_object.name.as_deref() == Some("gone")
+                    })
+                    .then_some(()))
+            })
+            .await?;
+            anyhow::Ok(took)
+        }
+        .await;
+        pg.psql("postgres", &format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))?;
+        let took = outage?;
+        eprintln!("deleted with PostgreSQL down in {took:?}");
+
+        let trail = support::eventually("the delete and the cleanup in the trail", Duration::from_mins(1), || {
+            let (dsn, ns) = (dsn.clone(), ns.clone());
+            async move {
+                let trail = audit_trail(&dsn, &ns)?;
+                let of_gone = |kind: &str, op: &str| {
+                    trail.iter().any(|r| r["clusterName"] == "gone" && r["actorKind"] == kind && r["operation"] == op)
+                };
+                Ok((of_gone("user", "delete") && of_gone("operator", "Finalized")).then_some(trail))
+            }
+        })
+        .await?;
+        let deletes = trail.iter().filter(|r| r["clusterName"] == "gone" && r["operation"] == "delete").count();
+        assert_eq!(deletes, 1, "the delete is recorded once");
+        webhook.finish().await
+    }
+    .await;
+    pg.drop_database(&db)?;
+    scenario
 }
 
 /// A TCP proxy on loopback that holds each admission request the API server sends for `delay` before passing it
