@@ -217,6 +217,14 @@ async fn deleting_a_cluster_removes_it_and_its_children() -> Result<()> {
         Ok((sts_gone && cm_gone && svc_gone).then_some(()))
     })
     .await?;
+    // The operator back (as after a scale to 0 and back to 1): it recreates nothing of the deleted cluster and
+    // creates nothing for the paused one.
+    let mut back = Operator::start(Some(&ns), &[])?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    back.process.check_running()?;
+    assert!(sts(&ns, "gone").await?.is_none(), "the deleted cluster's StatefulSet is not recreated");
+    assert!(sts(&ns, "held").await?.is_none(), "the paused cluster gets no children (only its status is written)");
+    back.process.stop()?;
     let namespaces: Api<Namespace> = Api::all(client());
     namespaces.delete(&ns, &DeleteParams::default()).await?;
     eventually("the namespace, with the paused cluster, to be gone", Duration::from_mins(3), || async {
