@@ -276,11 +276,19 @@ async fn released_by_other(lease: &Api<Lease>, holder: &Holder) {
     }
     let by_other = |l: Option<&Lease>| holder_of(l).is_some_and(|h| h != holder.identity);
     let free = |l: Option<&Lease>| holder_of(l).is_none();
+    let mut failures = 0_u32;
     for condition in [&by_other as &(dyn Fn(Option<&Lease>) -> bool + Sync), &free] {
-        // A watch that fails (the API server restarts) is opened again; the manager's own expiry check goes on.
+        // A watch that fails (the API server restarts, a missing `list`/`watch` on leases) is opened again, every
+        // 1 s at first and every 30 s after a minute of failures; the manager's own expiry check goes on.
         while let Err(e) = kube::runtime::wait::await_condition(lease.clone(), &holder.name, condition).await {
-            tracing::debug!(error = %e, "watching the leader lease failed; watching again in 1 s");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            failures += 1;
+            if failures == 1 {
+                tracing::warn!(error = %e, "cannot watch the leader Lease: a released Lease is taken only once it \
+                    expires (the operator needs list and watch on leases)");
+            } else {
+                tracing::debug!(error = %e, "watching the leader Lease failed again");
+            }
+            tokio::time::sleep(Duration::from_secs(if failures > 60 { 30 } else { 1 })).await;
         }
     }
 }

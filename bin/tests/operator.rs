@@ -301,6 +301,16 @@ async fn operator_killed_mid_reconcile_converges_without_duplicates() -> Result<
 /// Two operators competing for a 6 s Lease in `ns` (the second starts 2 s after the first), and the cluster `name`
 /// with its StatefulSet created by the leader. Returns the leader, the standby and the election arguments.
 async fn elected_pair(ns: &str, name: &str, lease_seconds: u32) -> Result<(Operator, Operator, Vec<String>)> {
+    elected_pair_as(None, ns, name, lease_seconds).await
+}
+
+/// [`elected_pair`] run as `user` (the cluster admin when `None`).
+async fn elected_pair_as(
+    user: Option<&str>,
+    ns: &str,
+    name: &str,
+    lease_seconds: u32,
+) -> Result<(Operator, Operator, Vec<String>)> {
     let elect = vec![
         "--leader-elect".to_owned(),
         format!("--leader-election-id=tsdb-{ns}"),
@@ -308,9 +318,13 @@ async fn elected_pair(ns: &str, name: &str, lease_seconds: u32) -> Result<(Opera
         format!("--leader-election-lease-seconds={lease_seconds}"),
     ];
     let args: Vec<&str> = elect.iter().map(String::as_str).collect();
-    let a = Operator::start(Some(ns), &args)?;
+    let start = || match user {
+        None => Operator::start(Some(ns), &args),
+        Some(user) => Operator::start_as(env().cp, user, &env().workdir, Some(ns), &args),
+    };
+    let a = start()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let b = Operator::start(Some(ns), &args)?;
+    let b = start()?;
     apply_cluster(ns, &cluster_yaml(name, 1)).await?;
     eventually("the StatefulSet", Duration::from_mins(1), || async { sts(ns, name).await }).await?;
     // Exactly one of them is the leader.
@@ -360,12 +374,15 @@ async fn standby_takes_over_when_the_leader_dies_or_steps_down() -> Result<()> {
 /// A leader stopped with SIGTERM releases its Lease, and the standby takes it then, not when the Lease would have
 /// expired: a standby that only woke up at the expiry of the copy it had read took up to a whole Lease duration
 /// (about 12 s with the default 15 s Lease; `benches/src/bin/handover.rs` measures it). Shown on the Lease itself with
-/// a 60 s Lease: the standby acquired it before the leader's last renewal plus 60 s.
+/// a 60 s Lease: the standby acquired it before the leader's last renewal plus 60 s. Both run with only the RBAC of
+/// deploy/rbac.yaml, which must let a standby watch the Lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_lease_is_taken_before_it_would_have_expired() -> Result<()> {
     use k8s_openapi::api::coordination::v1::Lease;
     let ns = namespace("release").await;
-    let (mut leader, mut standby, _) = elected_pair(&ns, "r", 60).await?;
+    env().cp.apply_yaml(include_str!("../../deploy/rbac.yaml")).await?;
+    let user = Some(tsdb_operator_testenv::controlplane::OPERATOR_SA_USER);
+    let (mut leader, mut standby, _) = elected_pair_as(user, &ns, "r", 60).await?;
     // The standby has read the held Lease by now and waits on it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let leases: Api<Lease> = Api::namespaced(client(), &ns);
