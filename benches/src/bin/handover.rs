@@ -114,30 +114,27 @@ async fn main() -> Result<()> {
             .position(|(id, p)| leader == format!("{id}-{}", p.pid()))
             .with_context(|| format!("the leader {leader} is one of ours"))?;
         let (_, mut process) = running.remove(at);
-        let replicas = if round % 2 == 0 { 2 } else { 1 };
         let sigterm = round % 2 == 0;
+        let replicas = if sigterm { 2 } else { 1 };
         let t = Instant::now();
-        if sigterm {
-            // stop() sends SIGTERM and waits for the exit; the clock runs from the signal.
-            let stopping = tokio::task::spawn_blocking(move || process.stop());
-            clusters
-                .patch("h", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})))
-                .await?;
-            wait_replicas(&sts, replicas, Duration::from_secs(lease * 3)).await?;
-            term.push(t.elapsed());
-            stopping.await??;
+        // stop() sends SIGTERM and waits for the exit; the clock runs from the signal.
+        let stopping = if sigterm {
+            Some(tokio::task::spawn_blocking(move || process.stop()))
         } else {
             process.kill()?;
-            clusters
-                .patch("h", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})))
-                .await?;
-            wait_replicas(&sts, replicas, Duration::from_secs(lease * 3)).await?;
-            kill.push(t.elapsed());
+            None
+        };
+        let patch = Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}}));
+        clusters.patch("h", &PatchParams::default(), &patch).await?;
+        wait_replicas(&sts, replicas, Duration::from_secs(lease * 3)).await?;
+        let took = t.elapsed();
+        if let Some(stopping) = stopping {
+            stopping.await??;
         }
+        if sigterm { &mut term } else { &mut kill }.push(took);
         println!(
-            "round {round}: {} of {leader}, the standby applied the change after {:?}",
-            if sigterm { "SIGTERM" } else { "SIGKILL" },
-            t.elapsed()
+            "round {round}: {} of {leader}, the standby applied the change after {took:?}",
+            if sigterm { "SIGTERM" } else { "SIGKILL" }
         );
         let n = round + 2;
         running.push((format!("op-{n}"), operator(&cp, &program, &workdir, &ns, n, lease)?));
