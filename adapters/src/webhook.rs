@@ -239,8 +239,16 @@ async fn cluster<S: StorageSource>(
             }
         }
     }
+    let generated;
+    let name = if request.name.is_empty() {
+        let prefix = request.object.as_ref().and_then(|o| o.metadata.generate_name.as_deref());
+        generated = prefix.map(tsdb_operator_core::admission::generated_name);
+        generated.as_deref()
+    } else {
+        Some(request.name.as_str())
+    };
     let review =
-        ClusterReview { operation: op, spec: new, old_spec: old, storage: observed.as_ref().map(Storage::view) };
+        ClusterReview { operation: op, name, spec: new, old_spec: old, storage: observed.as_ref().map(Storage::view) };
     let verdict = review_cluster(&review);
     answer(shared.audit.as_ref(), &request, "PrometheusCluster", verdict, warnings).await
 }

@@ -9,19 +9,21 @@ use tsdb_operator_benches::{applied, now, settled_observation, typical_cluster};
 use tsdb_operator_core::build::{self, BuildSettings};
 use tsdb_operator_core::decide::{self, ClusterObservation};
 use tsdb_operator_core::plan::{plan_objects, plan_owned_children};
+use tsdb_operator_core::validate;
 
 fn bench(c: &mut Criterion) {
     let pc = typical_cluster();
     let settings = BuildSettings::default();
     let observed = applied(&pc, &settings);
-    let objects = build::build(&pc, &settings).expect("builds");
+    let objects = build::build(&validate::cluster(&pc).expect("a valid cluster"), &settings).expect("builds");
 
     let mut group = c.benchmark_group("typical_cluster");
     // What the operator does on each reconcile: render the typed objects, plan them against what it observed
     // (`plan_objects` converts into JSON only the objects it applies).
     group.bench_function("render_and_plan_steady_state", |b| {
         b.iter(|| {
-            let desired = build::build(black_box(&pc), &settings).expect("builds");
+            let desired =
+                build::build(&validate::cluster(black_box(&pc)).expect("a valid cluster"), &settings).expect("builds");
             let plan = plan_objects(&desired, &settings, black_box(&observed)).expect("plans");
             assert!(plan.is_empty());
             plan
@@ -30,14 +32,17 @@ fn bench(c: &mut Criterion) {
     group.bench_function("render_and_plan_create", |b| {
         let empty = BTreeMap::new();
         b.iter(|| {
-            let desired = build::build(black_box(&pc), &settings).expect("builds");
+            let desired =
+                build::build(&validate::cluster(black_box(&pc)).expect("a valid cluster"), &settings).expect("builds");
             plan_objects(&desired, &settings, black_box(&empty)).expect("plans")
         });
     });
     // The same through JSON manifests (`manifests` + `plan_owned_children`): every object converted, then planned.
     group.bench_function("render_and_plan_steady_state_via_manifests", |b| {
         b.iter(|| {
-            let desired = build::build(black_box(&pc), &settings).and_then(|d| d.manifests(&settings)).expect("builds");
+            let desired = build::build(&validate::cluster(black_box(&pc)).expect("a valid cluster"), &settings)
+                .and_then(|d| d.manifests(&settings))
+                .expect("builds");
             let plan = plan_owned_children(desired, black_box(&observed));
             assert!(plan.is_empty());
             plan
@@ -60,7 +65,9 @@ fn bench(c: &mut Criterion) {
         });
     });
     group.bench_function("render_only", |b| {
-        b.iter(|| build::build(black_box(&pc), &settings).expect("builds"));
+        b.iter(|| {
+            build::build(&validate::cluster(black_box(&pc)).expect("a valid cluster"), &settings).expect("builds")
+        });
     });
     group.bench_function("serialize_only", |b| {
         b.iter(|| {

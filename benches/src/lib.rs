@@ -8,6 +8,7 @@ use tsdb_operator_core::build::{self, BuildSettings};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_core::decide::{self, ClusterObservation};
 use tsdb_operator_core::plan::{ChildKey, Step, plan_children};
+use tsdb_operator_core::validate;
 
 /// The typical cluster of the render + plan benchmark (`fixtures/clusters/typical.yaml`: 2 replicas,
 /// remote_write, backup, Thanos).
@@ -24,7 +25,9 @@ pub fn typical_cluster() -> PrometheusCluster {
 /// # Panics
 /// When `pc` does not render.
 pub fn applied(pc: &PrometheusCluster, settings: &BuildSettings) -> BTreeMap<ChildKey, Value> {
-    let desired = build::build(pc, settings).and_then(|d| d.manifests(settings)).expect("builds");
+    let desired = build::build(&validate::cluster(pc).expect("a valid cluster"), settings)
+        .and_then(|d| d.manifests(settings))
+        .expect("builds");
     plan_children(&desired, &BTreeMap::new())
         .steps
         .into_iter()

@@ -30,6 +30,18 @@ fn validate_exits_1_with_the_seed_message_and_the_field() {
     assert!(stderr.contains("spec.replicas: Invalid value: 0: must be >= 1"), "{stderr}");
 }
 
+/// The name is checked as the operator checks it: it names the Service and the StatefulSet.
+#[test]
+fn validate_refuses_a_name_the_operator_cannot_use() {
+    let out = ctl(&["validate", "-f", "fixtures/clusters-invalid/uppercase-name.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("metadata.name: Invalid value: \"Prod.Cluster\": must start with a lowercase letter"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn validate_reports_a_missing_file_clearly() {
     let out = ctl(&["validate", "-f", "does-not-exist.yaml"]);

@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use support::Operator;
-use tsdb_operator_core::crd::{PrometheusCluster, PrometheusClusterSpec};
+use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_testenv::controlplane::ControlPlane;
 use tsdb_operator_testenv::process::{Workdir, free_port};
 
@@ -214,15 +214,15 @@ async fn bad_specs_are_refused_when_applied_with_the_seed_messages_and_good_ones
         let message = webhook.create(&object, false).await.err().with_context(|| format!("{name} was admitted"))?;
         eprintln!("{name}: refused: {message}");
         if message.contains("admission webhook \"vprometheuscluster.merlionos.org\" denied the request") {
-            let spec: PrometheusClusterSpec = serde_json::from_value(object["spec"].clone())?;
-            let errors = tsdb_operator_core::validate::validate_cluster(&spec).expect_err("the core refuses it too");
+            let cluster: PrometheusCluster = serde_json::from_value(object.clone())?;
+            let errors = tsdb_operator_core::validate::cluster(&cluster).expect_err("the core refuses it too");
             for e in &errors {
                 assert!(message.contains(&e.to_string()), "{name}: {message} lacks {e}");
             }
             by_webhook += 1;
         }
     }
-    assert!(by_webhook >= 4, "the checks the schema cannot make are the webhook's ({by_webhook} fixtures)");
+    assert!(by_webhook >= 5, "the checks the schema cannot make are the webhook's ({by_webhook} fixtures)");
 
     // Every valid fixture is admitted.
     for (name, object) in fixtures("clusters", &ns)? {

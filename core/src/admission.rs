@@ -103,6 +103,9 @@ pub enum Operation {
 pub struct ClusterReview<'a> {
     /// What is being done.
     pub operation: Operation,
+    /// The object's `metadata.name`, checked on create (it names every child, and cannot change afterwards); for a
+    /// create with `generateName`, [`generated_name`] of the prefix. `None` skips the check.
+    pub name: Option<&'a str>,
     /// The object's `spec` as sent (absent on delete).
     pub spec: Option<&'a Value>,
     /// The stored object's `spec` before an update.
@@ -110,6 +113,12 @@ pub struct ClusterReview<'a> {
     /// The cluster's storage as it exists, observed when [`observes_storage`] says so; `None` when it was not
     /// observed (nothing is refused for storage then).
     pub storage: Option<ObservedStorage<'a>>,
+}
+
+/// A name as the API server completes `generate_name` (five more characters), for [`ClusterReview::name`]: a create
+/// with `generateName` reaches admission before the name is generated.
+pub fn generated_name(generate_name: &str) -> String {
+    format!("{generate_name}x0000")
 }
 
 /// Whether the adapter must observe the cluster's storage (its StatefulSet, data claims and their StorageClass) to
@@ -136,7 +145,14 @@ pub fn review_cluster(review: &ClusterReview<'_>) -> Result<(), FieldErrors> {
         return Ok(());
     }
     let spec: PrometheusClusterSpec = decode(review.spec, "prometheuscluster")?;
-    let mut errors = validate_cluster(&spec).err().map(FieldErrors::into_vec).unwrap_or_default();
+    let mut errors = Vec::new();
+    if review.operation == Operation::Create
+        && let Some(name) = review.name
+        && let Err(e) = crate::validate::cluster_name(name)
+    {
+        errors.push(e);
+    }
+    errors.extend(validate_cluster(&spec).err().map(FieldErrors::into_vec).unwrap_or_default());
     if observes_storage(review.operation, review.spec, review.old_spec)
         && let Some(storage) = &review.storage
         && let Some(refused) = decide_storage(&spec.storage, storage).refused
@@ -176,7 +192,29 @@ mod tests {
     use serde_json::json;
 
     fn review<'a>(operation: Operation, spec: &'a Value, old: Option<&'a Value>) -> ClusterReview<'a> {
-        ClusterReview { operation, spec: Some(spec), old_spec: old, storage: None }
+        ClusterReview { operation, name: Some("demo"), spec: Some(spec), old_spec: old, storage: None }
+    }
+
+    #[test]
+    fn a_name_the_children_cannot_carry_is_refused_at_create_with_the_spec_problems() {
+        let spec = json!({"replicas": 0});
+        let long = "a".repeat(crate::build::MAX_NAME_LEN + 1);
+        let errors =
+            review_cluster(&ClusterReview { name: Some(&long), ..review(Operation::Create, &spec, None) }).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.name", "spec.replicas"]);
+        let good = json!({"replicas": 1});
+        review_cluster(&ClusterReview { name: Some("1demo"), ..review(Operation::Create, &good, None) }).unwrap_err();
+        // generateName: the prefix with the characters the API server adds.
+        let prefix = "a".repeat(crate::build::MAX_NAME_LEN - 5);
+        let generated = generated_name(&prefix);
+        review_cluster(&ClusterReview { name: Some(&generated), ..review(Operation::Create, &good, None) }).unwrap();
+        let generated = generated_name(&format!("{prefix}a"));
+        review_cluster(&ClusterReview { name: Some(&generated), ..review(Operation::Create, &good, None) })
+            .unwrap_err();
+        // An update never changes the name, so an object admitted before the check is not blocked by it.
+        let old = json!({"replicas": 2});
+        review_cluster(&ClusterReview { name: Some(&long), ..review(Operation::Update, &good, Some(&old)) }).unwrap();
     }
 
     #[test]
@@ -185,8 +223,9 @@ mod tests {
         review_cluster(&review(Operation::Create, &spec, None)).unwrap();
         let bad = json!({"replicas": 0});
         review_cluster(&review(Operation::Delete, &bad, None)).unwrap();
-        review_cluster(&ClusterReview { operation: Operation::Delete, spec: None, old_spec: None, storage: None })
-            .unwrap();
+        let delete =
+            ClusterReview { operation: Operation::Delete, name: None, spec: None, old_spec: None, storage: None };
+        review_cluster(&delete).unwrap();
         // A finalizer or label change on an object admitted while the webhook was down.
         review_cluster(&review(Operation::Update, &bad, Some(&bad))).unwrap();
         review_cluster(&review(Operation::Update, &bad, Some(&spec))).unwrap_err();

@@ -282,7 +282,13 @@ pub fn read_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
     if let Some(unknown) = fields.keys().next() {
         return Err(bad(format!("{unknown}: Forbidden: unknown field; the body has only \"name\" and \"spec\"")));
     }
-    let review = ClusterReview { operation: Operation::Create, spec: Some(&spec), old_spec: None, storage: None };
+    let review = ClusterReview {
+        operation: Operation::Create,
+        name: Some(&name),
+        spec: Some(&spec),
+        old_spec: None,
+        storage: None,
+    };
     review_cluster(&review).map_err(|errors| bad(format!("PrometheusCluster {name:?} is invalid: {errors}")))?;
     Ok(CreateRequest { name, spec })
 }

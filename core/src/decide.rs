@@ -218,7 +218,7 @@ pub fn children_to_read(cluster: &str, settings: &BuildSettings) -> Vec<ChildKey
 /// The Secrets whose keys [`ClusterObservation::secrets`] must hold; none for a spec that fails validation.
 /// Monitors' credentials add theirs: see [`reads_with_monitors`].
 pub fn secrets_to_read(cluster: &PrometheusCluster) -> BTreeSet<String> {
-    if validate::validate_cluster(&cluster.spec).is_err() {
+    if validate::cluster(cluster).is_err() {
         return BTreeSet::new();
     }
     secrets::secret_names(&secrets::required_secrets(&cluster.spec))
@@ -240,7 +240,7 @@ pub struct MonitorReads {
 /// [`MonitorReads`] of `cluster`, whose observed prometheus-operator objects are `monitors` (`None` when it
 /// selects none or they were not read).
 pub fn reads_with_monitors(cluster: &PrometheusCluster, monitors: Option<&ObservedMonitors<'_>>) -> MonitorReads {
-    let valid = validate::validate_cluster(&cluster.spec).is_ok();
+    let valid = validate::cluster(cluster).is_ok();
     let mut secrets =
         if valid { secrets::secret_names(&secrets::required_secrets(&cluster.spec)) } else { BTreeSet::new() };
     let mut namespaces: BTreeSet<String> =
@@ -320,9 +320,10 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
     let remove_legacy_finalizer = pc.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
     let d = Draft { obs, now, remove_legacy_finalizer };
 
-    if let Err(errors) = validate::validate_cluster(&pc.spec) {
-        return d.rejected(errors.to_string(), None);
-    }
+    let valid = match validate::cluster(pc) {
+        Ok(valid) => valid,
+        Err(errors) => return d.rejected(errors.to_string(), None),
+    };
     if let Some(message) = name_conflict(pc, obs.children) {
         return d.name_conflict(message);
     }
@@ -347,7 +348,7 @@ pub fn decide_cluster(obs: &ClusterObservation<'_>, settings: &BuildSettings, no
         .as_ref()
         .map(|m| monitors::choose_for_cluster(pc, &ObservedMonitors { secrets: obs.secrets, ..*m }))
         .unwrap_or_default();
-    let (plan, storage) = match plan::plan_cluster(pc, settings, &chosen, obs.children, &observed_storage) {
+    let (plan, storage) = match plan::plan_cluster(&valid, settings, &chosen, obs.children, &observed_storage) {
         Ok(planned) => planned,
         Err(e) => return d.rejected(e.to_string(), sts.as_ref()),
     };

@@ -30,9 +30,9 @@ use serde_json::Value;
 
 use crate::build::{self, BuildSettings, DesiredObject, DesiredObjects};
 use crate::constants::annotations::APPLIED_HASH;
-use crate::crd::PrometheusCluster;
 use crate::quantity;
 use crate::storage::{self, ObservedStorage, StorageDecision};
+use crate::validate::ValidCluster;
 
 /// Identifies a child object: in the cluster's namespace, or (the discovery Role and RoleBinding in the namespaces
 /// the cluster's monitors discover targets in) in the namespace it names.
@@ -276,19 +276,20 @@ pub fn plan_objects(
 /// orphaned ([`Step::Orphan`]) instead of applied; while an observed StatefulSet is being deleted it is not
 /// applied either (the next pass creates it).
 pub fn plan_cluster(
-    cluster: &PrometheusCluster,
+    valid: &ValidCluster<'_>,
     settings: &BuildSettings,
     chosen: &crate::monitors::ClusterMonitors,
     observed: &BTreeMap<ChildKey, Value>,
     storage: &ObservedStorage<'_>,
 ) -> build::Result<(Plan, StorageDecision)> {
+    let cluster = valid.cluster();
     let decision = storage::decide_storage(&cluster.spec.storage, storage);
     let desired = if decision.render == cluster.spec.storage {
-        build::build_with_monitors(cluster, settings, chosen)?
+        build::build_with_monitors(valid, settings, chosen)?
     } else {
         let mut adjusted = cluster.clone();
         adjusted.spec.storage = decision.render.clone();
-        build::build_with_monitors(&adjusted, settings, chosen)?
+        build::build_with_monitors(&valid.with_storage_of(&adjusted), settings, chosen)?
     };
     let mut plan = plan_objects(&desired, settings, observed)?;
     let sts_key = |k: &ChildKey| k.kind == "StatefulSet";

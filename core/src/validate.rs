@@ -14,6 +14,10 @@
 
 pub mod bytes;
 pub mod names;
+mod valid;
+
+use valid::Read;
+pub use valid::{ScrapeConfigsSource, ValidCluster};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -24,8 +28,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ListMeta, St
 use crate::constants::GROUP;
 use crate::crd::cluster::{DEFAULT_IMAGE, DEFAULT_REPLICA_LABEL, limits};
 use crate::crd::{
-    AdditionalScrapeConfigs, BackupSpec, PrometheusClusterSetSpec, PrometheusClusterSpec, RemoteWriteSpec,
-    SelfHealingSpec,
+    AdditionalScrapeConfigs, BackupSpec, PrometheusCluster, PrometheusClusterSetSpec, PrometheusClusterSpec,
+    RemoteWriteSpec, SelfHealingSpec,
 };
 use crate::schedule::check_schedule;
 
@@ -314,8 +318,65 @@ fn finish(errors: Vec<FieldError>) -> Result<(), FieldErrors> {
     if errors.is_empty() { Ok(()) } else { Err(FieldErrors(errors)) }
 }
 
-/// Validates a `PrometheusCluster` spec; `Err` holds every problem found.
+/// Validates a `PrometheusCluster`: its name (it names every child) and its spec. `Ok` holds the cluster with
+/// what validation read from it, which is what [`crate::build`] and the decisions take; `Err` holds every problem
+/// found, the name's first.
+pub fn cluster(cluster: &PrometheusCluster) -> Result<ValidCluster<'_>, FieldErrors> {
+    let mut errs = Vec::new();
+    let name = check_cluster_name(&mut errs, cluster.metadata.name.as_deref());
+    let read = check_spec(&mut errs, &cluster.spec);
+    match (name, read) {
+        (Some(name), Some(read)) if errs.is_empty() => Ok(ValidCluster::new(cluster, name, read)),
+        _ => Err(FieldErrors(errs)),
+    }
+}
+
+/// Validates a `PrometheusCluster` spec alone (an admission review of an update, where the name cannot change);
+/// `Err` holds every problem found. [`cluster`] checks the name as well and keeps what it read.
 pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors> {
+    let mut errs = Vec::new();
+    let _ = check_spec(&mut errs, spec);
+    finish(errs)
+}
+
+/// Checks a cluster's `metadata.name` as [`cluster`] does (an admission review of a create).
+///
+/// # Errors
+/// The problem, naming `metadata.name`.
+pub fn cluster_name(name: &str) -> Result<(), FieldError> {
+    let mut errs = Vec::new();
+    match check_cluster_name(&mut errs, Some(name)) {
+        Some(_) => Ok(()),
+        None => Err(errs.remove(0)),
+    }
+}
+
+/// `metadata.name`, when it can name the cluster's children: a Service (a DNS-1123 label starting with a letter)
+/// and a StatefulSet whose pods carry `controller-revision-hash: <name>-<hash>` (at most 63 characters).
+fn check_cluster_name<'a>(errs: &mut Vec<FieldError>, name: Option<&'a str>) -> Option<&'a str> {
+    const FIELD: &str = "metadata.name";
+    let max = crate::build::MAX_NAME_LEN;
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        errs.push(FieldError::required(FIELD, "the PrometheusCluster needs a name"));
+        return None;
+    };
+    let problem = if name.len() > max {
+        format!("must be no more than {max} characters: StatefulSet pod labels need the room; choose a shorter name")
+    } else if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        "must start with a lowercase letter: it names a Service".to_owned()
+    } else if !crate::build::is_dns1123_label(name) {
+        "must consist of lowercase letters, digits and '-', and end with a letter or digit: it names a Service"
+            .to_owned()
+    } else {
+        return Some(name);
+    };
+    errs.push(FieldError::invalid(FIELD, name, problem));
+    None
+}
+
+/// Checks every field of `spec` into `errs`; what the builders read from it, when the checks that read it passed
+/// (the caller still looks at `errs`).
+fn check_spec<'a>(errs_out: &mut Vec<FieldError>, spec: &'a PrometheusClusterSpec) -> Option<Read<'a>> {
     let mut errs = Vec::new();
     if spec.replicas < 1 {
         errs.push(FieldError::invalid_value("spec.replicas", BadValue::Int(spec.replicas.into()), "must be >= 1"));
@@ -330,7 +391,8 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
         ));
     }
     check_image(&mut errs, "spec.image", &spec.image, DEFAULT_IMAGE);
-    if let Some(version) = crate::build::version::PrometheusVersion::from_image(&spec.image)
+    let version = crate::build::version::PrometheusVersion::from_image(&spec.image);
+    if let Some(version) = version
         && let Some(reason) = crate::build::version::unsupported(
             version,
             spec.additional_scrape_configs.is_some() || spec.selects_monitors(),
@@ -339,7 +401,7 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
         errs.push(FieldError::invalid("spec.image", &spec.image, format!("is Prometheus {version}, {reason}")));
     }
     check_retention(&mut errs, spec);
-    check_storage(&mut errs, spec);
+    let storage_nanos = check_storage(&mut errs, spec);
     if let Some(empty) = &spec.storage.empty_dir {
         check_empty_dir(&mut errs, spec, empty);
     }
@@ -359,9 +421,8 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
             check_secret_ref(&mut errs, "spec.thanos.objectStorageConfigSecretRef", r, "objstore.yml");
         }
     }
-    if let Some(extra) = &spec.additional_scrape_configs {
-        check_additional_scrape_configs(&mut errs, extra);
-    }
+    let scrape_configs =
+        spec.additional_scrape_configs.as_ref().map(|extra| check_additional_scrape_configs(&mut errs, extra));
     check_interval(&mut errs, "spec.scrapeInterval", &spec.scrape_interval);
     check_interval(&mut errs, "spec.evaluationInterval", &spec.evaluation_interval);
     check_external_labels(&mut errs, spec);
@@ -394,7 +455,7 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
             errs.push(FieldError::invalid(field, name, format!("{reason}: {fix}")));
         }
     }
-    check_self_healing(&mut errs, &spec.self_healing);
+    let startup_budget = check_self_healing(&mut errs, &spec.self_healing);
     check_rule_groups(&mut errs, &spec.rule_groups);
     if let Some(alerting) = &spec.alerting {
         check_alerting(&mut errs, alerting);
@@ -402,7 +463,20 @@ pub fn validate_cluster(spec: &PrometheusClusterSpec) -> Result<(), FieldErrors>
     if spec.mode == crate::crd::Mode::Agent {
         check_agent(&mut errs, spec);
     }
-    finish(errs)
+    let read = || {
+        Some(Read {
+            storage_nanos: storage_nanos?,
+            scrape_configs: match scrape_configs {
+                None => None,
+                Some(source) => Some(source?),
+            },
+            startup_budget: startup_budget?,
+            version,
+        })
+    };
+    let read = if errs.is_empty() { read() } else { None };
+    errs_out.extend(errs);
+    read
 }
 
 /// Validates a `PrometheusClusterSet` spec; `Err` holds every problem found.
@@ -453,16 +527,29 @@ fn duration_problem(value: &str, allow_zero: bool, example: &str) -> Option<Stri
     }
 }
 
-fn check_duration(errs: &mut Vec<FieldError>, field: &str, value: &str, allow_zero: bool, example: &str) {
+/// Checks a duration field; the duration when it is valid.
+fn check_duration(
+    errs: &mut Vec<FieldError>,
+    field: &str,
+    value: &str,
+    allow_zero: bool,
+    example: &str,
+) -> Option<std::time::Duration> {
     if value.is_empty() {
         errs.push(FieldError::required(field, format!("set a duration such as {example}")));
-    } else if let Some(problem) = duration_problem(value, allow_zero, example) {
-        errs.push(FieldError::invalid(field, value, problem));
+        return None;
+    }
+    match duration_problem(value, allow_zero, example) {
+        Some(problem) => {
+            errs.push(FieldError::invalid(field, value, problem));
+            None
+        }
+        None => crate::duration::parse(value).ok(),
     }
 }
 
 fn check_interval(errs: &mut Vec<FieldError>, field: &str, value: &str) {
-    check_duration(errs, field, value, false, "30s");
+    let _ = check_duration(errs, field, value, false, "30s");
 }
 
 fn check_retention(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
@@ -491,22 +578,29 @@ fn check_retention(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
     }
 }
 
-fn check_storage(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
+/// Checks `spec.storage`; the size in nano-units when it is valid (0 for the default).
+fn check_storage(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) -> Option<i128> {
     let size = &spec.storage.size.0;
-    match crate::quantity::parse_nanos(size) {
+    let parsed = match crate::quantity::parse_nanos(size) {
         // Zero means the default size, as in the seed.
-        Ok(n) if n >= 0 => {}
-        Ok(_) => errs.push(FieldError::invalid(
-            "spec.storage.size",
-            size,
-            "must not be negative: set a size such as 20Gi, or 0 for the default of 20Gi",
-        )),
-        Err(_) => errs.push(FieldError::invalid(
-            "spec.storage.size",
-            size,
-            "must be a Kubernetes quantity such as 20Gi, 500Gi or 1Ti",
-        )),
-    }
+        Ok(n) if n >= 0 => Some(n),
+        Ok(_) => {
+            errs.push(FieldError::invalid(
+                "spec.storage.size",
+                size,
+                "must not be negative: set a size such as 20Gi, or 0 for the default of 20Gi",
+            ));
+            None
+        }
+        Err(_) => {
+            errs.push(FieldError::invalid(
+                "spec.storage.size",
+                size,
+                "must be a Kubernetes quantity such as 20Gi, 500Gi or 1Ti",
+            ));
+            None
+        }
+    };
     if let Some(class) = spec.storage.storage_class_name.as_deref().filter(|c| !c.is_empty())
         && let Err(reason) = names::check_dns1123_subdomain(class)
     {
@@ -516,6 +610,7 @@ fn check_storage(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
             format!("{reason}: use the name of an existing StorageClass"),
         ));
     }
+    parsed
 }
 
 type Quantities = BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
@@ -610,7 +705,7 @@ fn check_backup(errs: &mut Vec<FieldError>, field: &str, backup: &BackupSpec, bu
         );
     }
     if let Some(jitter) = &backup.jitter {
-        check_duration(errs, &format!("{field}.jitter"), jitter, true, "10m");
+        let _ = check_duration(errs, &format!("{field}.jitter"), jitter, true, "10m");
     }
     if let Some(retention) = &backup.retention {
         if let Some(keep) = retention.keep_last
@@ -631,7 +726,7 @@ fn check_backup(errs: &mut Vec<FieldError>, field: &str, backup: &BackupSpec, bu
             ));
         }
         if let Some(max_age) = &retention.max_age {
-            check_duration(errs, &format!("{field}.retention.maxAge"), max_age, false, "30d");
+            let _ = check_duration(errs, &format!("{field}.retention.maxAge"), max_age, false, "30d");
         }
     }
 }
@@ -800,7 +895,7 @@ fn check_remote_write_options(errs: &mut Vec<FieldError>, field: &str, rw: &Remo
         ];
         for (name, value, example) in durations {
             if let Some(value) = value {
-                check_duration(errs, &format!("{field}.queueConfig.{name}"), value, false, example);
+                let _ = check_duration(errs, &format!("{field}.queueConfig.{name}"), value, false, example);
             }
         }
         if let (Some(min), Some(max)) = (queue.min_shards, queue.max_shards)
@@ -814,7 +909,7 @@ fn check_remote_write_options(errs: &mut Vec<FieldError>, field: &str, rw: &Remo
         }
     }
     if let Some(interval) = rw.metadata_config.as_ref().and_then(|m| m.send_interval.as_ref()) {
-        check_duration(errs, &format!("{field}.metadataConfig.sendInterval"), interval, false, "1m");
+        let _ = check_duration(errs, &format!("{field}.metadataConfig.sendInterval"), interval, false, "1m");
     }
 }
 
@@ -969,7 +1064,7 @@ fn check_alerting(errs: &mut Vec<FieldError>, alerting: &crate::crd::cluster::Al
             errs.push(FieldError::invalid(format!("{field}.pathPrefix"), prefix, "must start with '/'"));
         }
         if let Some(timeout) = &am.timeout {
-            check_duration(errs, &format!("{field}.timeout"), timeout, false, "10s");
+            let _ = check_duration(errs, &format!("{field}.timeout"), timeout, false, "10s");
         }
     }
 }
@@ -980,10 +1075,15 @@ fn same_credentials(a: &RemoteWriteSpec, b: &RemoteWriteSpec) -> bool {
         && a.oauth2 == b.oauth2
 }
 
-fn check_additional_scrape_configs(errs: &mut Vec<FieldError>, extra: &AdditionalScrapeConfigs) {
+/// Checks `spec.additionalScrapeConfigs`; where the scrape configs come from when it is valid.
+fn check_additional_scrape_configs<'a>(
+    errs: &mut Vec<FieldError>,
+    extra: &'a AdditionalScrapeConfigs,
+) -> Option<ScrapeConfigsSource<'a>> {
     const FIELD: &str = "spec.additionalScrapeConfigs";
     // As in the seed, an empty inline string counts as unset.
     let inline = extra.inline.as_deref().filter(|s| !s.is_empty());
+    let before = errs.len();
     match (inline, &extra.secret_ref) {
         (Some(_), Some(_)) => {
             errs.push(FieldError::invalid_value(
@@ -997,9 +1097,7 @@ fn check_additional_scrape_configs(errs: &mut Vec<FieldError>, extra: &Additiona
         }
         _ => {}
     }
-    if let Some(inline) = inline {
-        check_inline_scrape_configs(errs, inline);
-    }
+    let entries = inline.and_then(|inline| check_inline_scrape_configs(errs, inline));
     if let Some(selector) = &extra.secret_ref {
         let field = format!("{FIELD}.secretRef");
         check_secret_name(errs, &format!("{field}.name"), &selector.name, "secretRef.name is required");
@@ -1009,9 +1107,18 @@ fn check_additional_scrape_configs(errs: &mut Vec<FieldError>, extra: &Additiona
             errs.push(FieldError::invalid(format!("{field}.key"), &selector.key, reason));
         }
     }
+    if errs.len() > before {
+        return None;
+    }
+    match (entries, &extra.secret_ref) {
+        (Some(entries), None) => Some(ScrapeConfigsSource::Inline(entries)),
+        (None, Some(secret)) => Some(ScrapeConfigsSource::Secret { name: &secret.name, key: &secret.key }),
+        _ => None,
+    }
 }
 
-fn check_inline_scrape_configs(errs: &mut Vec<FieldError>, inline: &str) {
+/// Checks the inline scrape configs; the entries when they are valid.
+fn check_inline_scrape_configs(errs: &mut Vec<FieldError>, inline: &str) -> Option<Vec<serde_yaml::Mapping>> {
     const FIELD: &str = "spec.additionalScrapeConfigs.inline";
     // The seed unmarshals into `[]map[string]any`: a list whose items are mappings or null.
     let entries: Vec<Option<serde_yaml::Mapping>> = match serde_yaml::from_str::<Option<Vec<_>>>(inline) {
@@ -1022,9 +1129,10 @@ fn check_inline_scrape_configs(errs: &mut Vec<FieldError>, inline: &str) {
                 BadValue::Elided,
                 format!("must be a YAML list of scrape_config entries: {e}"),
             ));
-            return;
+            return None;
         }
     };
+    let before = errs.len();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let field = format!("{FIELD}[{i}].job_name");
@@ -1052,6 +1160,8 @@ fn check_inline_scrape_configs(errs: &mut Vec<FieldError>, inline: &str) {
             }
         }
     }
+    // Every entry has a job_name, so none is null.
+    (errs.len() == before).then(|| entries.into_iter().flatten().collect())
 }
 
 fn check_external_labels(errs: &mut Vec<FieldError>, spec: &PrometheusClusterSpec) {
@@ -1119,9 +1229,10 @@ fn check_node_selector(errs: &mut Vec<FieldError>, selector: &BTreeMap<String, S
     check_labels(errs, "spec.nodeSelector", selector);
 }
 
-fn check_self_healing(errs: &mut Vec<FieldError>, healing: &SelfHealingSpec) {
+/// Checks `spec.selfHealing`; the startup budget when it is valid.
+fn check_self_healing(errs: &mut Vec<FieldError>, healing: &SelfHealingSpec) -> Option<std::time::Duration> {
     const FIELD: &str = "spec.selfHealing";
-    check_duration(errs, &format!("{FIELD}.probeInterval"), &healing.probe_interval, false, "30s");
+    let _ = check_duration(errs, &format!("{FIELD}.probeInterval"), &healing.probe_interval, false, "30s");
     if healing.failure_threshold < 1 {
         errs.push(FieldError::invalid_value(
             format!("{FIELD}.failureThreshold"),
@@ -1138,8 +1249,9 @@ fn check_self_healing(errs: &mut Vec<FieldError>, healing: &SelfHealingSpec) {
             ),
         ));
     }
-    check_duration(errs, &format!("{FIELD}.startupBudget"), &healing.startup_budget, false, "15m");
-    check_duration(errs, &format!("{FIELD}.cooldown"), &healing.cooldown, true, "5m");
+    let startup_budget = check_duration(errs, &format!("{FIELD}.startupBudget"), &healing.startup_budget, false, "15m");
+    let _ = check_duration(errs, &format!("{FIELD}.cooldown"), &healing.cooldown, true, "5m");
+    startup_budget
 }
 
 const SELECTOR_OPERATORS: [&str; 4] = ["DoesNotExist", "Exists", "In", "NotIn"];

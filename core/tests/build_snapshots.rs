@@ -1,15 +1,18 @@
 //! Snapshots of every rendered object for every cluster fixture (`fixtures/clusters/*.yaml`), stored in
-//! `snapshots/build/` and reviewed like code; and the error of every invalid fixture (`fixtures/clusters-invalid/`).
+//! `snapshots/build/` and reviewed like code; and the validation errors of every invalid fixture
+//! (`fixtures/clusters-invalid/`, in `snapshots/validate/`).
 
 mod common;
 
 use common::{fixtures, settings};
 use tsdb_operator_core::build::{self, BuildSettings, PdbApi};
+use tsdb_operator_core::validate;
 
 #[test]
 fn every_fixture_renders_the_reviewed_objects() {
     for (name, cluster) in fixtures("clusters") {
-        let objects = build::build(&cluster, &settings()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let objects = build::build(&validate::cluster(&cluster).expect("a valid cluster"), &settings())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let prometheus_yml = objects.config_map.data.as_ref().and_then(|d| d.get("prometheus.yml")).cloned();
         insta::with_settings!({
             snapshot_path => "../../snapshots/build",
@@ -27,16 +30,18 @@ fn every_fixture_renders_the_reviewed_objects() {
 }
 
 #[test]
-fn every_invalid_fixture_is_rejected_with_a_message_naming_the_field() {
-    for (name, cluster) in fixtures("clusters-invalid") {
-        let err = build::build(&cluster, &settings()).expect_err(&name);
+fn every_invalid_fixture_is_rejected_by_validation_with_a_message_naming_the_field() {
+    let all = fixtures("clusters-invalid");
+    assert!(!all.is_empty());
+    for (name, cluster) in all {
+        let errors = validate::cluster(&cluster).expect_err(&name);
         insta::with_settings!({
-            snapshot_path => "../../snapshots/build",
+            snapshot_path => "../../snapshots/validate",
             prepend_module_to_snapshot => false,
             description => format!("fixtures/clusters-invalid/{name}.yaml"),
             omit_expression => true,
         }, {
-            insta::assert_snapshot!(format!("invalid__{name}"), format!("{} ({})", err, err.category()));
+            insta::assert_snapshot!(format!("invalid__{name}"), errors.to_string());
         });
     }
 }
@@ -45,7 +50,10 @@ fn every_invalid_fixture_is_rejected_with_a_message_naming_the_field() {
 fn manifests_carry_api_version_and_kind_in_apply_order() {
     let (_, cluster) = fixtures("clusters").into_iter().find(|(n, _)| n == "typical").unwrap();
     let settings = settings();
-    let manifests = build::build(&cluster, &settings).unwrap().manifests(&settings).unwrap();
+    let manifests = build::build(&validate::cluster(&cluster).expect("a valid cluster"), &settings)
+        .unwrap()
+        .manifests(&settings)
+        .unwrap();
     let kinds: Vec<(String, String)> = manifests
         .iter()
         .map(|m| (m["apiVersion"].as_str().unwrap().to_owned(), m["kind"].as_str().unwrap().to_owned()))
@@ -62,7 +70,7 @@ fn pdb_manifest_uses_v1beta1_for_old_servers_with_the_same_spec() {
     let (_, cluster) = fixtures("clusters").into_iter().find(|(n, _)| n == "typical").unwrap();
     let v1 = settings();
     let v1beta1 = BuildSettings { pdb_api: PdbApi::V1beta1, ..settings() };
-    let objects = build::build(&cluster, &v1).unwrap();
+    let objects = build::build(&validate::cluster(&cluster).expect("a valid cluster"), &v1).unwrap();
     let pdb = |s: &BuildSettings| {
         objects.manifests(s).unwrap().into_iter().find(|m| m["kind"] == "PodDisruptionBudget").unwrap()
     };
@@ -74,7 +82,7 @@ fn pdb_manifest_uses_v1beta1_for_old_servers_with_the_same_spec() {
 #[test]
 fn single_replica_clusters_get_no_pdb_and_no_anti_affinity() {
     let (_, cluster) = fixtures("clusters").into_iter().find(|(n, _)| n == "minimal").unwrap();
-    let objects = build::build(&cluster, &settings()).unwrap();
+    let objects = build::build(&validate::cluster(&cluster).expect("a valid cluster"), &settings()).unwrap();
     assert!(objects.pod_disruption_budget.is_none());
     let pod = objects.stateful_set.spec.unwrap().template.spec.unwrap();
     assert!(pod.affinity.is_none());
@@ -84,7 +92,7 @@ fn single_replica_clusters_get_no_pdb_and_no_anti_affinity() {
 fn dry_run_input_without_uid_gets_no_owner_reference() {
     let (_, cluster) = fixtures("clusters").into_iter().find(|(n, _)| n == "readme-sample").unwrap();
     assert!(cluster.metadata.uid.is_none());
-    let objects = build::build(&cluster, &settings()).unwrap();
+    let objects = build::build(&validate::cluster(&cluster).expect("a valid cluster"), &settings()).unwrap();
     assert!(objects.config_map.metadata.owner_references.is_none());
     assert!(objects.stateful_set.metadata.owner_references.is_none());
 }
@@ -93,7 +101,11 @@ fn dry_run_input_without_uid_gets_no_owner_reference() {
 fn every_object_has_a_controller_owner_reference_to_the_cluster() {
     let (_, cluster) = fixtures("clusters").into_iter().find(|(n, _)| n == "typical").unwrap();
     let settings = settings();
-    for manifest in build::build(&cluster, &settings).unwrap().manifests(&settings).unwrap() {
+    for manifest in build::build(&validate::cluster(&cluster).expect("a valid cluster"), &settings)
+        .unwrap()
+        .manifests(&settings)
+        .unwrap()
+    {
         let owners = manifest["metadata"]["ownerReferences"].as_array().unwrap();
         assert_eq!(owners.len(), 1, "{}", manifest["kind"]);
         assert_eq!(owners[0]["kind"], "PrometheusCluster");

@@ -76,7 +76,9 @@ fn applied(steps: &[Step], salt: u32) -> BTreeMap<ChildKey, Value> {
 
 fn manifests(pc: &PrometheusCluster, pdb: PdbApi) -> Vec<Value> {
     let settings = BuildSettings { pdb_api: pdb, ..BuildSettings::default() };
-    build::build(pc, &settings).and_then(|d| d.manifests(&settings)).expect("builds")
+    build::build(&tsdb_operator_core::validate::cluster(pc).expect("a valid cluster"), &settings)
+        .and_then(|d| d.manifests(&settings))
+        .expect("builds")
 }
 
 /// `plan_objects` of the cluster's typed objects, checked against `plan_children` of its manifests.
@@ -86,7 +88,8 @@ fn plan_typed(
     observed: &BTreeMap<ChildKey, Value>,
 ) -> Result<Plan, TestCaseError> {
     let settings = BuildSettings { pdb_api: pdb, ..BuildSettings::default() };
-    let objects = build::build(pc, &settings).expect("builds");
+    let objects =
+        build::build(&tsdb_operator_core::validate::cluster(pc).expect("a valid cluster"), &settings).expect("builds");
     let typed = plan_objects(&objects, &settings, observed).expect("plans");
     let from_json = plan_children(&objects.manifests(&settings).expect("serializes"), observed);
     prop_assert_eq!(&typed, &from_json);

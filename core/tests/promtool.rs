@@ -92,7 +92,8 @@ fn write(path: &str, content: &str) {
 /// of `prometheus.yml`.
 fn render_into(cluster: &PrometheusCluster, root: &str) -> String {
     let settings = BuildSettings::default();
-    let ctx = BuildContext::new(cluster, &settings).unwrap();
+    let valid = tsdb_operator_core::validate::cluster(cluster).expect("a valid cluster");
+    let ctx = BuildContext::new(&valid, &settings);
     let rooted = ConfigPaths::rooted_at(root);
     let files = config::build_config_files(&ctx, &rooted).unwrap();
 
@@ -169,8 +170,7 @@ fn configs_rendered_from_generated_valid_specs_pass_promtool_of_2_x_and_3_x() {
         if cluster.metadata.name.as_deref().is_none_or(str::is_empty) {
             cluster.metadata.name = Some("generated".to_owned());
         }
-        let valid = tsdb_operator_core::validate::validate_cluster(&cluster.spec).is_ok();
-        if !valid || tsdb_operator_core::build::build(&cluster, &BuildSettings::default()).is_err() {
+        if tsdb_operator_core::validate::cluster(&cluster).is_err() {
             continue;
         }
         checked += 1;
@@ -385,7 +385,8 @@ fn run_real_prometheus(major: u32, image: &str, ip: &str) {
     let config_file = render_into(&cluster, dir.path());
 
     let settings = BuildSettings::default();
-    let ctx = BuildContext::new(&cluster, &settings).unwrap();
+    let valid = tsdb_operator_core::validate::cluster(&cluster).expect("a valid cluster");
+    let ctx = BuildContext::new(&valid, &settings);
     let rendered = prometheus_args(&ctx);
     assert_eq!(
         rendered.iter().any(|a| a == "--enable-feature=expand-external-labels"),
@@ -424,7 +425,8 @@ fn run_real_agent(major: u32, image: &str, ip: &str) {
     let dir = TempDir::new(&format!("agent-{major}"));
     let config_file = render_into(&cluster, dir.path());
     let settings = BuildSettings::default();
-    let rendered = prometheus_args(&BuildContext::new(&cluster, &settings).unwrap());
+    let valid = tsdb_operator_core::validate::cluster(&cluster).expect("a valid cluster");
+    let rendered = prometheus_args(&BuildContext::new(&valid, &settings));
     assert!(!rendered.iter().any(|a| a.starts_with("--storage.tsdb")), "no TSDB flags in agent mode: {rendered:?}");
     let (running, addr) = start_rendered(major, rendered, &config_file, dir.path(), ip, "edge-0");
     let loaded = loaded_config(addr);

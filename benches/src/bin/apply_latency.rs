@@ -63,7 +63,8 @@ async fn null_operator(client: kube::Client, ns: String) {
     let settings = BuildSettings { pdb_api: PdbApi::V1beta1, ..BuildSettings::default() };
     let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
     while let Some(Ok(pc)) = stream.next().await {
-        let Ok(desired) = build::build(&pc, &settings).and_then(|d| d.manifests(&settings)) else { continue };
+        let Ok(valid) = tsdb_operator_core::validate::cluster(&pc) else { continue };
+        let Ok(desired) = build::build(&valid, &settings).and_then(|d| d.manifests(&settings)) else { continue };
         for step in plan_children(&desired, &std::collections::BTreeMap::default()).steps {
             if let Step::Apply { key, manifest, .. } = &step {
                 let (group, version) = key.api_version.split_once('/').unwrap_or(("", key.api_version.as_str()));

@@ -77,7 +77,8 @@ fn render(n: usize, iterations: usize) -> Result<Rendered> {
     for _ in 0..iterations.max(1) {
         let started = Instant::now();
         let chosen = choose_for_cluster(&pc, &observed);
-        let desired = build::build_with_monitors(&pc, &settings, &chosen)?;
+        let valid = tsdb_operator_core::validate::cluster(&pc).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let desired = build::build_with_monitors(&valid, &settings, &chosen)?;
         times.push(started.elapsed());
         if chosen.jobs.len() + chosen.refused.len() != n {
             bail!("{} jobs and {} refused for {n} monitors", chosen.jobs.len(), chosen.refused.len());

@@ -8,6 +8,7 @@ use tsdb_operator_benches::{applied, now, settled_observation, typical_cluster};
 use tsdb_operator_core::build::{self, BuildSettings};
 use tsdb_operator_core::decide::{self, ClusterObservation};
 use tsdb_operator_core::plan::plan_objects;
+use tsdb_operator_core::validate;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -31,7 +32,8 @@ fn main() {
     }
     let observed = applied(&pc, &settings);
     for _ in 0..iterations {
-        let desired = build::build(black_box(&pc), &settings).expect("builds");
+        let desired =
+            build::build(&validate::cluster(black_box(&pc)).expect("a valid cluster"), &settings).expect("builds");
         if mode == "render" {
             black_box(desired);
             continue;

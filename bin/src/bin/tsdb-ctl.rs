@@ -300,7 +300,7 @@ fn cmd_migrate(file: &Path) -> Result<ExitCode> {
         for left in &migrated.not_carried {
             eprintln!("{}: not carried over: {left}", id(pc));
         }
-        if let Err(errors) = validate::validate_cluster(&pc.spec) {
+        if let Err(errors) = validate::cluster(pc) {
             failed = true;
             for e in &errors {
                 eprintln!("{}: {e}", id(pc));
@@ -316,8 +316,8 @@ fn cmd_migrate(file: &Path) -> Result<ExitCode> {
 fn cmd_validate(file: &Path) -> Result<ExitCode> {
     let mut failed = false;
     for pc in clusters(file)? {
-        match validate::validate_cluster(&pc.spec) {
-            Ok(()) => println!("{}: valid", id(&pc)),
+        match validate::cluster(&pc) {
+            Ok(_) => println!("{}: valid", id(&pc)),
             Err(errors) => {
                 failed = true;
                 for e in &errors {

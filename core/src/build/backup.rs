@@ -172,7 +172,8 @@ mod tests {
             let cluster = PrometheusCluster::new("web", spec.clone());
             let mut settings = BuildSettings::default();
             settings.backup.shared_credentials = shared;
-            let ctx = BuildContext::new(&cluster, &settings).unwrap();
+            let valid = crate::validate::cluster(&cluster).unwrap();
+            let ctx = BuildContext::new(&valid, &settings);
             let volume = backup_volumes(&ctx)
                 .into_iter()
                 .find(|v| v.name == BACKUP_CREDENTIALS_VOLUME)

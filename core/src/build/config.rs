@@ -18,9 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildContext, Error, Result, check_duration, check_secret_name, is_label_name, non_empty, version};
+use super::{BuildContext, Error, Result, non_empty};
 use crate::constants::{paths, ports};
 use crate::crd::cluster::{DEFAULT_INTERVAL, DEFAULT_REPLICA_LABEL};
+use crate::validate::ScrapeConfigsSource;
 
 /// ConfigMap key of the Prometheus configuration.
 pub const CONFIG_KEY: &str = "prometheus.yml";
@@ -324,12 +325,6 @@ pub struct ConfigFiles {
     pub rule_files: Vec<(String, String)>,
 }
 
-/// Where the additional scrape configs come from, once checked.
-enum ScrapeSource<'a> {
-    Inline(Vec<serde_yaml::Value>),
-    Secret { key: &'a str },
-}
-
 #[derive(Serialize)]
 struct MonitorScrapeFile<'a> {
     scrape_configs: &'a [crate::monitors::ScrapeJob],
@@ -337,22 +332,19 @@ struct MonitorScrapeFile<'a> {
 
 #[derive(Serialize)]
 struct ScrapeConfigFile<'a> {
-    scrape_configs: &'a [serde_yaml::Value],
+    scrape_configs: &'a [serde_yaml::Mapping],
 }
 
 /// Renders the `prometheus.yml` model for files under `paths`.
-pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<PrometheusConfig> {
-    version::check_supported(ctx)?;
+pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> PrometheusConfig {
     let spec = &ctx.cluster.spec;
     let scrape_interval = non_empty(&spec.scrape_interval).unwrap_or(DEFAULT_INTERVAL);
-    check_duration("spec.scrapeInterval", scrape_interval)?;
     let evaluation_interval = non_empty(&spec.evaluation_interval).unwrap_or(DEFAULT_INTERVAL);
-    check_duration("spec.evaluationInterval", evaluation_interval)?;
 
-    let mut scrape_config_files = match scrape_source(ctx)? {
+    let mut scrape_config_files = match ctx.scrape_configs {
         None => vec![],
-        Some(ScrapeSource::Inline(_)) => vec![paths.inline_scrape_file()],
-        Some(ScrapeSource::Secret { key }) => vec![format!("{}/{key}", paths.extra_secret_dir)],
+        Some(ScrapeConfigsSource::Inline(_)) => vec![paths.inline_scrape_file()],
+        Some(ScrapeConfigsSource::Secret { key, .. }) => vec![format!("{}/{key}", paths.extra_secret_dir)],
     };
     if spec.selects_monitors() {
         scrape_config_files.push(paths.monitor_scrape_file());
@@ -363,11 +355,11 @@ pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> R
     } else {
         Vec::new()
     };
-    Ok(PrometheusConfig {
+    PrometheusConfig {
         global: GlobalConfig {
             scrape_interval: scrape_interval.to_owned(),
             evaluation_interval: evaluation_interval.to_owned(),
-            external_labels: external_labels(ctx)?,
+            external_labels: external_labels(ctx),
         },
         scrape_configs: vec![StaticScrapeConfig {
             job_name: SELF_SCRAPE_JOB.to_owned(),
@@ -376,8 +368,8 @@ pub fn build_prometheus_config(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> R
         scrape_config_files,
         rule_files,
         alerting: alerting(ctx),
-        remote_write: remote_write(ctx, paths)?,
-    })
+        remote_write: remote_write(ctx, paths),
+    }
 }
 
 /// `alerting`: per Alertmanager Service, its endpoints in its namespace, kept by Service name and port (by name,
@@ -423,13 +415,13 @@ fn alerting(ctx: &BuildContext<'_>) -> Option<AlertingConfig> {
 
 /// Renders `prometheus.yml` and the inline scrape configs file for files under `paths`.
 pub fn build_config_files(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<ConfigFiles> {
-    let config = build_prometheus_config(ctx, paths)?;
+    let config = build_prometheus_config(ctx, paths);
     let prometheus_yml = match plain_yaml(&config) {
         Some(yaml) => yaml,
         None => to_yaml(&config)?,
     };
-    let inline_scrape_configs_yml = match scrape_source(ctx)? {
-        Some(ScrapeSource::Inline(entries)) => Some(to_yaml(&ScrapeConfigFile { scrape_configs: &entries })?),
+    let inline_scrape_configs_yml = match ctx.scrape_configs {
+        Some(ScrapeConfigsSource::Inline(entries)) => Some(to_yaml(&ScrapeConfigFile { scrape_configs: entries })?),
         _ => None,
     };
     let monitor_scrape_configs_yml = if ctx.cluster.spec.selects_monitors() {
@@ -441,12 +433,11 @@ pub fn build_config_files(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result
     if !ctx.cluster.spec.rule_groups.is_empty() {
         let (object, field) = ("PrometheusCluster", "spec.ruleGroups");
         let key = crate::monitors::rules::INLINE_RULES_KEY.to_owned();
-        match crate::monitors::rules::render_rule_file(object, field, key, &ctx.cluster.spec.rule_groups) {
-            (Some(file), refused) if refused.is_empty() => rule_files.push((file.key, file.content)),
-            (_, refused) => {
-                let reasons: Vec<String> = refused.iter().map(|r| format!("{}: {}", r.field, r.reason)).collect();
-                return Err(Error::InvalidRules { reasons: reasons.join("; ") });
-            }
+        // Validation refused any rule Prometheus would refuse, so every group is rendered.
+        if let (Some(file), _) =
+            crate::monitors::rules::render_rule_file(object, field, key, &ctx.cluster.spec.rule_groups)
+        {
+            rule_files.push((file.key, file.content));
         }
     }
     rule_files.extend(ctx.rule_files.iter().map(|f| (f.key.clone(), f.content.clone())));
@@ -515,11 +506,9 @@ pub fn remote_write_secrets(ctx: &BuildContext<'_>) -> BTreeSet<String> {
 
 /// The Secret key mounted for `additionalScrapeConfigs.secretRef`, if that is the source.
 pub fn extra_scrape_secret<'a>(ctx: &BuildContext<'a>) -> Option<(&'a str, &'a str)> {
-    let asc = ctx.cluster.spec.additional_scrape_configs.as_ref()?;
-    let inline_set = asc.inline.as_deref().and_then(non_empty).is_some();
-    match (&asc.secret_ref, inline_set) {
-        (Some(secret), false) => Some((secret.name.as_str(), secret.key.as_str())),
-        _ => None,
+    match ctx.scrape_configs? {
+        ScrapeConfigsSource::Secret { name, key } => Some((name, key)),
+        ScrapeConfigsSource::Inline(_) => None,
     }
 }
 
@@ -528,47 +517,32 @@ pub fn extra_scrape_secret<'a>(ctx: &BuildContext<'a>) -> Option<(&'a str, &'a s
 /// replicas > 1 or Thanos is on, `cluster: <name>` and `<replica label>: ${POD_NAME}`, which override spec labels
 /// of the same name (validation forbids those names): replicas must stay distinguishable. The seed set both only
 /// with Thanos; with more than one replica and no Thanos, remote-written series of the replicas would collide.
-fn external_labels(ctx: &BuildContext<'_>) -> Result<BTreeMap<String, String>> {
+fn external_labels(ctx: &BuildContext<'_>) -> BTreeMap<String, String> {
     let spec = &ctx.cluster.spec;
     let mut labels = BTreeMap::new();
     for (name, value) in &spec.external_labels {
-        if !is_label_name(name) {
-            return Err(Error::InvalidLabelName { field: "spec.externalLabels", name: name.clone() });
-        }
         labels.insert(name.clone(), value.replace('$', "$$"));
     }
     if ctx.needs_replica_label() {
-        let replica = replica_label_name(ctx);
-        if !is_label_name(replica) {
-            return Err(Error::InvalidLabelName { field: "spec.replicaExternalLabelName", name: replica.to_owned() });
-        }
         labels.insert(CLUSTER_LABEL.to_owned(), ctx.name.to_owned());
-        labels.insert(replica.to_owned(), REPLICA_LABEL_VALUE.to_owned());
+        labels.insert(replica_label_name(ctx).to_owned(), REPLICA_LABEL_VALUE.to_owned());
     }
-    Ok(labels)
+    labels
 }
 
-fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<RemoteWriteConfig>> {
-    let mut out: Vec<RemoteWriteConfig> = Vec::new();
-    for (index, rw) in ctx.cluster.spec.remote_write.iter().enumerate() {
-        let url = non_empty(&rw.url).ok_or(Error::MissingRemoteWriteUrl { index })?;
-        let basic_auth = match &rw.basic_auth_secret_ref {
-            Some(secret) => {
-                check_secret_name(format!("spec.remoteWrite[{index}].basicAuthSecretRef.name"), &secret.name)?;
-                Some(BasicAuthConfig {
-                    username_file: paths.secret_file(&secret.name, BASIC_AUTH_USERNAME_KEY),
-                    password_file: paths.secret_file(&secret.name, BASIC_AUTH_PASSWORD_KEY),
-                })
-            }
-            None => None,
-        };
-        let authorization = match &rw.bearer_token_secret_ref {
-            Some(secret) => {
-                check_secret_name(format!("spec.remoteWrite[{index}].bearerTokenSecretRef.name"), &secret.name)?;
-                Some(AuthorizationConfig { credentials_file: paths.secret_file(&secret.name, BEARER_TOKEN_KEY) })
-            }
-            None => None,
-        };
+/// The remote write entries. Validation saw to it that each has a URL, at most one kind of credentials, valid
+/// Secret names and relabel rules, and that no two are the same endpoint with the same credentials or name.
+fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Vec<RemoteWriteConfig> {
+    let mut out: Vec<RemoteWriteConfig> = Vec::with_capacity(ctx.cluster.spec.remote_write.len());
+    for rw in &ctx.cluster.spec.remote_write {
+        let basic_auth = rw.basic_auth_secret_ref.as_ref().map(|secret| BasicAuthConfig {
+            username_file: paths.secret_file(&secret.name, BASIC_AUTH_USERNAME_KEY),
+            password_file: paths.secret_file(&secret.name, BASIC_AUTH_PASSWORD_KEY),
+        });
+        let authorization = rw
+            .bearer_token_secret_ref
+            .as_ref()
+            .map(|secret| AuthorizationConfig { credentials_file: paths.secret_file(&secret.name, BEARER_TOKEN_KEY) });
         let oauth2 = rw.oauth2.as_ref().map(|o| {
             let (secret, key) = o.secret_key();
             OAuth2Config {
@@ -579,18 +553,13 @@ fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<Remot
                 endpoint_params: o.endpoint_params.clone(),
             }
         });
-        let kinds =
-            usize::from(basic_auth.is_some()) + usize::from(authorization.is_some()) + usize::from(oauth2.is_some());
-        if kinds > 1 {
-            return Err(Error::ConflictingRemoteWriteAuth { index });
-        }
         let entry = RemoteWriteConfig {
-            url: url.to_owned(),
+            url: rw.url.trim().to_owned(),
             name: Some(rw.name.clone()).filter(|n| !n.is_empty()),
             basic_auth,
             authorization,
             headers: rw.headers.clone(),
-            write_relabel_configs: write_relabel(index, &rw.write_relabel_configs)?,
+            write_relabel_configs: rw.write_relabel_configs.iter().map(crate::monitors::relabel).collect(),
             queue_config: rw.queue_config.as_ref().map(|q| QueueConfigFile {
                 capacity: q.capacity,
                 min_shards: q.min_shards,
@@ -627,93 +596,9 @@ fn remote_write(ctx: &BuildContext<'_>, paths: &ConfigPaths) -> Result<Vec<Remot
             }),
             oauth2,
         };
-        let duplicate = out.iter().position(|prev| (prev.name.is_some() && prev.name == entry.name) || *prev == entry);
-        if let Some(first) = duplicate {
-            return Err(Error::DuplicateRemoteWrite { index, first });
-        }
         out.push(entry);
     }
-    Ok(out)
-}
-
-/// The write relabel rules, each checked as Prometheus checks it.
-fn write_relabel(index: usize, rules: &[crate::monitors::RelabelConfig]) -> Result<Vec<crate::monitors::Relabel>> {
-    rules
-        .iter()
-        .enumerate()
-        .map(|(j, rule)| {
-            crate::monitors::check_relabel(rule).map(|()| crate::monitors::relabel(rule)).map_err(|reason| {
-                Error::InvalidRemoteWriteOption {
-                    field: format!("spec.remoteWrite[{index}].writeRelabelConfigs[{j}]"),
-                    reason,
-                }
-            })
-        })
-        .collect()
-}
-
-fn scrape_source<'a>(ctx: &BuildContext<'a>) -> Result<Option<ScrapeSource<'a>>> {
-    let Some(asc) = &ctx.cluster.spec.additional_scrape_configs else { return Ok(None) };
-    let inline = asc.inline.as_deref().and_then(non_empty);
-    match (inline, &asc.secret_ref) {
-        (Some(_), Some(_)) => {
-            Err(Error::InvalidAdditionalScrapeConfigs { reason: "inline and secretRef are mutually exclusive" })
-        }
-        (None, None) => Err(Error::InvalidAdditionalScrapeConfigs {
-            reason: "set inline or secretRef when additionalScrapeConfigs is present",
-        }),
-        (Some(inline), None) => parse_inline(inline).map(|entries| Some(ScrapeSource::Inline(entries))),
-        (None, Some(secret)) => {
-            check_secret_name("spec.additionalScrapeConfigs.secretRef.name".to_owned(), &secret.name)?;
-            check_secret_key("spec.additionalScrapeConfigs.secretRef.key", &secret.key)?;
-            Ok(Some(ScrapeSource::Secret { key: &secret.key }))
-        }
-    }
-}
-
-/// Parses the inline scrape configs: a YAML list of mappings, each with a distinct `job_name` that is not the
-/// self-scrape job's.
-fn parse_inline(inline: &str) -> Result<Vec<serde_yaml::Value>> {
-    let invalid = |reason: String| Error::InvalidInlineScrapeConfigs { reason };
-    let value: serde_yaml::Value = serde_yaml::from_str(inline).map_err(|e| invalid(e.to_string()))?;
-    let entries = match value {
-        serde_yaml::Value::Sequence(entries) => entries,
-        serde_yaml::Value::Mapping(m) if m.contains_key("scrape_configs") => {
-            return Err(invalid("found a mapping with scrape_configs; give the list itself".to_owned()));
-        }
-        _ => return Err(invalid("the document is not a list".to_owned())),
-    };
-    let mut jobs = BTreeSet::from([SELF_SCRAPE_JOB.to_owned()]);
-    for (i, entry) in entries.iter().enumerate() {
-        let serde_yaml::Value::Mapping(map) = entry else {
-            return Err(invalid(format!("entry {i} is not a mapping")));
-        };
-        let job = map.get("job_name").and_then(serde_yaml::Value::as_str).and_then(non_empty);
-        let Some(job) = job else {
-            return Err(invalid(format!("entry {i} has no job_name")));
-        };
-        if !jobs.insert(job.to_owned()) {
-            return Err(invalid(format!("entry {i} reuses job_name {job:?}, which must be unique")));
-        }
-    }
-    Ok(entries)
-}
-
-fn check_secret_key(field: &str, key: &str) -> Result<()> {
-    let valid = !key.is_empty()
-        && key.len() <= 253
-        && key != "."
-        && key != ".."
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::InvalidSecretReference {
-            field: field.to_owned(),
-            value: key.to_owned(),
-            reason: "is not a valid Secret key (letters, digits, '-', '_' and '.')",
-        })
-    }
+    out
 }
 
 /// `prometheus.yml` written directly, byte for byte what [`to_yaml`] writes, when every string in it is one
@@ -884,18 +769,6 @@ mod tests {
         assert_eq!(p.extra_secret_dir, format!("/tmp/x{}", paths::EXTRA_SECRET_DIR));
     }
 
-    #[test]
-    fn inline_scrape_configs_must_be_a_list_of_distinct_jobs() {
-        assert!(parse_inline("- job_name: a\n- job_name: b\n").is_ok());
-        assert!(parse_inline("job_name: a").is_err());
-        assert!(parse_inline("scrape_configs:\n- job_name: a").is_err());
-        assert!(parse_inline("- job_name: a\n- job_name: a\n").is_err());
-        assert!(parse_inline("- job_name: prometheus\n").is_err());
-        assert!(parse_inline("- static_configs: []\n").is_err());
-        assert!(parse_inline("- 1\n").is_err());
-        assert!(parse_inline("[").is_err());
-    }
-
     fn config(strings: &[String], labels: BTreeMap<String, String>, auth: u8) -> PrometheusConfig {
         let s = |i: usize| strings[i % strings.len()].clone();
         PrometheusConfig {
@@ -970,9 +843,10 @@ mod tests {
 
     #[test]
     fn secret_keys_cannot_escape_the_mount() {
-        assert!(check_secret_key("f", "scrape.yml").is_ok());
-        for bad in ["", ".", "..", "a/b", "../x"] {
-            assert!(check_secret_key("f", bad).is_err(), "{bad}");
+        use crate::validate::names::check_secret_key;
+        assert!(check_secret_key("scrape.yml").is_ok());
+        for bad in [".", "..", "a/b", "../x"] {
+            assert!(check_secret_key(bad).is_err(), "{bad}");
         }
     }
 }

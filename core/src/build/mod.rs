@@ -10,9 +10,9 @@
 //! Prometheus version from the image tag to pick the right flags.
 //!
 //! # Errors
-//! [`build`] returns an [`Error`] instead of rendering something Prometheus or the API server would reject
-//! (a bad name, a remote write with two kinds of auth, inline scrape configs that are not a YAML list, ...).
-//! It never panics, whatever the spec.
+//! The builders take a [`ValidCluster`], which only validation makes ([`crate::validate::cluster`]), so a spec
+//! problem is found there, once, with the field and the fix; rendering fails only if serializing does. It never
+//! panics, whatever the spec.
 
 pub mod backup;
 pub mod config;
@@ -33,8 +33,7 @@ use kube::Resource;
 
 use crate::constants::labels;
 use crate::crd::PrometheusCluster;
-use crate::crd::cluster::{DEFAULT_IMAGE, DEFAULT_RETENTION, DEFAULT_STORAGE_SIZE, DEFAULT_THANOS_IMAGE};
-use crate::{duration, quantity};
+use crate::validate::{ScrapeConfigsSource, ValidCluster};
 
 pub use version::PrometheusVersion;
 
@@ -234,128 +233,11 @@ impl serde::Serialize for DesiredObject<'_> {
     }
 }
 
-/// Why a cluster could not be rendered. Each variant names the field at fault and how to fix it.
+/// Why rendering failed: only serializing a rendered object can, which the property tests have never seen. Every
+/// problem of a spec is found by validation ([`crate::validate::cluster`]), whose [`ValidCluster`] is what the
+/// builders take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// A rule of `spec.ruleGroups` would be refused by Prometheus.
-    #[error("failed to build: spec.ruleGroups has rules Prometheus would refuse: {reasons}")]
-    InvalidRules {
-        /// Each refused rule's field and reason.
-        reasons: String,
-    },
-    /// The cluster has no `metadata.name`.
-    #[error("failed to build: the PrometheusCluster has no metadata.name")]
-    MissingName,
-    /// The cluster name cannot name the Service and StatefulSet.
-    #[error("failed to build: metadata.name {name:?} {reason}")]
-    InvalidName {
-        /// The rejected name.
-        name: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// `spec.replicas` is below 1.
-    #[error("failed to build: spec.replicas is {replicas}, must be >= 1")]
-    InvalidReplicas {
-        /// The rejected value.
-        replicas: i32,
-    },
-    /// A duration field does not parse.
-    #[error("failed to build: {field} {value:?} is not a Prometheus duration")]
-    InvalidDuration {
-        /// The field, for example `spec.retention`.
-        field: &'static str,
-        /// The rejected value.
-        value: String,
-        /// Why it does not parse.
-        #[source]
-        source: duration::Error,
-    },
-    /// `spec.storage.size` is not a positive quantity.
-    #[error("failed to build: spec.storage.size {value:?} must be a positive quantity like 20Gi")]
-    InvalidStorageSize {
-        /// The rejected value.
-        value: String,
-        /// Why it does not parse, when it does not.
-        #[source]
-        source: Option<quantity::Error>,
-    },
-    /// A label name is not a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
-    #[error(
-        "failed to build: {field} {name:?} is not a valid label name: use letters, digits and _, not starting with a digit"
-    )]
-    InvalidLabelName {
-        /// The field, for example `spec.externalLabels`.
-        field: &'static str,
-        /// The rejected label name.
-        name: String,
-    },
-    /// The image's Prometheus version cannot run what the spec asks for.
-    #[error("failed to build: spec.image {image:?} is Prometheus {version}, {reason}")]
-    UnsupportedPrometheusVersion {
-        /// The image.
-        image: String,
-        /// The version read from its tag.
-        version: PrometheusVersion,
-        /// What that version lacks.
-        reason: &'static str,
-    },
-    /// A referenced Secret name or key cannot be mounted.
-    #[error("failed to build: {field} {value:?} {reason}")]
-    InvalidSecretReference {
-        /// The field, for example `spec.remoteWrite[0].basicAuthSecretRef.name`.
-        field: String,
-        /// The rejected value.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A remote write entry has no URL.
-    #[error("failed to build: spec.remoteWrite[{index}].url is required")]
-    MissingRemoteWriteUrl {
-        /// Index in `spec.remoteWrite`.
-        index: usize,
-    },
-    /// A remote write entry sets both basic auth and a bearer token; Prometheus accepts only one.
-    #[error(
-        "failed to build: spec.remoteWrite[{index}] sets both basicAuthSecretRef and bearerTokenSecretRef; keep one"
-    )]
-    ConflictingRemoteWriteAuth {
-        /// Index in `spec.remoteWrite`.
-        index: usize,
-    },
-    /// Two remote write entries have the same name, or are identical; Prometheus rejects both.
-    #[error(
-        "failed to build: spec.remoteWrite[{index}] duplicates spec.remoteWrite[{first}]; give each a distinct name"
-    )]
-    DuplicateRemoteWrite {
-        /// Index of the duplicate.
-        index: usize,
-        /// Index of the entry it duplicates.
-        first: usize,
-    },
-    /// A remote write option Prometheus would refuse.
-    #[error("failed to build: {field}: {reason}")]
-    InvalidRemoteWriteOption {
-        /// The field.
-        field: String,
-        /// Why, and what to do.
-        reason: String,
-    },
-    /// `spec.additionalScrapeConfigs` sets both `inline` and `secretRef`, or neither.
-    #[error("failed to build: spec.additionalScrapeConfigs: {reason}")]
-    InvalidAdditionalScrapeConfigs {
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// `spec.additionalScrapeConfigs.inline` is not a YAML list of scrape configs with distinct job names.
-    #[error(
-        "failed to build: spec.additionalScrapeConfigs.inline must be a YAML list of scrape_config entries: {reason}"
-    )]
-    InvalidInlineScrapeConfigs {
-        /// What is wrong.
-        reason: String,
-    },
     /// Serializing a rendered object failed.
     #[error("failed to build: serializing the {kind}: {reason}")]
     Serialize {
@@ -366,34 +248,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// A short, stable name for metric labels and event reasons.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::MissingName | Error::InvalidName { .. } => "InvalidName",
-            Error::InvalidReplicas { .. } => "InvalidReplicas",
-            Error::InvalidDuration { .. } => "InvalidDuration",
-            Error::InvalidStorageSize { .. } => "InvalidStorageSize",
-            Error::InvalidLabelName { .. } => "InvalidLabelName",
-            Error::UnsupportedPrometheusVersion { .. } => "UnsupportedPrometheusVersion",
-            Error::InvalidSecretReference { .. } => "InvalidSecretReference",
-            Error::MissingRemoteWriteUrl { .. }
-            | Error::ConflictingRemoteWriteAuth { .. }
-            | Error::DuplicateRemoteWrite { .. }
-            | Error::InvalidRemoteWriteOption { .. } => "InvalidRemoteWrite",
-            Error::InvalidAdditionalScrapeConfigs { .. } | Error::InvalidInlineScrapeConfigs { .. } => {
-                "InvalidAdditionalScrapeConfigs"
-            }
-            Error::InvalidRules { .. } => "InvalidRules",
-            Error::Serialize { .. } => "Serialize",
-        }
-    }
-}
-
-/// A cluster with its defaults applied and its names checked: what every builder reads.
-///
-/// The seed's code defaults apply to empty fields: image -> [`DEFAULT_IMAGE`], retention -> [`DEFAULT_RETENTION`],
-/// size empty or zero -> [`DEFAULT_STORAGE_SIZE`], Thanos image -> [`DEFAULT_THANOS_IMAGE`].
+/// A validated cluster with its defaults applied ([`ValidCluster`]) and the operator's settings: what every builder
+/// reads.
 #[derive(Debug, Clone)]
 pub struct BuildContext<'a> {
     /// The cluster being rendered (borrowed, never changed).
@@ -414,6 +270,10 @@ pub struct BuildContext<'a> {
     pub storage_size: &'a str,
     /// Thanos image.
     pub thanos_image: &'a str,
+    /// `spec.additionalScrapeConfigs`, as validated.
+    pub scrape_configs: Option<&'a ScrapeConfigsSource<'a>>,
+    /// `spec.selfHealing.startupBudget`.
+    pub startup_budget: std::time::Duration,
     /// The scrape jobs of the prometheus-operator monitors the cluster selects
     /// ([`crate::monitors::choose_for_cluster`]); empty unless given with [`BuildContext::with_chosen`].
     pub monitor_jobs: &'a [crate::monitors::ScrapeJob],
@@ -429,34 +289,25 @@ pub struct BuildContext<'a> {
 }
 
 impl<'a> BuildContext<'a> {
-    /// Applies defaults and checks the fields every builder relies on.
-    pub fn new(cluster: &'a PrometheusCluster, settings: &'a BuildSettings) -> Result<Self> {
-        let name = cluster.metadata.name.as_deref().filter(|n| !n.is_empty()).ok_or(Error::MissingName)?;
-        check_cluster_name(name)?;
-        let spec = &cluster.spec;
-        if spec.replicas < 1 {
-            return Err(Error::InvalidReplicas { replicas: spec.replicas });
-        }
-        let image = non_empty(&spec.image).unwrap_or(DEFAULT_IMAGE);
-        let retention = non_empty(&spec.retention).unwrap_or(DEFAULT_RETENTION);
-        check_duration("spec.retention", retention)?;
-        let storage_size = storage_size(&spec.storage.size.0)?;
-        let thanos_image = non_empty(&spec.thanos.image).unwrap_or(DEFAULT_THANOS_IMAGE);
-        Ok(Self {
-            cluster,
+    /// The context of a validated cluster.
+    pub fn new(valid: &'a ValidCluster<'a>, settings: &'a BuildSettings) -> Self {
+        Self {
+            cluster: valid.cluster(),
             settings,
-            name,
-            namespace: cluster.metadata.namespace.as_deref().filter(|n| !n.is_empty()),
-            image,
-            version: PrometheusVersion::from_image(image),
-            retention,
-            storage_size,
-            thanos_image,
+            name: valid.name(),
+            namespace: valid.namespace(),
+            image: valid.image(),
+            version: valid.version(),
+            retention: valid.retention(),
+            storage_size: valid.storage_size(),
+            thanos_image: valid.thanos_image(),
+            scrape_configs: valid.scrape_configs(),
+            startup_budget: valid.startup_budget(),
             monitor_jobs: &[],
             rule_files: &[],
             monitor_secrets: None,
             discovery_namespaces: None,
-        })
+        }
     }
 
     /// The context with the scrape jobs and rule files of the monitors and PrometheusRules the cluster selects.
@@ -529,9 +380,8 @@ impl<'a> BuildContext<'a> {
 /// Renders every object the cluster should own.
 ///
 /// # Errors
-/// See [`Error`]: the spec asks for something that cannot be rendered into objects Kubernetes and Prometheus
-/// accept.
-pub fn build(cluster: &PrometheusCluster, settings: &BuildSettings) -> Result<DesiredObjects> {
+/// See [`Error`]: only serializing can fail.
+pub fn build(cluster: &ValidCluster<'_>, settings: &BuildSettings) -> Result<DesiredObjects> {
     build_with_monitors(cluster, settings, &crate::monitors::ClusterMonitors::default())
 }
 
@@ -542,15 +392,15 @@ pub fn build(cluster: &PrometheusCluster, settings: &BuildSettings) -> Result<De
 /// # Errors
 /// As [`build`].
 pub fn build_with_monitors(
-    cluster: &PrometheusCluster,
+    cluster: &ValidCluster<'_>,
     settings: &BuildSettings,
     chosen: &crate::monitors::ClusterMonitors,
 ) -> Result<DesiredObjects> {
-    let ctx = BuildContext::new(cluster, settings)?.with_chosen(chosen);
+    let ctx = BuildContext::new(cluster, settings).with_chosen(chosen);
     Ok(DesiredObjects {
         config_map: config::build_config_map(&ctx)?,
         service: service::build_service(&ctx),
-        stateful_set: statefulset::build_statefulset(&ctx)?,
+        stateful_set: statefulset::build_statefulset(&ctx),
         pod_disruption_budget: pdb::build_pdb(&ctx),
         discovery: discovery::build_discovery(&ctx),
     })
@@ -588,49 +438,6 @@ fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-/// The volume size: the spec's, or [`DEFAULT_STORAGE_SIZE`] when empty or zero (seed).
-fn storage_size(size: &str) -> Result<&str> {
-    let Some(size) = non_empty(size) else { return Ok(DEFAULT_STORAGE_SIZE) };
-    match quantity::parse_nanos(size) {
-        Ok(0) => Ok(DEFAULT_STORAGE_SIZE),
-        Ok(n) if n > 0 => Ok(size),
-        Ok(_) => Err(Error::InvalidStorageSize { value: size.to_owned(), source: None }),
-        Err(e) => Err(Error::InvalidStorageSize { value: size.to_owned(), source: Some(e) }),
-    }
-}
-
-fn check_duration(field: &'static str, value: &str) -> Result<std::time::Duration> {
-    duration::parse(value).map_err(|source| Error::InvalidDuration { field, value: value.to_owned(), source })
-}
-
-fn check_cluster_name(name: &str) -> Result<()> {
-    let invalid = |reason: &str| Err(Error::InvalidName { name: name.to_owned(), reason: reason.to_owned() });
-    if name.len() > MAX_NAME_LEN {
-        return invalid(&format!("is longer than {MAX_NAME_LEN} characters (StatefulSet pod labels need the room)"));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return invalid("must start with a lowercase letter (it names a Service)");
-    }
-    if !is_dns1123_label(name) {
-        return invalid("must consist of lowercase letters, digits and '-', and end with a letter or digit");
-    }
-    Ok(())
-}
-
-pub(crate) fn check_secret_name(field: String, name: &str) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::InvalidSecretReference { field, value: String::new(), reason: "is required" });
-    }
-    if !is_dns1123_subdomain(name) {
-        return Err(Error::InvalidSecretReference {
-            field,
-            value: name.to_owned(),
-            reason: "is not a valid Secret name (lowercase letters, digits, '-' and '.')",
-        });
-    }
-    Ok(())
-}
-
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
 pub(crate) fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
@@ -638,11 +445,6 @@ pub(crate) fn is_dns1123_label(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
-}
-
-/// Labels joined by dots, at most 253 characters (what a Secret name may be).
-pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
 /// A Prometheus label name that both 2.x and 3.x accept without UTF-8 escaping.
@@ -657,26 +459,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_and_zero_sizes_get_the_seed_default() {
-        for zero in ["", " ", "0", "0Gi", "0.0"] {
-            assert_eq!(storage_size(zero), Ok(DEFAULT_STORAGE_SIZE), "{zero}");
-        }
-        assert_eq!(storage_size("50Gi"), Ok("50Gi"));
-        assert!(storage_size("-1Gi").is_err());
-        assert!(storage_size("lots").is_err());
-    }
-
-    #[test]
     fn names_are_checked_like_the_api_server_does() {
         assert!(is_dns1123_label("demo-1"));
         assert!(!is_dns1123_label("Demo"));
         assert!(!is_dns1123_label("demo-"));
         assert!(!is_dns1123_label(""));
-        assert!(is_dns1123_subdomain("rw.creds-1"));
-        assert!(!is_dns1123_subdomain("rw..creds"));
-        assert!(check_cluster_name("1demo").is_err());
-        assert!(check_cluster_name(&"a".repeat(53)).is_err());
-        assert!(check_cluster_name(&"a".repeat(52)).is_ok());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{self, POD_NAME_ENV};
 use super::service::{THANOS_GRPC_NAME, THANOS_HTTP_NAME};
-use super::{BuildContext, Result, check_duration, check_secret_name, concat, is_dns1123_label, version, with_port};
+use super::{BuildContext, concat, is_dns1123_label, version, with_port};
 use crate::constants::{containers, paths, ports, volumes};
 
 /// Grace period of the pods: Prometheus flushes its head block and WAL on shutdown, which can take minutes on
@@ -63,13 +63,9 @@ const DATA_VOLUME: &str = volumes::DATA;
 const NOBODY: i64 = 65534;
 
 /// Renders the StatefulSet `<name>`.
-pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
-    version::check_supported(ctx)?;
+pub fn build_statefulset(ctx: &BuildContext<'_>) -> StatefulSet {
     let spec = &ctx.cluster.spec;
-    let startup_budget = check_duration("spec.selfHealing.startupBudget", &spec.self_healing.startup_budget)?;
-    if let Some(objstore) = thanos_objstore_secret(ctx) {
-        check_secret_name("spec.thanos.objectStorageConfigSecretRef.name".to_owned(), objstore)?;
-    }
+    let startup_budget = ctx.startup_budget;
 
     let mut pod_containers = Vec::with_capacity(3);
     pod_containers.push(prometheus_container(ctx, startup_budget));
@@ -103,7 +99,7 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
         ..PodSpec::default()
     };
 
-    Ok(StatefulSet {
+    StatefulSet {
         metadata: ctx.object_meta(ctx.name.to_owned()),
         spec: Some(StatefulSetSpec {
             replicas: Some(spec.replicas),
@@ -137,7 +133,7 @@ pub fn build_statefulset(ctx: &BuildContext<'_>) -> Result<StatefulSet> {
             ..StatefulSetSpec::default()
         }),
         status: None,
-    })
+    }
 }
 
 /// The Prometheus command line, in this order: config file, data path, retention time (and size), the loopback

@@ -9,8 +9,6 @@
 
 use std::fmt;
 
-use super::{BuildContext, Error, Result};
-
 /// First 2.x release with `--enable-feature=expand-external-labels`.
 const MIN_EXPAND_EXTERNAL_LABELS: PrometheusVersion = PrometheusVersion { major: 2, minor: 27 };
 /// First release with agent mode (`--enable-feature=agent`; 3.x has `--agent`).
@@ -56,17 +54,6 @@ impl PrometheusVersion {
 /// expanded: yes for 2.x and for unknown versions, no for 3.x and later (always on there).
 pub fn needs_expand_external_labels_flag(version: Option<PrometheusVersion>) -> bool {
     version.is_none_or(|v| v.major < 3)
-}
-
-/// Rejects versions that cannot run what the cluster asks for: anything before 2.27 (no way to expand the
-/// replica label), and anything before 2.43 with additional scrape configs (no `scrape_config_files`).
-pub fn check_supported(ctx: &BuildContext<'_>) -> Result<()> {
-    let Some(version) = ctx.version else { return Ok(()) };
-    let spec = &ctx.cluster.spec;
-    match unsupported(version, spec.additional_scrape_configs.is_some() || spec.selects_monitors()) {
-        Some(reason) => Err(Error::UnsupportedPrometheusVersion { image: ctx.image.to_owned(), version, reason }),
-        None => Ok(()),
-    }
 }
 
 /// Why `version` cannot run the cluster (with or without additional scrape configs), and the fix; `None` when it
