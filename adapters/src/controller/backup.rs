@@ -47,7 +47,7 @@ use serde_json::json;
 use tsdb_operator_core::backup::follow::{FollowInput, JobAnswer, follow_job, start_failed};
 use tsdb_operator_core::backup::from_time;
 use tsdb_operator_core::backup::manifest::SourceCluster;
-use tsdb_operator_core::backup::pass::{Gauges, Replica, Step, choose_replica, decide_pass};
+use tsdb_operator_core::backup::pass::{Gauges, Replica, Retention, Step, choose_replica, decide_pass};
 use tsdb_operator_core::backup::protocol::{BackupDefaults, BackupRequest, TOKEN_KEY, resolve_store};
 use tsdb_operator_core::backup::retention::RetentionPolicy;
 use tsdb_operator_core::backup::status::{
@@ -576,7 +576,7 @@ async fn pass(
     }
     let now = Utc::now();
     let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
-    let (id, trigger, gauges) = match decide_pass(pc, now) {
+    let (id, trigger, gauges, retention) = match decide_pass(pc, now) {
         Step::RepairCondition(condition) => return write_status(ctx, pc, &previous, None, Some(condition)).await,
         Step::ClearCondition => {
             return super::patch_owned_status(
@@ -608,7 +608,7 @@ async fn pass(
             tracing::info!(%key, %slot, "skipping a missed backup slot (missedRuns: Skip)");
             return write_status(ctx, pc, &status, None, None).await;
         }
-        Step::Start { id, trigger, gauges } => (id, trigger, gauges),
+        Step::Start { id, trigger, gauges, retention } => (id, trigger, gauges, retention),
     };
     metrics.set_gauges(ctx, ns, &name, &gauges);
     // The copy of the operator's credentials is checked again before each backup (one read), so a deleted or
@@ -636,7 +636,7 @@ async fn pass(
             pod: pod.clone(),
         },
         store: resolve_store(&pc.spec.backup, &config.defaults),
-        retention: retention_policy(pc, config),
+        retention: retention_policy(pc, retention, config),
     };
     let request = &request;
     let call = |token: String| async move { client::start_backup(&ctx.http, ip, ports::AGENT, &token, request).await };
@@ -747,15 +747,12 @@ fn remember<T>(memory: &mut Memory, key: &str, result: Result<(String, T), Error
     }
 }
 
-fn retention_policy(pc: &PrometheusCluster, config: &BackupConfig) -> RetentionPolicy {
-    let r = pc.spec.backup.retention.clone().unwrap_or_default();
+/// The agent's retention after backup: what the core read from `spec.backup.retention`
+/// ([`Step::Start`]), the operator's grace for leftovers, and the cluster's UID.
+fn retention_policy(pc: &PrometheusCluster, retention: Retention, config: &BackupConfig) -> RetentionPolicy {
     RetentionPolicy {
-        keep_last: r.keep_last.and_then(|n| u32::try_from(n).ok()),
-        max_age_seconds: r
-            .max_age
-            .as_deref()
-            .and_then(|a| tsdb_operator_core::duration::parse(a).ok())
-            .map(|d| d.as_secs()),
+        keep_last: retention.keep_last,
+        max_age_seconds: retention.max_age.map(|d| d.as_secs()),
         grace_seconds: config.gc_grace.as_secs(),
         // Retention prunes only this cluster's backups: not those of an earlier cluster of the same name.
         cluster_uid: pc.uid().unwrap_or_default(),
@@ -973,7 +970,9 @@ mod tests {
 
     #[test]
     fn retention_prunes_only_the_backups_of_this_cluster_uid() {
-        let policy = retention_policy(&cluster("uid-1"), &BackupConfig::default());
+        let retention = Retention { keep_last: Some(3), max_age: Some(std::time::Duration::from_hours(48)) };
+        let policy = retention_policy(&cluster("uid-1"), retention, &BackupConfig::default());
+        assert_eq!((policy.keep_last, policy.max_age_seconds), (Some(3), Some(172_800)));
         assert_eq!(policy.cluster_uid, "uid-1");
         assert_eq!(policy.grace_seconds, 3600);
     }

@@ -10,8 +10,9 @@
 //! - `BackupHealthy` always says what `status.backup` implies; a missing or stale copy (the cluster controller
 //!   wrote an old one) is repaired before anything else.
 //! - A running backup is followed to its end, also when backups were disabled meanwhile.
-//! - The schedule and jitter are parsed here, once; a spec whose schedule or jitter does not parse starts nothing
-//!   (the cluster's status names the field: validation refuses it).
+//! - The schedule, jitter and retention are parsed here, once; a spec where one does not parse starts nothing
+//!   (the cluster's status names the field: validation refuses it). Retention is never run with a part of it
+//!   dropped: a `maxAge` that does not parse would otherwise keep every backup for ever, silently.
 //! - At most one backup starts per second of the clock: the id is the start time, and an id already recorded is
 //!   not started again.
 
@@ -51,7 +52,7 @@ pub enum Step {
     Follow(RunningBackup),
     /// Backups are off: forget the cluster's gauges.
     Disabled,
-    /// The spec's schedule or jitter does not parse: nothing starts.
+    /// The spec's schedule, jitter or retention does not parse: nothing starts.
     Invalid {
         /// The field and why, in words.
         message: String,
@@ -81,6 +82,8 @@ pub enum Step {
         trigger: Trigger,
         /// The alerts' gauges.
         gauges: Gauges,
+        /// What the agent's retention after the backup keeps.
+        retention: Retention,
     },
 }
 
@@ -103,19 +106,9 @@ pub fn decide_pass(cluster: &PrometheusCluster, now: DateTime<Utc>) -> Step {
     if !spec.enabled {
         return Step::Disabled;
     }
-    let schedule = match spec.schedule.as_str() {
-        "" => None,
-        text => match parse_schedule(text) {
-            Ok(s) => Some(s),
-            Err(e) => return Step::Invalid { message: format!("spec.backup.schedule {text:?}: {e}") },
-        },
-    };
-    let max_jitter = match spec.jitter.as_deref().filter(|j| !j.is_empty()) {
-        None => std::time::Duration::ZERO,
-        Some(text) => match crate::duration::parse(text) {
-            Ok(d) => d,
-            Err(e) => return Step::Invalid { message: format!("spec.backup.jitter {text:?}: {e}") },
-        },
+    let Read { schedule, max_jitter, retention } = match read(spec) {
+        Ok(read) => read,
+        Err(message) => return Step::Invalid { message },
     };
     let created = cluster.metadata.creation_timestamp.as_ref().map_or(now, from_time);
     let anchor = previous.last_schedule_time.as_ref().map_or(created, from_time);
@@ -156,9 +149,56 @@ pub fn decide_pass(cluster: &PrometheusCluster, now: DateTime<Utc>) -> Step {
                 // Started in this very second already.
                 return Step::Wait { next: None, gauges };
             }
-            Step::Start { id, trigger, gauges }
+            Step::Start { id, trigger, gauges, retention }
         }
     }
+}
+
+/// What a backup's retention keeps, read from `spec.backup.retention`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// `keepLast`: keep at most this many complete backups.
+    pub keep_last: Option<u32>,
+    /// `maxAge`: delete complete backups that started longer ago than this.
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// The parts of `spec.backup` the scheduler reads, parsed once.
+struct Read {
+    schedule: Option<crate::schedule::Schedule>,
+    max_jitter: std::time::Duration,
+    retention: Retention,
+}
+
+/// Reads `spec.backup`; `Err` names the first field that does not parse (validation, which refuses the spec,
+/// names them all).
+fn read(spec: &crate::crd::BackupSpec) -> Result<Read, String> {
+    let schedule = match spec.schedule.as_str() {
+        "" => None,
+        text => Some(parse_schedule(text).map_err(|e| format!("spec.backup.schedule {text:?}: {e}"))?),
+    };
+    let duration = |field: &str, text: &str| {
+        crate::duration::parse(text).map_err(|e| format!("spec.backup.{field} {text:?}: {e}"))
+    };
+    let max_jitter = match spec.jitter.as_deref().filter(|j| !j.is_empty()) {
+        None => std::time::Duration::ZERO,
+        Some(text) => duration("jitter", text)?,
+    };
+    let configured = spec.retention.clone().unwrap_or_default();
+    let keep_last = match configured.keep_last {
+        None => None,
+        Some(n) => Some(
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("spec.backup.retention.keepLast {n}: must be >= 1"))?,
+        ),
+    };
+    let max_age = match configured.max_age.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(text) => Some(duration("retention.maxAge", text)?),
+    };
+    Ok(Read { schedule, max_jitter, retention: Retention { keep_last, max_age } })
 }
 
 /// A pod of the cluster's own StatefulSet, as observed.
@@ -202,9 +242,29 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_read_whole_or_nothing_starts() {
+        let with = |retention: serde_json::Value| {
+            let spec = json!({"enabled": true, "bucket": "b", "schedule": "0 * * * *", "retention": retention});
+            decide_pass(&cluster(&spec), at("2026-12-03T10:00:30Z"))
+        };
+        let step = with(json!({"keepLast": 7, "maxAge": "30d"}));
+        let Step::Start { retention, .. } = step else { panic!("{step:?}") };
+        let max_age = Some(std::time::Duration::from_hours(30 * 24));
+        assert_eq!(retention, Retention { keep_last: Some(7), max_age });
+        // A maxAge that does not parse used to be dropped, which kept every backup for ever without a word.
+        let step = with(json!({"keepLast": 7, "maxAge": "30 days"}));
+        let Step::Invalid { message } = step else { panic!("{step:?}") };
+        assert!(message.starts_with("spec.backup.retention.maxAge \"30 days\""), "{message}");
+        let step = with(json!({"keepLast": 0}));
+        let Step::Invalid { message } = step else { panic!("{step:?}") };
+        assert!(message.contains("keepLast 0: must be >= 1"), "{message}");
+    }
+
+    #[test]
     fn a_due_slot_starts_a_backup_with_the_gauges_and_a_slot_ahead_waits() {
         let step = decide_pass(&hourly(), at("2026-12-03T10:00:30Z"));
-        let Step::Start { id, trigger, gauges } = step else { panic!("{step:?}") };
+        let Step::Start { id, trigger, gauges, retention } = step else { panic!("{step:?}") };
+        assert_eq!(retention, Retention::default());
         assert_eq!(id, backup_id(at("2026-12-03T10:00:30Z")));
         assert_eq!(trigger, Trigger::Scheduled { slot: at("2026-12-03T10:00:00Z") });
         assert_eq!(gauges, Gauges { allowed_age_seconds: Some(3600), last_success_seconds: None });
