@@ -12,6 +12,9 @@
 //! Every `poll` interval the agent hashes the regular files of the config directory (following the kubelet's
 //! `..data` symlink, skipping its hidden entries). When the hash changes it POSTs `/-/reload`; transport errors
 //! (Prometheus restarting) are retried a few times, an HTTP error is a failed reload with Prometheus' message.
+//! A reload counts only when Prometheus says it loaded the configuration (`/api/v1/status/runtimeinfo`); a failed
+//! one is tried again without waiting for another change, and between reloads Prometheus' own view is shown. The
+//! rules are the core's ([`tsdb_operator_core::reload`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -24,12 +27,14 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use k8s_openapi::jiff::Timestamp;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
+use tsdb_operator_core::reload;
 
 /// What the agent reports on `GET /status`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -244,7 +249,7 @@ pub async fn run(
     tracing::info!(listen = %config.listen, dir = %config.config_dir.display(), "agent started");
 
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(std::io::Error::other)?;
-    let mut seen = initial;
+    let mut state = reload::started(initial);
     let mut tick = tokio::time::interval(config.poll);
     tokio::pin!(shutdown);
     let outcome = loop {
@@ -261,19 +266,21 @@ pub async fn run(
             }
             _ = tick.tick() => {}
         }
-        check_config(&config, &client, &shared, &mut seen, (&reloads, &last_ok)).await;
+        check_config(&config, &client, &shared, &mut state, (&reloads, &last_ok)).await;
     };
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     outcome
 }
 
-/// One poll: reloads Prometheus when the configuration changed, and records the outcome.
+/// One poll: reloads Prometheus when the core says so ([`reload::should_reload`]: the configuration changed, or a
+/// failed one is due again), judges the reload by what Prometheus says it loaded ([`reload::after_reload`]), and
+/// between reloads takes Prometheus' own view ([`reload::observed`]); then publishes the state.
 async fn check_config(
     config: &AgentConfig,
     client: &reqwest::Client,
     shared: &Shared,
-    seen: &mut String,
+    state: &mut reload::State,
     (reloads, last_ok): (&ReloadCounter, &Gauge<i64>),
 ) {
     let hash = match hash_config_dir(&config.config_dir) {
@@ -283,40 +290,71 @@ async fn check_config(
             return;
         }
     };
-    if hash == *seen {
-        return;
+    let now = Timestamp::now();
+    if reload::should_reload(state, &hash, now) {
+        if hash == state.hash {
+            tracing::info!(hash = %hash, "trying the configuration Prometheus did not load again");
+        } else {
+            tracing::info!(old = %state.hash, new = %hash, "configuration changed; reloading Prometheus");
+        }
+        let expanded = match &config.expand_dir {
+            Some(out) => expand_config(&config.config_dir, out)
+                .map(|_| ())
+                .map_err(|e| format!("cannot expand the monitors' scrape configs into {}: {e}", out.display())),
+            None => Ok(()),
+        };
+        let asked = Timestamp::now();
+        let answer = match expanded {
+            Ok(()) => reload(client, &config.prometheus_url).await,
+            Err(e) => Err(e),
+        };
+        let loaded = runtime_info(client, &config.prometheus_url).await;
+        *state = reload::after_reload(state, &hash, answer, loaded, asked, Timestamp::now(), config.poll);
+        match &state.failure {
+            None => {
+                reloads.get_or_create(&vec![("result".to_owned(), "success".to_owned())]).inc();
+                tracing::info!("Prometheus reloaded its configuration");
+            }
+            Some(failure) => {
+                reloads.get_or_create(&vec![("result".to_owned(), "error".to_owned())]).inc();
+                tracing::warn!(error = %failure.error, tries = failure.tries, retry_at = ?failure.retry_at,
+                    "Prometheus did not load the new configuration; it keeps the old one");
+            }
+        }
+    } else if let Some(loaded) = runtime_info(client, &config.prometheus_url).await {
+        let before = state.failure.is_some();
+        *state = reload::observed(state, loaded, now);
+        match (&state.failure, before) {
+            (Some(failure), false) => tracing::warn!(error = %failure.error, "Prometheus reports a failed load"),
+            (None, true) => tracing::info!("Prometheus has loaded a configuration since the failure; cleared"),
+            _ => {}
+        }
     }
-    tracing::info!(old = %seen, new = %hash, "configuration changed; reloading Prometheus");
-    let expanded = match &config.expand_dir {
-        Some(out) => expand_config(&config.config_dir, out)
-            .map(|_| ())
-            .map_err(|e| format!("cannot expand the monitors' scrape configs into {}: {e}", out.display())),
-        None => Ok(()),
-    };
-    let result = match expanded {
-        Ok(()) => reload(client, &config.prometheus_url).await,
-        Err(e) => Err(e),
-    };
+    last_ok.set(i64::from(state.failure.is_none()));
     let mut status = shared.status.write().await;
-    status.reloads += 1;
-    status.config_hash.clone_from(&hash);
-    match result {
-        Ok(()) => {
-            status.last_reload_successful = true;
-            status.last_reload_error = None;
-            last_ok.set(1);
-            reloads.get_or_create(&vec![("result".to_owned(), "success".to_owned())]).inc();
-            tracing::info!("Prometheus reloaded its configuration");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "Prometheus rejected the new configuration; it keeps the old one");
-            status.last_reload_successful = false;
-            status.last_reload_error = Some(e);
-            last_ok.set(0);
-            reloads.get_or_create(&vec![("result".to_owned(), "error".to_owned())]).inc();
-        }
+    status.config_hash.clone_from(&state.hash);
+    status.last_reload_successful = state.failure.is_none();
+    status.last_reload_error = state.failure.as_ref().map(|f| f.error.clone());
+    status.reloads = state.attempts;
+}
+
+/// What Prometheus says about its configuration (`GET /api/v1/status/runtimeinfo`); `None` when it cannot be asked
+/// (not answering, or a version without the endpoint).
+pub async fn runtime_info(client: &reqwest::Client, prometheus_url: &str) -> Option<reload::Loaded> {
+    #[derive(Deserialize)]
+    struct Answer {
+        data: RuntimeInfo,
     }
-    *seen = hash;
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RuntimeInfo {
+        reload_config_success: bool,
+        last_config_time: Timestamp,
+    }
+    let url = format!("{}/api/v1/status/runtimeinfo", prometheus_url.trim_end_matches('/'));
+    let answer = client.get(&url).timeout(Duration::from_secs(5)).send().await.ok()?.error_for_status().ok()?;
+    let info = answer.json::<Answer>().await.ok()?.data;
+    Some(reload::Loaded { success: info.reload_config_success, at: info.last_config_time })
 }
 
 /// Reads an agent's status at `http://<pod_ip>:<port>/status` (the operator's side of the protocol).
@@ -379,5 +417,131 @@ mod tests {
         assert!(expand_config(&config, &out).is_err(), "a corrupt file is an error, the old content stays");
         assert_eq!(read(), big);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A Prometheus that answers every reload 200 and says about itself what the test sets.
+    #[derive(Default)]
+    struct Fake {
+        reloads: u32,
+        success: bool,
+        loaded_at: i64,
+        /// Applied on a reload: whether it loads (`success` and `loaded_at` move) or only answers 200.
+        loads: bool,
+    }
+
+    async fn fake_prometheus(fake: Arc<std::sync::Mutex<Fake>>) -> (String, tokio::task::JoinHandle<()>) {
+        use axum::routing::post;
+        let reload_state = fake.clone();
+        let app = Router::new()
+            .route(
+                "/-/reload",
+                post(move || {
+                    let fake = reload_state.clone();
+                    async move {
+                        let mut f = fake.lock().unwrap();
+                        f.reloads += 1;
+                        if f.loads {
+                            f.success = true;
+                            f.loaded_at = Timestamp::now().as_second();
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/status/runtimeinfo",
+                get(move || {
+                    let fake = fake.clone();
+                    async move {
+                        let f = fake.lock().unwrap();
+                        let at = Timestamp::from_second(f.loaded_at).unwrap();
+                        Json(serde_json::json!({"status": "success",
+                            "data": {"reloadConfigSuccess": f.success, "lastConfigTime": at.to_string()}}))
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        (url, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+    }
+
+    /// Row 14's "reload OK but not applied": Prometheus answers the reload 200 but does not load the files. The
+    /// agent reports it from Prometheus' own view, tries again without another change, and reports success once
+    /// Prometheus loads them.
+    #[tokio::test]
+    async fn a_reload_answered_ok_that_did_not_load_is_reported_and_retried_until_it_loads() {
+        let dir = std::env::temp_dir().join(format!("tsdb-agent-reload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("prometheus.yml"), "a").unwrap();
+        let started = Timestamp::now().as_second() - 3600;
+        let fake = Arc::new(std::sync::Mutex::new(Fake { success: true, loaded_at: started, ..Fake::default() }));
+        let (url, server) = fake_prometheus(fake.clone()).await;
+        let config = AgentConfig {
+            config_dir: dir.clone(),
+            prometheus_url: url,
+            poll: Duration::from_millis(50),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            proxy_listen: None,
+            backup: None,
+            expand_dir: None,
+        };
+        let shared = Shared {
+            status: Arc::new(RwLock::new(AgentStatus::default())),
+            registry: Arc::new(std::sync::Mutex::new(Registry::default())),
+        };
+        let (reloads, last_ok) = (ReloadCounter::default(), Gauge::<i64>::default());
+        let client = reqwest::Client::new();
+        let mut state = reload::started(hash_config_dir(&dir).unwrap());
+        let poll = async |state: &mut reload::State| {
+            check_config(&config, &client, &shared, state, (&reloads, &last_ok)).await;
+            shared.status.read().await.clone()
+        };
+
+        // Nothing changed: no reload, healthy.
+        let status = poll(&mut state).await;
+        assert!(status.last_reload_successful);
+        assert_eq!(fake.lock().unwrap().reloads, 0);
+
+        // The files change; Prometheus answers 200 but runs what it loaded an hour ago.
+        std::fs::write(dir.join("prometheus.yml"), "b").unwrap();
+        let status = poll(&mut state).await;
+        assert_eq!(fake.lock().unwrap().reloads, 1);
+        assert!(!status.last_reload_successful, "{status:?}");
+        let error = status.last_reload_error.unwrap_or_default();
+        assert!(error.contains("still runs the configuration it loaded at"), "{error}");
+        assert_eq!(last_ok.get(), 0);
+
+        // Answered 200 while Prometheus says the load failed.
+        fake.lock().unwrap().success = false;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let status = poll(&mut state).await;
+        assert_eq!(fake.lock().unwrap().reloads, 2, "retried without another change");
+        let error = status.last_reload_error.unwrap_or_default();
+        assert!(error.contains("reloadConfigSuccess: false"), "{error}");
+
+        // Prometheus loads on the next attempt (after the doubled wait): healthy, with no change of the files.
+        fake.lock().unwrap().loads = true;
+        let mut polls = 0;
+        let status = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            polls += 1;
+            let status = poll(&mut state).await;
+            if status.last_reload_successful || polls == 40 {
+                break status;
+            }
+        };
+        assert!(status.last_reload_successful, "{status:?}");
+        assert_eq!(fake.lock().unwrap().reloads, 3);
+        assert_eq!(status.reloads, 3);
+        assert_eq!(last_ok.get(), 1);
+
+        // Between reloads, a failed load Prometheus reports (another reloader, a restart) is shown.
+        fake.lock().unwrap().success = false;
+        let status = poll(&mut state).await;
+        assert!(!status.last_reload_successful);
+        assert_eq!(fake.lock().unwrap().reloads, 3, "a failure Prometheus reports is not retried by the agent");
+
+        server.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

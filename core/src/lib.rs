@@ -45,6 +45,7 @@ pub mod migrate;
 pub mod monitors;
 pub mod plan;
 pub mod quantity;
+pub mod reload;
 pub mod schedule;
 pub mod secrets;
 pub mod selector;
