@@ -84,6 +84,17 @@ async fn backups_and_self_healing_work_with_least_privilege_rbac() -> Result<()>
     let fwd = Forwarder::to_s3(&s3).await?;
     let ns = namespace("rbac-paths").await;
     create_credentials(&ns, &s3).await?;
+    // Unrelated Secrets and ConfigMaps beside the cluster (fault table row 23): the operator must not read them.
+    for i in 0..20 {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": format!("unrelated-{i}")}, "stringData": {"blob": "x".repeat(100 * 1024)}}),
+        )?;
+        kube::Api::namespaced(client(), &ns).create(&kube::api::PostParams::default(), &secret).await?;
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": format!("unrelated-{i}")}, "data": {"key": "value"}}),
+        )?;
+        kube::Api::namespaced(client(), &ns).create(&kube::api::PostParams::default(), &cm).await?;
+    }
     let op = start_least_privilege("operator-rbac-paths", &ns, &["--backup-tick-seconds=1"])?;
 
     let mut yaml: serde_json::Value = serde_yaml::from_str(&cluster_yaml(
@@ -120,6 +131,34 @@ async fn backups_and_self_healing_work_with_least_privilege_rbac() -> Result<()>
     let log = std::fs::read_to_string(op.log_path())?;
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden")).collect();
     assert!(refused.is_empty(), "the API server refused the operator something:\n{}", refused.join("\n"));
+
+    // Fault row 23, in the API server's audit log: the operator (every instance this binary ran as the
+    // ServiceAccount) never listed or watched Secrets, nor ConfigMaps without its label selector, and in this
+    // namespace it read by name only the S3 credentials and the agent token.
+    let requests = env.cp.audit_requests_by(OPERATOR_SA_USER)?;
+    let unscoped: Vec<String> = tsdb_operator_testenv::audit::unscoped_reads(&requests)
+        .iter()
+        .map(|e| format!("{e} {}", e.request_uri))
+        .collect();
+    assert!(unscoped.is_empty(), "reads that bring unrelated objects into the operator: {unscoped:#?}");
+    // Not vacuous: the log holds the operator's ConfigMap list (its watch is still open, so not yet logged).
+    let configmap_lists = requests
+        .iter()
+        .filter(|e| e.verb == "list" && e.object_ref.as_ref().is_some_and(|o| o.resource == "configmaps"))
+        .count();
+    assert!(configmap_lists > 0, "the audit log shows the operator's ConfigMap list");
+    let secrets_read: std::collections::BTreeSet<&str> = requests
+        .iter()
+        .filter(|e| e.verb == "get")
+        .filter_map(|e| e.object_ref.as_ref())
+        .filter(|o| o.resource == "secrets" && o.namespace == ns)
+        .map(|o| o.name.as_str())
+        .collect();
+    assert_eq!(
+        secrets_read,
+        ["guarded-agent-token", "s3-creds"].into_iter().collect(),
+        "Secrets the operator read by name"
+    );
     Ok(())
 }
 

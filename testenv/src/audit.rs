@@ -1,12 +1,13 @@
 //! The API server's audit log, to count the write requests a client makes (for example the operator's writes
-//! while its clusters are idle). I/O: reads the log file.
+//! while its clusters are idle) and to see how it reads Secrets and ConfigMaps (a LIST of every Secret would
+//! bring unrelated content into its memory). I/O: reads the log file.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-/// Audit policy: write verbs at `Metadata` level, nothing else.
+/// Audit policy at `Metadata` level: write verbs, and every read of Secrets and ConfigMaps; nothing else.
 pub const POLICY: &str = "\
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -14,8 +15,14 @@ omitStages: [\"RequestReceived\"]
 rules:
 - level: Metadata
   verbs: [\"create\", \"update\", \"patch\", \"delete\", \"deletecollection\"]
+- level: Metadata
+  verbs: [\"get\", \"list\", \"watch\"]
+  resources: [{group: \"\", resources: [\"secrets\", \"configmaps\"]}]
 - level: None
 ";
+
+/// The verbs that change something.
+pub const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
 /// One audited request.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +35,9 @@ pub struct AuditEntry {
     /// The client's user agent.
     #[serde(default)]
     pub user_agent: String,
+    /// The path and query of the request, e.g. `/api/v1/configmaps?labelSelector=...&watch=true`.
+    #[serde(default, rename = "requestURI")]
+    pub request_uri: String,
     /// The object.
     #[serde(default)]
     pub object_ref: Option<AuditObjectRef>,
@@ -94,10 +104,56 @@ impl std::fmt::Display for AuditEntry {
 
 /// Write requests by `user` in the audit log at `path`.
 pub fn writes_by(path: &Path, user: &str) -> Result<Vec<AuditEntry>> {
+    Ok(requests_by(path, user)?.into_iter().filter(|e| WRITE_VERBS.contains(&e.verb.as_str())).collect())
+}
+
+/// Every audited request by `user` in the audit log at `path` (writes, and reads of Secrets and ConfigMaps).
+pub fn requests_by(path: &Path, user: &str) -> Result<Vec<AuditEntry>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok())
         .filter(|e| e.user.username == user)
         .collect())
+}
+
+/// The requests among `entries` that would bring objects unrelated to the client into its memory: any LIST or
+/// WATCH of Secrets (at any scope), and any LIST or WATCH of ConfigMaps without a label selector.
+pub fn unscoped_reads(entries: &[AuditEntry]) -> Vec<&AuditEntry> {
+    entries
+        .iter()
+        .filter(|e| matches!(e.verb.as_str(), "list" | "watch"))
+        .filter(|e| match e.object_ref.as_ref().map(|o| o.resource.as_str()) {
+            Some("secrets") => true,
+            Some("configmaps") => !e.request_uri.contains("labelSelector="),
+            _ => false,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(verb: &str, resource: &str, uri: &str) -> AuditEntry {
+        serde_json::from_value(serde_json::json!({
+            "verb": verb,
+            "user": {"username": "op"},
+            "requestURI": uri,
+            "objectRef": {"resource": resource},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn lists_of_secrets_and_unselected_configmaps_are_unscoped() {
+        let entries = [
+            entry("get", "secrets", "/api/v1/namespaces/a/secrets/s3-creds"),
+            entry("list", "secrets", "/api/v1/secrets?limit=500"),
+            entry("watch", "configmaps", "/api/v1/configmaps?labelSelector=app.kubernetes.io%2Fmanaged-by&watch=true"),
+            entry("list", "configmaps", "/api/v1/namespaces/a/configmaps"),
+        ];
+        let found: Vec<&str> = unscoped_reads(&entries).iter().map(|e| e.request_uri.as_str()).collect();
+        assert_eq!(found, ["/api/v1/secrets?limit=500", "/api/v1/namespaces/a/configmaps"]);
+    }
 }

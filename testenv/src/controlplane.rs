@@ -190,7 +190,8 @@ impl ControlPlane {
         self.token_for(ADMIN_USER).unwrap_or_default()
     }
 
-    /// The API server's audit log (JSON lines): one `ResponseComplete` entry per write request.
+    /// The API server's audit log (JSON lines): one `ResponseComplete` entry per write request and per read of a
+    /// Secret or ConfigMap (`ResponseStarted` too for watches).
     pub fn audit_log_path(&self) -> PathBuf {
         self.workdir.path().join("audit.log")
     }
@@ -198,6 +199,11 @@ impl ControlPlane {
     /// Write requests made by `user` (as authenticated) recorded in the audit log so far.
     pub fn audit_writes_by(&self, user: &str) -> Result<Vec<crate::audit::AuditEntry>> {
         crate::audit::writes_by(&self.audit_log_path(), user)
+    }
+
+    /// Every request made by `user` recorded in the audit log so far: writes, and reads of Secrets and ConfigMaps.
+    pub fn audit_requests_by(&self, user: &str) -> Result<Vec<crate::audit::AuditEntry>> {
+        crate::audit::requests_by(&self.audit_log_path(), user)
     }
 
     /// The users of the token file: [`ADMIN_USER`], [`ALICE_USER`], [`OPERATOR_SA_USER`].
@@ -512,7 +518,8 @@ fn start_once() -> Result<ControlPlane> {
     // kube-apiserver
     let cert_dir = workdir.subdir("apiserver-certs")?;
     let api_port = free_port(LOOPBACK)?;
-    // Every write request is recorded with its user and user agent, so tests can count what a client changed.
+    // Every write request, and every read of Secrets and ConfigMaps, is recorded with its user and user agent, so
+    // tests can count what a client changed and see how it reads those.
     let audit_policy = dir.join("audit-policy.yaml");
     std::fs::write(&audit_policy, crate::audit::POLICY)
         .with_context(|| format!("failed to write {}", audit_policy.display()))?;

@@ -7,6 +7,9 @@
 //! Options: `--secrets N` (5000), `--secret-kib K` (100), `--configmaps N` (10000), `--clusters N` (20),
 //! `--operator PATH` (target/release/tsdb-operator, else target/debug/tsdb-operator).
 //!
+//! The row's second criterion, no LIST of all Secrets in the API server's audit log, is checked at the end (the
+//! harness fails if the operator listed or watched Secrets, or ConfigMaps without a label selector).
+//!
 //! The operator runs as the ServiceAccount of deploy/rbac.yaml over all namespaces. That RBAC has no `list` or
 //! `watch` on Secrets, so a LIST of all Secrets would be refused; ConfigMaps are watched for their metadata only and
 //! only with the operator's `managed-by` label, so unrelated ones never reach it.
@@ -202,6 +205,30 @@ async fn main() -> Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let ratio = after as f64 / before.max(1) as f64;
     println!("  change: {delta_mib:+.2} MiB ({ratio:.3}x the floor, the RSS before the flood); target: < 5 MiB");
+
+    audit_check(&cp)
+}
+
+/// The row's second criterion: no LIST of all Secrets in the API server's audit log (nor any LIST or WATCH of
+/// Secrets, nor of ConfigMaps without a label selector), refused or not.
+fn audit_check(cp: &ControlPlane) -> Result<()> {
+    let requests = cp.audit_requests_by(OPERATOR_SA_USER)?;
+    let unscoped = tsdb_operator_testenv::audit::unscoped_reads(&requests);
+    let secret_gets = requests
+        .iter()
+        .filter(|e| e.verb == "get" && e.object_ref.as_ref().is_some_and(|o| o.resource == "secrets"))
+        .count();
+    println!(
+        "  audit: {} requests by the operator, {secret_gets} GETs of named Secrets, {} unscoped LIST/WATCH of Secrets or ConfigMaps",
+        requests.len(),
+        unscoped.len()
+    );
+    for e in &unscoped {
+        println!("    {e} {}", e.request_uri);
+    }
+    if !unscoped.is_empty() {
+        bail!("the operator listed or watched Secrets or unselected ConfigMaps");
+    }
     Ok(())
 }
 
