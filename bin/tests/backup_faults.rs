@@ -15,7 +15,6 @@ use support::backup::*;
 use support::*;
 use tokio::sync::OnceCell;
 use tsdb_operator_adapters::backup::store::Store;
-use tsdb_operator_core::backup::from_time;
 use tsdb_operator_core::backup::manifest::Layout;
 use tsdb_operator_core::crd::Phase;
 
@@ -266,8 +265,8 @@ async fn rotated_s3_credentials_apply_to_the_next_backup_without_a_restart() -> 
         let (ns, token) = (ns.clone(), format!("wrong-{attempt}"));
         async move {
             let b = backup_now(&ns, "src", &token).await?;
-            let failed_last = b.last_failed_backup_time.as_ref().map(from_time)
-                > b.last_successful_backup_time.as_ref().map(from_time);
+            let failed_last =
+                b.last_failed_backup_time.as_ref().map(|t| t.0) > b.last_successful_backup_time.as_ref().map(|t| t.0);
             Ok(failed_last.then_some(b))
         }
     })
@@ -297,8 +296,8 @@ async fn backups_until_one_succeeds(ns: &str, name: &str, label: &str) -> Result
         let (ns, name, token) = (ns.to_owned(), name.to_owned(), format!("{label}-{attempt}"));
         async move {
             let b = backup_now(&ns, &name, &token).await?;
-            let succeeded_last = b.last_successful_backup_time.as_ref().map(from_time)
-                >= b.last_failed_backup_time.as_ref().map(from_time)
+            let succeeded_last = b.last_successful_backup_time.as_ref().map(|t| t.0)
+                >= b.last_failed_backup_time.as_ref().map(|t| t.0)
                 && b.last_request.as_deref() == Some(token.as_str());
             Ok(succeeded_last.then_some(()))
         }

@@ -6,12 +6,11 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use chrono::Utc;
+use jiff::Timestamp;
 use serde_json::json;
 use support::backup::*;
 use support::*;
 use tsdb_operator_adapters::backup::catalogue::cluster_state;
-use tsdb_operator_core::backup::from_time;
 use tsdb_operator_core::backup::manifest::Layout;
 use tsdb_operator_core::crd::Phase;
 
@@ -177,8 +176,11 @@ async fn scheduled_backups_run_on_their_own_and_stop_when_suspended_or_disabled(
     shipped_monitoring_queries_declared_metrics(&op, &ns).await?;
     let status = backup_status(&ns, "sched").await?;
     ensure!(status.last_request.is_none(), "an on-demand request was recorded: {status:?}");
-    let schedule_time = status.last_schedule_time.as_ref().map(from_time).context("no lastScheduleTime")?;
-    ensure!((Utc::now() - schedule_time).to_std()? < 3 * EVERY, "lastScheduleTime is stale: {schedule_time}");
+    let schedule_time = status.last_schedule_time.as_ref().map(|t| t.0).context("no lastScheduleTime")?;
+    ensure!(
+        std::time::Duration::try_from(Timestamp::now().duration_since(schedule_time))? < 3 * EVERY,
+        "lastScheduleTime is stale: {schedule_time}"
+    );
     let started = events(&ns, "sched", "BackupStarted").await?;
     ensure!(
         started.iter().all(|e| e.message.as_deref().is_some_and(|m| m.starts_with("scheduled backup"))),
@@ -217,9 +219,8 @@ async fn scheduled_backups_run_on_their_own_and_stop_when_suspended_or_disabled(
         Ok(b.running.is_none().then_some(b))
     })
     .await?;
-    let recorded = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
-        t.map(from_time) >= Some(from_time(&running.start_time))
-    };
+    let recorded =
+        |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.map(|t| t.0) >= Some(running.start_time.0);
     ensure!(
         ended.last_backup_id.as_deref() == Some(running.id.as_str())
             || recorded(ended.last_failed_backup_time.as_ref()),
@@ -228,7 +229,10 @@ async fn scheduled_backups_run_on_their_own_and_stop_when_suspended_or_disabled(
     assert_no_backups_for(&op, &ns, "sched", EVERY * 5 / 2).await?;
     let (manifests, _) = cluster_state(&store, &Layout::new(PREFIX, &ns, "sched")).await?;
     let newest = manifests.iter().map(|m| m.start_time).max().context("no backups")?;
-    ensure!((Utc::now() - newest).to_std()? >= EVERY * 5 / 2, "a backup was stored after disabling: {newest}");
+    ensure!(
+        Timestamp::now().duration_since(newest) >= jiff::SignedDuration::try_from(EVERY * 5 / 2)?,
+        "a backup was stored after disabling: {newest}"
+    );
     drop(op);
     let _ = std::fs::remove_dir_all(&audit_dir);
     Ok(())
@@ -266,8 +270,8 @@ async fn retention_deletes_old_backups_and_unreferenced_blocks_and_keeps_the_new
     s3.restart()?;
     let (manifests, _) = cluster_state(&store, &layout).await?;
     let b3_start = manifests.iter().find(|m| &m.id == b3).map(|m| m.start_time).context("b3 is gone")?;
-    let expired = b3_start + chrono::Duration::seconds(31);
-    if let Ok(wait) = (expired - Utc::now()).to_std() {
+    let expired = b3_start + jiff::SignedDuration::from_secs(31);
+    if let Ok(wait) = std::time::Duration::try_from(expired.duration_since(Timestamp::now())) {
         tokio::time::sleep(wait).await;
     }
     let listed = listed_backups(s3, ns, "ret")?;

@@ -25,6 +25,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
+use k8s_openapi::jiff::Timestamp;
 
 /// Why a schedule expression was rejected. Messages are lowercase and name the fix where there is one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,27 +190,30 @@ impl Schedule {
 
     /// The first fire time strictly after `after`. `@every` schedules are anchored at the Unix epoch, so
     /// `@every 6h` fires at 00:00, 06:00, 12:00 and 18:00 UTC whenever the operator started.
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.next_after_anchored(after, DateTime::<Utc>::UNIX_EPOCH)
+    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+        self.next_after_anchored(after, Timestamp::UNIX_EPOCH)
     }
 
     /// The first fire time strictly after `after`, with `@every` schedules firing at `anchor + k * interval`
-    /// for whole numbers `k` (cron schedules ignore `anchor`). `None` when there is no such time that chrono
-    /// or the `cron` crate (up to the year 2100) can represent.
-    pub fn next_after_anchored(&self, after: DateTime<Utc>, anchor: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    /// for whole numbers `k` (cron schedules ignore `anchor`). `None` when there is no such time that a
+    /// [`Timestamp`] or the `cron` crate (up to the year 2100) can represent.
+    pub fn next_after_anchored(&self, after: Timestamp, anchor: Timestamp) -> Option<Timestamp> {
         match &self.kind {
             Kind::Every(interval) => next_on_grid(after, anchor, *interval),
             Kind::Cron { primary, day_of_week } => {
+                // The cron crate computes in chrono's time type; this is the only place the core uses it.
+                let after = to_chrono(after)?;
                 // The cron crate only knows years up to 2100 and adds a second to `after` unchecked.
                 if after.year() > 2100 {
                     return None;
                 }
                 let first = primary.after(&after).next();
                 let second = day_of_week.as_ref().and_then(|s| s.after(&after).next());
-                match (first, second) {
+                let next = match (first, second) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
-                }
+                };
+                next.and_then(from_chrono)
             }
         }
     }
@@ -219,12 +223,12 @@ impl Schedule {
     /// The longest time between two consecutive fire times among the first `fires` after `after` (anchored as in
     /// [`Schedule::next_after_anchored`]): how old the last backup may be before one was missed. A weekday
     /// schedule needs `fires` of at least 6 to see its weekend. `None` without two such times.
-    pub fn longest_gap(&self, after: DateTime<Utc>, anchor: DateTime<Utc>, fires: usize) -> Option<Duration> {
+    pub fn longest_gap(&self, after: Timestamp, anchor: Timestamp, fires: usize) -> Option<Duration> {
         let mut previous = self.next_after_anchored(after, anchor)?;
         let mut longest: Option<Duration> = None;
         for _ in 1..fires.max(2) {
             let Some(next) = self.next_after_anchored(previous, anchor) else { break };
-            let gap = (next - previous).to_std().ok()?;
+            let gap = Duration::try_from(next.duration_since(previous)).ok()?;
             longest = Some(longest.map_or(gap, |l| l.max(gap)));
             previous = next;
         }
@@ -232,18 +236,24 @@ impl Schedule {
     }
 }
 
-fn nanos_of(t: DateTime<Utc>) -> i128 {
-    i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos())
+fn to_chrono(t: Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = t.as_nanosecond();
+    let secs = i64::try_from(nanos.div_euclid(1_000_000_000)).ok()?;
+    let subsec = u32::try_from(nanos.rem_euclid(1_000_000_000)).ok()?;
+    DateTime::from_timestamp(secs, subsec)
 }
 
-fn next_on_grid(after: DateTime<Utc>, anchor: DateTime<Utc>, interval: Duration) -> Option<DateTime<Utc>> {
+fn from_chrono(t: DateTime<Utc>) -> Option<Timestamp> {
+    let nanos = i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos());
+    Timestamp::from_nanosecond(nanos).ok()
+}
+
+fn next_on_grid(after: Timestamp, anchor: Timestamp, interval: Duration) -> Option<Timestamp> {
     let step = i128::try_from(interval.as_nanos()).ok().filter(|s| *s > 0)?;
-    let diff = nanos_of(after) - nanos_of(anchor);
+    let diff = after.as_nanosecond() - anchor.as_nanosecond();
     let k = diff.div_euclid(step) + 1;
-    let next = nanos_of(anchor).checked_add(k.checked_mul(step)?)?;
-    let secs = i64::try_from(next.div_euclid(1_000_000_000)).ok()?;
-    let nanos = u32::try_from(next.rem_euclid(1_000_000_000)).ok()?;
-    DateTime::from_timestamp(secs, nanos)
+    let next = anchor.as_nanosecond().checked_add(k.checked_mul(step)?)?;
+    Timestamp::from_nanosecond(next).ok()
 }
 
 fn parse_descriptor(spec: &str) -> Result<Parts, ScheduleError> {
@@ -502,11 +512,10 @@ fn parse_go_duration(input: &str) -> Result<(bool, u64), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
     use proptest::prelude::*;
 
-    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Timestamp {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:00Z").parse().unwrap()
     }
 
     #[test]
@@ -612,13 +621,10 @@ mod tests {
     fn the_longest_gap_sees_weekends_and_every_intervals() {
         let weekdays = parse_schedule("0 2 * * 1-5").unwrap();
         // Wednesday 2026-12-02: the next 8 fires run Thu, Fri, Mon... and the weekend gap is 3 days.
-        let gap = weekdays.longest_gap(at(2026, 12, 2, 12, 0), DateTime::<Utc>::UNIX_EPOCH, 8).unwrap();
+        let gap = weekdays.longest_gap(at(2026, 12, 2, 12, 0), Timestamp::UNIX_EPOCH, 8).unwrap();
         assert_eq!(gap, Duration::from_hours(72));
         let daily = parse_schedule("@daily").unwrap();
-        assert_eq!(
-            daily.longest_gap(at(2026, 12, 2, 12, 0), DateTime::<Utc>::UNIX_EPOCH, 8),
-            Some(Duration::from_hours(24))
-        );
+        assert_eq!(daily.longest_gap(at(2026, 12, 2, 12, 0), Timestamp::UNIX_EPOCH, 8), Some(Duration::from_hours(24)));
         let every = parse_schedule("@every 90m").unwrap();
         assert_eq!(every.longest_gap(at(2026, 12, 2, 12, 0), at(2026, 12, 1, 0, 7), 3), Some(Duration::from_mins(90)));
     }
@@ -653,10 +659,10 @@ mod tests {
     fn times_beyond_the_cron_range_have_no_next_run() {
         let s = parse_schedule("@daily").unwrap();
         assert_eq!(s.next_after(at(2101, 1, 1, 0, 0)), None);
-        assert_eq!(s.next_after(DateTime::<Utc>::MAX_UTC), None);
+        assert_eq!(s.next_after(Timestamp::MAX), None);
         let every = parse_schedule("@every 1h").unwrap();
-        assert_eq!(every.next_after(DateTime::<Utc>::MAX_UTC), None);
-        assert!(every.next_after(DateTime::<Utc>::MIN_UTC).is_some());
+        assert_eq!(every.next_after(Timestamp::MAX), None);
+        assert!(every.next_after(Timestamp::MIN).is_some());
     }
 
     proptest! {
@@ -687,7 +693,7 @@ mod tests {
             start in 0i64..3_000_000_000,
         ) {
             let s = parse_schedule(spec).unwrap();
-            let mut t = DateTime::from_timestamp(start, 0).unwrap();
+            let mut t = Timestamp::from_second(start).unwrap();
             for _ in 0..5 {
                 let next = s.next_after(t).unwrap();
                 prop_assert!(next > t);

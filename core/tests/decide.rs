@@ -319,14 +319,14 @@ fn a_configuration_change_is_followed_for_two_minutes_while_pods_run() {
 #[test]
 fn every_fixture_decides_the_reviewed_backup_steps() {
     use tsdb_operator_core::backup::pass::decide_pass;
-    let created: chrono::DateTime<chrono::Utc> = "2026-12-03T09:00:00Z".parse().expect("a time");
+    let created: Timestamp = "2026-12-03T09:00:00Z".parse().expect("a time");
     for (name, mut pc) in fixtures("clusters") {
         pc.metadata.uid = Some("9f0c2a4e-uid".to_owned());
         pc.metadata.creation_timestamp = Some(tsdb_operator_core::backup::to_time(created));
         let instants = [
-            ("created", chrono::TimeDelta::zero()),
-            ("+3h00m30s", chrono::TimeDelta::seconds(3 * 3600 + 30)),
-            ("+3d", chrono::TimeDelta::days(3)),
+            ("created", std::time::Duration::ZERO),
+            ("+3h00m30s", std::time::Duration::from_secs(3 * 3600 + 30)),
+            ("+3d", std::time::Duration::from_hours(72)),
         ];
         let steps: Vec<String> = instants
             .iter()

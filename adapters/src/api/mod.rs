@@ -387,7 +387,7 @@ async fn request_backup<A: Authorizer, C: Clusters, S: AuditStore>(
                 ));
             }
             let request = request_id(
-                &tsdb_operator_core::backup::backup_id(chrono::Utc::now()),
+                &tsdb_operator_core::backup::backup_id(jiff::Timestamp::now()),
                 &format!("{:08x}", rand::random::<u32>()),
             );
             let mut outcome = Err(ApiError::new(409, "the cluster kept changing; try again"));

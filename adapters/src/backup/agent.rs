@@ -23,7 +23,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::Utc;
+use jiff::Timestamp;
 use tokio::sync::Mutex;
 use tsdb_operator_core::backup::protocol::{BEARER, BackupRequest, JobStatus, TOKEN_KEY};
 
@@ -125,7 +125,7 @@ async fn start(State(agent): State<BackupAgent>, Json(req): Json<BackupRequest>)
     if let Some(done) = jobs.finished.get(&req.id) {
         return (StatusCode::CONFLICT, Json(done.clone())).into_response();
     }
-    let job = JobStatus::running(&req.id, Utc::now());
+    let job = JobStatus::running(&req.id, Timestamp::now());
     let progress = Arc::new(Progress::default());
     jobs.running = Some((job.clone(), progress.clone()));
     drop(jobs);

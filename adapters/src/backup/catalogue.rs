@@ -106,8 +106,8 @@ mod tests {
             version: 1,
             id: id.into(),
             cluster: SourceCluster { namespace: "ns".into(), name: "a".into(), uid: "u".into(), pod: String::new() },
-            start_time: chrono::DateTime::UNIX_EPOCH,
-            completion_time: chrono::DateTime::UNIX_EPOCH,
+            start_time: jiff::Timestamp::UNIX_EPOCH,
+            completion_time: jiff::Timestamp::UNIX_EPOCH,
             snapshot: String::new(),
             blocks: vec![BlockEntry {
                 ulid: ULID.into(),

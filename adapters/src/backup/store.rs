@@ -248,7 +248,11 @@ impl Store {
         let prefix_path = (!prefix.is_empty()).then_some(&path);
         self.inner
             .list(prefix_path)
-            .map_ok(|m| StoredObject { key: m.location.to_string(), size: m.size, last_modified: m.last_modified })
+            .map_ok(|m| StoredObject {
+                key: m.location.to_string(),
+                size: m.size,
+                last_modified: timestamp(m.last_modified),
+            })
             .try_collect()
             .await
             .map_err(|source| Error::Request { op: "list", key: prefix.to_owned(), source })
@@ -458,4 +462,10 @@ impl Store {
         }
         Ok((size, hex(&hasher.finalize())))
     }
+}
+
+/// object_store's time (chrono) as the core's.
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> jiff::Timestamp {
+    jiff::Timestamp::new(t.timestamp(), i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }

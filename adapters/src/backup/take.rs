@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chrono::Utc;
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
+use jiff::Timestamp;
 use tsdb_operator_core::backup::manifest::{
     BlockEntry, FileEntry, Layout, MANIFEST_VERSION, Manifest, is_immutable, is_ulid,
 };
@@ -153,7 +153,7 @@ fn block_times(block_dir: &Path) -> (Option<i64>, Option<i64>) {
 /// Takes the backup `req` and reports the finished job. Never panics; the snapshot directory is removed
 /// before it returns.
 pub async fn take_backup(config: &TakeConfig, req: &BackupRequest, progress: &Arc<Progress>) -> JobStatus {
-    let started = Utc::now();
+    let started = Timestamp::now();
     let mut job = JobStatus::running(&req.id, started);
     match run(config, req, progress, &mut job).await {
         Ok(()) => job.state = JobState::Succeeded,
@@ -165,7 +165,7 @@ pub async fn take_backup(config: &TakeConfig, req: &BackupRequest, progress: &Ar
         }
     }
     job.uploaded_bytes = progress.uploaded.load(Ordering::Relaxed);
-    job.completion_time = Some(Utc::now());
+    job.completion_time = Some(Timestamp::now());
     job
 }
 
@@ -224,7 +224,7 @@ async fn run(
     let grace = req.retention.grace_seconds;
     match cluster_state(&store, &layout).await {
         Ok((manifests, objects)) => {
-            let plan = plan_retention(&manifests, &objects, &req.retention, Utc::now());
+            let plan = plan_retention(&manifests, &objects, &req.retention, Timestamp::now());
             for held in &plan.held {
                 tracing::warn!(id = %req.id, "retention held back: {}", held.describe());
             }
@@ -324,7 +324,7 @@ async fn upload_snapshot(
         id: req.id.clone(),
         cluster: req.cluster.clone(),
         start_time: job.start_time,
-        completion_time: Utc::now(),
+        completion_time: Timestamp::now(),
         snapshot: snapshot_name.to_owned(),
         blocks: by_block
             .into_iter()

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -45,7 +45,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::json;
 use tsdb_operator_core::backup::follow::{FollowInput, JobAnswer, follow_job, start_failed};
-use tsdb_operator_core::backup::from_time;
 use tsdb_operator_core::backup::manifest::SourceCluster;
 use tsdb_operator_core::backup::pass::{Gauges, Replica, Retention, Step, choose_replica, decide_pass};
 use tsdb_operator_core::backup::protocol::{BackupDefaults, BackupRequest, TOKEN_KEY, resolve_store};
@@ -574,7 +573,7 @@ async fn pass(
     if uses_shared_credentials {
         sync_shared_credentials(ctx, pc, ns, &key, memory).await?;
     }
-    let now = Utc::now();
+    let now = Timestamp::now();
     let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
     let (id, trigger, gauges, retention) = match decide_pass(pc, now) {
         Step::RepairCondition(condition) => return write_status(ctx, pc, &previous, None, Some(condition)).await,
@@ -687,7 +686,7 @@ async fn follow(
     pc: &PrometheusCluster,
     ns: &str,
     running: &RunningBackup,
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> Result<(), Error> {
     let name = pc.name_any();
     let key = format!("{ns}/{name}");
@@ -727,7 +726,7 @@ async fn follow(
     }
     if let Some(outcome) = decision.outcome {
         let previous = pc.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
-        finish(ctx, metrics, pc, ns, (&previous, &running.id, from_time(&running.start_time)), &outcome, now).await?;
+        finish(ctx, metrics, pc, ns, (&previous, &running.id, running.start_time.0), &outcome, now).await?;
     }
     Ok(())
 }
@@ -765,9 +764,9 @@ async fn finish(
     metrics: &BackupMetrics,
     pc: &PrometheusCluster,
     ns: &str,
-    (previous, id, started): (&BackupStatus, &str, DateTime<Utc>),
+    (previous, id, started): (&BackupStatus, &str, Timestamp),
     outcome: &Outcome,
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> Result<(), Error> {
     let name = pc.name_any();
     let status = status_finished(previous, outcome, now);
@@ -783,12 +782,12 @@ async fn finish(
         })
         .inc();
     let labels = ClusterLabels { namespace: ns.to_owned(), cluster: name.clone() };
-    metrics.duration.get_or_create(&labels).observe((now - started).to_std().unwrap_or_default().as_secs_f64());
+    metrics.duration.get_or_create(&labels).observe(now.duration_since(started).as_secs_f64().max(0.0));
     let reference = pc.object_ref(&());
     let actor = ctx.events.operator_actor();
     match outcome {
         Outcome::Succeeded { id, total_bytes, uploaded_bytes } => {
-            metrics.last_success.get_or_create(&labels).set(now.timestamp());
+            metrics.last_success.get_or_create(&labels).set(now.as_second());
             for (kind, v) in [("total", total_bytes), ("uploaded", uploaded_bytes)] {
                 metrics
                     .bytes
@@ -850,7 +849,7 @@ async fn write_status(
 
 /// The `BackupHealthy` condition while the agent token Secret's name is taken by a Secret the cluster does not own.
 fn token_conflict_condition(pc: &PrometheusCluster, secret: &str) -> Condition {
-    token_secret_conflict_condition(secret, &pc.name_any(), pc.metadata.generation, Utc::now())
+    token_secret_conflict_condition(secret, &pc.name_any(), pc.metadata.generation, Timestamp::now())
 }
 
 #[cfg(test)]

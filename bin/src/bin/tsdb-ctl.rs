@@ -574,14 +574,14 @@ async fn cmd_backup(command: BackupCommand) -> Result<ExitCode> {
                 match &e.manifest {
                     Ok(m) => println!(
                         "{}  {:>10}  {}  blocks={}  Completed",
-                        m.start_time.format("%Y-%m-%dT%H:%M:%SZ"),
+                        m.start_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
                         m.total_bytes(),
                         e.manifest_key,
                         m.blocks.len()
                     ),
                     Err(reason) => println!(
                         "{}  {:>10}  {}  blocks=?  Invalid: {reason}",
-                        e.stored.last_modified.format("%Y-%m-%dT%H:%M:%SZ"),
+                        e.stored.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
                         0,
                         e.manifest_key
                     ),

@@ -20,7 +20,6 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tsdb_operator_adapters::backup::catalogue::cluster_state;
 use tsdb_operator_adapters::backup::store::{self, Credentials, Store, Tuning};
-use tsdb_operator_core::backup::from_time;
 use tsdb_operator_core::backup::manifest::{
     BlockEntry, FileEntry, Layout, MANIFEST_VERSION, Manifest, SourceCluster, is_immutable,
 };
@@ -255,8 +254,8 @@ pub async fn upload_seed(store: &Store, layout: &Layout, dir: &Path, id: &str) -
         version: MANIFEST_VERSION,
         id: id.to_owned(),
         cluster: SourceCluster { namespace: "seed".into(), name: "seed".into(), ..SourceCluster::default() },
-        start_time: chrono::Utc::now(),
-        completion_time: chrono::Utc::now(),
+        start_time: jiff::Timestamp::now(),
+        completion_time: jiff::Timestamp::now(),
         snapshot: String::new(),
         blocks,
         uploaded_bytes: 0,
@@ -391,7 +390,7 @@ pub async fn backup_now(ns: &str, name: &str, token: &str) -> Result<BackupStatu
 pub async fn successful_backup(ns: &str, name: &str, token: &str) -> Result<String> {
     let before = backup_status(ns, name).await?;
     let after = backup_now(ns, name, token).await?;
-    let at = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.map(from_time);
+    let at = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.map(|t| t.0);
     ensure!(
         after.last_backup_id.is_some()
             && after.last_backup_id != before.last_backup_id

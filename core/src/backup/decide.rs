@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use k8s_openapi::jiff::Timestamp;
 
+use super::{between, plus};
 use crate::crd::MissedRunPolicy;
 use crate::schedule::Schedule;
 
@@ -23,13 +24,13 @@ pub const LATE_TOLERANCE: Duration = Duration::from_mins(5);
 #[derive(Clone, Debug)]
 pub struct DecideInput<'a> {
     /// The current time.
-    pub now: DateTime<Utc>,
+    pub now: Timestamp,
     /// The parsed schedule; `None` when the spec has none (on-demand backups only).
     pub schedule: Option<&'a Schedule>,
     /// `spec.backup.suspend`.
     pub suspended: bool,
     /// When the last scheduled backup started (or a missed slot was skipped); else the cluster's creation time.
-    pub anchor: DateTime<Utc>,
+    pub anchor: Timestamp,
     /// `spec.backup.jitter`, zero when unset.
     pub max_jitter: Duration,
     /// Seed of the jitter (the cluster's UID).
@@ -50,12 +51,12 @@ pub enum Trigger {
     /// Its slot came.
     Scheduled {
         /// The slot.
-        slot: DateTime<Utc>,
+        slot: Timestamp,
     },
     /// One or more slots were missed; this one run makes up for them.
     CatchUp {
         /// The first missed slot.
-        slot: DateTime<Utc>,
+        slot: Timestamp,
     },
     /// A user asked for it with the `backup-now` annotation.
     OnDemand {
@@ -83,12 +84,12 @@ pub enum Decision {
     /// A slot was missed and the policy is `Skip`: record `now` as the last scheduled time, start nothing.
     SkipMissed {
         /// The missed slot.
-        slot: DateTime<Utc>,
+        slot: Timestamp,
     },
     /// Nothing to do; look again at `next` (when known).
     Wait {
         /// When the next backup is due.
-        next: Option<DateTime<Utc>>,
+        next: Option<Timestamp>,
     },
 }
 
@@ -108,11 +109,11 @@ pub fn decide_backup(input: &DecideInput<'_>) -> Decision {
     let Some(slot) = schedule.next_after(input.anchor) else {
         return Decision::Wait { next: None };
     };
-    let due = slot + to_delta(jitter(schedule, slot, input.max_jitter, input.jitter_seed));
+    let due = plus(slot, jitter(schedule, slot, input.max_jitter, input.jitter_seed));
     if due > input.now {
         return Decision::Wait { next: Some(due) };
     }
-    let late = input.now.signed_duration_since(due).to_std().unwrap_or_default();
+    let late = between(due, input.now).unwrap_or_default();
     if late <= LATE_TOLERANCE {
         return Decision::Run(Trigger::Scheduled { slot });
     }
@@ -124,21 +125,14 @@ pub fn decide_backup(input: &DecideInput<'_>) -> Decision {
 
 /// The cluster's jitter after `slot`: a fixed fraction (from the seed) of `max`, capped at half the time to the
 /// slot after.
-pub fn jitter(schedule: &Schedule, slot: DateTime<Utc>, max: Duration, seed: &str) -> Duration {
+pub fn jitter(schedule: &Schedule, slot: Timestamp, max: Duration, seed: &str) -> Duration {
     if max.is_zero() {
         return Duration::ZERO;
     }
-    let gap = schedule
-        .next_after(slot)
-        .and_then(|next| next.signed_duration_since(slot).to_std().ok())
-        .unwrap_or(max.saturating_mul(2));
+    let gap = schedule.next_after(slot).and_then(|next| between(slot, next)).unwrap_or(max.saturating_mul(2));
     let cap = max.min(gap / 2);
     let fraction = f64::from(fnv1a32(seed)) / f64::from(u32::MAX);
     Duration::from_secs_f64(cap.as_secs_f64() * fraction).min(cap)
-}
-
-fn to_delta(d: Duration) -> TimeDelta {
-    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
 fn fnv1a32(s: &str) -> u32 {
@@ -151,8 +145,8 @@ mod tests {
     use crate::schedule::parse_schedule;
     use proptest::prelude::*;
 
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
     }
 
     fn input<'a>(schedule: &'a Schedule, anchor: &str, now: &str) -> DecideInput<'a> {
@@ -225,8 +219,8 @@ mod tests {
         #[test]
         fn a_run_is_never_decided_before_its_slot(anchor in 0i64..10_000_000, ahead in 0i64..1_000_000, j in 0u64..3600) {
             let s = parse_schedule("*/7 * * * *").unwrap();
-            let anchor = DateTime::from_timestamp(1_700_000_000 + anchor, 0).unwrap();
-            let now = anchor + TimeDelta::seconds(ahead);
+            let anchor = Timestamp::from_second(1_700_000_000 + anchor).unwrap();
+            let now = plus(anchor, Duration::from_secs(ahead.unsigned_abs()));
             let i = DecideInput { max_jitter: Duration::from_secs(j), ..input(&s, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z") };
             let i = DecideInput { now, anchor, ..i };
             match decide_backup(&i) {

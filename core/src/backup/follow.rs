@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
 
-use super::from_time;
 use super::protocol::{FailureReason, JobState, JobStatus};
 use super::status::{Outcome, backup_condition, merge_backup_condition};
 use crate::crd::{BackupStatus, RunningBackup};
@@ -48,7 +47,7 @@ pub struct FollowInput<'a> {
     /// Unanswered polls in a row before this one.
     pub poll_failures: u32,
     /// The current time.
-    pub now: DateTime<Utc>,
+    pub now: Timestamp,
     /// How long a backup may run before it is given up.
     pub max_duration: Duration,
 }
@@ -102,7 +101,7 @@ pub fn follow_job(input: &FollowInput<'_>) -> FollowDecision {
                     .map(|held| Action::RetentionHeld { id: job.id.clone(), held: held.clone() })
                     .collect()
             };
-            let ran_for = (input.now - from_time(&running.start_time)).to_std().unwrap_or_default();
+            let ran_for = Duration::try_from(input.now.duration_since(running.start_time.0)).unwrap_or_default();
             let outcome = match Outcome::of_job(job) {
                 Some(o) => Some(o),
                 None if ran_for > input.max_duration => {
@@ -133,8 +132,8 @@ pub fn implied_condition(
     backup: &BackupStatus,
     generation: Option<i64>,
 ) -> Option<Condition> {
-    let ok = backup.last_successful_backup_time.as_ref().map(from_time);
-    let failed = backup.last_failed_backup_time.as_ref().map(from_time);
+    let ok = backup.last_successful_backup_time.as_ref().map(|t| t.0);
+    let failed = backup.last_failed_backup_time.as_ref().map(|t| t.0);
     let outcome = match (ok, failed) {
         (None, None) => return None,
         (Some(o), Some(f)) if f > o => failed_outcome(backup),
@@ -166,7 +165,7 @@ mod tests {
     use crate::backup::to_time;
     use crate::constants::conditions;
 
-    fn at(s: &str) -> DateTime<Utc> {
+    fn at(s: &str) -> Timestamp {
         s.parse().expect("a time")
     }
 

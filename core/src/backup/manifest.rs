@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Utc};
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Version of the manifest format this code writes and reads.
@@ -84,9 +84,9 @@ pub struct Manifest {
     /// Where it was taken.
     pub cluster: SourceCluster,
     /// When the backup started.
-    pub start_time: DateTime<Utc>,
+    pub start_time: Timestamp,
     /// When its last file was uploaded (just before the manifest was written).
-    pub completion_time: DateTime<Utc>,
+    pub completion_time: Timestamp,
     /// Name of the Prometheus snapshot it was made from.
     #[serde(default)]
     pub snapshot: String,
@@ -386,8 +386,8 @@ pub(crate) mod tests_support {
             version: 1,
             id: "20260413T001900Z".into(),
             cluster: SourceCluster { namespace: "ns".into(), name: "demo".into(), ..SourceCluster::default() },
-            start_time: DateTime::UNIX_EPOCH,
-            completion_time: DateTime::UNIX_EPOCH,
+            start_time: Timestamp::UNIX_EPOCH,
+            completion_time: Timestamp::UNIX_EPOCH,
             snapshot: "snap".into(),
             blocks: vec![BlockEntry {
                 ulid: ULID.into(),
@@ -417,6 +417,22 @@ mod tests {
         assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
         assert_eq!(m.total_bytes(), 9);
         assert_eq!(m.file_count(), 3);
+    }
+
+    /// Times in manifests are RFC 3339 in UTC with `Z`, as earlier releases wrote them (fractional seconds now
+    /// without trailing zeros); the offsets and nine-digit fractions that other writers use read as the same instant.
+    #[test]
+    fn manifest_times_keep_their_wire_format() {
+        let mut m = sample();
+        m.start_time = "2026-04-13T00:19:00Z".parse().unwrap();
+        m.completion_time = "2026-04-13T00:19:07.25Z".parse().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(json["startTime"], "2026-04-13T00:19:00Z");
+        assert_eq!(json["completionTime"], "2026-04-13T00:19:07.25Z");
+        let mut other = json.clone();
+        other["startTime"] = "2026-04-13T08:19:00+08:00".into();
+        other["completionTime"] = "2026-04-13T00:19:07.250000000Z".into();
+        assert_eq!(Manifest::from_json(&serde_json::to_vec(&other).unwrap()).unwrap(), m);
     }
 
     #[test]

@@ -37,24 +37,27 @@ pub mod restore;
 pub mod retention;
 pub mod status;
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-/// Converts a Kubernetes time into a chrono time (the core's schedule arithmetic uses chrono).
-pub fn from_time(t: &Time) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.0.as_second(), u32::try_from(t.0.subsec_nanosecond()).unwrap_or(0))
-        .unwrap_or(DateTime::UNIX_EPOCH)
+/// The Kubernetes time of `t`, truncated to whole seconds as the API server stores it.
+pub fn to_time(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// Converts a chrono time into a Kubernetes time, truncated to whole seconds as the API server stores it.
-pub fn to_time(t: DateTime<Utc>) -> Time {
-    Time(Timestamp::from_second(t.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH))
+/// `t` plus `d`, or the latest representable time when that is beyond it.
+pub(crate) fn plus(t: Timestamp, d: std::time::Duration) -> Timestamp {
+    t.saturating_add(d).unwrap_or(Timestamp::MAX)
+}
+
+/// How long `earlier` was before `later`; `None` when it was not before.
+pub(crate) fn between(earlier: Timestamp, later: Timestamp) -> Option<std::time::Duration> {
+    std::time::Duration::try_from(later.duration_since(earlier)).ok()
 }
 
 /// The id of a backup started at `at`: `YYYYMMDDTHHMMSSZ` in UTC (the seed's key stamp), which sorts by time.
-pub fn backup_id(at: DateTime<Utc>) -> String {
-    at.format("%Y%m%dT%H%M%SZ").to_string()
+pub fn backup_id(at: Timestamp) -> String {
+    at.strftime("%Y%m%dT%H%M%SZ").to_string()
 }
 
 #[cfg(test)]
@@ -62,9 +65,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backup_ids_use_the_seed_stamp_and_times_round_trip() {
-        let t = DateTime::parse_from_rfc3339("2026-04-13T00:19:00Z").unwrap().with_timezone(&Utc);
+    fn backup_ids_use_the_seed_stamp_and_times_truncate_to_seconds() {
+        let t: Timestamp = "2026-04-13T00:19:00.75Z".parse().unwrap();
         assert_eq!(backup_id(t), "20260413T001900Z");
-        assert_eq!(from_time(&to_time(t)), t);
+        assert_eq!(to_time(t).0, "2026-04-13T00:19:00Z".parse::<Timestamp>().unwrap());
     }
 }

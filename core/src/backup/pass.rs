@@ -16,13 +16,13 @@
 //! - At most one backup starts per second of the clock: the id is the start time, and an id already recorded is
 //!   not started again.
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
 
+use super::backup_id;
 use super::decide::{DecideInput, Decision, Trigger, decide_backup};
 use super::follow::implied_condition;
 use super::status::{REASON_TOKEN_SECRET_NOT_OWNED, status_skipped};
-use super::{backup_id, from_time};
 use crate::constants::{annotations, conditions};
 use crate::crd::{BackupStatus, PrometheusCluster, RunningBackup};
 use crate::schedule::parse_schedule;
@@ -60,14 +60,14 @@ pub enum Step {
     /// Nothing to start now.
     Wait {
         /// When the next backup is due, when known.
-        next: Option<DateTime<Utc>>,
+        next: Option<Timestamp>,
         /// The alerts' gauges.
         gauges: Gauges,
     },
     /// A slot was missed and `missedRuns: Skip`: write this `status.backup`, start nothing.
     SkipMissed {
         /// The missed slot.
-        slot: DateTime<Utc>,
+        slot: Timestamp,
         /// The status to write.
         status: Box<BackupStatus>,
         /// The alerts' gauges.
@@ -88,7 +88,7 @@ pub enum Step {
 }
 
 /// The decision for `cluster` at `now`.
-pub fn decide_pass(cluster: &PrometheusCluster, now: DateTime<Utc>) -> Step {
+pub fn decide_pass(cluster: &PrometheusCluster, now: Timestamp) -> Step {
     let previous = cluster.status.as_ref().and_then(|s| s.backup.clone()).unwrap_or_default();
     let present =
         cluster.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::BACKUP_HEALTHY));
@@ -110,8 +110,8 @@ pub fn decide_pass(cluster: &PrometheusCluster, now: DateTime<Utc>) -> Step {
         Ok(read) => read,
         Err(message) => return Step::Invalid { message },
     };
-    let created = cluster.metadata.creation_timestamp.as_ref().map_or(now, from_time);
-    let anchor = previous.last_schedule_time.as_ref().map_or(created, from_time);
+    let created = cluster.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let anchor = previous.last_schedule_time.as_ref().map_or(created, |t| t.0);
     let gauges = Gauges {
         allowed_age_seconds: schedule
             .as_ref()
@@ -223,7 +223,7 @@ mod tests {
     use crate::backup::{protocol::FailureReason, status::Outcome, to_time};
     use serde_json::json;
 
-    fn at(s: &str) -> DateTime<Utc> {
+    fn at(s: &str) -> Timestamp {
         s.parse().expect("a time")
     }
 
@@ -289,7 +289,7 @@ mod tests {
         let step = decide_pass(&waiting, at("2026-12-03T10:30:00Z"));
         let Step::Wait { next, gauges } = step else { panic!("{step:?}") };
         assert_eq!(next, Some(at("2026-12-03T11:00:00Z")));
-        assert_eq!(gauges.last_success_seconds, Some(at("2026-12-03T10:01:00Z").timestamp()));
+        assert_eq!(gauges.last_success_seconds, Some(at("2026-12-03T10:01:00Z").as_second()));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! where backups are stored ([`StoreLocation`], resolved from a cluster's spec and the operator-wide defaults).
 //! Pure data.
 
-use chrono::{DateTime, Utc};
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::SourceCluster;
@@ -198,10 +198,10 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When it started.
-    pub start_time: DateTime<Utc>,
+    pub start_time: Timestamp,
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<DateTime<Utc>>,
+    pub completion_time: Option<Timestamp>,
     /// Blocks in the backup.
     #[serde(default)]
     pub blocks: u64,
@@ -228,7 +228,7 @@ pub struct JobStatus {
 
 impl JobStatus {
     /// A job `id` that started at `start_time` and is running.
-    pub fn running(id: &str, start_time: DateTime<Utc>) -> Self {
+    pub fn running(id: &str, start_time: Timestamp) -> Self {
         Self {
             id: id.to_owned(),
             state: JobState::Running,

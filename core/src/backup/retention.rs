@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{KeyKind, Layout, Manifest};
@@ -58,7 +58,7 @@ pub struct StoredObject {
     /// Size in bytes.
     pub size: u64,
     /// When it was last written.
-    pub last_modified: DateTime<Utc>,
+    pub last_modified: Timestamp,
 }
 
 /// A manifest found under a cluster root that this code cannot read: it does not parse, fails its checks, is
@@ -138,7 +138,7 @@ pub enum Held {
         /// The backup id.
         id: String,
         /// Its start time.
-        start_time: DateTime<Utc>,
+        start_time: Timestamp,
     },
 }
 
@@ -159,9 +159,8 @@ impl Held {
                  backups/{id}/manifest.json by hand if it is not needed"
             ),
             Held::FutureDated { id, start_time } => format!(
-                "backup {id} is dated in the future ({}); it is kept and does not count as the newest: check the \
-                 clock of the pod that took it",
-                start_time.to_rfc3339()
+                "backup {id} is dated in the future ({start_time}); it is kept and does not count as the newest: \
+                 check the clock of the pod that took it"
             ),
         }
     }
@@ -194,10 +193,10 @@ pub fn plan_retention(
     catalogue: &Catalogue,
     objects: &[StoredObject],
     policy: &RetentionPolicy,
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> RetentionPlan {
     let mut held: Vec<Held> = Vec::new();
-    let horizon = chrono::TimeDelta::from_std(MAX_CLOCK_SKEW).map_or(now, |skew| now + skew);
+    let horizon = super::plus(now, MAX_CLOCK_SKEW);
     let mut ranked: Vec<&Manifest> = Vec::new();
     for m in &catalogue.manifests {
         if policy.cluster_uid.is_empty() || m.cluster.uid != policy.cluster_uid {
@@ -217,8 +216,7 @@ pub fn plan_retention(
     let mut deleted: Vec<&Manifest> = Vec::new();
     for (i, m) in ranked.iter().enumerate() {
         let beyond_count = policy.keep_last.is_some_and(|n| i >= usize::try_from(n.max(1)).unwrap_or(usize::MAX));
-        let too_old = max_age
-            .is_some_and(|age| now.signed_duration_since(m.start_time).to_std().is_ok_and(|elapsed| elapsed > age));
+        let too_old = max_age.is_some_and(|age| super::between(m.start_time, now).is_some_and(|elapsed| elapsed > age));
         if i > 0 && (beyond_count || too_old) {
             deleted.push(m);
         }
@@ -233,8 +231,7 @@ pub fn plan_retention(
         referenced.extend(m.files().map(|f| f.key.as_str()));
     }
     let grace = Duration::from_secs(policy.grace_seconds);
-    let old_enough =
-        |o: &StoredObject| now.signed_duration_since(o.last_modified).to_std().is_ok_and(|age| age >= grace);
+    let old_enough = |o: &StoredObject| super::between(o.last_modified, now).is_some_and(|age| age >= grace);
 
     let mut plan = RetentionPlan::default();
     let collect = catalogue.unreadable.is_empty();
@@ -283,8 +280,8 @@ mod tests {
     /// UID of the cluster whose retention is planned.
     const UID: &str = "5f0c6a2e-uid-of-this-cluster";
 
-    fn at(secs: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(secs, 0).unwrap()
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
     }
 
     fn own() -> RetentionPolicy {

@@ -1,8 +1,8 @@
 //! Step **status** of backups: `status.backup`, the seed's `status.lastBackupTime` and the `BackupHealthy`
 //! condition after each event of a backup's life. Pure: `now` is an argument.
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 
 use super::decide::Trigger;
 use super::protocol::{FailureReason, JobState, JobStatus};
@@ -27,13 +27,7 @@ pub const REASON_SUCCEEDED: &str = "BackupSucceeded";
 pub const REASON_TOKEN_SECRET_NOT_OWNED: &str = "TokenSecretNotOwned";
 
 /// The status after a backup started.
-pub fn status_started(
-    previous: &BackupStatus,
-    id: &str,
-    pod: &str,
-    trigger: &Trigger,
-    now: DateTime<Utc>,
-) -> BackupStatus {
+pub fn status_started(previous: &BackupStatus, id: &str, pod: &str, trigger: &Trigger, now: Timestamp) -> BackupStatus {
     let mut s = previous.clone();
     match trigger {
         Trigger::Scheduled { .. } | Trigger::CatchUp { .. } => s.last_schedule_time = Some(to_time(now)),
@@ -52,7 +46,7 @@ pub fn status_started(
 }
 
 /// The status after a missed slot was skipped.
-pub fn status_skipped(previous: &BackupStatus, now: DateTime<Utc>) -> BackupStatus {
+pub fn status_skipped(previous: &BackupStatus, now: Timestamp) -> BackupStatus {
     BackupStatus { last_schedule_time: Some(to_time(now)), ..previous.clone() }
 }
 
@@ -105,7 +99,7 @@ impl Outcome {
 }
 
 /// The status after a backup finished, and the seed's `lastBackupTime` (the time of the last attempt).
-pub fn status_finished(previous: &BackupStatus, outcome: &Outcome, now: DateTime<Utc>) -> BackupStatus {
+pub fn status_finished(previous: &BackupStatus, outcome: &Outcome, now: Timestamp) -> BackupStatus {
     let mut s = previous.clone();
     let finished = s.running.take().map(|r| r.id);
     if let Some(requested) = &mut s.last_requested_backup
@@ -142,7 +136,7 @@ pub fn token_secret_conflict_condition(
     secret: &str,
     cluster: &str,
     generation: Option<i64>,
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> Condition {
     Condition {
         type_: conditions::BACKUP_HEALTHY.to_owned(),
@@ -159,7 +153,7 @@ pub fn token_secret_conflict_condition(
 }
 
 /// The `BackupHealthy` condition for an outcome (its transition time is merged by the caller).
-pub fn backup_condition(outcome: &Outcome, generation: Option<i64>, now: DateTime<Utc>) -> Condition {
+pub fn backup_condition(outcome: &Outcome, generation: Option<i64>, now: Timestamp) -> Condition {
     let (status, reason, message) = match outcome {
         Outcome::Succeeded { id, .. } => ("True", REASON_SUCCEEDED, format!("backup {id} completed")),
         Outcome::Failed { reason, message } => ("False", reason.as_str(), format!("the last backup failed: {message}")),
@@ -185,7 +179,7 @@ pub fn merge_backup_condition(previous: Option<&Condition>, mut new: Condition) 
 }
 
 /// The seed's `status.lastBackupTime` after an outcome: the time of the last finished attempt.
-pub fn last_backup_time(now: DateTime<Utc>) -> Time {
+pub fn last_backup_time(now: Timestamp) -> Time {
     to_time(now)
 }
 
@@ -193,8 +187,8 @@ pub fn last_backup_time(now: DateTime<Utc>) -> Time {
 mod tests {
     use super::*;
 
-    fn now() -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
     }
 
     #[test]
@@ -209,7 +203,7 @@ mod tests {
         assert_eq!(s2.last_backup_error.as_deref(), Some("SnapshotFailed: admin APIs disabled"));
         let c = backup_condition(&failed, Some(3), now());
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SnapshotFailed"));
-        let earlier = Condition { last_transition_time: to_time(DateTime::UNIX_EPOCH), ..c.clone() };
+        let earlier = Condition { last_transition_time: to_time(Timestamp::UNIX_EPOCH), ..c.clone() };
         assert_eq!(merge_backup_condition(Some(&earlier), c).last_transition_time, earlier.last_transition_time);
     }
 
