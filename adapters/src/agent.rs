@@ -32,24 +32,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::RwLock;
-use tsdb_operator_core::reload;
-
-/// What the agent reports on `GET /status`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentStatus {
-    /// Hash of the configuration files last seen.
-    pub config_hash: String,
-    /// Whether the last reload succeeded (`true` before the first reload: Prometheus loaded the config at start).
-    pub last_reload_successful: bool,
-    /// Prometheus' error message of the last failed reload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_reload_error: Option<String>,
-    /// Reloads attempted.
-    pub reloads: u64,
-}
+use tsdb_operator_core::reload::{self, AgentStatus};
 
 /// Settings of the agent.
 #[derive(Clone, Debug)]
@@ -355,11 +340,6 @@ pub async fn runtime_info(client: &reqwest::Client, prometheus_url: &str) -> Opt
     let answer = client.get(&url).timeout(Duration::from_secs(5)).send().await.ok()?.error_for_status().ok()?;
     let info = answer.json::<Answer>().await.ok()?.data;
     Some(reload::Loaded { success: info.reload_config_success, at: info.last_config_time })
-}
-
-/// Reads an agent's status at `http://<pod_ip>:<port>/status` (the operator's side of the protocol).
-pub async fn fetch_status(client: &reqwest::Client, pod_ip: &str, port: i32) -> Result<AgentStatus, reqwest::Error> {
-    client.get(format!("http://{pod_ip}:{port}/status")).send().await?.error_for_status()?.json().await
 }
 
 async fn status_handler(State(shared): State<Shared>) -> Json<AgentStatus> {

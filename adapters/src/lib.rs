@@ -11,6 +11,7 @@
 //! ```
 
 pub mod agent;
+pub mod agent_client;
 mod answer_cache;
 pub mod api;
 pub mod audit;

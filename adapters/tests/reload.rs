@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use tsdb_operator_adapters::agent::{self, AgentConfig, AgentStatus};
+use tsdb_operator_adapters::agent::{self, AgentConfig};
+use tsdb_operator_adapters::agent_client;
+use tsdb_operator_core::reload::AgentStatus;
 
 /// A process stopped when the test ends, whatever happens.
 struct Running(Child);
@@ -101,7 +103,7 @@ async fn scenario(major: u32, ip: &str) {
         },
     ));
     let status =
-        async || -> Option<AgentStatus> { agent::fetch_status(&client, ip, i32::from(agent_addr.port())).await.ok() };
+        async || -> Option<AgentStatus> { agent_client::status(&client, ip, i32::from(agent_addr.port())).await.ok() };
     let first = eventually("the agent answers", Duration::from_secs(10), status).await;
     assert!(first.last_reload_successful && first.reloads == 0, "{first:?}");
 

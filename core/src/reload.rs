@@ -18,6 +18,22 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// What the agent reports on `GET /status` (the wire type: the agent serves it, the operator reads it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Hash of the configuration files last seen.
+    pub config_hash: String,
+    /// Whether the last reload succeeded (`true` before the first reload: Prometheus loaded the config at start).
+    pub last_reload_successful: bool,
+    /// Prometheus' error message of the last failed reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload_error: Option<String>,
+    /// Reloads attempted.
+    pub reloads: u64,
+}
 
 /// The longest wait between two attempts to reload a configuration that failed.
 pub const MAX_RETRY: Duration = Duration::from_mins(2);

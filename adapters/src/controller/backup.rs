@@ -59,7 +59,7 @@ use tsdb_operator_core::crd::{BackupStatus, PrometheusCluster, RunningBackup};
 use tsdb_operator_core::events::Action;
 
 use super::Context;
-use crate::backup::client;
+use crate::agent_client as client;
 use crate::metrics::BackupLabels;
 
 /// Settings of the backup scheduler.

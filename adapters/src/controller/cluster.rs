@@ -530,7 +530,7 @@ async fn observe_reload_problems(ctx: &Context, pods: &[Pod]) -> Vec<Problem> {
         let status = pod.status.as_ref()?;
         let ip = status.pod_ip.clone()?;
         (status.phase.as_deref() == Some("Running")).then_some(async move {
-            let agent = crate::agent::fetch_status(&ctx.http, &ip, ports::AGENT).await.ok()?;
+            let agent = crate::agent_client::status(&ctx.http, &ip, ports::AGENT).await.ok()?;
             (!agent.last_reload_successful).then(|| Problem {
                 reason: reasons::CONFIG_RELOAD_FAILED.to_owned(),
                 message: format!(

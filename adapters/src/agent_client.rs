@@ -1,8 +1,11 @@
-//! The operator's side of the agent protocol: start a backup on a pod's agent, read a job. I/O: HTTP to pod IPs.
+//! The operator's side of the agent protocol: read an agent's reload status, start a backup on a pod's agent, read
+//! a job. The wire types are the core's ([`tsdb_operator_core::reload::AgentStatus`],
+//! [`tsdb_operator_core::backup::protocol`]). I/O: HTTP to pod IPs.
 
 use std::time::Duration;
 
 use tsdb_operator_core::backup::protocol::{BEARER, BackupRequest, JobStatus};
+use tsdb_operator_core::reload::AgentStatus;
 
 /// What an agent answered.
 #[derive(Debug, thiserror::Error)]
@@ -89,4 +92,9 @@ pub async fn job(
         return Err(Error::Status { url, code, body });
     }
     Ok(Some(resp.json().await.map_err(|source| Error::Unreachable { url, source })?))
+}
+
+/// Reads an agent's reload status (`GET /status`, no token: it holds no secret).
+pub async fn status(http: &reqwest::Client, pod_ip: &str, port: i32) -> Result<AgentStatus, reqwest::Error> {
+    http.get(format!("http://{pod_ip}:{port}/status")).send().await?.error_for_status()?.json().await
 }
