@@ -1,7 +1,8 @@
 //! The operator's memory against unrelated cluster content (fault table, row 23): with clusters converged, 5,000
 //! Secrets of 100 KiB and 10,000 ConfigMaps that have nothing to do with the operator are created across 10
 //! namespaces; the operator's resident set size before and after is the measure (target: it changes by less than
-//! 5 MiB). The floor is the operator's own steady RSS measured in the same run, before the flood.
+//! 5 MiB; the harness fails otherwise). The floor is the operator's own steady RSS measured in the same run,
+//! before the flood.
 //!
 //! `cargo build --release --bins && cargo run --release -p tsdb-operator-benches --bin unrelated`
 //! Options: `--secrets N` (5000), `--secret-kib K` (100), `--configmaps N` (10000), `--clusters N` (20),
@@ -205,8 +206,11 @@ async fn main() -> Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let ratio = after as f64 / before.max(1) as f64;
     println!("  change: {delta_mib:+.2} MiB ({ratio:.3}x the floor, the RSS before the flood); target: < 5 MiB");
-
-    audit_check(&cp)
+    audit_check(&cp)?;
+    if delta_mib >= 5.0 {
+        bail!("the operator's steady RSS grew by {delta_mib:.2} MiB with unrelated objects (target: < 5 MiB)");
+    }
+    Ok(())
 }
 
 /// The row's second criterion: no LIST of all Secrets in the API server's audit log (nor any LIST or WATCH of
