@@ -132,9 +132,12 @@ pub struct Tuning {
     pub parts_in_flight: usize,
     /// Files uploaded at once.
     pub files_in_flight: usize,
-    /// Retries of one request at most.
+    /// Retries of one request at most: a bound on the loop, set high enough that [`Tuning::retry_budget`] ends the
+    /// retries first even if every jittered wait were the shortest (200 ms). With 5, retries took under 4 s, so a
+    /// 5-second outage failed a backup that the budget was meant to carry through.
     pub max_retries: usize,
-    /// Total time one request may take including retries.
+    /// Total time one request may take including retries: no retry starts after it (a request that hangs still
+    /// runs up to [`Tuning::request_timeout`]).
     pub retry_budget: Duration,
     /// Timeout of one HTTP request.
     pub request_timeout: Duration,
@@ -146,10 +149,24 @@ impl Default for Tuning {
             part_size: 8 << 20,
             parts_in_flight: 2,
             files_in_flight: 2,
-            max_retries: 5,
+            max_retries: 300,
             retry_budget: Duration::from_mins(1),
             request_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// The longest wait between two tries of one request.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// object_store's retries for `tuning`. object_store decides whether to retry before it waits, so its
+/// `retry_timeout` is the budget less the longest wait: the last retry then starts within the budget.
+fn retry_config(tuning: &Tuning) -> RetryConfig {
+    let max_backoff = MAX_BACKOFF.min(tuning.retry_budget / 2);
+    RetryConfig {
+        backoff: BackoffConfig { init_backoff: Duration::from_millis(200), max_backoff, base: 2.0 },
+        max_retries: tuning.max_retries,
+        retry_timeout: tuning.retry_budget.saturating_sub(max_backoff),
     }
 }
 
@@ -180,15 +197,7 @@ pub fn open(location: &StoreLocation, credentials: Option<&Credentials>, tuning:
                     b = b.with_token(t);
                 }
             }
-            let retry = RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(200),
-                    max_backoff: Duration::from_secs(10),
-                    base: 2.0,
-                },
-                max_retries: tuning.max_retries,
-                retry_timeout: tuning.retry_budget,
-            };
+            let retry = retry_config(tuning);
             let client = ClientOptions::new()
                 .with_allow_http(endpoint.starts_with("http://"))
                 .with_connect_timeout(Duration::from_secs(5))
@@ -468,4 +477,25 @@ impl Store {
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> jiff::Timestamp {
     jiff::Timestamp::new(t.timestamp(), i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0))
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_retry_starts_within_the_budget_and_the_count_does_not_end_retries_first() {
+        for budget in [Duration::from_secs(1), Duration::from_secs(15), Duration::from_mins(1), Duration::from_mins(5)]
+        {
+            let tuning = Tuning { retry_budget: budget, ..Tuning::default() };
+            let retry = retry_config(&tuning);
+            assert!(retry.retry_timeout + retry.backoff.max_backoff <= budget, "{budget:?}: {retry:?}");
+            assert!(retry.retry_timeout >= budget / 2, "{budget:?}: most of the budget is used: {retry:?}");
+        }
+        // Even if every jittered wait were as short as the first one, the count outlasts the default budget.
+        let tuning = Tuning::default();
+        let retry = retry_config(&tuning);
+        let shortest = retry.backoff.init_backoff * u32::try_from(tuning.max_retries).unwrap_or(u32::MAX);
+        assert!(shortest >= retry.retry_timeout, "{retry:?}");
+    }
 }
