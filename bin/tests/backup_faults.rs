@@ -1,5 +1,5 @@
 //! Backups interrupted in the middle of their upload: the S3 server frozen and then stopped, the S3 server down
-//! for a few seconds, the agent killed, the operator killed. Real Prometheus pods (process kubelet), the real agent sidecar and operator, s3s-fs.
+//! or hanging for a few seconds, the agent killed, the operator killed. Real Prometheus pods (process kubelet), the real agent sidecar and operator, s3s-fs.
 //!
 //! Each cluster starts from a seed backup of about 13 MB of pseudo-random samples in one block (so its first
 //! backup uploads a chunk file as a multipart upload), and the pods reach the S3 server through a forwarder
@@ -149,35 +149,56 @@ async fn a_backup_fails_with_storage_failed_when_s3_stops_mid_upload_and_the_nex
     Ok(())
 }
 
-/// A short S3 outage in the middle of an upload (the server stopped for 5 s, well inside the retry budget): the
-/// agent's retries carry the upload through and the backup completes. It is recorded as a success, with no
+/// A short S3 outage in the middle of an upload, well inside the retry budget: the server stopped (SIGKILL) for
+/// 5 s. The agent's retries carry the upload through and the backup completes. It is recorded as a success, with no
 /// failure, verifies, and leaves no snapshot behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_s3_outage_mid_upload_is_retried_and_the_backup_completes() -> Result<()> {
-    let w = World::start("fault-s3-short").await?;
-    let (id, _) = w.slow_backup("one").await?;
+    short_outage("fault-s3-short", Outage::Stopped).await
+}
 
-    w.env.s3.stop()?;
+/// The same with the server hanging (SIGSTOP) for 5 s instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_s3_hang_mid_upload_is_ridden_out_and_the_backup_completes() -> Result<()> {
+    short_outage("fault-s3-hang", Outage::Frozen).await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    Stopped,
+    Frozen,
+}
+
+/// One multipart upload through 5 s of `outage`: the backup completes.
+async fn short_outage(label: &str, outage: Outage) -> Result<()> {
+    let w = World::start(label).await?;
+    let (id, _) = w.slow_backup("one").await?;
+    match outage {
+        Outage::Stopped => w.env.s3.stop()?,
+        Outage::Frozen => w.env.s3.freeze()?,
+    }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    w.env.s3.restart()?;
-    let restarted = Instant::now();
+    match outage {
+        Outage::Stopped => w.env.s3.restart()?,
+        Outage::Frozen => w.env.s3.thaw()?,
+    }
+    let back = Instant::now();
     w.env.fwd.throttle.set(0);
     let done = wait_request_done(&w.ns, "src", "one", RETRY_BUDGET + Duration::from_secs(30)).await?;
-    eprintln!("MEASURE S3 back after a 5 s outage mid-upload -> backup recorded: {:?}", restarted.elapsed());
+    eprintln!("MEASURE S3 back after 5 s {outage:?} mid-upload -> backup recorded: {:?}", back.elapsed());
     ensure!(
         done.last_backup_id.as_deref() == Some(id.as_str())
             && done.last_backup_error.is_none()
             && done.last_failed_backup_time.is_none()
             && done.last_successful_backup_time.is_some(),
-        "the backup through a short S3 outage did not complete: {done:?}"
+        "the backup through 5 s of S3 {outage:?} did not complete: {done:?}"
     );
     ensure!(w.manifest_on_disk(&id), "no manifest for the completed backup {id}");
     let cond = condition(&w.ns, "src", "BackupHealthy").await?;
     ensure!(cond.as_ref().is_some_and(|c| c.status == "True"), "{cond:?}");
     let verify = tsdb_ctl(&w.env.s3, &["verify", "--cluster", &format!("{}/src", w.ns), "--backup", &id])?;
     ensure!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
-    w.assert_no_snapshot_left().await?;
-    Ok(())
+    w.assert_no_snapshot_left().await
 }
 
 /// The agent SIGKILLed in the middle of an upload: the operator records `AgentLost`, the interrupted backup is
