@@ -124,10 +124,24 @@ async fn a_backup_fails_with_storage_failed_when_s3_stops_mid_upload_and_the_nex
     tokio::time::sleep(Duration::from_secs(2)).await;
     w.env.s3.stop()?;
     let stopped = Instant::now();
+    let pid = w.env.op.process.pid();
+    let (connections, cpu) = (w.env.fwd.connections(), cpu_ticks(pid)?);
     w.env.fwd.throttle.set(0);
     let failed = wait_request_done(&w.ns, "src", "one", RETRY_BUDGET + Duration::from_secs(30)).await?;
     let took = stopped.elapsed();
+    let tries = w.env.fwd.connections() - connections;
+    #[allow(clippy::cast_precision_loss)] // small counts
+    let (rate, cpu_share) =
+        (tries as f64 / took.as_secs_f64(), (cpu_ticks(pid)? - cpu) as f64 / 100.0 / took.as_secs_f64());
     eprintln!("MEASURE S3 stopped mid-upload -> backup recorded as failed: {took:?}: {:?}", failed.last_backup_error);
+    eprintln!(
+        "MEASURE during the outage: {tries} connections to S3 ({rate:.2}/s), operator CPU {:.2}% of a core",
+        cpu_share * 100.0
+    );
+    // No spin: the retries back off (200 ms doubling to 10 s per request, a few requests in flight), and the
+    // operator only follows the job once a tick.
+    ensure!(rate < 5.0, "{tries} connections to S3 in {took:?} during the outage");
+    ensure!(cpu_share < 0.05, "the operator used {:.1}% of a core during the outage", cpu_share * 100.0);
     let error = failed.last_backup_error.clone().unwrap_or_default();
     ensure!(error.starts_with("StorageFailed"), "backup with S3 stopped mid-upload: {failed:?}");
     ensure!(took < RETRY_BUDGET, "the failure took {took:?}, more than the retry budget");

@@ -16,15 +16,6 @@ use support::{Operator, control_plane_only, eventually};
 use tsdb_operator_core::crd::PrometheusCluster;
 use tsdb_operator_testenv::process::Workdir;
 
-/// CPU time (user + system) of `pid` from `/proc/<pid>/stat`, in clock ticks (100 per second on Linux).
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
 /// When a watch of `api`'s PrometheusClusters, opened now, first shows one with 2 replicas (within a minute).
 async fn first_seen_with_two_replicas(api: Api<PrometheusCluster>) -> Result<Instant> {
     use futures::StreamExt as _;
@@ -74,10 +65,10 @@ async fn the_operator_rides_out_an_api_server_outage() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 30 s without an API server.
-    let (cpu_before, rss_before) = (cpu_ticks(pid)?, support::rss_kib(pid)?);
+    let (cpu_before, rss_before) = (support::cpu_ticks(pid)?, support::rss_kib(pid)?);
     cp.stop_apiserver()?;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let (cpu_during, rss_after) = (cpu_ticks(pid)? - cpu_before, support::rss_kib(pid)?);
+    let (cpu_during, rss_after) = (support::cpu_ticks(pid)? - cpu_before, support::rss_kib(pid)?);
     cp.start_apiserver().await?;
     let back = Instant::now();
 

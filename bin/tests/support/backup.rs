@@ -72,6 +72,7 @@ pub struct Forwarder {
     pub addr: SocketAddr,
     pub throttle: Arc<Throttle>,
     upstream: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -104,9 +105,11 @@ impl Forwarder {
         let addr = listener.local_addr()?;
         let throttle = Arc::new(Throttle::default());
         let upstream = Arc::new(AtomicU64::new(0));
-        let (shared, counter) = (throttle.clone(), upstream.clone());
+        let connections = Arc::new(AtomicU64::new(0));
+        let (shared, counter, accepted) = (throttle.clone(), upstream.clone(), connections.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let (throttle, counter) = (shared.clone(), counter.clone());
                 tokio::spawn(async move {
                     if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
@@ -120,12 +123,17 @@ impl Forwarder {
                 });
             }
         });
-        Ok(Self { addr, throttle, upstream, task })
+        Ok(Self { addr, throttle, upstream, connections, task })
     }
 
     /// Bytes forwarded towards the server so far (requests and their bodies).
     pub fn upstream_bytes(&self) -> u64 {
         self.upstream.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far (each try of a request the server is not there for is one).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// A forwarder on the pod bridge's host address to `s3`.

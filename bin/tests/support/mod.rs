@@ -267,6 +267,15 @@ pub async fn bind_api_role(client: &kube::Client, ns: &str, user: &str, role: &s
     Ok(())
 }
 
+/// CPU time (user + system) of `pid` from `/proc/<pid>/stat`, in clock ticks (100 per second on Linux).
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
 /// Resident set size of process `pid` (`VmRSS`), in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
     tsdb_operator_testenv::process::rss_kib(pid).map(|(rss, _)| rss).with_context(|| format!("no VmRSS of {pid}"))
