@@ -50,7 +50,7 @@ pub enum Renewal {
 /// the serving certificate must carry.
 pub fn decide_renewal(issued: Option<&Issued>, hosts: &[String], now: Timestamp) -> Renewal {
     let Some(issued) = issued else { return Renewal::Authority };
-    let left = |until: Timestamp| until.duration_since(now).try_into().unwrap_or(Duration::ZERO);
+    let left = |until: Timestamp| crate::schedule::between(now, until).unwrap_or(Duration::ZERO);
     if left(issued.authority_not_after) < AUTHORITY_RENEW_BEFORE {
         return Renewal::Authority;
     }

@@ -228,12 +228,22 @@ impl Schedule {
         let mut longest: Option<Duration> = None;
         for _ in 1..fires.max(2) {
             let Some(next) = self.next_after_anchored(previous, anchor) else { break };
-            let gap = Duration::try_from(next.duration_since(previous)).ok()?;
+            let gap = between(previous, next)?;
             longest = Some(longest.map_or(gap, |l| l.max(gap)));
             previous = next;
         }
         longest
     }
+}
+
+/// `t` plus `d`, or the latest representable time when that is beyond it.
+pub(crate) fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    t.saturating_add(d).unwrap_or(Timestamp::MAX)
+}
+
+/// How long `earlier` was before `later`; `None` when it was not before.
+pub(crate) fn between(earlier: Timestamp, later: Timestamp) -> Option<Duration> {
+    Duration::try_from(later.duration_since(earlier)).ok()
 }
 
 fn to_chrono(t: Timestamp) -> Option<DateTime<Utc>> {

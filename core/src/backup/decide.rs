@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::{between, plus};
 use crate::crd::MissedRunPolicy;
 use crate::schedule::Schedule;
+use crate::schedule::{between, plus};
 
 /// How late a slot may be acted on and still count as on time.
 pub const LATE_TOLERANCE: Duration = Duration::from_mins(5);

@@ -101,7 +101,7 @@ pub fn follow_job(input: &FollowInput<'_>) -> FollowDecision {
                     .map(|held| Action::RetentionHeld { id: job.id.clone(), held: held.clone() })
                     .collect()
             };
-            let ran_for = Duration::try_from(input.now.duration_since(running.start_time.0)).unwrap_or_default();
+            let ran_for = crate::schedule::between(running.start_time.0, input.now).unwrap_or_default();
             let outcome = match Outcome::of_job(job) {
                 Some(o) => Some(o),
                 None if ran_for > input.max_duration => {

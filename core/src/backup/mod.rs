@@ -45,16 +45,6 @@ pub fn to_time(t: Timestamp) -> Time {
     Time(Timestamp::from_second(t.as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// `t` plus `d`, or the latest representable time when that is beyond it.
-pub(crate) fn plus(t: Timestamp, d: std::time::Duration) -> Timestamp {
-    t.saturating_add(d).unwrap_or(Timestamp::MAX)
-}
-
-/// How long `earlier` was before `later`; `None` when it was not before.
-pub(crate) fn between(earlier: Timestamp, later: Timestamp) -> Option<std::time::Duration> {
-    std::time::Duration::try_from(later.duration_since(earlier)).ok()
-}
-
 /// The id of a backup started at `at`: `YYYYMMDDTHHMMSSZ` in UTC (the seed's key stamp), which sorts by time.
 pub fn backup_id(at: Timestamp) -> String {
     at.strftime("%Y%m%dT%H%M%SZ").to_string()

@@ -196,7 +196,7 @@ pub fn plan_retention(
     now: Timestamp,
 ) -> RetentionPlan {
     let mut held: Vec<Held> = Vec::new();
-    let horizon = super::plus(now, MAX_CLOCK_SKEW);
+    let horizon = crate::schedule::plus(now, MAX_CLOCK_SKEW);
     let mut ranked: Vec<&Manifest> = Vec::new();
     for m in &catalogue.manifests {
         if policy.cluster_uid.is_empty() || m.cluster.uid != policy.cluster_uid {
@@ -216,7 +216,8 @@ pub fn plan_retention(
     let mut deleted: Vec<&Manifest> = Vec::new();
     for (i, m) in ranked.iter().enumerate() {
         let beyond_count = policy.keep_last.is_some_and(|n| i >= usize::try_from(n.max(1)).unwrap_or(usize::MAX));
-        let too_old = max_age.is_some_and(|age| super::between(m.start_time, now).is_some_and(|elapsed| elapsed > age));
+        let too_old =
+            max_age.is_some_and(|age| crate::schedule::between(m.start_time, now).is_some_and(|elapsed| elapsed > age));
         if i > 0 && (beyond_count || too_old) {
             deleted.push(m);
         }
@@ -231,7 +232,7 @@ pub fn plan_retention(
         referenced.extend(m.files().map(|f| f.key.as_str()));
     }
     let grace = Duration::from_secs(policy.grace_seconds);
-    let old_enough = |o: &StoredObject| super::between(o.last_modified, now).is_some_and(|age| age >= grace);
+    let old_enough = |o: &StoredObject| crate::schedule::between(o.last_modified, now).is_some_and(|age| age >= grace);
 
     let mut plan = RetentionPlan::default();
     let collect = catalogue.unreadable.is_empty();
